@@ -1,1 +1,34 @@
-fn main() {}
+//! rsmtp: thin entry point; see the library for the work.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    bsmtp_hardening();
+    let original = std::env::var_os("SSH_ORIGINAL_COMMAND")
+        .map(std::os::unix::ffi::OsStringExt::into_vec);
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    match rsmtp::run(std::env::args_os(), original.as_deref(), &mut stdin, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("rsmtp: {err}");
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+/// We face a hostile parent: make sure fds 0-2 are open (so nothing we open
+/// becomes "stdout" by accident) and files we create are private.
+fn bsmtp_hardening() {
+    for fd in 0..3 {
+        if std::fs::metadata(format!("/proc/self/fd/{fd}")).is_err() {
+            // Takes the lowest free descriptor, which is the missing one.
+            if let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")
+            {
+                std::mem::forget(file);
+            }
+        }
+    }
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}

@@ -1,0 +1,163 @@
+//! The one table that turns a delivery outcome into what Postfix acts on.
+//!
+//! pipe(8) decides between "sent", "deferred" and "bounced" from our exit
+//! status and from the first characters of our output (Postfix
+//! `src/global/pipe_command.c`, `src/global/sys_exits.c`):
+//!
+//! * output starting with `X.Y.Z text` on a non-zero exit wins: class 4
+//!   defers, anything else bounces;
+//! * otherwise only `EX_TEMPFAIL` (75) and `EX_OSERR` (71) defer; every other
+//!   non-zero status, a panic's 101 included, bounces.
+//!
+//! So every failure here carries both an enhanced status code and an exit
+//! code that agree, and anything we are not sure is permanent defers: a
+//! deferred message is retried, a bounced one is gone.
+
+use std::fmt;
+
+use sysexits::ExitCode;
+
+use crate::reply::{EnhancedCode, Reply};
+
+/// Why a delivery attempt failed, in the classes Postfix must tell apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The peer could not be reached: name lookup, TCP connect, SSH handshake.
+    Connect,
+    /// The peer stopped answering within our deadline.
+    Timeout,
+    /// The peer's host key is not the pinned one (or none is pinned).
+    HostKey,
+    /// The peer refused our key.
+    Auth,
+    /// The peer answered with a 4xx or 5xx reply; its code decides.
+    Remote(Reply),
+    /// The peer broke the protocol (closed early, sent garbage): retry later.
+    PeerProtocol,
+    /// Our own configuration is wrong: defer, so the admin can fix it.
+    Config,
+    /// A local resource failed (reading the message, memory, a file).
+    Local,
+    /// The envelope handed to us cannot be delivered anywhere (bad address).
+    BadEnvelope,
+    /// A bug in this program; never lose mail over it.
+    Internal,
+}
+
+/// A failed delivery: its class and a one-line explanation naming who and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The class that decides defer or bounce.
+    pub kind: FailureKind,
+    /// What happened and, where it helps, what to do; one line.
+    pub text: String,
+}
+
+impl Failure {
+    /// A failure of `kind` explained by `text`.
+    pub fn new(kind: FailureKind, text: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            text: text.into(),
+        }
+    }
+
+    /// The enhanced status code (RFC 3463) Postfix logs and puts in a bounce.
+    pub fn dsn(&self) -> EnhancedCode {
+        match &self.kind {
+            FailureKind::Connect => EnhancedCode::new(4, 4, 1),
+            FailureKind::Timeout => EnhancedCode::new(4, 4, 2),
+            FailureKind::HostKey | FailureKind::Auth => EnhancedCode::new(4, 7, 0),
+            FailureKind::Remote(reply) => reply.status(),
+            FailureKind::PeerProtocol => EnhancedCode::new(4, 5, 0),
+            FailureKind::Config => EnhancedCode::new(4, 3, 5),
+            FailureKind::Local | FailureKind::Internal => EnhancedCode::new(4, 3, 0),
+            FailureKind::BadEnvelope => EnhancedCode::new(5, 1, 3),
+        }
+    }
+
+    /// The exit status for pipe(8); agrees with [`Failure::dsn`]'s class.
+    pub fn exit_code(&self) -> ExitCode {
+        match &self.kind {
+            FailureKind::Remote(reply) if reply.is_permanent() => ExitCode::Unavailable,
+            FailureKind::BadEnvelope => ExitCode::DataErr,
+            FailureKind::Connect
+            | FailureKind::Timeout
+            | FailureKind::HostKey
+            | FailureKind::Auth
+            | FailureKind::Remote(_)
+            | FailureKind::PeerProtocol
+            | FailureKind::Config
+            | FailureKind::Local
+            | FailureKind::Internal => ExitCode::TempFail,
+        }
+    }
+
+    /// True when Postfix will retry the message rather than bounce it.
+    pub fn is_transient(&self) -> bool {
+        self.exit_code() == ExitCode::TempFail
+    }
+}
+
+/// The status line for pipe(8): `X.Y.Z text`, one line.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.dsn(), one_line(&self.text))
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Folds `text` onto one line: pipe(8) turns newlines into spaces anyway,
+/// and a log line must never be split by what a peer sent.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, dsn: (u8, u16, u16)) -> Reply {
+        Reply::new(code, Some(EnhancedCode::new(dsn.0, dsn.1, dsn.2)), "text")
+    }
+
+    /// Every class defers or bounces exactly as pipe(8) will read it: the DSN
+    /// class and the exit code must agree, or Postfix picks the DSN.
+    #[test]
+    fn dsn_class_agrees_with_exit_code() {
+        let kinds = [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            FailureKind::HostKey,
+            FailureKind::Auth,
+            FailureKind::Remote(reply(451, (4, 3, 0))),
+            FailureKind::Remote(reply(550, (5, 7, 1))),
+            FailureKind::PeerProtocol,
+            FailureKind::Config,
+            FailureKind::Local,
+            FailureKind::BadEnvelope,
+            FailureKind::Internal,
+        ];
+        for kind in kinds {
+            let failure = Failure::new(kind.clone(), "x");
+            let defers = matches!(failure.exit_code(), ExitCode::TempFail | ExitCode::OsErr);
+            assert_eq!(defers, failure.dsn().class == 4, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn remote_reply_keeps_its_enhanced_code() {
+        let failure = Failure::new(FailureKind::Remote(reply(553, (5, 7, 1))), "hub said");
+        assert_eq!(failure.to_string(), "5.7.1 hub said");
+        assert_eq!(failure.exit_code(), ExitCode::Unavailable);
+    }
+
+    #[test]
+    fn status_line_is_one_line() {
+        let failure = Failure::new(FailureKind::Connect, "a\nb\r\tc");
+        assert_eq!(failure.to_string(), "4.4.1 a b  c");
+    }
+}

@@ -1,0 +1,197 @@
+//! `bsmtp-ssh.conf`: the peers this host sends to, and how to reach them.
+//!
+//! ```toml
+//! [peer.hub]
+//! host = "hub.example.com"          # or hosts = ["hub1", "hub2"]: failover in order
+//! port = 22
+//! user = "bsmtp"
+//! identity = "/etc/bsmtp-ssh/id_ed25519"
+//! known_hosts = "/etc/bsmtp-ssh/known_hosts"
+//! ```
+//!
+//! Postfix's `${nexthop}` names the section, so a transport map entry
+//! `example.com bsmtp:hub` uses `[peer.hub]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the config lives unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/bsmtp-ssh/bsmtp-ssh.conf";
+/// Default key file.
+pub const DEFAULT_IDENTITY: &str = "/etc/bsmtp-ssh/id_ed25519";
+/// Default pinned host keys.
+pub const DEFAULT_KNOWN_HOSTS: &str = "/etc/bsmtp-ssh/known_hosts";
+/// Default remote login.
+pub const DEFAULT_USER: &str = "bsmtp";
+/// Default TCP connect limit.
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 30;
+/// Default limit for any single read or write once connected.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
+/// Default limit for a whole delivery: well under Postfix's
+/// `<transport>_time_limit` (1000 s), whose expiry would bounce the message.
+pub const DEFAULT_DEADLINE: u64 = 900;
+
+/// How to reach one peer, ready to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name (the config section, Postfix's nexthop).
+    pub name: String,
+    /// Host names or addresses, tried in order.
+    pub hosts: Vec<String>,
+    /// SSH port.
+    pub port: u16,
+    /// Remote login.
+    pub user: String,
+    /// Private key file.
+    pub identity: PathBuf,
+    /// known_hosts file with the peer's pinned host key.
+    pub known_hosts: PathBuf,
+    /// What we ask the forced command for.
+    pub command: String,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Limit for each read or write once connected.
+    pub idle_timeout: Duration,
+    /// Limit for the whole delivery.
+    pub deadline: Duration,
+}
+
+/// One `[peer.NAME]` section as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// One host.
+    pub host: Option<String>,
+    /// Several hosts, tried in order.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// SSH port (22).
+    pub port: Option<u16>,
+    /// Remote login.
+    pub user: Option<String>,
+    /// Private key file.
+    pub identity: Option<PathBuf>,
+    /// Pinned host keys.
+    pub known_hosts: Option<PathBuf>,
+    /// Remote command (default "receive").
+    pub command: Option<String>,
+    /// Seconds.
+    pub connect_timeout: Option<u64>,
+    /// Seconds.
+    pub idle_timeout: Option<u64>,
+    /// Seconds.
+    pub deadline: Option<u64>,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Peers by name.
+    #[serde(default)]
+    pub peer: BTreeMap<String, PeerSection>,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            format!("cannot read config {}: {err}", path.display())
+        })?;
+        toml::from_str(&text).map_err(|err| {
+            format!(
+                "config {}: {}",
+                path.display(),
+                bsmtp::status::one_line(&err.to_string())
+            )
+        })
+    }
+
+    /// The peer called `name`, with defaults filled in.
+    pub fn peer(&self, name: &str) -> Result<Peer, String> {
+        let section = self.peer.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.peer.keys().map(String::as_str).collect();
+            format!(
+                "no [peer.{name}] section in the config (known peers: {}); check the nexthop in Postfix's transport map",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })?;
+        section.resolve(name)
+    }
+}
+
+impl PeerSection {
+    /// Fills in defaults and checks what can be checked offline.
+    pub fn resolve(&self, name: &str) -> Result<Peer, String> {
+        let mut hosts: Vec<String> = self.host.iter().cloned().collect();
+        hosts.extend(self.hosts.iter().cloned());
+        if hosts.is_empty() {
+            return Err(format!("peer {name}: no host given (set host = \"...\")"));
+        }
+        if let Some(bad) = hosts.iter().find(|h| !plain_host(h)) {
+            return Err(format!("peer {name}: bad host name \"{}\"", bsmtp::status::one_line(bad)));
+        }
+        let secs = |value: Option<u64>, default| Duration::from_secs(value.unwrap_or(default));
+        Ok(Peer {
+            name: name.to_owned(),
+            hosts,
+            port: self.port.unwrap_or(22),
+            user: self.user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
+            identity: self.identity.clone().unwrap_or_else(|| DEFAULT_IDENTITY.into()),
+            known_hosts: self
+                .known_hosts
+                .clone()
+                .unwrap_or_else(|| DEFAULT_KNOWN_HOSTS.into()),
+            command: self.command.clone().unwrap_or_else(|| "receive".into()),
+            connect_timeout: secs(self.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout: secs(self.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            deadline: secs(self.deadline, DEFAULT_DEADLINE),
+        })
+    }
+}
+
+/// A host name or address with nothing odd in it.
+fn plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_failover_order() {
+        let file: ConfigFile =
+            toml::from_str("[peer.hub]\nhost = \"a.test\"\nhosts = [\"b.test\"]\n").unwrap();
+        let peer = file.peer("hub").unwrap();
+        assert_eq!(peer.hosts, ["a.test", "b.test"]);
+        assert_eq!(peer.port, 22);
+        assert_eq!(peer.command, "receive");
+        assert_eq!(peer.deadline, Duration::from_secs(DEFAULT_DEADLINE));
+    }
+
+    #[test]
+    fn unknown_peer_names_the_known_ones() {
+        let file: ConfigFile = toml::from_str("[peer.hub]\nhost = \"a\"\n").unwrap();
+        let err = file.peer("hbu").unwrap_err();
+        assert!(err.contains("[peer.hbu]") && err.contains("known peers: hub"), "{err}");
+    }
+
+    #[test]
+    fn typos_in_keys_are_errors() {
+        assert!(toml::from_str::<ConfigFile>("[peer.hub]\nhots = \"a\"\n").is_err());
+    }
+
+    #[test]
+    fn hostile_host_refused() {
+        let file: ConfigFile = toml::from_str("[peer.hub]\nhost = \"a;b\"\n").unwrap();
+        assert!(file.peer("hub").is_err());
+    }
+}

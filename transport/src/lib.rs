@@ -1,0 +1,10 @@
+//! bsmtp-ssh: the sending side. Postfix runs it from pipe(8) to deliver a
+//! message over SSH to a peer's `rsmtp` forced command, as Batch SMTP.
+
+pub mod client;
+pub mod config;
+pub mod deliver;
+mod run;
+pub mod ssh;
+
+pub use run::{install_panic_hook, run, Cli};

@@ -1,0 +1,252 @@
+//! Opening an SSH exec channel to a peer: TCP with a deadline, a handshake
+//! that only completes against the pinned host key, key authentication, and
+//! the peer's forced command.
+//!
+//! Every failure here is transient for Postfix (the message is deferred, not
+//! bounced): an unreachable hub, a changed host key or a refused key are
+//! things an admin fixes, after which the queued mail goes out.
+
+use std::fs;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use bsmtp::status::{Failure, FailureKind};
+use log::debug;
+use ssh2::{CheckResult, ExtendedData, KnownHostFileKind, MethodType, Session};
+
+use crate::config::Peer;
+
+/// Key exchange methods, fastest first: curve25519 costs a fraction of the
+/// post-quantum hybrid OpenSSH picks by default (measured: 150 ms vs 300 ms
+/// per handshake on loopback).
+const KEX: &str = "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,diffie-hellman-group16-sha512,diffie-hellman-group14-sha256";
+/// Ciphers, hardware-accelerated AEAD first.
+const CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
+
+/// An open exec channel and what to call the peer in logs.
+pub struct Connection {
+    /// Keeps the session alive as long as the channel is used.
+    pub session: Session,
+    /// The channel running the peer's forced command.
+    pub channel: ssh2::Channel,
+    /// `name[address]:port`, as Postfix writes relays.
+    pub relay: String,
+}
+
+/// Connects to the first of the peer's hosts that answers and proves itself.
+/// Host-key and authentication failures do not fall over to the next host:
+/// they are configuration problems the admin must see.
+pub fn connect(peer: &Peer) -> Result<Connection, Failure> {
+    let known_hosts = load_known_hosts(&peer.known_hosts)?;
+    check_identity(&peer.identity)?;
+    let mut last = None;
+    for host in &peer.hosts {
+        match connect_host(peer, host, &known_hosts) {
+            Ok(connection) => return Ok(connection),
+            Err(failure) if matches!(failure.kind, FailureKind::Connect | FailureKind::Timeout) => {
+                debug!("peer {}: {}", peer.name, failure.text);
+                last = Some(failure);
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Err(last.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hosts to try")))
+}
+
+fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection, Failure> {
+    let (tcp, addr) = tcp_connect(host, peer.port, peer.connect_timeout)?;
+    let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
+    let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
+    // Without this, a frame written in two pieces meets a delayed ACK and
+    // stalls 40 ms per message (measured).
+    tcp.set_nodelay(true)
+        .map_err(|e| fail(FailureKind::Connect, format!("TCP_NODELAY: {e}")))?;
+    let mut session = Session::new()
+        .map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
+    session.set_tcp_stream(tcp);
+    session.set_timeout(millis(peer.idle_timeout));
+    // Preferences are best effort: a libssh2 without one of these methods
+    // still negotiates the others.
+    let _ = session.method_pref(MethodType::Kex, KEX);
+    let _ = session.method_pref(MethodType::CryptCs, CIPHERS);
+    let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
+    if let Some(prefs) = host_key_prefs(known_hosts) {
+        let _ = session.method_pref(MethodType::HostKey, &prefs);
+    }
+    session
+        .handshake()
+        .map_err(|e| fail(ssh_kind(&e, FailureKind::Connect), format!("SSH handshake: {e}")))?;
+    verify_host_key(&session, host, peer)?;
+    session
+        .userauth_pubkey_file(&peer.user, None, &peer.identity, None)
+        .map_err(|e| {
+            fail(
+                ssh_kind(&e, FailureKind::Auth),
+                format!(
+                    "login as {} with key {} refused ({e}); add its .pub to the hub's authorized_keys (rsmtp authorize)",
+                    peer.user,
+                    peer.identity.display()
+                ),
+            )
+        })?;
+    let mut channel = session
+        .channel_session()
+        .map_err(|e| fail(ssh_kind(&e, FailureKind::PeerProtocol), format!("open channel: {e}")))?;
+    // rsmtp answers on stdout; its stderr is for humans and its syslog.
+    // Ignoring it keeps a chatty stderr from filling the window.
+    channel
+        .handle_extended_data(ExtendedData::Ignore)
+        .map_err(|e| fail(FailureKind::Internal, format!("channel setup: {e}")))?;
+    channel
+        .exec(&peer.command)
+        .map_err(|e| fail(ssh_kind(&e, FailureKind::PeerProtocol), format!("exec {}: {e}", peer.command)))?;
+    Ok(Connection {
+        session,
+        channel,
+        relay,
+    })
+}
+
+fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::Connect,
+                format!("{host}: host name lookup failed: {e}"),
+            )
+        })?
+        .collect();
+    let mut last = format!("{host}: no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => return Ok((tcp, addr)),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = format!("connect to {host}[{}]:{port}: timed out after {}s", addr.ip(), timeout.as_secs());
+            }
+            Err(e) => last = format!("connect to {host}[{}]:{port}: {e}", addr.ip()),
+        }
+    }
+    Err(Failure::new(FailureKind::Connect, last))
+}
+
+/// Reads the pinned keys up front: with no pin there is nothing to verify
+/// against, and we never trust on first use.
+fn load_known_hosts(path: &Path) -> Result<String, Failure> {
+    fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            FailureKind::HostKey,
+            format!(
+                "cannot read known_hosts {}: {e}; pin the hub's host key there (ssh-keyscan -p PORT HOST, checked out of band)",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn check_identity(path: &Path) -> Result<(), Failure> {
+    fs::File::open(path)
+        .and_then(|mut f| f.read(&mut [0u8; 1]))
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::new(
+                FailureKind::Config,
+                format!(
+                    "cannot read key {}: {e}; it must be readable by the transport's user",
+                    path.display()
+                ),
+            )
+        })
+}
+
+fn verify_host_key(session: &Session, host: &str, peer: &Peer) -> Result<(), Failure> {
+    let path = peer.known_hosts.display();
+    let fail = |what: String| Failure::new(FailureKind::HostKey, what);
+    let (key, _) = session
+        .host_key()
+        .ok_or_else(|| fail(format!("{host}: the server sent no host key")))?;
+    let mut hosts = session
+        .known_hosts()
+        .map_err(|e| fail(format!("known_hosts setup: {e}")))?;
+    hosts
+        .read_file(&peer.known_hosts, KnownHostFileKind::OpenSSH)
+        .map_err(|e| fail(format!("cannot parse known_hosts {path}: {e}")))?;
+    let shown = if peer.port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{}", peer.port)
+    };
+    match hosts.check_port(host, peer.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(fail(format!(
+            "host key mismatch for {shown}: the key it offered is not the one pinned in {path}; if the hub's key really changed, verify the new one out of band and update {path}"
+        ))),
+        CheckResult::NotFound => Err(fail(format!(
+            "no pinned host key for {shown} in {path}; add the hub's key there (ssh-keyscan -p {} {host}, verified out of band)",
+            peer.port
+        ))),
+        CheckResult::Failure => Err(fail(format!("cannot check host key for {shown} against {path}"))),
+    }
+}
+
+/// Host key algorithms to ask for, from the key types pinned in the file:
+/// a hub with several host keys must offer the one we pinned.
+fn host_key_prefs(known_hosts: &str) -> Option<String> {
+    let mut prefs: Vec<&str> = Vec::new();
+    for line in known_hosts.lines() {
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next();
+        if first.is_some_and(|f| f.starts_with('#')) {
+            continue;
+        }
+        if first.is_some_and(|f| f.starts_with('@')) {
+            first = fields.next();
+        }
+        let Some(kind) = first.and(fields.next()) else {
+            continue;
+        };
+        let algorithms: &[&str] = match kind {
+            "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+            "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384"
+            | "ecdsa-sha2-nistp521" => &[kind],
+            _ => &[],
+        };
+        for algorithm in algorithms {
+            if !prefs.contains(algorithm) {
+                prefs.push(algorithm);
+            }
+        }
+    }
+    (!prefs.is_empty()).then(|| prefs.join(","))
+}
+
+/// Classes an ssh2 error: its timeouts are timeouts, the rest `otherwise`.
+fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
+    // LIBSSH2_ERROR_TIMEOUT
+    if err.code() == ssh2::ErrorCode::Session(-9) {
+        FailureKind::Timeout
+    } else {
+        otherwise
+    }
+}
+
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_key_prefs_follow_the_pinned_types() {
+        let file = "# comment\n[h]:2222 ssh-ed25519 AAAA\n|1|salt|hash ssh-rsa AAAA\n@cert-authority * ecdsa-sha2-nistp256 AAAA\n";
+        assert_eq!(
+            host_key_prefs(file).unwrap(),
+            "ssh-ed25519,rsa-sha2-512,rsa-sha2-256,ssh-rsa,ecdsa-sha2-nistp256"
+        );
+        assert_eq!(host_key_prefs("# nothing\n"), None);
+    }
+}

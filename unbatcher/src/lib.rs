@@ -1,0 +1,13 @@
+//! rsmtp: receives Batch SMTP from a peer and injects each message into
+//! Postfix. It runs as the OpenSSH forced command of the peer's key, so its
+//! input is hostile: the peer's identity comes from `--peer` alone, what the
+//! client asked to run is parsed by [`command`], and every message passes the
+//! peer's [`policy`] before [`postdrop`] commits it.
+
+pub mod command;
+pub mod policy;
+pub mod postdrop;
+pub mod receive;
+mod run;
+
+pub use run::{run, Args, RunError};

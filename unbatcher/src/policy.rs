@@ -1,0 +1,241 @@
+//! What one peer may do: the senders it may use, the size and recipient
+//! limits, read from `rsmtp.conf` and the forced-command line.
+//!
+//! The peer's identity is the `--peer` argument of its key's forced command
+//! and nothing else: a client never names itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/bsmtp-ssh/rsmtp.conf";
+/// Default largest message, as Postfix's `message_size_limit`.
+pub const DEFAULT_MAX_SIZE: u64 = 10_240_000;
+/// Default most recipients per message.
+pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
+/// Longest peer name.
+pub const MAX_PEER_NAME: usize = 64;
+
+/// An allowed envelope sender: a whole address, `@domain`, `@.domain` for
+/// its subdomains, or `*` for any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderPattern {
+    /// Any sender.
+    Any,
+    /// Exactly this address (case-insensitive).
+    Address(String),
+    /// Any address in this domain.
+    Domain(String),
+    /// Any address in a subdomain of this domain.
+    Subdomains(String),
+}
+
+impl SenderPattern {
+    /// Parses one pattern as written in the config or on the command line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bad = || {
+            format!("bad sender pattern \"{text}\": use user@domain, @domain, @.domain or *")
+        };
+        if text == "*" {
+            return Ok(SenderPattern::Any);
+        }
+        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        if let Some(domain) = text.strip_prefix("@.") {
+            if domain.is_empty() || domain.contains('@') {
+                return Err(bad());
+            }
+            return Ok(SenderPattern::Subdomains(domain.to_ascii_lowercase()));
+        }
+        if let Some(domain) = text.strip_prefix('@') {
+            if domain.is_empty() || domain.contains('@') {
+                return Err(bad());
+            }
+            return Ok(SenderPattern::Domain(domain.to_ascii_lowercase()));
+        }
+        match text.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                Ok(SenderPattern::Address(text.to_ascii_lowercase()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// True when `sender` (not empty) matches.
+    pub fn matches(&self, sender: &str) -> bool {
+        let sender = sender.to_ascii_lowercase();
+        let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+        match self {
+            SenderPattern::Any => true,
+            SenderPattern::Address(address) => *address == sender,
+            SenderPattern::Domain(d) => domain == d,
+            SenderPattern::Subdomains(d) => domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|head| head.ends_with('.')),
+        }
+    }
+}
+
+/// The rules for one peer.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The peer's name, from `--peer`.
+    pub peer: String,
+    /// Senders it may use; the null sender is always allowed (bounces).
+    pub allow_sender: Vec<SenderPattern>,
+    /// Largest message in bytes.
+    pub max_size: u64,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+}
+
+impl Policy {
+    /// Whether this peer may send as `sender` ("" is the null sender).
+    pub fn sender_allowed(&self, sender: &str) -> bool {
+        sender.is_empty() || self.allow_sender.iter().any(|p| p.matches(sender))
+    }
+}
+
+/// `rsmtp.conf` as written by the admin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Postfix config directory postdrop writes into.
+    pub postfix_config: Option<PathBuf>,
+    /// The postdrop program.
+    pub postdrop: Option<PathBuf>,
+    /// Per-peer rules.
+    #[serde(default)]
+    pub peer: BTreeMap<String, PeerConfig>,
+}
+
+/// One `[peer.NAME]` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Allowed sender patterns.
+    #[serde(default)]
+    pub allow_sender: Vec<String>,
+    /// Largest message in bytes.
+    pub max_size: Option<u64>,
+    /// Most recipients per message.
+    pub max_recipients: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; a missing default file is an empty config, a missing
+    /// file named by the admin is an error.
+    pub fn load(path: &Path, named: bool) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|err| {
+                format!("{}: {}", path.display(), bsmtp::status::one_line(&err.to_string()))
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !named => {
+                Ok(ConfigFile::default())
+            }
+            Err(err) => Err(format!("{}: {err}", path.display())),
+        }
+    }
+
+    /// The policy for `peer`: the file's section with the command line's
+    /// settings on top.
+    pub fn policy(
+        &self,
+        peer: &str,
+        extra_senders: &[String],
+        max_size: Option<u64>,
+        max_recipients: Option<usize>,
+    ) -> Result<Policy, String> {
+        check_peer_name(peer)?;
+        let section = self.peer.get(peer).cloned().unwrap_or_default();
+        let allow_sender = section
+            .allow_sender
+            .iter()
+            .chain(extra_senders)
+            .map(|p| SenderPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            peer: peer.to_owned(),
+            allow_sender,
+            max_size: max_size.or(section.max_size).unwrap_or(DEFAULT_MAX_SIZE),
+            max_recipients: max_recipients
+                .or(section.max_recipients)
+                .unwrap_or(DEFAULT_MAX_RECIPIENTS),
+        })
+    }
+}
+
+/// A peer name is a plain identifier: it ends up in logs and, later, in
+/// spool paths.
+pub fn check_peer_name(peer: &str) -> Result<(), String> {
+    let ok = !peer.is_empty()
+        && peer.len() <= MAX_PEER_NAME
+        && peer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !peer.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad peer name \"{}\": use letters, digits, '.', '_' and '-' (at most {MAX_PEER_NAME})",
+            crate::command::printable(peer.as_bytes())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_patterns() {
+        let domain = SenderPattern::parse("@Leaf.test").unwrap();
+        assert!(domain.matches("alice@leaf.TEST"));
+        assert!(!domain.matches("alice@evil-leaf.test"));
+        assert!(!domain.matches("alice@sub.leaf.test"));
+        let sub = SenderPattern::parse("@.leaf.test").unwrap();
+        assert!(sub.matches("a@x.leaf.test"));
+        assert!(!sub.matches("a@leaf.test"));
+        assert!(!sub.matches("a@evilleaf.test"));
+        let address = SenderPattern::parse("alice@leaf.test").unwrap();
+        assert!(address.matches("Alice@leaf.test"));
+        assert!(!address.matches("bob@leaf.test"));
+        for bad in ["", "@", "alice", "a b@c", "@a@b"] {
+            assert!(SenderPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn null_sender_always_allowed_and_nothing_else_by_default() {
+        let policy = ConfigFile::default().policy("leaf1", &[], None, None).unwrap();
+        assert!(policy.sender_allowed(""));
+        assert!(!policy.sender_allowed("alice@leaf.test"));
+    }
+
+    #[test]
+    fn command_line_adds_to_the_file() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.leaf1]\nallow_sender = [\"@leaf1.test\"]\nmax_size = 5\n",
+        )
+        .unwrap();
+        let policy = file
+            .policy("leaf1", &["bob@other.test".into()], None, Some(3))
+            .unwrap();
+        assert!(policy.sender_allowed("x@leaf1.test"));
+        assert!(policy.sender_allowed("bob@other.test"));
+        assert_eq!((policy.max_size, policy.max_recipients), (5, 3));
+    }
+
+    #[test]
+    fn peer_names_are_plain() {
+        for bad in ["", "../x", "a b", "-x", ".x", "a/b", &"x".repeat(65)] {
+            assert!(check_peer_name(bad).is_err(), "{bad}");
+        }
+        check_peer_name("leaf1.example-2_b").unwrap();
+    }
+}

@@ -1,0 +1,425 @@
+//! Hands one message to Postfix through `postdrop -r`.
+//!
+//! Why postdrop and not Postfix's `sendmail`: sendmail reads its input until
+//! EOF and queues whatever arrived, so a message cut off by a dropped link
+//! would be queued truncated. postdrop speaks Postfix's record protocol and
+//! commits the maildrop file only after the end record; input that stops
+//! before it is deleted. We send that end record only after the BSMTP
+//! terminating dot arrived, and report success only after postdrop's
+//! `status` attribute says 0 (it exits 0 on a cancelled request too). It is
+//! also one exec and one main.cf parse less per message than sendmail.
+//!
+//! The protocol (Postfix `src/postdrop/postdrop.c`, `src/global/record.c`):
+//! postdrop writes attributes `name\0value\0...\0` carrying the `queue_id`,
+//! then reads records (type byte, length in 7-bit groups low first with the
+//! high bit meaning "more", data) and, after `E`, writes `status` and
+//! `reason` attributes.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
+
+/// Envelope sender record.
+const REC_FROM: u8 = b'S';
+/// Envelope recipient record.
+const REC_RCPT: u8 = b'R';
+/// Attribute record (`name=value`).
+const REC_ATTR: u8 = b'A';
+/// Start of message content.
+const REC_MESG: u8 = b'M';
+/// A whole line of content (or the last piece of a long one).
+const REC_NORM: u8 = b'N';
+/// A piece of a long line that continues in the next record.
+const REC_CONT: u8 = b'L';
+/// End of content, start of extracted envelope information.
+const REC_XTRA: u8 = b'X';
+/// End of the submission: from here postdrop commits.
+const REC_END: u8 = b'E';
+
+/// Longest record data we write. postdrop refuses records longer than its
+/// `line_limit` (2048 by default), so long lines go as `L` continuations.
+pub const MAX_RECORD: usize = 1024;
+
+/// How the envelope is handed over.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// Envelope sender; empty for the null sender.
+    pub sender: &'a str,
+    /// Envelope recipients, at least one.
+    pub recipients: &'a [String],
+    /// Extra `name=value` attributes postdrop accepts (e.g. `encoding=8bit`).
+    pub attributes: &'a [String],
+}
+
+/// Where postdrop lives and which Postfix instance it writes into.
+#[derive(Debug, Clone)]
+pub struct PostdropCommand {
+    /// Path of the postdrop program.
+    pub program: PathBuf,
+    /// `-c DIR`: a non-default Postfix config directory (must be listed in
+    /// the default main.cf's `alternate_config_directories`).
+    pub config_dir: Option<PathBuf>,
+}
+
+impl Default for PostdropCommand {
+    fn default() -> Self {
+        PostdropCommand {
+            program: PathBuf::from("/usr/sbin/postdrop"),
+            config_dir: None,
+        }
+    }
+}
+
+/// Appends one record to `out`.
+pub fn put_record(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
+    out.push(kind);
+    let mut len = data.len();
+    loop {
+        // Seven bits at a time, low first; the high bit says more follow.
+        let mut byte = u8::try_from(len & 0x7f).unwrap_or(0);
+        len >>= 7;
+        if len != 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(data);
+}
+
+/// Appends a piece of a content line as one or more records: `L` for pieces
+/// that continue, `N` for the piece that ends the line.
+pub fn put_line_piece(out: &mut Vec<u8>, mut bytes: &[u8], end_of_line: bool) {
+    while bytes.len() > MAX_RECORD {
+        put_record(out, REC_CONT, &bytes[..MAX_RECORD]);
+        bytes = &bytes[MAX_RECORD..];
+    }
+    if end_of_line {
+        put_record(out, REC_NORM, bytes);
+    } else if !bytes.is_empty() {
+        put_record(out, REC_CONT, bytes);
+    }
+}
+
+/// Reads one attribute list (`name\0value\0 ... \0`) as name/value pairs.
+fn read_attributes(input: &mut impl Read) -> io::Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    loop {
+        let name = read_cstring(input)?;
+        if name.is_empty() {
+            return Ok(pairs);
+        }
+        let value = read_cstring(input)?;
+        pairs.push((name, value));
+    }
+}
+
+/// Longest attribute name or value we accept from postdrop.
+const MAX_ATTRIBUTE: usize = 4096;
+
+fn read_cstring(input: &mut impl Read) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if input.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "postdrop closed its output inside an attribute list",
+            ));
+        }
+        if byte[0] == 0 {
+            return Ok(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        if bytes.len() >= MAX_ATTRIBUTE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "postdrop sent an over-long attribute",
+            ));
+        }
+        bytes.push(byte[0]);
+    }
+}
+
+/// Why postdrop did not take a message.
+#[derive(Debug, thiserror::Error)]
+pub enum PostdropError {
+    /// postdrop could not be started or talked to.
+    #[error("{program}: {err}")]
+    Io {
+        /// The program we ran.
+        program: String,
+        /// What failed.
+        err: io::Error,
+    },
+    /// postdrop refused the message.
+    #[error("{program} refused the message: status {status}{reason}{stderr}")]
+    Refused {
+        /// The program we ran.
+        program: String,
+        /// Postfix's cleanup status bits (or the exit status).
+        status: String,
+        /// postdrop's reason text, if any (with a leading separator).
+        reason: String,
+        /// postdrop's diagnostics, if any (with a leading separator).
+        stderr: String,
+    },
+}
+
+/// One message on its way into the maildrop queue.
+pub struct Postdrop {
+    program: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    queue_id: String,
+    buf: Vec<u8>,
+}
+
+/// Buffered record bytes that trigger a write to postdrop.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Most diagnostics kept from postdrop's stderr.
+const MAX_STDERR: u64 = 4096;
+
+impl Postdrop {
+    /// Starts postdrop, reads the queue ID it assigned, and writes the
+    /// envelope records.
+    pub fn start(command: &PostdropCommand, envelope: &Envelope<'_>) -> Result<Self, PostdropError> {
+        let program = command.program.display().to_string();
+        let io_err = |err| PostdropError::Io {
+            program: program.clone(),
+            err,
+        };
+        let mut cmd = Command::new(&command.program);
+        cmd.arg("-r");
+        if let Some(dir) = &command.config_dir {
+            cmd.arg("-c").arg(dir);
+        }
+        // postdrop is set-gid: give it a known environment, not the peer's.
+        let mut child = cmd
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err)?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(io_err(io::Error::other("child pipes missing")));
+        };
+        // Drained on its own thread: a postdrop that fills the stderr pipe
+        // while we wait on stdout would otherwise deadlock both of us.
+        let stderr = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stderr.take(MAX_STDERR).read_to_end(&mut text);
+            text
+        });
+        let mut postdrop = Postdrop {
+            program: program.clone(),
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            stderr: Some(stderr),
+            queue_id: String::new(),
+            buf: Vec::with_capacity(FLUSH_AT + MAX_RECORD),
+        };
+        match read_attributes(&mut postdrop.stdout) {
+            Ok(attrs) => {
+                postdrop.queue_id = attrs
+                    .into_iter()
+                    .find(|(name, _)| name == "queue_id")
+                    .map(|(_, id)| id)
+                    .unwrap_or_default();
+            }
+            Err(err) => return Err(postdrop.fail(err)),
+        }
+        if postdrop.queue_id.is_empty() {
+            return Err(postdrop.fail(io::Error::other("no queue_id from postdrop")));
+        }
+        postdrop.write_envelope(envelope);
+        Ok(postdrop)
+    }
+
+    /// The maildrop queue ID postdrop assigned.
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
+    fn write_envelope(&mut self, envelope: &Envelope<'_>) {
+        // "remote": do not append our own domain to what a peer sent, as
+        // `sendmail -G` does for mail that is being relayed.
+        put_record(&mut self.buf, REC_ATTR, b"rewrite_context=remote");
+        for attribute in envelope.attributes {
+            put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
+        }
+        put_record(&mut self.buf, REC_FROM, envelope.sender.as_bytes());
+        for recipient in envelope.recipients {
+            put_record(&mut self.buf, REC_RCPT, recipient.as_bytes());
+        }
+        put_record(&mut self.buf, REC_MESG, b"");
+    }
+
+    /// Adds a piece of a content line (no line terminator).
+    pub fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), PostdropError> {
+        put_line_piece(&mut self.buf, bytes, end_of_line);
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PostdropError> {
+        let result = match self.stdin.as_mut() {
+            Some(stdin) => stdin.write_all(&self.buf),
+            None => Err(io::Error::other("postdrop input already closed")),
+        };
+        self.buf.clear();
+        result.map_err(|err| self.fail(err))
+    }
+
+    /// Ends the message and waits for postdrop's verdict; the queue file is
+    /// committed when this returns Ok.
+    pub fn commit(mut self) -> Result<String, PostdropError> {
+        put_record(&mut self.buf, REC_XTRA, b"");
+        put_record(&mut self.buf, REC_END, b"");
+        self.flush()?;
+        drop(self.stdin.take());
+        let attrs = match read_attributes(&mut self.stdout) {
+            Ok(attrs) => attrs,
+            Err(err) => return Err(self.fail(err)),
+        };
+        let status = attrs.iter().find(|(name, _)| name == "status");
+        let reason = attrs
+            .iter()
+            .find(|(name, _)| name == "reason")
+            .map(|(_, text)| text.clone())
+            .unwrap_or_default();
+        let exit = self.child.wait();
+        let stderr = self.stderr_text();
+        match (status, exit) {
+            (Some((_, status)), Ok(exit)) if status == "0" && exit.success() => {
+                Ok(std::mem::take(&mut self.queue_id))
+            }
+            (status, exit) => Err(PostdropError::Refused {
+                program: self.program.clone(),
+                status: status.map_or_else(|| format!("{exit:?}"), |(_, s)| s.clone()),
+                reason: if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                },
+                stderr,
+            }),
+        }
+    }
+
+    /// Drops the message: postdrop sees its input end before the end record
+    /// and deletes the maildrop file.
+    pub fn abort(mut self) {
+        self.buf.clear();
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+
+    fn stderr_text(&mut self) -> String {
+        let text = self
+            .stderr
+            .take()
+            .and_then(|handle| handle.join().ok())
+            .unwrap_or_default();
+        let text = bsmtp::status::one_line(String::from_utf8_lossy(&text).trim());
+        if text.is_empty() {
+            text
+        } else {
+            format!(" ({text})")
+        }
+    }
+
+    /// Ends a postdrop that failed mid-way, keeping what it said.
+    fn fail(&mut self, err: io::Error) -> PostdropError {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let stderr = self.stderr_text();
+        PostdropError::Io {
+            program: self.program.clone(),
+            err: io::Error::new(err.kind(), format!("{err}{stderr}")),
+        }
+    }
+}
+
+/// Checks that `dir` looks like a Postfix config directory before we hand
+/// it to postdrop, so a typo gets a plain message.
+pub fn check_config_dir(dir: &Path) -> Result<(), String> {
+    if dir.join("main.cf").is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: no main.cf there; --postfix-config must name a Postfix config directory",
+            dir.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_length_uses_seven_bit_groups_low_first() {
+        let mut out = Vec::new();
+        put_record(&mut out, b'N', &[b'x'; 300]);
+        // 300 = 0b10_0101100: low seven bits 0x2c with the more-bit, then 2.
+        assert_eq!(&out[..3], &[b'N', 0xac, 0x02]);
+        assert_eq!(out.len(), 3 + 300);
+        out.clear();
+        put_record(&mut out, b'E', b"");
+        assert_eq!(out, [b'E', 0]);
+    }
+
+    #[test]
+    fn long_line_becomes_continuations_then_one_norm() {
+        let mut out = Vec::new();
+        put_line_piece(&mut out, &vec![b'a'; MAX_RECORD * 2 + 5], true);
+        let kinds: Vec<u8> = records(&out).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [REC_CONT, REC_CONT, REC_NORM]);
+        out.clear();
+        put_line_piece(&mut out, b"abc", false);
+        put_line_piece(&mut out, b"", true);
+        assert_eq!(records(&out), [(REC_CONT, 3), (REC_NORM, 0)]);
+    }
+
+    #[test]
+    fn attribute_list_parses() {
+        let mut input: &[u8] = b"protocol\0postdrop_protocol\0queue_id\0ABC123\0\0";
+        let attrs = read_attributes(&mut input).unwrap();
+        assert_eq!(attrs[1], ("queue_id".into(), "ABC123".into()));
+        let mut cut: &[u8] = b"queue_id\0AB";
+        assert!(read_attributes(&mut cut).is_err());
+    }
+
+    fn records(mut bytes: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        while let Some((&kind, rest)) = bytes.split_first() {
+            let (mut len, mut shift, mut i) = (0usize, 0, 0);
+            loop {
+                let b = rest[i];
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                i += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            out.push((kind, len));
+            bytes = &rest[i + len..];
+        }
+        out
+    }
+}

@@ -1,0 +1,445 @@
+//! The receiving side of a BSMTP session: a stream of transactions in, one
+//! reply per command out, each accepted message handed to an [`Injector`].
+//!
+//! BSMTP always sends the body after DATA (nobody waits for 354), so a DATA
+//! that we refuse still has its body coming: it is read and dropped. The
+//! reply pairing the sender relies on is: one reply per command; DATA gets
+//! 354 or a refusal; only after a 354 does the terminating dot get a reply of
+//! its own. A `250` after the dot means the injector committed the message;
+//! a stream that ends before the dot injects nothing of that message.
+
+use std::io::{self, Read, Write};
+
+use bsmtp::codec::{Command, CommandError, Decoder, Event, Param};
+use bsmtp::reply::{EnhancedCode, Reply};
+use log::{info, warn};
+
+use crate::policy::Policy;
+
+/// A message being handed over to the next hop (postdrop, or later an
+/// SMTP/LMTP listener).
+pub trait Delivery {
+    /// The next hop's ID for this message, if it gave one before commit.
+    fn queue_id(&self) -> &str;
+    /// Adds a piece of a content line (no line terminator).
+    fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String>;
+    /// Makes the message the next hop's responsibility; returns its queue ID.
+    fn commit(self) -> Result<String, String>;
+    /// Drops the message; nothing of it may be delivered.
+    fn abort(self);
+}
+
+/// Starts deliveries.
+pub trait Injector {
+    /// The message type this injector hands over.
+    type Message: Delivery;
+    /// Starts handing over a message with this envelope.
+    fn start(&mut self, envelope: &Envelope) -> Result<Self::Message, String>;
+}
+
+/// The envelope of one accepted transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Envelope sender; empty for `<>`.
+    pub sender: String,
+    /// Accepted recipients.
+    pub recipients: Vec<String>,
+    /// The sender declared 8-bit content (`BODY=8BITMIME`).
+    pub eight_bit: bool,
+    /// The sender declared UTF-8 addresses (`SMTPUTF8`).
+    pub smtputf8: bool,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: Option<String>,
+}
+
+/// Per-session facts that go into replies and trace headers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Our host name, for EHLO and Received:.
+    pub hostname: String,
+    /// The peer's rules.
+    pub policy: Policy,
+}
+
+enum Body<M> {
+    /// Not in DATA.
+    Idle,
+    /// 354 given; content goes to the message.
+    Accepting { message: M, size: u64 },
+    /// Content is read and dropped. `reply` is the answer due at the dot,
+    /// if the DATA command itself was accepted.
+    Discarding { reply: Option<Reply> },
+}
+
+/// Counts of a finished session, for the log and the exit status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages committed.
+    pub accepted: usize,
+    /// Transactions refused or failed.
+    pub rejected: usize,
+    /// The stream ended inside DATA.
+    pub truncated: bool,
+    /// QUIT was seen.
+    pub quit: bool,
+}
+
+/// One session's state.
+pub struct Receiver<I: Injector> {
+    settings: Settings,
+    injector: I,
+    envelope: Option<Envelope>,
+    helo: Option<String>,
+    body: Body<I::Message>,
+    summary: Summary,
+}
+
+fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(code, Some(EnhancedCode::new(dsn.0, dsn.1, dsn.2)), text)
+}
+
+impl<I: Injector> Receiver<I> {
+    /// A new session for the peer in `settings`.
+    pub fn new(settings: Settings, injector: I) -> Self {
+        Receiver {
+            settings,
+            injector,
+            envelope: None,
+            helo: None,
+            body: Body::Idle,
+            summary: Summary::default(),
+        }
+    }
+
+    /// Reads BSMTP from `input` until EOF or QUIT, writing replies to
+    /// `output`. Replies are flushed whenever we are about to wait for more
+    /// input, so a pipelining sender sees them without deadlock.
+    pub fn run(mut self, input: &mut impl Read, output: &mut impl Write) -> io::Result<Summary> {
+        let mut decoder = Decoder::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut start = 0;
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            while let Some((used, event)) = decoder.decode(&buf[start..]) {
+                start += used;
+                self.handle(event, &mut out);
+                if self.summary.quit {
+                    output.write_all(&out)?;
+                    output.flush()?;
+                    return Ok(self.summary);
+                }
+            }
+            output.write_all(&out)?;
+            output.flush()?;
+            out.clear();
+            // Keep only the undecoded tail; the buffer never holds more than
+            // one unfinished line or body piece.
+            buf.drain(..start);
+            start = 0;
+            let n = match input.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.end_of_input(&mut out);
+                    return Err(err);
+                }
+            };
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        loop {
+            match decoder.decode_eof(&buf[start..]) {
+                Ok(Some((used, event))) => {
+                    start += used;
+                    self.handle(event, &mut out);
+                    if self.summary.quit {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.summary.truncated = true;
+                    break;
+                }
+            }
+        }
+        self.end_of_input(&mut out);
+        output.write_all(&out)?;
+        output.flush()?;
+        Ok(self.summary)
+    }
+
+    /// The stream ended: whatever message was open is dropped.
+    fn end_of_input(&mut self, _out: &mut [u8]) {
+        if let Body::Accepting { message, .. } = std::mem::replace(&mut self.body, Body::Idle) {
+            warn!(
+                "{}: lost connection inside DATA from peer {}: message dropped, nothing delivered",
+                message.queue_id(),
+                self.settings.policy.peer
+            );
+            message.abort();
+            self.summary.truncated = true;
+            self.summary.rejected += 1;
+        }
+    }
+
+    fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
+        match event {
+            Event::Command(command) => {
+                if let Some(answer) = self.command(command) {
+                    answer.encode(out);
+                }
+            }
+            Event::BodyPiece { bytes, end_of_line } => self.body_piece(bytes, end_of_line),
+            Event::DataEnd => {
+                if let Some(answer) = self.data_end() {
+                    answer.encode(out);
+                }
+            }
+            Event::Invalid(error) => self.invalid(&error).encode(out),
+            Event::Skipped => {}
+        }
+    }
+
+    fn invalid(&mut self, error: &CommandError) -> Reply {
+        warn!("peer {}: {error}", self.settings.policy.peer);
+        error.reply()
+    }
+
+    fn command(&mut self, command: Command) -> Option<Reply> {
+        Some(match command {
+            Command::Ehlo(name) => {
+                self.envelope = None;
+                self.helo = Some(name.clone());
+                Reply {
+                    code: 250,
+                    enhanced: None,
+                    lines: vec![
+                        format!("{} greets {name}", self.settings.hostname),
+                        "PIPELINING".into(),
+                        format!("SIZE {}", self.settings.policy.max_size),
+                        "8BITMIME".into(),
+                        "SMTPUTF8".into(),
+                        "ENHANCEDSTATUSCODES".into(),
+                    ],
+                }
+            }
+            Command::Helo(name) => {
+                self.envelope = None;
+                self.helo = Some(name);
+                Reply::new(250, None, self.settings.hostname.clone())
+            }
+            Command::Mail { from, params } => self.mail(from, &params),
+            Command::Rcpt { to, params } => self.rcpt(to, &params),
+            Command::Data => return self.data(),
+            Command::Rset => {
+                self.envelope = None;
+                reply(250, (2, 0, 0), "Ok")
+            }
+            Command::Noop => reply(250, (2, 0, 0), "Ok"),
+            Command::Quit => {
+                self.summary.quit = true;
+                reply(221, (2, 0, 0), "Bye")
+            }
+        })
+    }
+
+    fn mail(&mut self, from: String, params: &[Param]) -> Reply {
+        if self.envelope.is_some() {
+            return reply(503, (5, 5, 1), "Error: nested MAIL command");
+        }
+        let policy = &self.settings.policy;
+        let mut envelope = Envelope {
+            helo: self.helo.clone(),
+            ..Envelope::default()
+        };
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                ("SIZE", Some(size)) => match size.parse::<u64>() {
+                    Ok(size) if size > policy.max_size => {
+                        return reply(
+                            552,
+                            (5, 3, 4),
+                            format!("Message size exceeds the limit for peer {}", policy.peer),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(_) => return reply(501, (5, 5, 4), "Bad SIZE parameter"),
+                },
+                ("BODY", Some(body)) if body.eq_ignore_ascii_case("8BITMIME") => {
+                    envelope.eight_bit = true;
+                }
+                ("BODY", Some(body)) if body.eq_ignore_ascii_case("7BIT") => {}
+                ("SMTPUTF8", None) => envelope.smtputf8 = true,
+                _ => {
+                    return reply(
+                        555,
+                        (5, 5, 4),
+                        format!("Unsupported MAIL parameter {}", param.keyword),
+                    )
+                }
+            }
+        }
+        if !policy.sender_allowed(&from) {
+            warn!(
+                "reject: MAIL from peer {}: <{from}>: sender not allowed for this peer",
+                policy.peer
+            );
+            self.summary.rejected += 1;
+            return reply(
+                553,
+                (5, 7, 1),
+                format!("<{from}>: Sender address not allowed for peer {}", policy.peer),
+            );
+        }
+        envelope.sender = from;
+        self.envelope = Some(envelope);
+        reply(250, (2, 1, 0), "Ok")
+    }
+
+    fn rcpt(&mut self, to: String, params: &[Param]) -> Reply {
+        let max = self.settings.policy.max_recipients;
+        let Some(envelope) = self.envelope.as_mut() else {
+            return reply(503, (5, 5, 1), "Error: need MAIL command");
+        };
+        if let Some(param) = params.first() {
+            return reply(
+                555,
+                (5, 5, 4),
+                format!("Unsupported RCPT parameter {}", param.keyword),
+            );
+        }
+        if to.is_empty() || !to.contains('@') {
+            return reply(
+                501,
+                (5, 1, 3),
+                format!("<{to}>: Recipient address must be user@domain"),
+            );
+        }
+        if envelope.recipients.len() >= max {
+            return reply(452, (4, 5, 3), "Error: too many recipients");
+        }
+        envelope.recipients.push(to);
+        reply(250, (2, 1, 5), "Ok")
+    }
+
+    /// DATA: the body follows whatever we answer.
+    fn data(&mut self) -> Option<Reply> {
+        let Some(envelope) = self.envelope.take() else {
+            self.body = Body::Discarding { reply: None };
+            return Some(reply(503, (5, 5, 1), "Error: need MAIL command"));
+        };
+        if envelope.recipients.is_empty() {
+            self.body = Body::Discarding { reply: None };
+            self.summary.rejected += 1;
+            return Some(reply(554, (5, 5, 1), "Error: no valid recipients"));
+        }
+        match self.injector.start(&envelope) {
+            Ok(mut message) => {
+                let header = received_header(&self.settings, &envelope, message.queue_id());
+                let mut size = 0;
+                for line in header.lines() {
+                    size += line.len() as u64 + 2;
+                    if let Err(err) = message.write_piece(line.as_bytes(), true) {
+                        message.abort();
+                        return Some(self.data_failed(&err));
+                    }
+                }
+                self.body = Body::Accepting { message, size };
+                Some(reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>"))
+            }
+            Err(err) => Some(self.data_failed(&err)),
+        }
+    }
+
+    fn data_failed(&mut self, err: &str) -> Reply {
+        warn!("peer {}: cannot queue message: {err}", self.settings.policy.peer);
+        self.body = Body::Discarding { reply: None };
+        self.summary.rejected += 1;
+        reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+    }
+
+    fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
+        let max_size = self.settings.policy.max_size;
+        let Body::Accepting { message, size } = &mut self.body else {
+            return;
+        };
+        *size += bytes.len() as u64 + if end_of_line { 2 } else { 0 };
+        let failure = if *size > max_size {
+            Some(reply(
+                552,
+                (5, 3, 4),
+                format!(
+                    "Message size exceeds the limit for peer {}",
+                    self.settings.policy.peer
+                ),
+            ))
+        } else {
+            message.write_piece(bytes, end_of_line).err().map(|err| {
+                warn!(
+                    "{}: write to next hop: {err}",
+                    message.queue_id()
+                );
+                reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+            })
+        };
+        if let Some(answer) = failure {
+            if let Body::Accepting { message, .. } =
+                std::mem::replace(&mut self.body, Body::Discarding { reply: Some(answer) })
+            {
+                message.abort();
+            }
+        }
+    }
+
+    fn data_end(&mut self) -> Option<Reply> {
+        match std::mem::replace(&mut self.body, Body::Idle) {
+            Body::Idle => None,
+            Body::Discarding { reply } => {
+                if reply.is_some() {
+                    self.summary.rejected += 1;
+                }
+                reply
+            }
+            Body::Accepting { message, size } => {
+                let maildrop_id = message.queue_id().to_owned();
+                Some(match message.commit() {
+                    Ok(queue_id) => {
+                        info!(
+                            "{queue_id}: peer={}, size={size}, status=queued",
+                            self.settings.policy.peer
+                        );
+                        self.summary.accepted += 1;
+                        reply(250, (2, 0, 0), format!("Ok: queued as {queue_id}"))
+                    }
+                    Err(err) => {
+                        warn!("{maildrop_id}: queue file commit failed: {err}");
+                        self.summary.rejected += 1;
+                        reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The trace header we put on top of each message, so the hub's copy says
+/// which peer it came from and under which maildrop ID (pickup gives the
+/// message a new queue ID; this is what correlates the two).
+fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> String {
+    let helo = envelope.helo.as_deref().unwrap_or(&settings.policy.peer);
+    let with = if envelope.helo.is_some() { "ESMTP" } else { "BSMTP" };
+    let date = chrono::Local::now().to_rfc2822();
+    let mut header = format!(
+        "Received: from {} (peer {})\r\n\tby {} (rsmtp) with {with} id {queue_id}",
+        bsmtp::status::one_line(helo),
+        settings.policy.peer,
+        settings.hostname,
+    );
+    if let [only] = envelope.recipients.as_slice() {
+        header.push_str(&format!("\r\n\tfor <{only}>"));
+    }
+    header.push_str(&format!("; {date}"));
+    header
+}
