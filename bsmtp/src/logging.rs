@@ -18,7 +18,8 @@ use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 pub enum Fallback {
     /// Straight to stderr.
     Stderr,
-    /// Kept in memory until [`flush_buffered`] (bounded).
+    /// Warnings and errors kept in memory until [`flush_buffered`]
+    /// (bounded); routine lines dropped.
     Buffer,
 }
 
@@ -98,6 +99,8 @@ impl Log for MailLog {
             Fallback::Stderr => {
                 let _ = std::io::stderr().write_all(line.as_bytes());
             }
+            // Routine lines would only lengthen the status Postfix logs.
+            Fallback::Buffer if record.level() > Level::Warn => {}
             Fallback::Buffer => {
                 if let Ok(mut buffered) = self.buffered.lock() {
                     if buffered.len() + line.len() <= MAX_BUFFERED {
