@@ -1,1 +1,638 @@
+//! End-to-end harness: each test gets an [`Env`], a private directory under
+//! `/var/lib/bsmtp-ssh-tests` holding a real leaf Postfix (routing `hub.test`
+//! through pipe(8) to `bsmtp-ssh deliver`), a real hub Postfix (local(8) into
+//! Maildirs) and a real sshd whose authorized_keys runs `rsmtp` as a forced
+//! command. Everything is torn down on drop; every wait is bounded and panics
+//! with the logs of all three daemons, so a failure explains itself.
+//!
+//! Needs root, Postfix (with a default /etc/postfix/main.cf) and OpenSSH; a
+//! missing prerequisite panics with the command that installs it.
 
+pub mod binaries;
+pub mod postfix;
+pub mod sshd;
+pub mod system;
+pub mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::postfix::{Postfix, PostfixSetup};
+use crate::sshd::Sshd;
+use crate::system::{HUB_USER, LEAF_USER};
+use crate::util::{
+    chown_to, explain, maildir_files, mkdir, poll, shell_quote, tail, write_file, COMMAND_TIMEOUT,
+    TEST_ROOT,
+};
+
+pub use crate::system::{HUB_USER as HUB_SSH_USER, LEAF_USER as LEAF_PIPE_USER};
+
+/// The peer name the leaf's transport uses for the hub (`bsmtp:hub`, `[peer.hub]`).
+pub const HUB_PEER: &str = "hub";
+/// The peer name the hub's forced command gives the leaf (`rsmtp --peer leaf1`).
+pub const LEAF_PEER: &str = "leaf1";
+
+/// How an [`Env`] differs from the default. Strings in `rsmtp_args` and
+/// `forced_command` may use `{base}`, `{bin}` and `{hub_etc}`, replaced by the
+/// environment's directories.
+#[derive(Clone, Debug)]
+pub struct EnvOptions {
+    /// Arguments after `rsmtp --peer leaf1 --postfix-config <hub etc>` in the
+    /// forced command; default `--allow-sender @leaf.test`.
+    pub rsmtp_args: Vec<String>,
+    /// Replaces the whole forced command (shell syntax, run by /bin/sh).
+    pub forced_command: Option<String>,
+    /// Build and install `bsmtp-ssh` and `rsmtp` (default true). The harness's
+    /// own tests turn it off so they do not depend on those binaries.
+    pub build_binaries: bool,
+    /// Extra hub main.cf parameters.
+    pub hub_main_cf: Vec<(String, String)>,
+    /// Extra leaf main.cf parameters.
+    pub leaf_main_cf: Vec<(String, String)>,
+    /// Hub local parts with a Maildir (default bob, carol, dave).
+    pub hub_mailboxes: Vec<String>,
+    /// Leaf local parts with a Maildir (default alice, bob).
+    pub leaf_mailboxes: Vec<String>,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        EnvOptions {
+            rsmtp_args: strings(&["--allow-sender", "@leaf.test"]),
+            forced_command: None,
+            build_binaries: true,
+            hub_main_cf: Vec::new(),
+            leaf_main_cf: Vec::new(),
+            hub_mailboxes: strings(&["bob", "carol", "dave"]),
+            leaf_mailboxes: strings(&["alice", "bob"]),
+        }
+    }
+}
+
+impl EnvOptions {
+    /// Replaces the policy arguments given to rsmtp.
+    #[must_use]
+    pub fn rsmtp_args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.rsmtp_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Replaces the whole forced command.
+    #[must_use]
+    pub fn forced_command(mut self, command: impl Into<String>) -> Self {
+        self.forced_command = Some(command.into());
+        self
+    }
+
+    /// Skips building and installing `bsmtp-ssh` and `rsmtp`.
+    #[must_use]
+    pub fn without_binaries(mut self) -> Self {
+        self.build_binaries = false;
+        self
+    }
+
+    /// Adds a hub main.cf parameter.
+    #[must_use]
+    pub fn hub_param(mut self, name: &str, value: &str) -> Self {
+        self.hub_main_cf.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds a leaf main.cf parameter.
+    #[must_use]
+    pub fn leaf_param(mut self, name: &str, value: &str) -> Self {
+        self.leaf_main_cf.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// Which daemon's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Log {
+    /// The leaf Postfix's `maillog_file` (includes pipe(8) status lines).
+    Leaf,
+    /// The hub Postfix's `maillog_file`.
+    Hub,
+    /// The sshd `-E` log (sshd's own lines; the forced command's stderr goes to the client).
+    Sshd,
+}
+
+/// One test's leaf, hub and sshd. See the crate docs.
+pub struct Env {
+    base: PathBuf,
+    options: EnvOptions,
+    // Field order is drop order: sshd first, then both Postfix instances.
+    sshd: Sshd,
+    leaf: Postfix,
+    hub: Postfix,
+    registered: bool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    /// Starts an environment with the default options. `name` (the test's name)
+    /// becomes part of the directory name.
+    pub fn start(name: &str) -> Env {
+        Env::start_with(name, EnvOptions::default())
+    }
+
+    /// Starts an environment: users, binaries, both Postfix instances, sshd.
+    pub fn start_with(name: &str, options: EnvOptions) -> Env {
+        system::check_prerequisites();
+        system::ensure_users();
+        util::ensure_test_root();
+        let binaries = options.build_binaries.then(binaries::binaries);
+        let base = new_base_dir(name);
+        let bin = base.join("bin");
+        mkdir(&bin, 0o755);
+        if let Some(b) = &binaries {
+            for (from, name) in [(&b.bsmtp_ssh, "bsmtp-ssh"), (&b.rsmtp, "rsmtp")] {
+                let to = bin.join(name);
+                std::fs::copy(from, &to).unwrap_or_else(|err| {
+                    panic!("copy {} to {}: {err}", from.display(), to.display())
+                });
+                util::set_mode(&to, 0o755);
+            }
+        }
+
+        let hub = Postfix::create(
+            "hub",
+            base.join("hub"),
+            &PostfixSetup {
+                hostname: "hub.test",
+                mailboxes: &options.hub_mailboxes,
+                main_cf: &options.hub_main_cf,
+                master_cf: "",
+            },
+        );
+        let leaf_dir = base.join("leaf");
+        let mut leaf_main_cf = vec![
+            (
+                "transport_maps".to_owned(),
+                format!("texthash:{}/etc/transport", leaf_dir.display()),
+            ),
+            (
+                "bsmtp_destination_recipient_limit".to_owned(),
+                "1".to_owned(),
+            ),
+        ];
+        leaf_main_cf.extend(options.leaf_main_cf.iter().cloned());
+        let pipe = format!(
+            "bsmtp     unix  -       n       n       -       -       pipe\n  flags=q \
+             user={LEAF_USER} argv={bin}/bsmtp-ssh deliver --config {leaf}/bsmtp-ssh.conf \
+             --peer ${{nexthop}} -f ${{sender}} --queue-id ${{queue_id}} --size ${{size}} \
+             -- ${{recipient}}\n",
+            bin = bin.display(),
+            leaf = leaf_dir.display(),
+        );
+        mkdir(&leaf_dir.join("etc"), 0o755);
+        write_file(
+            &leaf_dir.join("etc/transport"),
+            format!("hub.test bsmtp:{HUB_PEER}\n"),
+            0o644,
+        );
+        let leaf = Postfix::create(
+            "leaf",
+            leaf_dir,
+            &PostfixSetup {
+                hostname: "leaf.test",
+                mailboxes: &options.leaf_mailboxes,
+                main_cf: &leaf_main_cf,
+                master_cf: &pipe,
+            },
+        );
+        let sshd = Sshd::create(base.join("ssh"));
+        let mut env = Env {
+            base,
+            options,
+            sshd,
+            leaf,
+            hub,
+            registered: false,
+        };
+
+        system::update_alternates(&[&env.hub.config_dir(), &env.leaf.config_dir()], &[]);
+        env.registered = true;
+        env.make_leaf_key();
+        let command = env.default_forced_command();
+        env.set_forced_command(&command);
+        env.sshd.start(true);
+        env.pin_host_key();
+        env.write_transport_config();
+        env.hub.start();
+        env.leaf.start();
+        env
+    }
+
+    /// The environment's directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The directory holding the installed `bsmtp-ssh` and `rsmtp`.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.base.join("bin")
+    }
+
+    /// The hub Postfix instance (config dir, queue, log, postconf...).
+    pub fn hub(&self) -> &Postfix {
+        &self.hub
+    }
+
+    /// The leaf Postfix instance.
+    pub fn leaf(&self) -> &Postfix {
+        &self.leaf
+    }
+
+    /// The hub's `config_directory`.
+    pub fn hub_config_dir(&self) -> PathBuf {
+        self.hub.config_dir()
+    }
+
+    /// The leaf's `config_directory`.
+    pub fn leaf_config_dir(&self) -> PathBuf {
+        self.leaf.config_dir()
+    }
+
+    /// The transport's TOML config, `<base>/leaf/bsmtp-ssh.conf`.
+    pub fn transport_config(&self) -> PathBuf {
+        self.base.join("leaf/bsmtp-ssh.conf")
+    }
+
+    /// The leaf's private key (owned by `bsmtp-leaf`, 0600).
+    pub fn leaf_key(&self) -> PathBuf {
+        self.base.join("leaf/id_ed25519")
+    }
+
+    /// The leaf's known_hosts, pinning the hub sshd's host key.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.base.join("leaf/known_hosts")
+    }
+
+    /// The sshd's port on 127.0.0.1.
+    pub fn sshd_port(&self) -> u16 {
+        self.sshd.port()
+    }
+
+    /// The hub user's authorized_keys file.
+    pub fn authorized_keys(&self) -> PathBuf {
+        self.sshd.authorized_keys(HUB_USER)
+    }
+
+    /// Replaces `{base}`, `{bin}` and `{hub_etc}` in a forced-command string.
+    pub fn expand(&self, text: &str) -> String {
+        text.replace("{base}", &self.base.to_string_lossy())
+            .replace("{bin}", &self.bin_dir().to_string_lossy())
+            .replace("{hub_etc}", &self.hub_config_dir().to_string_lossy())
+    }
+
+    fn default_forced_command(&self) -> String {
+        if let Some(cmd) = &self.options.forced_command {
+            return self.expand(cmd);
+        }
+        let mut words = vec![
+            self.bin_dir().join("rsmtp").to_string_lossy().into_owned(),
+            "--peer".to_owned(),
+            LEAF_PEER.to_owned(),
+            "--postfix-config".to_owned(),
+            self.hub_config_dir().to_string_lossy().into_owned(),
+        ];
+        words.extend(self.options.rsmtp_args.iter().map(|a| self.expand(a)));
+        words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Rewrites the hub user's authorized_keys with this forced command (shell
+    /// syntax). sshd reads the file at each login: no restart needed.
+    pub fn set_forced_command(&self, command: &str) {
+        let public = util::read_lossy(&self.leaf_key().with_extension("pub"));
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        let escaped = command.replace('\\', r"\\").replace('"', "\\\"");
+        let line = format!(
+            "restrict,command=\"{escaped}\" {} {LEAF_PEER}\n",
+            key.join(" ")
+        );
+        write_file(&self.authorized_keys(), line, 0o644);
+    }
+
+    fn make_leaf_key(&self) {
+        let key = self.leaf_key();
+        util::run_ok(
+            Command::new("/usr/bin/ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", LEAF_PEER, "-f"])
+                .arg(&key),
+        );
+        chown_to(&key, LEAF_USER, None);
+        chown_to(&key.with_extension("pub"), LEAF_USER, None);
+        util::set_mode(&key, 0o600);
+    }
+
+    /// Writes the leaf's known_hosts with the hub sshd's current host key
+    /// (`[127.0.0.1]:PORT ssh-ed25519 AAAA...`).
+    pub fn pin_host_key(&self) {
+        let line = format!(
+            "[127.0.0.1]:{} {}\n",
+            self.sshd_port(),
+            self.sshd.host_public_key()
+        );
+        write_file(&self.known_hosts(), line, 0o644);
+        chown_to(&self.known_hosts(), LEAF_USER, None);
+    }
+
+    fn write_transport_config(&self) {
+        let conf = format!(
+            "# Written by bsmtp-ssh-tests.\n[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
+             user = \"{HUB_USER}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+            self.sshd_port(),
+            self.leaf_key().display(),
+            self.known_hosts().display()
+        );
+        write_file(&self.transport_config(), conf, 0o644);
+        chown_to(&self.transport_config(), LEAF_USER, None);
+    }
+
+    /// Stops sshd (the hub is then unreachable; sessions in progress go on).
+    pub fn stop_sshd(&mut self) {
+        self.sshd.stop();
+    }
+
+    /// Starts sshd again on the same port.
+    pub fn start_sshd(&mut self) {
+        self.sshd.start(false);
+    }
+
+    /// Gives the hub sshd a fresh host key and restarts it; the leaf's
+    /// known_hosts still pins the old one (call [`Env::pin_host_key`] to accept it).
+    pub fn replace_host_key(&mut self) {
+        self.sshd.stop();
+        self.sshd.new_host_key();
+        self.sshd.start(false);
+    }
+
+    /// Injects a message with the leaf's own `sendmail -C <leaf etc> -i -f FROM -- TO...`;
+    /// panics unless sendmail exits 0.
+    pub fn leaf_sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
+        let out = self.leaf.sendmail(from, to, message);
+        assert!(
+            out.status.success(),
+            "{}",
+            explain("leaf sendmail", out.status, &out.stdout, &out.stderr)
+        );
+    }
+
+    /// Injects a message with the hub's own sendmail; panics unless it exits 0.
+    pub fn hub_sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
+        let out = self.hub.sendmail(from, to, message);
+        assert!(
+            out.status.success(),
+            "{}",
+            explain("hub sendmail", out.status, &out.stdout, &out.stderr)
+        );
+    }
+
+    /// A hub user's Maildir.
+    pub fn hub_maildir(&self, user: &str) -> PathBuf {
+        self.hub.maildir(user)
+    }
+
+    /// A leaf user's Maildir (bounce notices land here).
+    pub fn leaf_maildir(&self, user: &str) -> PathBuf {
+        self.leaf.maildir(user)
+    }
+
+    /// Messages now in a Maildir (`new/` and `cur/`), oldest first.
+    pub fn read_maildir(maildir: &Path) -> Vec<Vec<u8>> {
+        maildir_files(maildir)
+            .iter()
+            .filter_map(|p| std::fs::read(p).ok())
+            .collect()
+    }
+
+    /// Waits until the hub user's Maildir holds at least `count` messages and
+    /// returns them all, oldest first; panics with the logs on timeout.
+    pub fn wait_maildir(&self, user: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        self.wait_in_maildir(&self.hub_maildir(user), count, timeout)
+    }
+
+    /// Like [`Env::wait_maildir`] for a leaf user (bounce notices).
+    pub fn wait_leaf_maildir(&self, user: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        self.wait_in_maildir(&self.leaf_maildir(user), count, timeout)
+    }
+
+    fn wait_in_maildir(&self, maildir: &Path, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let found = poll(timeout, || {
+            let files = maildir_files(maildir);
+            (files.len() >= count).then_some(())
+        });
+        if found.is_none() {
+            self.fail(&format!(
+                "{} holds {} of {count} messages after {timeout:?}",
+                maildir.display(),
+                maildir_files(maildir).len()
+            ));
+        }
+        Env::read_maildir(maildir)
+    }
+
+    /// A log's text so far.
+    pub fn log(&self, which: Log) -> String {
+        match which {
+            Log::Leaf => self.leaf.log(),
+            Log::Hub => self.hub.log(),
+            Log::Sshd => self.sshd.log(),
+        }
+    }
+
+    /// The leaf Postfix log.
+    pub fn leaf_log(&self) -> String {
+        self.log(Log::Leaf)
+    }
+
+    /// The hub Postfix log.
+    pub fn hub_log(&self) -> String {
+        self.log(Log::Hub)
+    }
+
+    /// The sshd log.
+    pub fn sshd_log(&self) -> String {
+        self.log(Log::Sshd)
+    }
+
+    /// Log lines containing `pattern`.
+    pub fn log_lines(&self, which: Log, pattern: &str) -> Vec<String> {
+        self.log(which)
+            .lines()
+            .filter(|l| l.contains(pattern))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits for a log line containing `pattern` and returns the first one;
+    /// panics with the logs on timeout.
+    pub fn wait_log(&self, which: Log, pattern: &str, timeout: Duration) -> String {
+        let line = poll(timeout, || {
+            self.log_lines(which, pattern).into_iter().next()
+        });
+        line.unwrap_or_else(|| {
+            self.fail(&format!(
+                "no {which:?} log line contains {pattern:?} after {timeout:?}"
+            ))
+        })
+    }
+
+    /// `postqueue -p` of the leaf.
+    pub fn leaf_queue(&self) -> String {
+        self.leaf.queue()
+    }
+
+    /// `postqueue -p` of the hub.
+    pub fn hub_queue(&self) -> String {
+        self.hub.queue()
+    }
+
+    /// True when the leaf's queue is empty.
+    pub fn leaf_queue_is_empty(&self) -> bool {
+        self.leaf_queue().contains("Mail queue is empty")
+    }
+
+    /// Waits until the leaf's queue is empty; panics with the logs on timeout.
+    pub fn wait_leaf_queue_empty(&self, timeout: Duration) {
+        if poll(timeout, || self.leaf_queue_is_empty().then_some(())).is_none() {
+            self.fail(&format!("the leaf queue is not empty after {timeout:?}"));
+        }
+    }
+
+    /// `postqueue -f` on the leaf: retry deferred mail now.
+    pub fn leaf_flush(&self) {
+        self.leaf.flush();
+    }
+
+    /// Runs OpenSSH's `ssh` as root with the leaf's key and known_hosts against
+    /// the hub sshd; `original_command` becomes the forced command's
+    /// `SSH_ORIGINAL_COMMAND` (none when empty). Bounded to 60 s.
+    pub fn ssh_exec(&self, original_command: &str, stdin: &[u8]) -> Output {
+        self.ssh_exec_with(&[], original_command, stdin)
+    }
+
+    /// Like [`Env::ssh_exec`] with extra `ssh` options (placed before the host).
+    pub fn ssh_exec_with(&self, options: &[&str], original_command: &str, stdin: &[u8]) -> Output {
+        let mut cmd = Command::new("/usr/bin/ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            self.known_hosts().display()
+        ))
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args(["-o", "ConnectTimeout=10", "-i"])
+        .arg(self.leaf_key())
+        .arg("-p")
+        .arg(self.sshd_port().to_string())
+        .args(options)
+        .arg(format!("{HUB_USER}@127.0.0.1"));
+        if !original_command.is_empty() {
+            cmd.arg("--").arg(original_command);
+        }
+        util::run_timeout(&mut cmd, stdin, COMMAND_TIMEOUT)
+    }
+
+    /// All three logs' tails and the leaf queue, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let queue = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.leaf_queue()))
+            .unwrap_or_else(|_| "(postqueue failed)".to_owned());
+        format!(
+            "environment: {}\n--- leaf log ---\n{}\n--- hub log ---\n{}\n--- sshd log ---\n{}\n\
+             --- leaf queue ---\n{}",
+            self.base.display(),
+            tail(&self.leaf_log(), 40),
+            tail(&self.hub_log(), 40),
+            tail(&self.sshd_log(), 30),
+            queue.trim_end()
+        )
+    }
+
+    /// Panics with `what` and [`Env::diagnostics`].
+    pub fn fail(&self, what: &str) -> ! {
+        panic!("{what}\n{}", self.diagnostics())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let keep = std::env::var("BSMTP_KEEP").is_ok_and(|v| v == "1");
+        if std::thread::panicking() {
+            eprintln!(
+                "bsmtp-ssh-tests: test failed in {}{}",
+                self.base.display(),
+                if keep {
+                    " (kept)"
+                } else {
+                    " (set BSMTP_KEEP=1 to keep it)"
+                }
+            );
+        }
+        self.sshd.stop();
+        self.leaf.stop();
+        self.hub.stop();
+        if self.registered {
+            system::update_alternates(&[], &[&self.hub.config_dir(), &self.leaf.config_dir()]);
+        }
+        if !keep {
+            remove_base(&self.base);
+        }
+    }
+}
+
+fn new_base_dir(name: &str) -> PathBuf {
+    // Short enough that Postfix's socket paths (spool/private/proxywrite) stay
+    // under the 108-byte sun_path limit.
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = Path::new(TEST_ROOT).join(format!("{clean}-{}-{n}", std::process::id()));
+    if base.exists() {
+        remove_base(&base);
+    }
+    mkdir(&base, 0o755);
+    base
+}
+
+fn remove_base(base: &Path) {
+    // A Postfix child may still be finishing a write: retry a few times.
+    for attempt in 1..=5 {
+        match std::fs::remove_dir_all(base) {
+            Ok(()) => return,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(err) if attempt == 5 => eprintln!("remove {}: {err}", base.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}

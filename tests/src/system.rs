@@ -1,0 +1,129 @@
+//! What the harness changes outside its own directory, all under the global lock:
+//! the two system users, and the default main.cf's `alternate_config_directories`
+//! (postdrop and postqueue accept `-c DIR` only for directories listed there).
+
+use std::path::Path;
+use std::process::Command;
+
+use nix::unistd::{Uid, User};
+
+use crate::util::{chown_to, global_lock, mkdir, run_ok, TEST_ROOT};
+
+/// The hub's forced-command user: sshd runs rsmtp as this user.
+pub const HUB_USER: &str = "bsmtp-hub";
+/// The leaf's pipe(8) transport user: Postfix runs bsmtp-ssh as this user.
+pub const LEAF_USER: &str = "bsmtp-leaf";
+
+const INSTALL_HINT: &str = "install them with: \
+    echo 'postfix postfix/main_mailer_type select Local only' | debconf-set-selections && \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y postfix openssh-server openssh-client";
+
+/// Panics, saying how to fix it, when something the tests need is missing.
+/// A missing prerequisite is a failure, never a silent skip.
+pub fn check_prerequisites() {
+    assert!(
+        Uid::effective().is_root(),
+        "the end-to-end tests start Postfix and sshd and create system users: run them as root"
+    );
+    for (path, what) in [
+        ("/usr/sbin/postfix", "Postfix"),
+        ("/usr/sbin/postconf", "Postfix"),
+        ("/usr/sbin/sendmail", "Postfix"),
+        ("/usr/sbin/sshd", "the OpenSSH server"),
+        ("/usr/bin/ssh", "the OpenSSH client"),
+        ("/usr/bin/ssh-keygen", "the OpenSSH client"),
+        ("/usr/sbin/useradd", "passwd (useradd)"),
+    ] {
+        assert!(
+            Path::new(path).exists(),
+            "{what} is missing ({path} not found); {INSTALL_HINT}"
+        );
+    }
+    assert!(
+        Path::new("/etc/postfix/main.cf").exists(),
+        "/etc/postfix/main.cf is missing: the tests list their Postfix instances in its \
+         alternate_config_directories. Postfix was installed with \"No configuration\"; \
+         reconfigure it as \"Local only\" (dpkg-reconfigure postfix), or {INSTALL_HINT}"
+    );
+}
+
+/// Creates [`HUB_USER`] and [`LEAF_USER`] if missing: shell /bin/sh (sshd runs the
+/// forced command through it) and password `*` (with `UsePAM no`, sshd refuses
+/// an account locked with `!`).
+pub fn ensure_users() {
+    let _lock = global_lock();
+    let homes = Path::new(TEST_ROOT).join("home");
+    mkdir(&homes, 0o755);
+    for name in [HUB_USER, LEAF_USER] {
+        // A real home: otherwise sshd tells every client "Could not chdir to
+        // home directory" on stderr, mixed with the forced command's output.
+        let home = homes.join(name);
+        let home_str = home.to_string_lossy().into_owned();
+        let existing = User::from_name(name).ok().flatten();
+        if existing.is_none() {
+            run_ok(Command::new("/usr/sbin/useradd").args([
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                &home_str,
+                "--shell",
+                "/bin/sh",
+                "--password",
+                "*",
+                name,
+            ]));
+        } else if existing.is_some_and(|u| u.dir != home || u.shell != Path::new("/bin/sh")) {
+            run_ok(
+                Command::new("/usr/sbin/usermod")
+                    .args(["--home", &home_str, "--shell", "/bin/sh", name]),
+            );
+        }
+        mkdir(&home, 0o755);
+        chown_to(&home, name, None);
+        let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+        let locked = shadow
+            .lines()
+            .filter_map(|line| line.split_once(':'))
+            .any(|(user, rest)| user == name && !rest.starts_with("*:"));
+        if locked {
+            run_ok(Command::new("/usr/sbin/usermod").args(["--password", "*", name]));
+        }
+    }
+}
+
+fn read_alternates() -> Vec<String> {
+    let out =
+        run_ok(Command::new("/usr/sbin/postconf").args(["-h", "alternate_config_directories"]));
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_alternates(dirs: &[String]) {
+    let setting = format!("alternate_config_directories = {}", dirs.join(" "));
+    run_ok(Command::new("/usr/sbin/postconf").args(["-e", &setting]));
+}
+
+/// Updates the default main.cf's list: removes `remove`, adds `add`, and drops
+/// our own entries whose directory is gone (left by a killed test run).
+pub fn update_alternates(add: &[&Path], remove: &[&Path]) {
+    let _lock = global_lock();
+    let before = read_alternates();
+    let mut dirs: Vec<String> = before
+        .iter()
+        .filter(|d| !remove.iter().any(|r| Path::new(d) == *r))
+        .filter(|d| !d.starts_with(TEST_ROOT) || Path::new(d).is_dir())
+        .cloned()
+        .collect();
+    for dir in add {
+        let dir = dir.to_string_lossy().into_owned();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    if dirs != before {
+        write_alternates(&dirs);
+    }
+}
