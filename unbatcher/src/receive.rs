@@ -115,6 +115,14 @@ impl<I: Injector> Receiver<I> {
     /// `output`. Replies are flushed whenever we are about to wait for more
     /// input, so a pipelining sender sees them without deadlock.
     pub fn run(mut self, input: &mut impl Read, output: &mut impl Write) -> io::Result<Summary> {
+        let result = self.session(input, output);
+        // However the session ended (EOF, a read or write error), a message
+        // still open has not been acknowledged: drop it.
+        self.end_of_input();
+        result.map(|()| self.summary)
+    }
+
+    fn session(&mut self, input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
         let mut decoder = Decoder::new();
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut start = 0;
@@ -125,28 +133,21 @@ impl<I: Injector> Receiver<I> {
                 start += used;
                 self.handle(event, &mut out);
                 if self.summary.quit {
-                    output.write_all(&out)?;
-                    output.flush()?;
-                    return Ok(self.summary);
+                    return write_replies(output, &out);
                 }
             }
-            output.write_all(&out)?;
-            output.flush()?;
+            write_replies(output, &out)?;
             out.clear();
             // Keep only the undecoded tail; the buffer never holds more than
             // one unfinished line or body piece.
             buf.drain(..start);
             start = 0;
-            let n = match input.read(&mut chunk) {
+            match input.read(&mut chunk) {
                 Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    self.end_of_input(&mut out);
-                    return Err(err);
-                }
-            };
-            buf.extend_from_slice(&chunk[..n]);
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
         }
         loop {
             match decoder.decode_eof(&buf[start..]) {
@@ -164,14 +165,11 @@ impl<I: Injector> Receiver<I> {
                 }
             }
         }
-        self.end_of_input(&mut out);
-        output.write_all(&out)?;
-        output.flush()?;
-        Ok(self.summary)
+        write_replies(output, &out)
     }
 
     /// The stream ended: whatever message was open is dropped.
-    fn end_of_input(&mut self, _out: &mut [u8]) {
+    fn end_of_input(&mut self) {
         if let Body::Accepting { message, .. } = std::mem::replace(&mut self.body, Body::Idle) {
             warn!(
                 "{}: lost connection inside DATA from peer {}: message dropped, nothing delivered",
@@ -424,6 +422,11 @@ impl<I: Injector> Receiver<I> {
     }
 }
 
+fn write_replies(output: &mut impl Write, replies: &[u8]) -> io::Result<()> {
+    output.write_all(replies)?;
+    output.flush()
+}
+
 /// The trace header we put on top of each message, so the hub's copy says
 /// which peer it came from and under which maildrop ID (pickup gives the
 /// message a new queue ID; this is what correlates the two).
@@ -442,4 +445,167 @@ fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> 
     }
     header.push_str(&format!("; {date}"));
     header
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::policy::{ConfigFile, SenderPattern};
+
+    /// What the in-memory next hop saw: committed messages and aborts.
+    #[derive(Default)]
+    struct Hop {
+        committed: Vec<(Envelope, Vec<u8>)>,
+        aborted: usize,
+        fail_commit: bool,
+    }
+
+    struct Memory(Rc<RefCell<Hop>>);
+    struct Message {
+        hop: Rc<RefCell<Hop>>,
+        envelope: Envelope,
+        content: Vec<u8>,
+    }
+
+    impl Delivery for Message {
+        fn queue_id(&self) -> &str {
+            "MEM1"
+        }
+        fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String> {
+            self.content.extend_from_slice(bytes);
+            if end_of_line {
+                self.content.push(b'\n');
+            }
+            Ok(())
+        }
+        fn commit(self) -> Result<String, String> {
+            let mut hop = self.hop.borrow_mut();
+            if hop.fail_commit {
+                return Err("disk full".into());
+            }
+            hop.committed.push((self.envelope, self.content));
+            Ok(format!("Q{}", hop.committed.len()))
+        }
+        fn abort(self) {
+            self.hop.borrow_mut().aborted += 1;
+        }
+    }
+
+    impl Injector for Memory {
+        type Message = Message;
+        fn start(&mut self, envelope: &Envelope) -> Result<Message, String> {
+            Ok(Message {
+                hop: self.0.clone(),
+                envelope: envelope.clone(),
+                content: Vec::new(),
+            })
+        }
+    }
+
+    fn session(input: &[u8], fail_commit: bool) -> (String, Rc<RefCell<Hop>>, Summary) {
+        let mut policy = ConfigFile::default()
+            .policy("leaf1", &["@leaf.test".into()], Some(1000), Some(2))
+            .unwrap();
+        policy.allow_sender.push(SenderPattern::parse("root@other.test").unwrap());
+        let hop = Rc::new(RefCell::new(Hop {
+            fail_commit,
+            ..Hop::default()
+        }));
+        let settings = Settings {
+            hostname: "hub.test".into(),
+            policy,
+        };
+        let mut out = Vec::new();
+        let summary = Receiver::new(settings, Memory(hop.clone()))
+            .run(&mut &input[..], &mut out)
+            .unwrap();
+        (String::from_utf8(out).unwrap(), hop, summary)
+    }
+
+    fn codes(replies: &str) -> Vec<&str> {
+        replies
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect()
+    }
+
+    #[test]
+    fn exim_style_batch_two_messages_one_reply_per_command() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\n..x\nbody\n.\n\
+                      MAIL FROM:<>\nRCPT TO:<c@hub.test>\nDATA\nbounce\n.\n";
+        let (out, hop, summary) = session(input, false);
+        assert_eq!(codes(&out), ["250", "250", "354", "250", "250", "250", "354", "250"]);
+        assert!(out.contains("250 2.0.0 Ok: queued as Q2\r\n"));
+        let hop = hop.borrow();
+        assert_eq!(hop.committed.len(), 2);
+        let first = String::from_utf8_lossy(&hop.committed[0].1);
+        assert!(first.starts_with("Received: from leaf1 (peer leaf1)\n"), "{first}");
+        assert!(first.ends_with("\n.x\nbody\n"), "{first}");
+        assert_eq!(hop.committed[1].0.sender, "");
+        assert_eq!(summary.accepted, 2);
+    }
+
+    #[test]
+    fn stream_ending_inside_data_injects_nothing() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\npartial line";
+        let (out, hop, summary) = session(input, false);
+        assert_eq!(codes(&out), ["250", "250", "354"]);
+        assert!(hop.borrow().committed.is_empty());
+        assert_eq!(hop.borrow().aborted, 1);
+        assert!(summary.truncated);
+    }
+
+    #[test]
+    fn refused_data_still_swallows_its_body() {
+        // No valid recipient: DATA is refused, the body that follows anyway
+        // must not be read as commands, and the next transaction works.
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<nodomain>\nDATA\nMAIL FROM:<x@evil.test>\n.\n\
+                      MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nok\n.\nQUIT\n";
+        let (out, hop, _) = session(input, false);
+        let codes = codes(&out);
+        assert_eq!(codes[2], "554", "{out}");
+        assert_eq!(&codes[3..], ["250", "250", "354", "250", "221"], "{out}");
+        assert_eq!(hop.borrow().committed.len(), 1);
+    }
+
+    #[test]
+    fn policy_violations_get_precise_codes() {
+        let input = b"MAIL FROM:<a@evil.test>\nRSET\nMAIL FROM:<a@leaf.test> SIZE=5000\n\
+                      MAIL FROM:<root@other.test>\nRCPT TO:<b@hub.test>\nRCPT TO:<c@hub.test>\n\
+                      RCPT TO:<d@hub.test>\nRSET\nRCPT TO:<e@hub.test>\nFOO\n";
+        let (out, _, _) = session(input, false);
+        for expected in [
+            "553 5.7.1 <a@evil.test>: Sender address not allowed for peer leaf1",
+            "552 5.3.4 ",
+            "452 4.5.3 ",
+            "503 5.5.1 Error: need MAIL command",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        assert!(out.trim_end().lines().last().unwrap().starts_with('5'), "{out}");
+    }
+
+    #[test]
+    fn oversized_body_is_refused_at_the_dot_and_aborted() {
+        let mut input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\n".to_vec();
+        input.extend(std::iter::repeat_n(b"0123456789\n".as_slice(), 200).flatten());
+        input.extend_from_slice(b".\nNOOP\n");
+        let (out, hop, _) = session(&input, false);
+        assert_eq!(codes(&out), ["250", "250", "354", "552", "250"], "{out}");
+        assert_eq!(hop.borrow().aborted, 1);
+        assert!(hop.borrow().committed.is_empty());
+    }
+
+    #[test]
+    fn commit_failure_is_a_temporary_error_never_250() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nx\n.\n";
+        let (out, hop, summary) = session(input, true);
+        assert_eq!(codes(&out), ["250", "250", "354", "451"], "{out}");
+        assert!(hop.borrow().committed.is_empty());
+        assert_eq!(summary.accepted, 0);
+    }
 }

@@ -1,0 +1,415 @@
+//! End to end, with the real thing: leaf Postfix -> pipe(8) -> bsmtp-ssh ->
+//! sshd forced command -> rsmtp -> postdrop -> hub Postfix -> local(8) ->
+//! Maildir. Each test starts its own Postfix pair and sshd (see the harness).
+
+use std::time::{Duration, Instant};
+
+use bsmtp_ssh_tests::{Env, EnvOptions, Log};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_secs(90);
+
+/// A message with headers and `body`, LF line ends as sendmail takes it.
+fn message(subject: &str, body: &[u8]) -> Vec<u8> {
+    let mut text = format!(
+        "From: Alice <alice@leaf.test>\nTo: Bob <bob@hub.test>\nSubject: {subject}\n\
+         MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\
+         Content-Transfer-Encoding: 8bit\n\n"
+    )
+    .into_bytes();
+    text.extend_from_slice(body);
+    text
+}
+
+/// The body of a delivered message: everything after the first empty line.
+fn body_of(delivered: &[u8]) -> &[u8] {
+    let at = delivered
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("a delivered message has a header/body separator");
+    &delivered[at + 2..]
+}
+
+/// A header's value from a delivered message (first occurrence, unfolded).
+fn header(delivered: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(delivered);
+    let head = text.split("\n\n").next()?.to_owned();
+    let mut found: Option<String> = None;
+    for line in head.lines() {
+        if let Some(value) = &mut found {
+            if line.starts_with([' ', '\t']) {
+                value.push(' ');
+                value.push_str(line.trim());
+                continue;
+            }
+            break;
+        }
+        if let Some((key, value)) = line.split_once(':') {
+            if key.eq_ignore_ascii_case(name) {
+                found = Some(value.trim().to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Pseudo-random base64 lines, like a 1 MB attachment (no RNG crate needed).
+fn attachment(bytes: usize) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(bytes + bytes / 76 + 1);
+    while out.len() < bytes {
+        for _ in 0..76 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.push(ALPHABET[usize::try_from(state % 64).unwrap()]);
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The hub queue ID in the leaf's `status=sent (... queued as ID)` line.
+fn queued_as(line: &str) -> String {
+    let at = line
+        .find("queued as ")
+        .unwrap_or_else(|| panic!("no 'queued as' in {line}"));
+    line[at + "queued as ".len()..]
+        .chars()
+        .take_while(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// Dots at line starts, a lone dot, 8-bit UTF-8 and a 1 MB attachment reach
+/// the hub's Maildir byte for byte; the leaf logs the hub's queue ID, which
+/// the hub's copy carries in rsmtp's Received: header.
+#[test]
+fn delivers_body_byte_identical_and_logs_hub_queue_id() {
+    let env = Env::start("byte_identical");
+    let mut body = b".leading dot\n.\n..\n...three\nx.\n. space\n\
+        Gr\xc3\xbc\xc3\x9fe, \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xe2\x82\xac\n\
+        From the start of a line\n\n\n--boundary\n"
+        .to_vec();
+    body.extend_from_slice(&attachment(1024 * 1024));
+    body.extend_from_slice(b".\n.last line starts with a dot\n");
+    let sent = message("byte identical", &body);
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &sent);
+
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert_eq!(delivered.len(), 1);
+    let got = body_of(&delivered[0]);
+    if got != body.as_slice() {
+        env.fail(&format!(
+            "body differs: sent {} bytes, got {}; first difference at byte {:?}",
+            body.len(),
+            got.len(),
+            got.iter().zip(&body).position(|(a, b)| a != b)
+        ));
+    }
+    let sent_line = env.wait_log(Log::Leaf, "status=sent", DELIVERY);
+    let hub_id = queued_as(&sent_line);
+    assert!(hub_id.len() >= 6, "{sent_line}");
+    let received = header(&delivered[0], "Received").expect("Received header");
+    assert!(
+        received.contains(&format!("with ESMTP id {hub_id}")) && received.contains("peer leaf1"),
+        "rsmtp's Received header should name the peer and the queue ID the leaf logged ({hub_id}): {received}"
+    );
+    assert!(env.leaf_queue_is_empty(), "{}", env.leaf_queue());
+}
+
+/// With the hub's sshd down the leaf defers and keeps the message; once sshd
+/// is back and the queue is flushed, it arrives exactly once.
+#[test]
+fn hub_down_defers_then_delivers_once() {
+    let mut env = Env::start("hub_down");
+    env.stop_sshd();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("while the hub was down", b"hello\n"),
+    );
+    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    assert!(
+        deferred.contains("4.4.1") && deferred.contains("Connection refused"),
+        "{deferred}"
+    );
+    let queue = env.leaf_queue();
+    assert!(queue.contains("bob@hub.test"), "message must stay queued: {queue}");
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+
+    env.start_sshd();
+    env.leaf_flush();
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert_eq!(body_of(&delivered[0]), b"hello\n");
+    env.wait_leaf_queue_empty(DELIVERY);
+    // Give a duplicate the chance to show up before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+    assert_eq!(env.log_lines(Log::Leaf, "status=sent").len(), 1);
+}
+
+/// A changed host key defers with a message that names the mismatch, and
+/// nothing reaches the hub.
+#[test]
+fn host_key_changed_defers_and_delivers_nothing() {
+    let mut env = Env::start("host_key_changed");
+    env.replace_host_key();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("to an impostor", b"secret\n"),
+    );
+    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    assert!(
+        deferred.contains("4.7.0") && deferred.contains("host key mismatch"),
+        "{deferred}"
+    );
+    assert!(env.leaf_queue().contains("bob@hub.test"));
+    assert!(
+        !env.sshd_log().contains("Accepted publickey"),
+        "we must not log in to a host whose key does not match:\n{}",
+        env.sshd_log()
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
+
+/// A sender the peer's policy does not allow bounces, with the hub's 5.7.1,
+/// back to the sender on the leaf.
+#[test]
+fn sender_not_allowed_bounces_with_hub_code() {
+    let env = Env::start_with(
+        "sender_not_allowed",
+        EnvOptions::default().rsmtp_args(["--allow-sender", "@other.test"]),
+    );
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("not allowed", b"should bounce\n"),
+    );
+    let bounced = env.wait_log(Log::Leaf, "status=bounced", DELIVERY);
+    assert!(
+        bounced.contains("dsn=5.7.1") && bounced.contains("not allowed for peer leaf1"),
+        "{bounced}"
+    );
+    let notices = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let notice = String::from_utf8_lossy(&notices[0]);
+    assert!(
+        notice.contains("5.7.1") && notice.contains("bob@hub.test"),
+        "bounce notice: {notice}"
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
+
+/// The SSH session dies in the middle of DATA: the hub injects nothing of
+/// that message, the leaf defers, and the retry delivers it exactly once.
+#[test]
+fn session_killed_mid_data_injects_nothing_then_retry_delivers_once() {
+    let limit = "104857600";
+    let env = Env::start_with(
+        "killed_mid_data",
+        EnvOptions::default()
+            .rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", limit])
+            .leaf_param("message_size_limit", limit)
+            .hub_param("message_size_limit", limit)
+            .hub_param("mailbox_size_limit", "0"),
+    );
+    // Big enough that the transfer is still running when we act.
+    let body = attachment(40 * 1024 * 1024);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("cut in the middle", &body),
+    );
+    let sshd = proc_tree::find_by_cmdline(&env.base().to_string_lossy(), "sshd")
+        .unwrap_or_else(|| env.fail("cannot find our sshd process"));
+    // Freeze postdrop as soon as the hub is inside DATA, so the message
+    // cannot complete while we cut the session.
+    let postdrop = poll_for(Duration::from_secs(60), || {
+        proc_tree::descendants(sshd)
+            .into_iter()
+            .find(|p| proc_tree::comm(*p).as_deref() == Some("postdrop"))
+    })
+    .unwrap_or_else(|| env.fail("rsmtp never started postdrop"));
+    proc_tree::signal(postdrop, nix::sys::signal::Signal::SIGSTOP);
+    // The per-connection sshd processes (monitor and network child) below
+    // the listener: killing them drops the TCP connection.
+    for session in proc_tree::descendants(sshd) {
+        if proc_tree::comm(session).as_deref() == Some("sshd") {
+            proc_tree::signal(session, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    proc_tree::signal(postdrop, nix::sys::signal::Signal::SIGCONT);
+
+    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    assert!(deferred.contains("dsn=4."), "{deferred}");
+    // rsmtp saw the stream end inside DATA and dropped the message.
+    wait_until(Duration::from_secs(30), || {
+        !proc_tree::alive(postdrop)
+    })
+    .unwrap_or_else(|| env.fail("postdrop still running after the session died"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        Env::read_maildir(&env.hub_maildir("bob")).is_empty(),
+        "a cut session must inject nothing"
+    );
+    assert!(
+        env.hub_queue().contains("Mail queue is empty"),
+        "hub queue: {}",
+        env.hub_queue()
+    );
+    let maildrop = env.hub().dir.join("spool/maildrop");
+    let left: Vec<_> = std::fs::read_dir(&maildrop)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "maildrop files left behind: {left:?}");
+
+    env.leaf_flush();
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert_eq!(body_of(&delivered[0]).len(), body.len());
+    assert!(body_of(&delivered[0]) == body.as_slice(), "retried body differs");
+    env.wait_leaf_queue_empty(DELIVERY);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+}
+
+/// Hostile SSH_ORIGINAL_COMMAND values are refused with a clear message; no
+/// command runs and nothing is injected.
+#[test]
+fn hostile_original_commands_are_refused() {
+    let env = Env::start("hostile_commands");
+    let marker = env.base().join("pwned");
+    let marker = marker.display();
+    let long = "receive ".repeat(200);
+    let cases = [
+        format!("receive; touch {marker}"),
+        format!("$(touch {marker})"),
+        format!("`touch {marker}`"),
+        format!("receive && touch {marker}"),
+        format!("receive | touch {marker}"),
+        format!("touch {marker}"),
+        "pull ../../etc/passwd".to_owned(),
+        "sendmail -bs".to_owned(),
+        "/bin/sh -c id".to_owned(),
+        "receive\nid".to_owned(),
+        long,
+    ];
+    let batch = b"MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\nhi\n.\nQUIT\n";
+    for case in &cases {
+        let out = env.ssh_exec(case, batch);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(77),
+            "{case:?} must exit EX_NOPERM\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(
+            stderr.contains("refused SSH command") && stderr.contains("may run only \"receive\""),
+            "{case:?}: {stderr}"
+        );
+        assert!(stdout.starts_with("554 5.7.0 "), "{case:?}: {stdout}");
+        assert!(!stdout.contains("250"), "{case:?} must not accept mail: {stdout}");
+    }
+    assert!(
+        !std::path::Path::new(&marker.to_string()).exists(),
+        "a hostile command ran"
+    );
+    // The same batch with the allowed verb is accepted: the refusals above
+    // were about the command, not the batch.
+    let out = env.ssh_exec("receive", batch);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("250 2.0.0 Ok: queued as"), "{stdout}");
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert_eq!(delivered.len(), 1);
+}
+
+fn poll_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn wait_until(timeout: Duration, mut probe: impl FnMut() -> bool) -> Option<()> {
+    poll_for(timeout, || probe().then_some(()))
+}
+
+/// Just enough of /proc to find and signal processes this test started.
+mod proc_tree {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    fn stat(pid: i32) -> Option<(String, i32)> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let open = text.find('(')?;
+        let close = text.rfind(')')?;
+        let comm = text[open + 1..close].to_owned();
+        let ppid = text[close + 2..].split(' ').nth(1)?.parse().ok()?;
+        Some((comm, ppid))
+    }
+
+    fn all() -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The process's command name.
+    pub fn comm(pid: i32) -> Option<String> {
+        stat(pid).map(|(comm, _)| comm)
+    }
+
+    /// Whether it still exists (and is not a zombie we could reap).
+    pub fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    }
+
+    /// Direct children.
+    pub fn children(parent: i32) -> Vec<i32> {
+        all()
+            .into_iter()
+            .filter(|&p| stat(p).is_some_and(|(_, ppid)| ppid == parent))
+            .collect()
+    }
+
+    /// All descendants.
+    pub fn descendants(root: i32) -> Vec<i32> {
+        let mut found = Vec::new();
+        let mut todo = vec![root];
+        while let Some(p) = todo.pop() {
+            for child in children(p) {
+                found.push(child);
+                todo.push(child);
+            }
+        }
+        found
+    }
+
+    /// The process named `comm` whose command line mentions `needle`.
+    pub fn find_by_cmdline(needle: &str, comm_name: &str) -> Option<i32> {
+        all().into_iter().find(|&p| {
+            comm(p).as_deref() == Some(comm_name)
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+    }
+
+    /// Sends `signal`; a process that is already gone is fine.
+    pub fn signal(pid: i32, signal: Signal) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
