@@ -278,6 +278,8 @@ impl Decoder {
         match self.state {
             State::Data { .. } => Err(Truncated),
             State::SkippingLongLine => {
+                // The stream ended inside an over-long line (its bytes were
+                // all consumed by Skipped events): it still gets its reply.
                 self.state = State::Command;
                 Ok(Some((
                     input.len(),
