@@ -31,7 +31,7 @@ fn run<'c>(chunks: impl IntoIterator<Item = &'c [u8]>) -> Vec<Owned> {
     let mut buf: Vec<u8> = Vec::new();
     let mut events = Vec::new();
     let mut line: Option<Vec<u8>> = None;
-    let mut take = |event: Event<'_>, line: &mut Option<Vec<u8>>, events: &mut Vec<Owned>| {
+    let take = |event: Event<'_>, line: &mut Option<Vec<u8>>, events: &mut Vec<Owned>| {
         if let Event::BodyPiece { bytes, end_of_line } = event {
             assert!(bytes.len() <= MAX_BODY_PIECE, "piece too long");
             assert!(end_of_line || !bytes.is_empty(), "empty piece mid-line");
@@ -329,10 +329,10 @@ fn command_encoding() {
         assert_eq!(Command::parse(line).as_ref(), Ok(command));
     }
     // Escaped, so that the snapshot shows every CRLF.
-    let rendered: String = out
-        .split_inclusive(|&b| b == b'\n')
-        .map(|line| format!("{}\n", line.escape_ascii()))
-        .collect();
+    let mut rendered = String::new();
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        writeln!(rendered, "{}", line.escape_ascii()).unwrap();
+    }
     insta::assert_snapshot!(rendered);
 }
 

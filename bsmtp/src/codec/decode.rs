@@ -580,9 +580,9 @@ fn is_atext_or_dot(c: char) -> bool {
 /// address literal in brackets.
 fn is_domain(domain: &str) -> bool {
     if let Some(literal) = domain.strip_prefix('[') {
-        return literal.strip_suffix(']').is_some_and(|inner| {
-            !inner.is_empty() && !inner.contains(|c| matches!(c, '[' | ']' | '\\' | ' '))
-        });
+        return literal
+            .strip_suffix(']')
+            .is_some_and(|inner| !inner.is_empty() && !inner.contains(['[', ']', '\\', ' ']));
     }
     !domain.is_empty()
         && domain
@@ -601,7 +601,7 @@ fn parse_param(command: &'static str, param: &str) -> Result<Param, CommandError
         && keyword
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-');
-    let value_ok = value.map_or(true, |v| !v.is_empty() && !v.contains('='));
+    let value_ok = !matches!(value, Some(v) if v.is_empty() || v.contains('='));
     if keyword_ok && value_ok {
         Ok(Param {
             keyword: keyword.to_ascii_uppercase(),
