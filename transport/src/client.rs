@@ -73,7 +73,10 @@ impl<S: Read + Write> Client<S> {
 
     /// Writes everything queued.
     pub fn flush(&mut self) -> Result<(), Failure> {
-        let result = self.stream.write_all(&self.out).and_then(|()| self.stream.flush());
+        let result = self
+            .stream
+            .write_all(&self.out)
+            .and_then(|()| self.stream.flush());
         self.out.clear();
         result.map_err(|e| self.io_failure("write", &e))
     }

@@ -47,7 +47,7 @@ pub struct Peer {
     pub user: String,
     /// Private key file.
     pub identity: PathBuf,
-    /// known_hosts file with the peer's pinned host key.
+    /// `known_hosts` file with the peer's pinned host key.
     pub known_hosts: PathBuf,
     /// What we ask the forced command for.
     pub command: String,
@@ -98,9 +98,8 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            format!("cannot read config {}: {err}", path.display())
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read config {}: {err}", path.display()))?;
         toml::from_str(&text).map_err(|err| {
             format!(
                 "config {}: {}",
@@ -132,7 +131,10 @@ impl PeerSection {
             return Err(format!("peer {name}: no host given (set host = \"...\")"));
         }
         if let Some(bad) = hosts.iter().find(|h| !plain_host(h)) {
-            return Err(format!("peer {name}: bad host name \"{}\"", bsmtp::status::one_line(bad)));
+            return Err(format!(
+                "peer {name}: bad host name \"{}\"",
+                bsmtp::status::one_line(bad)
+            ));
         }
         let secs = |value: Option<u64>, default| Duration::from_secs(value.unwrap_or(default));
         Ok(Peer {
@@ -140,7 +142,10 @@ impl PeerSection {
             hosts,
             port: self.port.unwrap_or(22),
             user: self.user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
-            identity: self.identity.clone().unwrap_or_else(|| DEFAULT_IDENTITY.into()),
+            identity: self
+                .identity
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IDENTITY.into()),
             known_hosts: self
                 .known_hosts
                 .clone()
@@ -181,7 +186,10 @@ mod tests {
     fn unknown_peer_names_the_known_ones() {
         let file: ConfigFile = toml::from_str("[peer.hub]\nhost = \"a\"\n").unwrap();
         let err = file.peer("hbu").unwrap_err();
-        assert!(err.contains("[peer.hbu]") && err.contains("known peers: hub"), "{err}");
+        assert!(
+            err.contains("[peer.hbu]") && err.contains("known peers: hub"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -57,12 +57,17 @@ impl Envelope {
             .chain(self.recipients.iter().map(|r| ("recipient", r)))
         {
             let bad = address.len() > MAX_ADDRESS
-                || address.chars().any(|c| c.is_control() || c == '<' || c == '>')
+                || address
+                    .chars()
+                    .any(|c| c.is_control() || c == '<' || c == '>')
                 || (what == "recipient" && address.is_empty());
             if bad {
                 return Err(Failure::new(
                     FailureKind::BadEnvelope,
-                    format!("malformed {what} address <{}>", bsmtp::status::one_line(address)),
+                    format!(
+                        "malformed {what} address <{}>",
+                        bsmtp::status::one_line(address)
+                    ),
                 ));
             }
         }
@@ -71,7 +76,11 @@ impl Envelope {
 }
 
 /// Delivers `content` to `peer`.
-pub fn deliver(peer: &Peer, envelope: &Envelope, content: &mut impl Read) -> Result<Delivered, Failure> {
+pub fn deliver(
+    peer: &Peer,
+    envelope: &Envelope,
+    content: &mut impl Read,
+) -> Result<Delivered, Failure> {
     envelope.check()?;
     let started = Instant::now();
     let ssh::Connection {
@@ -96,7 +105,11 @@ pub fn deliver(peer: &Peer, envelope: &Envelope, content: &mut impl Read) -> Res
             ),
             Err(failure) => info!(
                 "{queue_id}: to=<{recipient}>, relay={relay}, delay={delay:.2}, status={} ({})",
-                if failure.is_transient() { "deferred" } else { "bounced" },
+                if failure.is_transient() {
+                    "deferred"
+                } else {
+                    "bounced"
+                },
                 failure.text
             ),
         }
@@ -195,7 +208,11 @@ fn transaction<S: Read + Write>(
 
 /// A refusal from the hub, kept whole so its enhanced code decides.
 fn remote<S: Read + Write>(client: &Client<S>, stage: &str, reply: Reply) -> Failure {
-    let text = format!("{} said: {} (in reply to {stage})", client.relay(), reply.one_line());
+    let text = format!(
+        "{} said: {} (in reply to {stage})",
+        client.relay(),
+        reply.one_line()
+    );
     Failure::new(FailureKind::Remote(reply), text)
 }
 

@@ -54,7 +54,12 @@ pub struct DeliverArgs {
     #[arg(long = "known-hosts", value_name = "FILE", requires = "host")]
     pub known_hosts: Option<PathBuf>,
     /// Envelope sender (Postfix's ${sender}); empty for the null sender.
-    #[arg(short = 'f', long = "sender", value_name = "SENDER", allow_hyphen_values = true)]
+    #[arg(
+        short = 'f',
+        long = "sender",
+        value_name = "SENDER",
+        allow_hyphen_values = true
+    )]
     pub sender: String,
     /// Postfix queue ID, for logs.
     #[arg(long = "queue-id", value_name = "ID")]
@@ -78,10 +83,14 @@ pub struct DeliverArgs {
 /// flow never both print one.
 static STATUS_DONE: AtomicBool = AtomicBool::new(false);
 
-/// Runs bsmtp-ssh with `argv`; `content` is the message, `out` gets the
+/// Runs bsmtp-ssh with `command_line`; `content` is the message, `out` gets the
 /// status line. Returns the exit status.
-pub fn run(argv: impl IntoIterator<Item = OsString>, content: &mut impl Read, out: &mut impl Write) -> u8 {
-    let cli = match Cli::try_parse_from(argv) {
+pub fn run(
+    command_line: impl IntoIterator<Item = OsString>,
+    content: &mut impl Read,
+    out: &mut impl Write,
+) -> u8 {
+    let cli = match Cli::try_parse_from(command_line) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             let _ = write!(out, "{err}");
@@ -92,7 +101,10 @@ pub fn run(argv: impl IntoIterator<Item = OsString>, content: &mut impl Read, ou
             // admin fixes it.
             let failure = Failure::new(
                 FailureKind::Config,
-                format!("bad command line: {}", bsmtp::status::one_line(&err.to_string())),
+                format!(
+                    "bad command line: {}",
+                    bsmtp::status::one_line(&err.to_string())
+                ),
             );
             let _ = writeln!(out, "{failure}");
             return failure.exit_code() as u8;

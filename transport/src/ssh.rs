@@ -63,8 +63,8 @@ fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection
     // stalls 40 ms per message (measured).
     tcp.set_nodelay(true)
         .map_err(|e| fail(FailureKind::Connect, format!("TCP_NODELAY: {e}")))?;
-    let mut session = Session::new()
-        .map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
+    let mut session =
+        Session::new().map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(millis(peer.idle_timeout));
     // Preferences are best effort: a libssh2 without one of these methods
@@ -75,9 +75,12 @@ fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection
     if let Some(prefs) = host_key_prefs(known_hosts) {
         let _ = session.method_pref(MethodType::HostKey, &prefs);
     }
-    session
-        .handshake()
-        .map_err(|e| fail(ssh_kind(&e, FailureKind::Connect), format!("SSH handshake: {e}")))?;
+    session.handshake().map_err(|e| {
+        fail(
+            ssh_kind(&e, FailureKind::Connect),
+            format!("SSH handshake: {e}"),
+        )
+    })?;
     verify_host_key(&session, host, peer)?;
     session
         .userauth_pubkey_file(&peer.user, None, &peer.identity, None)
@@ -91,17 +94,23 @@ fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection
                 ),
             )
         })?;
-    let mut channel = session
-        .channel_session()
-        .map_err(|e| fail(ssh_kind(&e, FailureKind::PeerProtocol), format!("open channel: {e}")))?;
+    let mut channel = session.channel_session().map_err(|e| {
+        fail(
+            ssh_kind(&e, FailureKind::PeerProtocol),
+            format!("open channel: {e}"),
+        )
+    })?;
     // rsmtp answers on stdout; its stderr is for humans and its syslog.
     // Ignoring it keeps a chatty stderr from filling the window.
     channel
         .handle_extended_data(ExtendedData::Ignore)
         .map_err(|e| fail(FailureKind::Internal, format!("channel setup: {e}")))?;
-    channel
-        .exec(&peer.command)
-        .map_err(|e| fail(ssh_kind(&e, FailureKind::PeerProtocol), format!("exec {}: {e}", peer.command)))?;
+    channel.exec(&peer.command).map_err(|e| {
+        fail(
+            ssh_kind(&e, FailureKind::PeerProtocol),
+            format!("exec {}: {e}", peer.command),
+        )
+    })?;
     Ok(Connection {
         session,
         channel,
@@ -109,7 +118,11 @@ fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection
     })
 }
 
-fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<(TcpStream, SocketAddr), Failure> {
+fn tcp_connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), Failure> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|e| {
@@ -124,7 +137,11 @@ fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<(TcpStream, S
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(tcp) => return Ok((tcp, addr)),
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                last = format!("connect to {host}[{}]:{port}: timed out after {}s", addr.ip(), timeout.as_secs());
+                last = format!(
+                    "connect to {host}[{}]:{port}: timed out after {}s",
+                    addr.ip(),
+                    timeout.as_secs()
+                );
             }
             Err(e) => last = format!("connect to {host}[{}]:{port}: {e}", addr.ip()),
         }
@@ -209,7 +226,9 @@ fn host_key_prefs(known_hosts: &str) -> Option<String> {
         };
         let algorithms: &[&str] = match kind {
             "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
-            "ssh-ed25519" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384"
+            "ssh-ed25519"
+            | "ecdsa-sha2-nistp256"
+            | "ecdsa-sha2-nistp384"
             | "ecdsa-sha2-nistp521" => &[kind],
             _ => &[],
         };

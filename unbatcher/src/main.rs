@@ -4,11 +4,16 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     bsmtp_hardening();
-    let original = std::env::var_os("SSH_ORIGINAL_COMMAND")
-        .map(std::os::unix::ffi::OsStringExt::into_vec);
+    let original =
+        std::env::var_os("SSH_ORIGINAL_COMMAND").map(std::os::unix::ffi::OsStringExt::into_vec);
     let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
-    match rsmtp::run(std::env::args_os(), original.as_deref(), &mut stdin, &mut stdout) {
+    match rsmtp::run(
+        std::env::args_os(),
+        original.as_deref(),
+        &mut stdin,
+        &mut stdout,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err}");
@@ -24,7 +29,10 @@ fn bsmtp_hardening() {
     for fd in 0..3 {
         if std::fs::metadata(format!("/proc/self/fd/{fd}")).is_err() {
             // Takes the lowest free descriptor, which is the missing one.
-            if let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")
+            if let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
             {
                 std::mem::forget(file);
             }

@@ -36,9 +36,8 @@ impl SenderPattern {
     /// Parses one pattern as written in the config or on the command line.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let bad = || {
-            format!("bad sender pattern \"{text}\": use user@domain, @domain, @.domain or *")
-        };
+        let bad =
+            || format!("bad sender pattern \"{text}\": use user@domain, @domain, @.domain or *");
         if text == "*" {
             return Ok(SenderPattern::Any);
         }
@@ -132,7 +131,11 @@ impl ConfigFile {
     pub fn load(path: &Path, named: bool) -> Result<Self, String> {
         match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|err| {
-                format!("{}: {}", path.display(), bsmtp::status::one_line(&err.to_string()))
+                format!(
+                    "{}: {}",
+                    path.display(),
+                    bsmtp::status::one_line(&err.to_string())
+                )
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !named => {
                 Ok(ConfigFile::default())
@@ -212,17 +215,18 @@ mod tests {
 
     #[test]
     fn null_sender_always_allowed_and_nothing_else_by_default() {
-        let policy = ConfigFile::default().policy("leaf1", &[], None, None).unwrap();
+        let policy = ConfigFile::default()
+            .policy("leaf1", &[], None, None)
+            .unwrap();
         assert!(policy.sender_allowed(""));
         assert!(!policy.sender_allowed("alice@leaf.test"));
     }
 
     #[test]
     fn command_line_adds_to_the_file() {
-        let file: ConfigFile = toml::from_str(
-            "[peer.leaf1]\nallow_sender = [\"@leaf1.test\"]\nmax_size = 5\n",
-        )
-        .unwrap();
+        let file: ConfigFile =
+            toml::from_str("[peer.leaf1]\nallow_sender = [\"@leaf1.test\"]\nmax_size = 5\n")
+                .unwrap();
         let policy = file
             .policy("leaf1", &["bob@other.test".into()], None, Some(3))
             .unwrap();

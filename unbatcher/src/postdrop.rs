@@ -188,7 +188,10 @@ const MAX_STDERR: u64 = 4096;
 impl Postdrop {
     /// Starts postdrop, reads the queue ID it assigned, and writes the
     /// envelope records.
-    pub fn start(command: &PostdropCommand, envelope: &Envelope<'_>) -> Result<Self, PostdropError> {
+    pub fn start(
+        command: &PostdropCommand,
+        envelope: &Envelope<'_>,
+    ) -> Result<Self, PostdropError> {
         let program = command.program.display().to_string();
         let io_err = |err| PostdropError::Io {
             program: program.clone(),
@@ -237,10 +240,10 @@ impl Postdrop {
                     .map(|(_, id)| id)
                     .unwrap_or_default();
             }
-            Err(err) => return Err(postdrop.fail(err)),
+            Err(err) => return Err(postdrop.fail(&err)),
         }
         if postdrop.queue_id.is_empty() {
-            return Err(postdrop.fail(io::Error::other("no queue_id from postdrop")));
+            return Err(postdrop.fail(&io::Error::other("no queue_id from postdrop")));
         }
         postdrop.write_envelope(envelope);
         Ok(postdrop)
@@ -280,7 +283,7 @@ impl Postdrop {
             None => Err(io::Error::other("postdrop input already closed")),
         };
         self.buf.clear();
-        result.map_err(|err| self.fail(err))
+        result.map_err(|err| self.fail(&err))
     }
 
     /// Ends the message and waits for postdrop's verdict; the queue file is
@@ -292,7 +295,7 @@ impl Postdrop {
         drop(self.stdin.take());
         let attrs = match read_attributes(&mut self.stdout) {
             Ok(attrs) => attrs,
-            Err(err) => return Err(self.fail(err)),
+            Err(err) => return Err(self.fail(&err)),
         };
         let status = attrs.iter().find(|(name, _)| name == "status");
         let reason = attrs
@@ -342,7 +345,7 @@ impl Postdrop {
     }
 
     /// Ends a postdrop that failed mid-way, keeping what it said.
-    fn fail(&mut self, err: io::Error) -> PostdropError {
+    fn fail(&mut self, err: &io::Error) -> PostdropError {
         drop(self.stdin.take());
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -8,6 +8,7 @@
 //! its own. A `250` after the dot means the injector committed the message;
 //! a stream that ends before the dot injects nothing of that message.
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{Command, CommandError, Decoder, Event, Param};
@@ -185,9 +186,7 @@ impl<I: Injector> Receiver<I> {
     fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
         match event {
             Event::Command(command) => {
-                if let Some(answer) = self.command(command) {
-                    answer.encode(out);
-                }
+                self.command(command).encode(out);
             }
             Event::BodyPiece { bytes, end_of_line } => self.body_piece(bytes, end_of_line),
             Event::DataEnd => {
@@ -205,8 +204,8 @@ impl<I: Injector> Receiver<I> {
         error.reply()
     }
 
-    fn command(&mut self, command: Command) -> Option<Reply> {
-        Some(match command {
+    fn command(&mut self, command: Command) -> Reply {
+        match command {
             Command::Ehlo(name) => {
                 self.envelope = None;
                 self.helo = Some(name.clone());
@@ -230,7 +229,7 @@ impl<I: Injector> Receiver<I> {
             }
             Command::Mail { from, params } => self.mail(from, &params),
             Command::Rcpt { to, params } => self.rcpt(to, &params),
-            Command::Data => return self.data(),
+            Command::Data => self.data(),
             Command::Rset => {
                 self.envelope = None;
                 reply(250, (2, 0, 0), "Ok")
@@ -240,7 +239,7 @@ impl<I: Injector> Receiver<I> {
                 self.summary.quit = true;
                 reply(221, (2, 0, 0), "Bye")
             }
-        })
+        }
     }
 
     fn mail(&mut self, from: String, params: &[Param]) -> Reply {
@@ -288,7 +287,10 @@ impl<I: Injector> Receiver<I> {
             return reply(
                 553,
                 (5, 7, 1),
-                format!("<{from}>: Sender address not allowed for peer {}", policy.peer),
+                format!(
+                    "<{from}>: Sender address not allowed for peer {}",
+                    policy.peer
+                ),
             );
         }
         envelope.sender = from;
@@ -323,15 +325,15 @@ impl<I: Injector> Receiver<I> {
     }
 
     /// DATA: the body follows whatever we answer.
-    fn data(&mut self) -> Option<Reply> {
+    fn data(&mut self) -> Reply {
         let Some(envelope) = self.envelope.take() else {
             self.body = Body::Discarding { reply: None };
-            return Some(reply(503, (5, 5, 1), "Error: need MAIL command"));
+            return reply(503, (5, 5, 1), "Error: need MAIL command");
         };
         if envelope.recipients.is_empty() {
             self.body = Body::Discarding { reply: None };
             self.summary.rejected += 1;
-            return Some(reply(554, (5, 5, 1), "Error: no valid recipients"));
+            return reply(554, (5, 5, 1), "Error: no valid recipients");
         }
         match self.injector.start(&envelope) {
             Ok(mut message) => {
@@ -341,21 +343,28 @@ impl<I: Injector> Receiver<I> {
                     size += line.len() as u64 + 2;
                     if let Err(err) = message.write_piece(line.as_bytes(), true) {
                         message.abort();
-                        return Some(self.data_failed(&err));
+                        return self.data_failed(&err);
                     }
                 }
                 self.body = Body::Accepting { message, size };
-                Some(reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>"))
+                reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
-            Err(err) => Some(self.data_failed(&err)),
+            Err(err) => self.data_failed(&err),
         }
     }
 
     fn data_failed(&mut self, err: &str) -> Reply {
-        warn!("peer {}: cannot queue message: {err}", self.settings.policy.peer);
+        warn!(
+            "peer {}: cannot queue message: {err}",
+            self.settings.policy.peer
+        );
         self.body = Body::Discarding { reply: None };
         self.summary.rejected += 1;
-        reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+        reply(
+            451,
+            (4, 3, 0),
+            "Error: queue file write error; try again later",
+        )
     }
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
@@ -375,17 +384,21 @@ impl<I: Injector> Receiver<I> {
             ))
         } else {
             message.write_piece(bytes, end_of_line).err().map(|err| {
-                warn!(
-                    "{}: write to next hop: {err}",
-                    message.queue_id()
-                );
-                reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+                warn!("{}: write to next hop: {err}", message.queue_id());
+                reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: queue file write error; try again later",
+                )
             })
         };
         if let Some(answer) = failure {
-            if let Body::Accepting { message, .. } =
-                std::mem::replace(&mut self.body, Body::Discarding { reply: Some(answer) })
-            {
+            if let Body::Accepting { message, .. } = std::mem::replace(
+                &mut self.body,
+                Body::Discarding {
+                    reply: Some(answer),
+                },
+            ) {
                 message.abort();
             }
         }
@@ -414,7 +427,11 @@ impl<I: Injector> Receiver<I> {
                     Err(err) => {
                         warn!("{maildrop_id}: queue file commit failed: {err}");
                         self.summary.rejected += 1;
-                        reply(451, (4, 3, 0), "Error: queue file write error; try again later")
+                        reply(
+                            451,
+                            (4, 3, 0),
+                            "Error: queue file write error; try again later",
+                        )
                     }
                 })
             }
@@ -432,7 +449,11 @@ fn write_replies(output: &mut impl Write, replies: &[u8]) -> io::Result<()> {
 /// message a new queue ID; this is what correlates the two).
 fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> String {
     let helo = envelope.helo.as_deref().unwrap_or(&settings.policy.peer);
-    let with = if envelope.helo.is_some() { "ESMTP" } else { "BSMTP" };
+    let with = if envelope.helo.is_some() {
+        "ESMTP"
+    } else {
+        "BSMTP"
+    };
     let date = chrono::Local::now().to_rfc2822();
     let mut header = format!(
         "Received: from {} (peer {})\r\n\tby {} (rsmtp) with {with} id {queue_id}",
@@ -441,9 +462,9 @@ fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> 
         settings.hostname,
     );
     if let [only] = envelope.recipients.as_slice() {
-        header.push_str(&format!("\r\n\tfor <{only}>"));
+        let _ = write!(header, "\r\n\tfor <{only}>");
     }
-    header.push_str(&format!("; {date}"));
+    let _ = write!(header, "; {date}");
     header
 }
 
@@ -471,7 +492,7 @@ mod tests {
     }
 
     impl Delivery for Message {
-        fn queue_id(&self) -> &str {
+        fn queue_id(&self) -> &'static str {
             "MEM1"
         }
         fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String> {
@@ -509,7 +530,9 @@ mod tests {
         let mut policy = ConfigFile::default()
             .policy("leaf1", &["@leaf.test".into()], Some(1000), Some(2))
             .unwrap();
-        policy.allow_sender.push(SenderPattern::parse("root@other.test").unwrap());
+        policy
+            .allow_sender
+            .push(SenderPattern::parse("root@other.test").unwrap());
         let hop = Rc::new(RefCell::new(Hop {
             fail_commit,
             ..Hop::default()
@@ -538,12 +561,18 @@ mod tests {
         let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\n..x\nbody\n.\n\
                       MAIL FROM:<>\nRCPT TO:<c@hub.test>\nDATA\nbounce\n.\n";
         let (out, hop, summary) = session(input, false);
-        assert_eq!(codes(&out), ["250", "250", "354", "250", "250", "250", "354", "250"]);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "354", "250", "250", "250", "354", "250"]
+        );
         assert!(out.contains("250 2.0.0 Ok: queued as Q2\r\n"));
         let hop = hop.borrow();
         assert_eq!(hop.committed.len(), 2);
         let first = String::from_utf8_lossy(&hop.committed[0].1);
-        assert!(first.starts_with("Received: from leaf1 (peer leaf1)\n"), "{first}");
+        assert!(
+            first.starts_with("Received: from leaf1 (peer leaf1)\n"),
+            "{first}"
+        );
         assert!(first.ends_with("\n.x\nbody\n"), "{first}");
         assert_eq!(hop.committed[1].0.sender, "");
         assert_eq!(summary.accepted, 2);
@@ -563,7 +592,8 @@ mod tests {
     fn refused_data_still_swallows_its_body() {
         // No valid recipient: DATA is refused, the body that follows anyway
         // must not be read as commands, and the next transaction works.
-        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<nodomain>\nDATA\nMAIL FROM:<x@evil.test>\n.\n\
+        let input =
+            b"MAIL FROM:<a@leaf.test>\nRCPT TO:<nodomain>\nDATA\nMAIL FROM:<x@evil.test>\n.\n\
                       MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nok\n.\nQUIT\n";
         let (out, hop, _) = session(input, false);
         let codes = codes(&out);
@@ -586,7 +616,10 @@ mod tests {
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }
-        assert!(out.trim_end().lines().last().unwrap().starts_with('5'), "{out}");
+        assert!(
+            out.trim_end().lines().last().unwrap().starts_with('5'),
+            "{out}"
+        );
     }
 
     #[test]

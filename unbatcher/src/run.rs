@@ -117,15 +117,15 @@ impl Injector for PostdropInjector {
     }
 }
 
-/// Runs one rsmtp invocation: `argv` as given, `original_command` from
+/// Runs one rsmtp invocation: `command_line` as given, `original_command` from
 /// `SSH_ORIGINAL_COMMAND`, the session on `input`/`output`.
 pub fn run(
-    argv: impl IntoIterator<Item = OsString>,
+    command_line: impl IntoIterator<Item = OsString>,
     original_command: Option<&[u8]>,
     input: &mut impl Read,
     output: &mut impl Write,
 ) -> Result<(), RunError> {
-    let args = Args::try_parse_from(argv).map_err(|e| RunError::Config(e.to_string()))?;
+    let args = Args::try_parse_from(command_line).map_err(|e| RunError::Config(e.to_string()))?;
     bsmtp::logging::init("rsmtp", args.verbose, bsmtp::logging::Fallback::Stderr);
     let (policy, postdrop) = load(&args)?;
     let verb = command::parse(original_command).map_err(|refused| {
@@ -187,7 +187,11 @@ fn receive(
         "disconnect from peer {peer}: accepted={} rejected={}{}",
         summary.accepted,
         summary.rejected,
-        if summary.truncated { " truncated=1" } else { "" }
+        if summary.truncated {
+            " truncated=1"
+        } else {
+            ""
+        }
     );
     if summary.truncated {
         return Err(RunError::Truncated);
