@@ -591,8 +591,12 @@ impl Drop for Env {
             );
         }
         self.sshd.stop();
-        self.leaf.stop();
-        self.hub.stop();
+        // `postfix stop` polls with `sleep 1`: stop both instances at once.
+        let (leaf, hub) = (&mut self.leaf, &mut self.hub);
+        std::thread::scope(|scope| {
+            scope.spawn(|| leaf.stop());
+            hub.stop();
+        });
         if self.registered {
             system::update_alternates(&[], &[&self.hub.config_dir(), &self.leaf.config_dir()]);
         }

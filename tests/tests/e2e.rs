@@ -107,7 +107,8 @@ fn delivers_body_byte_identical_and_logs_hub_queue_id() {
             got.iter().zip(&body).position(|(a, b)| a != b)
         ));
     }
-    let sent_line = env.wait_log(Log::Leaf, "status=sent", DELIVERY);
+    let sent_line = env.wait_log(Log::Leaf, "relay=bsmtp", DELIVERY);
+    assert!(sent_line.contains("status=sent"), "{sent_line}");
     let hub_id = queued_as(&sent_line);
     assert!(hub_id.len() >= 6, "{sent_line}");
     let received = header(&delivered[0], "Received").expect("Received header");
@@ -135,7 +136,10 @@ fn hub_down_defers_then_delivers_once() {
         "{deferred}"
     );
     let queue = env.leaf_queue();
-    assert!(queue.contains("bob@hub.test"), "message must stay queued: {queue}");
+    assert!(
+        queue.contains("bob@hub.test"),
+        "message must stay queued: {queue}"
+    );
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
 
     env.start_sshd();
@@ -244,10 +248,8 @@ fn session_killed_mid_data_injects_nothing_then_retry_delivers_once() {
     let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
     assert!(deferred.contains("dsn=4."), "{deferred}");
     // rsmtp saw the stream end inside DATA and dropped the message.
-    wait_until(Duration::from_secs(30), || {
-        !proc_tree::alive(postdrop)
-    })
-    .unwrap_or_else(|| env.fail("postdrop still running after the session died"));
+    wait_until(Duration::from_secs(30), || !proc_tree::alive(postdrop))
+        .unwrap_or_else(|| env.fail("postdrop still running after the session died"));
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         Env::read_maildir(&env.hub_maildir("bob")).is_empty(),
@@ -267,7 +269,10 @@ fn session_killed_mid_data_injects_nothing_then_retry_delivers_once() {
     env.leaf_flush();
     let delivered = env.wait_maildir("bob", 1, DELIVERY);
     assert_eq!(body_of(&delivered[0]).len(), body.len());
-    assert!(body_of(&delivered[0]) == body.as_slice(), "retried body differs");
+    assert!(
+        body_of(&delivered[0]) == body.as_slice(),
+        "retried body differs"
+    );
     env.wait_leaf_queue_empty(DELIVERY);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
@@ -309,7 +314,10 @@ fn hostile_original_commands_are_refused() {
             "{case:?}: {stderr}"
         );
         assert!(stdout.starts_with("554 5.7.0 "), "{case:?}: {stdout}");
-        assert!(!stdout.contains("250"), "{case:?} must not accept mail: {stdout}");
+        assert!(
+            !stdout.contains("250"),
+            "{case:?} must not accept mail: {stdout}"
+        );
     }
     assert!(
         !std::path::Path::new(&marker.to_string()).exists(),
@@ -374,8 +382,13 @@ mod proc_tree {
 
     /// Whether it still exists (and is not a zombie we could reap).
     pub fn alive(pid: i32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     }
 
     /// Direct children.

@@ -34,6 +34,20 @@ fn hub_sendmail_delivers_to_hub_maildir() {
 }
 
 #[test]
+fn postfix_check_accepts_both_instances() {
+    let env = Env::start_with("postfix_check", options());
+    for pf in [env.hub(), env.leaf()] {
+        let out = pf.check();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("warning"),
+            "{} postfix check: {stderr}",
+            pf.name
+        );
+    }
+}
+
+#[test]
 fn leaf_sendmail_delivers_to_leaf_maildir() {
     let env = Env::start_with("leaf_sendmail", options());
     env.leaf_sendmail(
