@@ -114,3 +114,22 @@ fn sshd_stops_and_starts_on_the_same_port() {
     let out = env.ssh_exec("", b"through stdin");
     assert_eq!(out.stdout, b"through stdin", "{out:?}");
 }
+
+#[test]
+fn binaries_are_built_and_installed_for_the_pipe_user() {
+    // Cargo builds only this package's binaries before its tests: the harness
+    // builds bsmtp-ssh and rsmtp itself and copies them where bsmtp-leaf and
+    // bsmtp-hub can run them.
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start("binaries");
+    for name in ["bsmtp-ssh", "rsmtp"] {
+        let path = env.bin_dir().join(name);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o755,
+            "{}",
+            path.display()
+        );
+    }
+}
