@@ -48,7 +48,7 @@ fn build() -> Result<Binaries, String> {
         cmd.arg("--release");
     }
     let what = describe(&cmd);
-    let out = run_timeout(&mut cmd, b"", Duration::from_secs(1800));
+    let out = run_timeout(&mut cmd, b"", Duration::from_mins(30));
     if !out.status.success() {
         return Err(explain(
             &what,

@@ -1,7 +1,7 @@
 //! End-to-end harness: each test gets an [`Env`], a private directory under
 //! `/var/lib/bsmtp-ssh-tests` holding a real leaf Postfix (routing `hub.test`
 //! through pipe(8) to `bsmtp-ssh deliver`), a real hub Postfix (local(8) into
-//! Maildirs) and a real sshd whose authorized_keys runs `rsmtp` as a forced
+//! Maildirs) and a real sshd whose `authorized_keys` runs `rsmtp` as a forced
 //! command. Everything is torn down on drop; every wait is bounded and panics
 //! with the logs of all three daemons, so a failure explains itself.
 //!
@@ -268,7 +268,7 @@ impl Env {
         self.base.join("leaf/id_ed25519")
     }
 
-    /// The leaf's known_hosts, pinning the hub sshd's host key.
+    /// The leaf's `known_hosts`, pinning the hub sshd's host key.
     pub fn known_hosts(&self) -> PathBuf {
         self.base.join("leaf/known_hosts")
     }
@@ -278,7 +278,7 @@ impl Env {
         self.sshd.port()
     }
 
-    /// The hub user's authorized_keys file.
+    /// The hub user's `authorized_keys` file.
     pub fn authorized_keys(&self) -> PathBuf {
         self.sshd.authorized_keys(HUB_USER)
     }
@@ -309,7 +309,7 @@ impl Env {
             .join(" ")
     }
 
-    /// Rewrites the hub user's authorized_keys with this forced command (shell
+    /// Rewrites the hub user's `authorized_keys` with this forced command (shell
     /// syntax). sshd reads the file at each login: no restart needed.
     pub fn set_forced_command(&self, command: &str) {
         let public = util::read_lossy(&self.leaf_key().with_extension("pub"));
@@ -334,7 +334,7 @@ impl Env {
         util::set_mode(&key, 0o600);
     }
 
-    /// Writes the leaf's known_hosts with the hub sshd's current host key
+    /// Writes the leaf's `known_hosts` with the hub sshd's current host key
     /// (`[127.0.0.1]:PORT ssh-ed25519 AAAA...`).
     pub fn pin_host_key(&self) {
         let line = format!(
@@ -369,7 +369,7 @@ impl Env {
     }
 
     /// Gives the hub sshd a fresh host key and restarts it; the leaf's
-    /// known_hosts still pins the old one (call [`Env::pin_host_key`] to accept it).
+    /// `known_hosts` still pins the old one (call [`Env::pin_host_key`] to accept it).
     pub fn replace_host_key(&mut self) {
         self.sshd.stop();
         self.sshd.new_host_key();
@@ -514,7 +514,7 @@ impl Env {
         self.leaf.flush();
     }
 
-    /// Runs OpenSSH's `ssh` as root with the leaf's key and known_hosts against
+    /// Runs OpenSSH's `ssh` as root with the leaf's key and `known_hosts` against
     /// the hub sshd; `original_command` becomes the forced command's
     /// `SSH_ORIGINAL_COMMAND` (none when empty). Bounded to 60 s.
     pub fn ssh_exec(&self, original_command: &str, stdin: &[u8]) -> Output {

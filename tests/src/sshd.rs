@@ -1,5 +1,5 @@
 //! A private OpenSSH sshd on a spare loopback port: its own config, host key,
-//! authorized_keys directory and log, run as a child the harness keeps and kills.
+//! `authorized_keys` directory and log, run as a child the harness keeps and kills.
 
 use std::fmt::Write as _;
 use std::net::{TcpListener, TcpStream};

@@ -18,7 +18,7 @@ use nix::unistd::{Group, User};
 pub const TEST_ROOT: &str = "/var/lib/bsmtp-ssh-tests";
 
 /// How long an ordinary administrative command (postfix, postconf, ssh-keygen) may run.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_mins(1);
 
 static PROCESS_LOCK: Mutex<()> = Mutex::new(());
 

@@ -25,7 +25,7 @@ fn main() {
     println!("== leaf: sendmail -f alice@leaf.test bob@hub.test");
     env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], MESSAGE.as_bytes());
 
-    let mail = env.wait_maildir("bob", 1, Duration::from_secs(60));
+    let mail = env.wait_maildir("bob", 1, Duration::from_secs(30));
     println!("== the message in bob's Maildir on the hub");
     println!("{}", String::from_utf8_lossy(&mail[0]).trim_end());
 
