@@ -133,3 +133,20 @@ fn binaries_are_built_and_installed_for_the_pipe_user() {
         );
     }
 }
+
+#[test]
+fn leaf_bounce_notice_reaches_the_local_sender() {
+    let env = Env::start_with("leaf_bounce", options());
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["nosuchuser@leaf.test"],
+        &message("alice@leaf.test", "nosuchuser@leaf.test", "undeliverable"),
+    );
+    let notices = env.wait_leaf_maildir("alice", 1, WAIT);
+    let text = String::from_utf8_lossy(&notices[0]);
+    assert!(
+        text.contains("Undelivered Mail Returned to Sender"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: undeliverable"), "{text}");
+}
