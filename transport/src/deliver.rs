@@ -90,7 +90,7 @@ pub fn deliver(
     } = ssh::connect(peer)?;
     let mut client = Client::new(channel, relay.clone());
     let result = transaction(&mut client, envelope, content);
-    let mut channel = client.into_inner();
+    let mut channel = client.into_inner().0;
     // Best effort: the outcome is already decided by the replies.
     let _ = channel.send_eof();
     let _ = channel.close();

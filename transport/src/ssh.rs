@@ -30,7 +30,7 @@ pub struct Connection {
     /// Keeps the session alive as long as the channel is used.
     pub session: Session,
     /// The channel running the peer's forced command.
-    pub channel: ssh2::Channel,
+    pub channel: ChannelStream,
     /// `name[address]:port`, as Postfix writes relays.
     pub relay: String,
 }
@@ -113,9 +113,35 @@ fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection
     })?;
     Ok(Connection {
         session,
-        channel,
+        channel: ChannelStream(channel),
         relay,
     })
+}
+
+/// The channel as a byte stream whose `flush` does nothing.
+///
+/// libssh2's channel "flush" (`libssh2_channel_flush_ex`, which the `ssh2`
+/// crate's `Write::flush` calls) does not push our output: it throws away
+/// *incoming* data not yet read. Calling it after pipelined commands would
+/// discard replies already on their way (a 354 lost that way made the next
+/// reply look like DATA's). Writes go out as they are made, so there is
+/// nothing to flush.
+pub struct ChannelStream(pub ssh2::Channel);
+
+impl std::io::Read for ChannelStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::io::Write for ChannelStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn tcp_connect(
