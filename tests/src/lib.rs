@@ -144,7 +144,7 @@ impl Env {
     pub fn start_with(name: &str, options: EnvOptions) -> Env {
         system::check_prerequisites();
         system::ensure_users();
-        util::ensure_test_root();
+        system::reap_stale_environments();
         let binaries = options.build_binaries.then(binaries::binaries);
         let base = new_base_dir(name);
         let bin = base.join("bin");
@@ -600,7 +600,10 @@ impl Drop for Env {
         if self.registered {
             system::update_alternates(&[], &[&self.hub.config_dir(), &self.leaf.config_dir()]);
         }
-        if !keep {
+        if keep {
+            // Tells a later run's reaper to leave this directory in place.
+            write_file(&self.base.join(".keep"), "BSMTP_KEEP=1\n", 0o644);
+        } else {
             remove_base(&self.base);
         }
     }

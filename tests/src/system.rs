@@ -140,3 +140,81 @@ pub fn update_alternates(add: &[&Path], remove: &[&Path]) {
         write_alternates(&dirs);
     }
 }
+
+/// Cleans up after test processes that died without dropping their [`Env`]
+/// (killed by a timeout, `SIGKILL`, a CI cancel): for each environment whose
+/// owning PID (from its `<name>-<pid>-<n>` directory name) no longer runs,
+/// stops its Postfix instances and its sshd, and removes the directory unless
+/// it holds a `.keep` marker (left by `BSMTP_KEEP=1`). Runs once per process.
+///
+/// [`Env`]: crate::Env
+pub fn reap_stale_environments() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _lock = global_lock();
+        let Ok(entries) = std::fs::read_dir(TEST_ROOT) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let dir = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            reap(&dir);
+        }
+    });
+}
+
+fn reap(dir: &Path) {
+    for instance in ["hub", "leaf"] {
+        let pid_file = dir.join(instance).join("spool/pid/master.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if pid.is_some_and(crate::postfix::process_alive) {
+            let config = dir.join(instance).join("etc");
+            let _ = crate::util::run_timeout(
+                Command::new("/usr/sbin/postfix")
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("stop"),
+                b"",
+                crate::util::COMMAND_TIMEOUT,
+            );
+        }
+    }
+    let sshd_pid = std::fs::read_to_string(dir.join("ssh/sshd.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = sshd_pid {
+        // Only an sshd started with this environment's config: a reused PID is left alone.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let config = dir.join("ssh/sshd_config");
+        let ours = String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy());
+        if ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let hub = dir.join("hub/etc");
+    let leaf = dir.join("leaf/etc");
+    if !dir.join(".keep").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    // Under the global lock already: edit the list directly.
+    let before = read_alternates();
+    let after: Vec<String> = before
+        .iter()
+        .filter(|d| Path::new(d) != hub && Path::new(d) != leaf)
+        .cloned()
+        .collect();
+    if after != before {
+        write_alternates(&after);
+    }
+}
