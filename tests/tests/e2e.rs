@@ -95,8 +95,8 @@ fn delivers_body_byte_identical_and_logs_hub_queue_id() {
         .to_vec();
     body.extend_from_slice(&attachment(1024 * 1024));
     body.extend_from_slice(b".\n.last line starts with a dot\n");
-    let sent = message("byte identical", &body);
-    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &sent);
+    let original = message("byte identical", &body);
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &original);
 
     let delivered = env.wait_maildir("bob", 1, DELIVERY);
     assert_eq!(delivered.len(), 1);
@@ -233,7 +233,7 @@ fn session_killed_mid_data_injects_nothing_then_retry_delivers_once() {
         .unwrap_or_else(|| env.fail("cannot find our sshd process"));
     // Freeze postdrop as soon as the hub is inside DATA, so the message
     // cannot complete while we cut the session.
-    let postdrop = poll_for(Duration::from_secs(60), || {
+    let postdrop = poll_for(DELIVERY, || {
         proc_tree::descendants(sshd)
             .into_iter()
             .find(|p| proc_tree::comm(*p).as_deref() == Some("postdrop"))
@@ -295,8 +295,8 @@ fn oversized_body_without_size_is_refused_after_the_dot() {
         "oversized_body",
         EnvOptions::default().rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", "100000"]),
     );
-    let mut deliver = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
-    deliver
+    let mut command = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
+    command
         .arg("deliver")
         .arg("--config")
         .arg(env.transport_config())
@@ -309,9 +309,9 @@ fn oversized_body_without_size_is_refused_after_the_dot() {
             "bob@hub.test",
         ]);
     let out = bsmtp_ssh_tests::util::run_timeout(
-        &mut deliver,
+        &mut command,
         &message("too big", &attachment(2 * 1024 * 1024)),
-        Duration::from_secs(60),
+        DELIVERY,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(69), "{stdout}");
@@ -322,7 +322,7 @@ fn oversized_body_without_size_is_refused_after_the_dot() {
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
 }
 
-/// Hostile SSH_ORIGINAL_COMMAND values are refused with a clear message; no
+/// Hostile `SSH_ORIGINAL_COMMAND` values are refused with a clear message; no
 /// command runs and nothing is injected.
 #[test]
 fn hostile_original_commands_are_refused() {
@@ -405,8 +405,8 @@ mod proc_tree {
         let open = text.find('(')?;
         let close = text.rfind(')')?;
         let comm = text[open + 1..close].to_owned();
-        let ppid = text[close + 2..].split(' ').nth(1)?.parse().ok()?;
-        Some((comm, ppid))
+        let parent = text[close + 2..].split(' ').nth(1)?.parse().ok()?;
+        Some((comm, parent))
     }
 
     fn all() -> Vec<i32> {
