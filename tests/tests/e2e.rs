@@ -470,3 +470,31 @@ mod proc_tree {
         let _ = kill(Pid::from_raw(pid), signal);
     }
 }
+
+/// An empty `-f ''` is the null sender: a bounce relayed through the hub
+/// arrives with `Return-Path: <>`.
+#[test]
+fn null_sender_is_relayed_as_null() {
+    let env = Env::start("null_sender");
+    let mut command = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
+    command
+        .arg("deliver")
+        .arg("--config")
+        .arg(env.transport_config())
+        .args(["--peer", "hub", "-f", "", "--queue-id", "NULLTEST", "--", "bob@hub.test"]);
+    let out = bsmtp_ssh_tests::util::run_timeout(
+        &mut command,
+        &message("a bounce", b"Your message could not be delivered.\n"),
+        DELIVERY,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("2.0.0 delivered via "), "{stdout}");
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert_eq!(
+        headers(&delivered[0], "Return-Path"),
+        ["<>"],
+        "{}",
+        String::from_utf8_lossy(&delivered[0])
+    );
+}

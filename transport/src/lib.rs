@@ -1,9 +1,11 @@
 //! bsmtp-ssh: the sending side. Postfix runs it from pipe(8) to deliver a
 //! message over SSH to a peer's `rsmtp` forced command, as Batch SMTP.
 
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod deliver;
+pub mod install;
 mod run;
 pub mod ssh;
 

@@ -26,6 +26,11 @@ pub struct Cli {
 pub enum Action {
     /// Deliver one message from pipe(8): envelope in argv, content on stdin.
     Deliver(DeliverArgs),
+    /// Test the config, keys, pinned host keys and a no-op session against
+    /// each peer, and say what to fix.
+    Check(crate::check::CheckArgs),
+    /// Add the bsmtp transport to a Postfix instance with postconf.
+    PostfixInstall(crate::install::InstallArgs),
 }
 
 /// `bsmtp-ssh deliver`.
@@ -112,6 +117,8 @@ pub fn run(
     };
     match cli.command {
         Action::Deliver(args) => deliver_command(&args, content, out),
+        Action::Check(args) => crate::check::run(&args, out),
+        Action::PostfixInstall(args) => crate::install::run(&args, out),
     }
 }
 
