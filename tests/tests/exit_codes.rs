@@ -21,10 +21,9 @@ const DELIVERY: Duration = Duration::from_secs(90);
 
 /// A message from alice@leaf.test to bob@hub.test, LF line ends.
 fn message(subject: &str, body: &[u8]) -> Vec<u8> {
-    let mut text = format!(
-        "From: Alice <alice@leaf.test>\nTo: Bob <bob@hub.test>\nSubject: {subject}\n\n"
-    )
-    .into_bytes();
+    let mut text =
+        format!("From: Alice <alice@leaf.test>\nTo: Bob <bob@hub.test>\nSubject: {subject}\n\n")
+            .into_bytes();
     text.extend_from_slice(body);
     text
 }
@@ -63,7 +62,10 @@ fn expect_kept(env: &Env) {
         "nothing may reach the hub"
     );
     let bounced = env.log_lines(Log::Leaf, "status=bounced");
-    assert!(bounced.is_empty(), "a deferral must never bounce: {bounced:?}");
+    assert!(
+        bounced.is_empty(),
+        "a deferral must never bounce: {bounced:?}"
+    );
     assert!(
         Env::read_maildir(&env.leaf_maildir("alice")).is_empty(),
         "no bounce notice may reach the sender"
