@@ -122,11 +122,7 @@ fn transaction<S: Read + Write>(
     envelope: &Envelope,
     content: &mut impl Read,
 ) -> Result<Reply, Failure> {
-    let helo = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into());
-    client.send(&Command::Ehlo(helo));
+    client.send(&Command::Ehlo(helo_name()));
     client.flush()?;
     let ehlo = client.read_reply()?;
     if !ehlo.is_positive() {
@@ -204,6 +200,14 @@ fn transaction<S: Read + Write>(
         let _ = client.read_reply();
     }
     Ok(fin)
+}
+
+/// The name we give in EHLO: this host's name.
+pub fn helo_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A refusal from the hub, kept whole so its enhanced code decides.

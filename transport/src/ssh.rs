@@ -39,8 +39,7 @@ pub struct Connection {
 /// Host-key and authentication failures do not fall over to the next host:
 /// they are configuration problems the admin must see.
 pub fn connect(peer: &Peer) -> Result<Connection, Failure> {
-    let known_hosts = load_known_hosts(&peer.known_hosts)?;
-    check_identity(&peer.identity)?;
+    let known_hosts = preflight(peer)?;
     let mut last = None;
     for host in &peer.hosts {
         match connect_host(peer, host, &known_hosts) {
@@ -55,7 +54,16 @@ pub fn connect(peer: &Peer) -> Result<Connection, Failure> {
     Err(last.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hosts to try")))
 }
 
-fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection, Failure> {
+/// What can be checked before connecting: the pinned host keys can be read
+/// (returned, for [`connect_host`]) and so can our key.
+pub fn preflight(peer: &Peer) -> Result<String, Failure> {
+    let known_hosts = load_known_hosts(&peer.known_hosts)?;
+    check_identity(&peer.identity)?;
+    Ok(known_hosts)
+}
+
+/// Connects to one of the peer's hosts, with `known_hosts` from [`preflight`].
+pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection, Failure> {
     let (tcp, addr) = tcp_connect(host, peer.port, peer.connect_timeout)?;
     let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
     let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
