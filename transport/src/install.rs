@@ -1,24 +1,635 @@
-//! `bsmtp-ssh postfix-install`: applies postfix-snippets/ to a Postfix
-//! instance with postconf (being written; see issue 3).
+//! `bsmtp-ssh postfix-install`: adds the leaf's bsmtp transport to a Postfix
+//! instance with Postfix's own tools.
+//!
+//! The snippets in `postfix-snippets/leaf/` are the single source: they are
+//! compiled in, their placeholders replaced, and each entry applied with
+//! `postconf -e` (main.cf) or `postconf -M` (master.cf), so Postfix does the
+//! parsing, the locking and the atomic rename. Every item is read first and
+//! written only when it differs, so a second run changes nothing; `--dry-run`
+//! prints the exact commands and runs none of them. Routing
+//! (`default_transport`, `transport_maps`) stays the administrator's choice
+//! and is only suggested.
 
+use std::ffi::OsString;
+use std::fmt;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use clap::Args;
+use sysexits::ExitCode;
+
+/// `postfix-snippets/leaf/master.cf`, with placeholders.
+pub const LEAF_MASTER_CF: &str = include_str!("../../postfix-snippets/leaf/master.cf");
+/// `postfix-snippets/leaf/main.cf`, with placeholders.
+pub const LEAF_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/main.cf");
+
+/// Where the Debian package installs the binary: the fallback for `--program`
+/// when the running binary's path is unknown.
+pub const DEFAULT_PROGRAM: &str = "/usr/sbin/bsmtp-ssh";
 
 /// `bsmtp-ssh postfix-install`.
 #[derive(Debug, Args)]
 pub struct InstallArgs {
-    /// Print what would change, change nothing.
+    /// Print what would change and the postconf commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The Postfix instance's config directory (default: the system's).
+    /// The Postfix instance's config directory (default: Postfix's own).
     #[arg(long = "config-directory", value_name = "DIR")]
     pub config_directory: Option<PathBuf>,
+    /// The master.cf service name, also the prefix of its main.cf settings.
+    #[arg(long, value_name = "NAME", default_value = "bsmtp")]
+    pub transport: String,
+    /// The account pipe(8) runs bsmtp-ssh as (never root or the mail_owner).
+    #[arg(long, value_name = "USER", default_value = "bsmtp")]
+    pub user: String,
+    /// The bsmtp-ssh binary named in master.cf (default: this binary).
+    #[arg(long, value_name = "PATH")]
+    pub program: Option<PathBuf>,
+    /// The bsmtp-ssh config file naming the peers.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = crate::config::DEFAULT_CONFIG
+    )]
+    pub config: PathBuf,
+    /// The postconf(1) to run.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/postconf")]
+    pub postconf: PathBuf,
+    /// The postfix(1) to run for `postfix check`.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/postfix")]
+    pub postfix: PathBuf,
+}
+
+/// The values that replace the snippets' placeholders.
+#[derive(Clone, Debug)]
+pub struct Values {
+    /// `@PROGRAM@`: absolute path of the bsmtp-ssh binary.
+    pub program: String,
+    /// `@USER@`: pipe(8)'s `user=`.
+    pub user: String,
+    /// `@TRANSPORT@`: the master.cf service name.
+    pub transport: String,
+    /// `@CONFIG@`: absolute path of bsmtp-ssh.conf.
+    pub config: String,
+}
+
+/// Every placeholder the snippets may use.
+pub const PLACEHOLDERS: [&str; 4] = ["@PROGRAM@", "@USER@", "@TRANSPORT@", "@CONFIG@"];
+
+impl Values {
+    /// Checks each value can stand in master.cf as one pipe(8) argument:
+    /// white space would split it, `$` and braces would be expanded or
+    /// regrouped by pipe(8).
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = |s: &str, extra: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c) || extra.contains(c))
+        };
+        if !name_ok(&self.transport, "") {
+            return Err(format!(
+                "--transport {:?}: use letters, digits, '-' and '_' only",
+                self.transport
+            ));
+        }
+        if !name_ok(&self.user, ".:") {
+            return Err(format!(
+                "--user {:?}: use a login name (letters, digits, '.', '-', '_', \
+                 optionally :group)",
+                self.user
+            ));
+        }
+        if self.user == "root" || self.user.starts_with("root:") {
+            return Err("--user root: pipe(8) refuses to run commands as root; \
+                        use a dedicated account"
+                .to_owned());
+        }
+        for (flag, path) in [("--program", &self.program), ("--config", &self.config)] {
+            if !path.starts_with('/') {
+                return Err(format!("{flag} {path:?}: give an absolute path"));
+            }
+            if path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || "${}".contains(c))
+            {
+                return Err(format!(
+                    "{flag} {path:?}: master.cf cannot carry white space, '$' or braces \
+                     in a path; use a path without them"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces every placeholder in `template`; fails if anything that looks
+/// like a placeholder (`@NAME@`) is left, so a new one in a snippet cannot
+/// reach a Postfix config unreplaced.
+pub fn substitute(template: &str, values: &Values) -> Result<String, String> {
+    let text = template
+        .replace("@PROGRAM@", &values.program)
+        .replace("@USER@", &values.user)
+        .replace("@TRANSPORT@", &values.transport)
+        .replace("@CONFIG@", &values.config);
+    match leftover_placeholder(&text) {
+        Some(left) => Err(format!("snippet placeholder {left} has no value")),
+        None => Ok(text),
+    }
+}
+
+/// The first `@NAME@` (upper case, digits, `_`) in `text`, if any.
+pub fn leftover_placeholder(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(start) = rest.find('@') {
+        let after = &rest[start + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
+        if len > 0 && after[len..].starts_with('@') {
+            return Some(&rest[start..start + len + 2]);
+        }
+        rest = after;
+    }
+    None
+}
+
+/// One thing to install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A main.cf `name = value`.
+    Main {
+        /// The parameter name.
+        name: String,
+        /// Its value, as written after `=`.
+        value: String,
+    },
+    /// A master.cf entry: the service, the type and all fields, the first
+    /// two included.
+    Master {
+        /// The service name (first field).
+        service: String,
+        /// The service type (second field), e.g. `unix`.
+        kind: String,
+        /// Every field of the entry, continuation lines joined.
+        fields: Vec<String>,
+    },
+}
+
+impl Item {
+    /// `main.cf: NAME` or `master.cf: SERVICE/TYPE`, as Postfix names them.
+    pub fn key(&self) -> String {
+        match self {
+            Item::Main { name, .. } => format!("main.cf: {name}"),
+            Item::Master { service, kind, .. } => format!("master.cf: {service}/{kind}"),
+        }
+    }
+
+    /// The wanted value: the main.cf value or the master.cf entry on one line.
+    pub fn wanted(&self) -> String {
+        match self {
+            Item::Main { value, .. } => value.clone(),
+            Item::Master { fields, .. } => fields.join(" "),
+        }
+    }
+}
+
+/// Joins Postfix's logical lines: `#` lines (after optional white space) and
+/// blank lines are dropped; a line starting with white space continues the
+/// previous one. Returns (first line number, logical line).
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            if let Some((_, last)) = lines.last_mut() {
+                last.push(' ');
+                last.push_str(trimmed);
+                continue;
+            }
+        }
+        lines.push((index + 1, trimmed.to_owned()));
+    }
+    lines
+}
+
+/// Parses main.cf text into `name = value` items.
+pub fn parse_main_cf(text: &str) -> Result<Vec<Item>, String> {
+    logical_lines(text)
+        .into_iter()
+        .map(|(number, line)| {
+            let (name, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("main.cf line {number}: no '=' in {line:?}"))?;
+            let name = name.trim();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(format!(
+                    "main.cf line {number}: bad parameter name {name:?}"
+                ));
+            }
+            Ok(Item::Main {
+                name: name.to_owned(),
+                value: value.trim().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Parses master.cf text into entries of at least 8 fields.
+pub fn parse_master_cf(text: &str) -> Result<Vec<Item>, String> {
+    logical_lines(text)
+        .into_iter()
+        .map(|(number, line)| {
+            let fields: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+            if fields.len() < 8 {
+                return Err(format!(
+                    "master.cf line {number}: {} fields, an entry needs at least 8",
+                    fields.len()
+                ));
+            }
+            Ok(Item::Master {
+                service: fields[0].clone(),
+                kind: fields[1].clone(),
+                fields,
+            })
+        })
+        .collect()
+}
+
+/// The leaf's items with `values` in place: master.cf first, so the
+/// transport exists before the main.cf settings named after it.
+pub fn leaf_items(values: &Values) -> Result<Vec<Item>, String> {
+    let mut items = parse_master_cf(&substitute(LEAF_MASTER_CF, values)?)?;
+    items.extend(parse_main_cf(&substitute(LEAF_MAIN_CF, values)?)?);
+    Ok(items)
+}
+
+/// The routing suggestion: main.cf's comment block from `# Routing` on,
+/// without the `# `.
+pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
+    let text = substitute(LEAF_MAIN_CF, values)?;
+    Ok(text
+        .lines()
+        .skip_while(|line| !line.starts_with("# Routing"))
+        .map(|line| {
+            line.trim_start_matches('#')
+                .trim_start_matches(' ')
+                .to_owned()
+        })
+        .collect())
+}
+
+/// A fatal problem: what to print and the exit status.
+struct Fatal {
+    code: ExitCode,
+    message: String,
+}
+
+impl Fatal {
+    fn new(code: ExitCode, message: impl Into<String>) -> Fatal {
+        Fatal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// An argv vector, shown the way a shell user would type it (display only:
+/// nothing here is ever given to a shell).
+struct Shown<'a>(&'a [OsString]);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, word) in self.0.iter().enumerate() {
+            let word = word.to_string_lossy();
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain {
+                f.write_str(&word)?;
+            } else {
+                write!(f, "'{}'", word.replace('\'', r"'\''"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one child process said.
+struct Output {
+    success: bool,
+    status: String,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `argv` without a shell; `Command::output` reads stdout and stderr
+/// concurrently, so a chatty child cannot block on a full pipe.
+fn run_argv(argv: &[OsString]) -> Result<Output, Fatal> {
+    let output = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| {
+            Fatal::new(
+                ExitCode::Unavailable,
+                format!(
+                    "run {}: {err}; is Postfix installed? (or name it with --postconf/--postfix)",
+                    Path::new(&argv[0]).display()
+                ),
+            )
+        })?;
+    Ok(Output {
+        success: output.status.success(),
+        status: output.status.to_string(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// Builds Postfix command lines for one instance.
+struct Postfix<'a> {
+    args: &'a InstallArgs,
+}
+
+impl Postfix<'_> {
+    fn postconf(&self, rest: &[&str]) -> Vec<OsString> {
+        let mut argv = vec![self.args.postconf.clone().into_os_string()];
+        if let Some(dir) = &self.args.config_directory {
+            argv.push("-c".into());
+            argv.push(dir.clone().into_os_string());
+        }
+        argv.extend(rest.iter().map(OsString::from));
+        argv
+    }
+
+    /// `postfix [-c DIR] COMMAND`.
+    fn postfix(&self, command: &str) -> Vec<OsString> {
+        let mut argv = vec![self.args.postfix.clone().into_os_string()];
+        if let Some(dir) = &self.args.config_directory {
+            argv.push("-c".into());
+            argv.push(dir.clone().into_os_string());
+        }
+        argv.push(command.into());
+        argv
+    }
+
+    /// Runs a read-only postconf query; empty output means "not set".
+    fn query(&self, rest: &[&str]) -> Result<Option<String>, Fatal> {
+        let argv = self.postconf(rest);
+        let out = run_argv(&argv)?;
+        if !out.success {
+            return Err(Fatal::new(
+                ExitCode::Config,
+                format!(
+                    "{} failed ({}): {}; check --config-directory names a Postfix \
+                     config directory with a main.cf",
+                    Shown(&argv),
+                    out.status,
+                    one_line(&out.stderr)
+                ),
+            ));
+        }
+        let value = out.stdout.trim();
+        Ok((!value.is_empty()).then(|| value.to_owned()))
+    }
+
+    /// The current value of `item`, as Postfix reads it.
+    fn current(&self, item: &Item) -> Result<Option<String>, Fatal> {
+        match item {
+            // -n: only what main.cf sets, not Postfix's built-in default.
+            Item::Main { name, .. } => self.query(&["-n", "-h", name]),
+            Item::Master { service, kind, .. } => self
+                .query(&["-M", &format!("{service}/{kind}")])
+                // postconf -M prints the entry on one line, re-spaced.
+                .map(|v| v.map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))),
+        }
+    }
+
+    /// The postconf command that sets `item`.
+    fn set(&self, item: &Item) -> Vec<OsString> {
+        match item {
+            Item::Main { name, value } => self.postconf(&["-e", &format!("{name} = {value}")]),
+            Item::Master { service, kind, .. } => {
+                self.postconf(&["-M", &format!("{service}/{kind}={}", item.wanted())])
+            }
+        }
+    }
+}
+
+/// Postfix's multi-line complaints on one line, for an error message.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        "no output".to_owned()
+    } else {
+        lines.join("; ")
+    }
 }
 
 /// Runs the installer; returns the exit status.
 pub fn run(args: &InstallArgs, out: &mut impl Write) -> u8 {
-    let _ = writeln!(out, "postfix-install is not available yet ({args:?})");
-    sysexits::ExitCode::Unavailable as u8
+    match install(args, out) {
+        Ok(()) => 0,
+        Err(fatal) => {
+            let _ = writeln!(out, "postfix-install: error: {}", fatal.message);
+            fatal.code as u8
+        }
+    }
+}
+
+fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
+    let program = args.program.clone().unwrap_or_else(|| {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from(DEFAULT_PROGRAM))
+    });
+    let text = |flag: &str, path: &Path| {
+        path.to_str().map(str::to_owned).ok_or_else(|| {
+            Fatal::new(
+                ExitCode::Usage,
+                format!("{flag} {}: not UTF-8", path.display()),
+            )
+        })
+    };
+    let values = Values {
+        program: text("--program", &program)?,
+        user: args.user.clone(),
+        transport: args.transport.clone(),
+        config: text("--config", &args.config)?,
+    };
+    values
+        .validate()
+        .map_err(|msg| Fatal::new(ExitCode::Usage, msg))?;
+    let items = leaf_items(&values).map_err(|msg| {
+        Fatal::new(
+            ExitCode::Software,
+            format!("built-in snippet: {msg} (a bug; please report it)"),
+        )
+    })?;
+    let postfix = Postfix { args };
+
+    if let Some(owner) = postfix.query(&["-h", "mail_owner"])? {
+        if owner == values.user {
+            return Err(Fatal::new(
+                ExitCode::Usage,
+                format!(
+                    "--user {}: that is Postfix's mail_owner, which pipe(8) refuses; \
+                     use a dedicated account",
+                    values.user
+                ),
+            ));
+        }
+    }
+    warn_prerequisites(&values, &program, args, out);
+
+    // Read everything before writing anything: a failing read leaves the
+    // config untouched.
+    let mut changes = Vec::new();
+    for item in &items {
+        let current = postfix.current(item)?;
+        let wanted = item.wanted();
+        if current.as_deref() == Some(wanted.as_str()) {
+            let _ = writeln!(out, "{} = {wanted} (unchanged)", item.key());
+        } else {
+            let was = current.as_deref().unwrap_or("unset");
+            let _ = writeln!(out, "{} = {wanted} (was: {was})", item.key());
+            changes.push(postfix.set(item));
+        }
+    }
+
+    if args.dry_run {
+        for argv in &changes {
+            let _ = writeln!(out, "would run: {}", Shown(argv));
+        }
+        let _ = writeln!(
+            out,
+            "dry run: {}; postfix check not run",
+            count(changes.len(), "change not made", "changes not made")
+        );
+        print_hint(&values, out);
+        return Ok(());
+    }
+
+    for (done, argv) in changes.iter().enumerate() {
+        let result = run_argv(argv)?;
+        if !result.success {
+            return Err(Fatal::new(
+                ExitCode::Config,
+                format!(
+                    "{} failed ({}): {}; {} made before it; fix the cause and run \
+                     postfix-install again",
+                    Shown(argv),
+                    result.status,
+                    one_line(&result.stderr),
+                    count(done, "change was", "changes were"),
+                ),
+            ));
+        }
+    }
+    if changes.is_empty() {
+        let _ = writeln!(out, "nothing to change");
+    } else {
+        let _ = writeln!(
+            out,
+            "{}",
+            count(changes.len(), "change made", "changes made")
+        );
+    }
+
+    let argv = postfix.postfix("check");
+    let result = run_argv(&argv)?;
+    let said: Vec<&str> = result
+        .stdout
+        .lines()
+        .chain(result.stderr.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if !result.success {
+        for line in &said {
+            let _ = writeln!(out, "  {line}");
+        }
+        // postfix(1) prints its own fatal errors only when stderr is a
+        // terminal; otherwise they go to the mail log alone.
+        let hint = if said.is_empty() {
+            "it said nothing here: run it in a terminal or read the mail log, \
+             fix what it names, then run it again"
+        } else {
+            "fix what it names above, then run it again"
+        };
+        return Err(Fatal::new(
+            ExitCode::Config,
+            format!("{} failed ({}): {hint}", Shown(&argv), result.status),
+        ));
+    }
+    if said.is_empty() {
+        let _ = writeln!(out, "postfix check: ok");
+    } else {
+        let _ = writeln!(out, "postfix check: ok, with warnings:");
+        for line in &said {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    if !changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "a running Postfix uses the changes after: {}",
+            Shown(&postfix.postfix("reload"))
+        );
+    }
+    print_hint(&values, out);
+    Ok(())
+}
+
+/// Says what would make deliveries fail later, without stopping the install:
+/// the package may be installed before the account or config exist.
+fn warn_prerequisites(values: &Values, program: &Path, args: &InstallArgs, out: &mut impl Write) {
+    let login = values.user.split(':').next().unwrap_or_default();
+    if !matches!(nix::unistd::User::from_name(login), Ok(Some(_))) {
+        let _ = writeln!(
+            out,
+            "warning: user {login} does not exist; create it before mail is sent \
+             (adduser --system {login})"
+        );
+    }
+    if !program.is_file() {
+        let _ = writeln!(
+            out,
+            "warning: {} does not exist; name the installed binary with --program",
+            program.display()
+        );
+    }
+    if !args.config.is_file() {
+        let _ = writeln!(
+            out,
+            "warning: {} does not exist; copy postfix-snippets/leaf/bsmtp-ssh.conf \
+             there and edit it",
+            args.config.display()
+        );
+    }
+}
+
+fn print_hint(values: &Values, out: &mut impl Write) {
+    if let Ok(lines) = routing_hint(values) {
+        for line in lines {
+            let _ = writeln!(out, "hint: {line}");
+        }
+    }
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
