@@ -1,0 +1,340 @@
+//! README.md's "Quick start (by hand)", followed literally in a harness
+//! environment: the shell lines of the section's code blocks are read from
+//! README.md and run one by one, with only what must differ here
+//! substituted (the example host names, system paths such as /etc/bsmtp-ssh
+//! and /usr/sbin moved under the environment's directory, the `bsmtp` user
+//! of each side, the private Postfix instances' `-c`, sshd's port). A line
+//! this test does not know how to run fails the test, so a changed quick
+//! start is noticed. Then a message sent with the leaf's sendmail must arrive
+//! at the hub.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bsmtp_ssh_tests::binaries::workspace_root;
+use bsmtp_ssh_tests::util::{explain, mkdir, run_timeout, write_file, COMMAND_TIMEOUT};
+use bsmtp_ssh_tests::{Env, Log, HUB_SSH_USER, LEAF_PIPE_USER};
+
+const DELIVERY: Duration = Duration::from_secs(90);
+
+/// Which machine a README line is run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Hub,
+    Leaf,
+    /// "Try a delivery by hand" (on the leaf).
+    Try,
+}
+
+/// The quick start's code lines with the side each belongs to, in order.
+fn quick_start_lines(readme: &str) -> Vec<(Side, String)> {
+    let start = readme
+        .find("## Quick start (by hand)")
+        .expect("README.md has a \"## Quick start (by hand)\" section");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let mut side = None;
+    let mut lines = Vec::new();
+    for line in section[..end].lines().skip(1) {
+        if let Some(code) = line.strip_prefix("    ") {
+            let side = side.unwrap_or_else(|| panic!("code before \"On the hub/leaf\": {line}"));
+            if !code.trim().is_empty() {
+                lines.push((side, code.trim().to_owned()));
+            }
+        } else if line.starts_with("On the hub") {
+            side = Some(Side::Hub);
+        } else if line.starts_with("On the leaf") {
+            side = Some(Side::Leaf);
+        } else if line.starts_with("Try a delivery") {
+            side = Some(Side::Try);
+        }
+    }
+    lines
+}
+
+/// Replaces the whole word `word` (between whitespace or the line's ends).
+fn replace_word(line: &str, word: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut done = 0;
+    while let Some(found) = line[done..].find(word) {
+        let (at, end) = (done + found, done + found + word.len());
+        let whole = line[..at].chars().last().is_none_or(char::is_whitespace)
+            && line[end..].chars().next().is_none_or(char::is_whitespace);
+        out.push_str(&line[done..at]);
+        out.push_str(if whole { with } else { word });
+        done = end;
+    }
+    out.push_str(&line[done..]);
+    out
+}
+
+/// Where this test puts what the README puts in system directories.
+struct Places {
+    /// Stands for /etc/bsmtp-ssh.
+    etc: PathBuf,
+    /// Stands for /usr/sbin.
+    sbin: PathBuf,
+}
+
+impl Places {
+    fn conf(&self) -> PathBuf {
+        self.etc.join("bsmtp-ssh.conf")
+    }
+}
+
+/// The substitutions every line gets.
+fn substitute(env: &Env, places: &Places, side: Side, line: &str) -> String {
+    let user = if side == Side::Hub {
+        HUB_SSH_USER
+    } else {
+        LEAF_PIPE_USER
+    };
+    let sbin = places.sbin.display().to_string();
+    let mut line = line
+        .replace("/etc/bsmtp-ssh", &places.etc.display().to_string())
+        .replace("/usr/sbin/rsmtp", &format!("{sbin}/rsmtp"))
+        .replace("/usr/sbin/bsmtp-ssh", &format!("{sbin}/bsmtp-ssh"))
+        .replace("target/release/", &format!("{}/", env.bin_dir().display()))
+        .replace("hub.example.com", "127.0.0.1")
+        .replace("you@example.com", "bob@hub.test")
+        .replace("leaf1.example.com", "leaf.test");
+    line = replace_word(&line, "bsmtp", user).replace("user=bsmtp ", &format!("user={user} "));
+    let leaf_etc = env.leaf_config_dir().display().to_string();
+    line = line
+        .replace("postconf -e", &format!("postconf -c {leaf_etc} -e"))
+        .replace("postfix reload", &format!("postfix -c {leaf_etc} reload"))
+        .replace(
+            "ssh-keyscan ",
+            &format!("ssh-keyscan -p {} ", env.sshd_port()),
+        )
+        .replace("sudo -u ", "runuser -u ");
+    line
+}
+
+/// Runs one shell line with /bin/sh in the workspace root; panics unless it
+/// succeeds.
+fn sh(env: &Env, readme_line: &str, line: &str) -> String {
+    let out = run_timeout(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("set -e; {line}"))
+            .current_dir(workspace_root())
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+        b"",
+        COMMAND_TIMEOUT,
+    );
+    if !out.status.success() {
+        env.fail(&format!(
+            "README quick-start line failed:\n  {readme_line}\nrun here as:\n  {line}\n{}",
+            explain("sh", out.status, &out.stdout, &out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// "edit host/user" in the copied bsmtp-ssh.conf: point it at this sshd.
+fn edit_transport_config(env: &Env, places: &Places) {
+    let path = places.conf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut edited = Vec::new();
+    let mut changed = [false; 3];
+    for line in text.lines() {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let new = match key {
+            "host" => {
+                changed[0] = true;
+                "host = \"127.0.0.1\"".to_owned()
+            }
+            "port" => {
+                changed[1] = true;
+                format!("port = {}", env.sshd_port())
+            }
+            "user" => {
+                changed[2] = true;
+                format!("user = \"{HUB_SSH_USER}\"")
+            }
+            // The snippet's paths are /etc/bsmtp-ssh's.
+            _ => line.replace("/etc/bsmtp-ssh", &places.etc.display().to_string()),
+        };
+        edited.push(new);
+    }
+    assert_eq!(
+        changed, [true; 3],
+        "postfix-snippets/leaf/bsmtp-ssh.conf should have host, port and user lines:\n{text}"
+    );
+    write_file(&path, edited.join("\n") + "\n", 0o644);
+}
+
+/// "add postfix-snippets/leaf/master.cf to /etc/postfix/master.cf": appends
+/// the snippet (with the same substitutions, plus `--config` because the
+/// default /etc/bsmtp-ssh is elsewhere here) in place of the harness's own
+/// `bsmtp` entry.
+fn add_master_cf_snippet(env: &Env, places: &Places) {
+    let snippet =
+        std::fs::read_to_string(workspace_root().join("postfix-snippets/leaf/master.cf")).unwrap();
+    let entry: Vec<String> = snippet
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .map(|l| substitute(env, places, Side::Leaf, l))
+        .collect();
+    let mut entry = entry.join("\n") + "\n";
+    assert!(entry.starts_with("bsmtp "), "{entry}");
+    assert!(entry.contains(" deliver "), "{entry}");
+    entry = entry.replacen(
+        " deliver ",
+        &format!(" deliver --config {} ", places.conf().display()),
+        1,
+    );
+    let leaf_etc = env.leaf_config_dir();
+    sh(
+        env,
+        "(remove the harness's own bsmtp entry)",
+        &format!("postconf -c {} -MX bsmtp/unix", leaf_etc.display()),
+    );
+    let master_cf = leaf_etc.join("master.cf");
+    let mut text = std::fs::read_to_string(&master_cf).unwrap();
+    text.push_str(&entry);
+    write_file(&master_cf, text, 0o644);
+}
+
+/// The README's `authorized_keys` line with the leaf's new key, rsmtp where it
+/// was installed, and `--postfix-config` for the hub's private instance.
+fn write_authorized_keys(env: &Env, places: &Places, line: &str, key: &Path) {
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (options, rest) = line
+        .split_once("\" ")
+        .unwrap_or_else(|| panic!("authorized_keys line without command=\"...\": {line}"));
+    assert!(
+        rest.starts_with("ssh-ed25519 AAAA"),
+        "the README's line should end with the key: {line}"
+    );
+    let rsmtp = format!("{}/rsmtp", places.sbin.display());
+    assert!(options.contains(&rsmtp), "{options}");
+    let options = options.replacen(
+        &rsmtp,
+        &format!(
+            "{rsmtp} --postfix-config {}",
+            env.hub_config_dir().display()
+        ),
+        1,
+    );
+    write_file(
+        &env.authorized_keys(),
+        format!("{options}\" {}", public.trim()),
+        0o644,
+    );
+}
+
+#[test]
+fn readme_quick_start_delivers_to_the_hub() {
+    let env = Env::start("quickstart");
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let lines = quick_start_lines(&readme);
+    assert!(
+        lines.iter().any(|(s, _)| *s == Side::Hub)
+            && lines.iter().any(|(s, _)| *s == Side::Leaf)
+            && lines.iter().any(|(s, _)| *s == Side::Try),
+        "{lines:#?}"
+    );
+    let places = Places {
+        etc: env.base().join("quickstart/etc-bsmtp-ssh"),
+        sbin: env.base().join("quickstart/sbin"),
+    };
+    // /usr/sbin exists on any machine; its stand-in must too.
+    mkdir(&env.base().join("quickstart"), 0o755);
+    mkdir(&places.sbin, 0o755);
+    // A fresh leaf: the README's own steps must route mail to the hub.
+    sh(
+        &env,
+        "(undo the harness's routing)",
+        &format!(
+            "postconf -c {} -X transport_maps bsmtp_destination_recipient_limit && postfix -c {0} reload",
+            env.leaf_config_dir().display()
+        ),
+    );
+
+    let mut authorized_keys_line = None;
+    let mut tried = None;
+    for (side, readme_line) in &lines {
+        let line = substitute(&env, &places, *side, readme_line);
+        let command = line.split_whitespace().next().unwrap_or("");
+        if line.starts_with('#') {
+            if line.contains("postfix-snippets/leaf/master.cf") {
+                add_master_cf_snippet(&env, &places);
+            }
+            // Other comments say what the next line does.
+        } else if command == "useradd" {
+            // The harness made the users; check the one the line names.
+            let user = line.split_whitespace().last().unwrap();
+            sh(&env, readme_line, &format!("id -u {user} >/dev/null"));
+        } else if line.starts_with("restrict,") {
+            // Needs the leaf's key, made further down.
+            authorized_keys_line = Some(line);
+        } else if *side == Side::Try {
+            // Needs the hub's authorized_keys: run last.
+            tried = Some((readme_line.clone(), line));
+        } else {
+            let line = if command == "ssh-keyscan" {
+                // Must pin the key; an empty file would only fail later.
+                format!("{line} && test -s {}/known_hosts", places.etc.display())
+            } else {
+                line
+            };
+            sh(&env, readme_line, &line);
+            if line.starts_with("cp postfix-snippets/leaf/bsmtp-ssh.conf") {
+                edit_transport_config(&env, &places);
+            }
+        }
+    }
+
+    let authorized = authorized_keys_line.expect("the quick start has an authorized_keys line");
+    write_authorized_keys(&env, &places, &authorized, &places.etc.join("id_ed25519"));
+
+    // "Try a delivery by hand", with --config since /etc/bsmtp-ssh is elsewhere here.
+    let (readme_try, try_line) = tried.expect("the quick start has a try-by-hand line");
+    let try_line = try_line.replacen(
+        "bsmtp-ssh deliver ",
+        &format!(
+            "{}/bsmtp-ssh deliver --config {} ",
+            places.sbin.display(),
+            places.conf().display()
+        ),
+        1,
+    );
+    let status = sh(&env, &readme_try, &try_line);
+    assert!(status.starts_with("2.0.0 delivered via "), "{status}");
+    let by_hand = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(
+        String::from_utf8_lossy(&by_hand[0]).contains("Subject: test"),
+        "{}",
+        String::from_utf8_lossy(&by_hand[0])
+    );
+
+    // And through Postfix: the leaf's sendmail, pipe(8), the README's transport.
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"From: alice@leaf.test\nTo: bob@hub.test\nSubject: quick start\n\nvia postfix\n",
+    );
+    let delivered = env.wait_maildir("bob", 2, DELIVERY);
+    assert!(
+        delivered
+            .iter()
+            .any(|m| String::from_utf8_lossy(m).contains("Subject: quick start")),
+        "the sendmail message must arrive at the hub"
+    );
+    let sent = env.wait_log(Log::Leaf, "relay=bsmtp", DELIVERY);
+    assert!(sent.contains("status=sent"), "{sent}");
+    // It went through the README's master.cf entry and config, not the harness's.
+    let master_cf = std::fs::read_to_string(env.leaf_config_dir().join("master.cf")).unwrap();
+    assert!(
+        master_cf.contains(&places.conf().display().to_string())
+            && !master_cf.contains(&env.transport_config().display().to_string()),
+        "{master_cf}"
+    );
+    env.wait_leaf_queue_empty(DELIVERY);
+}
