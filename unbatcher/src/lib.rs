@@ -4,10 +4,11 @@
 //! client asked to run is parsed by [`command`], and every message passes the
 //! peer's [`policy`] before [`postdrop`] commits it.
 
+pub mod authorize;
 pub mod command;
 pub mod policy;
 pub mod postdrop;
 pub mod receive;
 mod run;
 
-pub use run::{run, Args, RunError};
+pub use run::{run, AdminCommand, Args, RunError};

@@ -17,11 +17,19 @@ use crate::receive::{Delivery, Envelope, Injector, Receiver, Settings};
 /// rsmtp: the receiving side of bsmtp-ssh, run as an OpenSSH forced command
 /// (`restrict,command="rsmtp --peer NAME"`) or on a BSMTP file on stdin.
 #[derive(Debug, Parser)]
-#[command(name = "rsmtp", version, about)]
+#[command(
+    name = "rsmtp",
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Args {
     /// The peer this key belongs to; its only source of identity.
-    #[arg(long, value_name = "NAME")]
-    pub peer: String,
+    /// Required unless a subcommand is given.
+    #[arg(long, value_name = "NAME", required = true)]
+    pub peer: Option<String>,
     /// Configuration file with per-peer policy.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -41,6 +49,18 @@ pub struct Args {
     /// Log debug lines too.
     #[arg(short, long)]
     pub verbose: bool,
+    /// An admin task instead of a session. Only the hub's admin reaches
+    /// these: a client's `SSH_ORIGINAL_COMMAND` is parsed elsewhere
+    /// ([`crate::command`]) and can never name one.
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
+}
+
+/// The admin subcommands of rsmtp.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Add a peer's key, with its forced command, to the authorized keys file.
+    Authorize(crate::authorize::AuthorizeArgs),
 }
 
 /// Why rsmtp stopped; each maps to one exit code.
@@ -63,6 +83,9 @@ pub enum RunError {
     /// The stream ended inside a message (nothing of it was injected).
     #[error("input ended inside DATA: that message was not queued")]
     Truncated,
+    /// `rsmtp authorize` added nothing.
+    #[error("authorize: {0}")]
+    Authorize(#[from] crate::authorize::AuthorizeError),
 }
 
 impl RunError {
@@ -73,6 +96,7 @@ impl RunError {
             RunError::Refused { .. } => ExitCode::NoPerm,
             RunError::Io(_) => ExitCode::IoErr,
             RunError::Truncated => ExitCode::DataErr,
+            RunError::Authorize(err) => err.exit_code(),
         }
     }
 }
@@ -125,8 +149,24 @@ pub fn run(
     input: &mut impl Read,
     output: &mut impl Write,
 ) -> Result<(), RunError> {
-    let args = Args::try_parse_from(command_line).map_err(|e| RunError::Config(e.to_string()))?;
-    bsmtp::logging::init("rsmtp", args.verbose, bsmtp::logging::Fallback::Stderr);
+    let args = match Args::try_parse_from(command_line) {
+        Ok(args) => args,
+        // --help and --version: asked for, so not an error.
+        Err(err) if !err.use_stderr() => {
+            write!(output, "{err}")?;
+            return Ok(());
+        }
+        Err(err) => return Err(RunError::Config(err.to_string())),
+    };
+    if let Some(AdminCommand::Authorize(authorize)) = &args.command {
+        return Ok(crate::authorize::run(authorize, output)?);
+    }
+    bsmtp::logging::init(
+        "rsmtp",
+        args.verbose,
+        bsmtp::logging::Fallback::Stderr,
+        args.postfix_config.as_deref(),
+    );
     let (policy, postdrop) = load(&args)?;
     let verb = command::parse(original_command).map_err(|refused| {
         // Also on stdout as an SMTP reply: that is what a sender reads.
@@ -135,7 +175,7 @@ pub fn run(
         let _ = output.write_all(&out);
         let _ = output.flush();
         RunError::Refused {
-            peer: args.peer.clone(),
+            peer: policy.peer.clone(),
             refused,
         }
     })?;
@@ -150,13 +190,10 @@ fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
         None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
     };
     let file = ConfigFile::load(&path, named).map_err(RunError::Config)?;
+    // clap requires --peer whenever there is no subcommand.
+    let peer = args.peer.as_deref().unwrap_or_default();
     let policy = file
-        .policy(
-            &args.peer,
-            &args.allow_sender,
-            args.max_size,
-            args.max_recipients,
-        )
+        .policy(peer, &args.allow_sender, args.max_size, args.max_recipients)
         .map_err(RunError::Config)?;
     let mut postdrop = PostdropCommand::default();
     if let Some(program) = &file.postdrop {
