@@ -1,19 +1,31 @@
-//! Logging to syslog, facility mail, in Postfix's style, with a fallback.
+//! Logging where Postfix logs, in Postfix's style, with a fallback.
 //!
-//! A container or a test host may have no `/dev/log`; losing the log is
-//! better than losing the mail, so a missing syslog never fails a delivery.
-//! Where the fallback goes depends on the caller: pipe(8) reads the first
+//! Admins read our lines next to Postfix's own, so they go where Postfix's
+//! go: through Postfix's `postlog(1)` when it is installed (it follows the
+//! instance's `maillog_file` or syslog settings, facility mail), else to
+//! syslog facility mail directly. One `postlog` child reads all our lines on
+//! its stdin, so the cost is one exec per process, not per line. Severity is
+//! written Postfix's way, as a `warning: ` prefix.
+//!
+//! A container or a test host may have neither; losing the log is better
+//! than losing the mail, so a missing logger never fails a delivery. Where
+//! the fallback goes depends on the caller: pipe(8) reads the first
 //! characters of our merged stdout and stderr as the delivery status, so the
-//! transport buffers its fallback lines and prints them only after the status
-//! line ([`Fallback::Buffer`] and [`flush_buffered`]).
+//! transport keeps its fallback warnings and prints them only after the
+//! status line ([`Fallback::Buffer`] and [`flush_buffered`]).
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
-/// Where log lines go when syslog cannot be reached.
+/// Postfix's logging front end.
+pub const POSTLOG: &str = "/usr/sbin/postlog";
+
+/// Where log lines go when neither postlog nor syslog can be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     /// Straight to stderr.
@@ -26,27 +38,30 @@ pub enum Fallback {
 /// Most fallback bytes kept in memory.
 const MAX_BUFFERED: usize = 16 * 1024;
 
+enum Sink {
+    Postlog(Mutex<ChildStdin>),
+    Syslog(Mutex<Logger<LoggerBackend, Formatter3164>>),
+    None,
+}
+
 struct MailLog {
     ident: String,
-    syslog: Mutex<Option<Logger<LoggerBackend, Formatter3164>>>,
+    sink: Sink,
     fallback: Fallback,
     buffered: Mutex<Vec<u8>>,
 }
 
-static LOGGER: std::sync::OnceLock<MailLog> = std::sync::OnceLock::new();
+static LOGGER: OnceLock<MailLog> = OnceLock::new();
 
 /// Starts logging as `ident` (e.g. "bsmtp-ssh"); `verbose` adds debug lines.
-/// Calling it again keeps the first setup (tests run `run()` many times).
-pub fn init(ident: &str, verbose: bool, fallback: Fallback) {
-    let formatter = Formatter3164 {
-        facility: Facility::LOG_MAIL,
-        hostname: None,
-        process: ident.to_owned(),
-        pid: std::process::id(),
-    };
+/// `postfix_config` is the Postfix instance whose logging we join (default:
+/// `MAIL_CONFIG` from the environment, as pipe(8) passes it, or the
+/// system's). Calling it again keeps the first setup (tests run `run()` many
+/// times).
+pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Option<&Path>) {
     let logger = LOGGER.get_or_init(|| MailLog {
         ident: ident.to_owned(),
-        syslog: Mutex::new(syslog::unix(formatter).ok()),
+        sink: open_sink(ident, postfix_config.map(Path::to_path_buf)),
         fallback,
         buffered: Mutex::new(Vec::new()),
     });
@@ -56,6 +71,36 @@ pub fn init(ident: &str, verbose: bool, fallback: Fallback) {
         } else {
             LevelFilter::Info
         });
+    }
+}
+
+fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> Sink {
+    if Path::new(POSTLOG).exists() {
+        let mut command = Command::new(POSTLOG);
+        if let Some(dir) = postfix_config {
+            command.arg("-c").arg(dir);
+        }
+        // Its stdout and stderr must not be ours: pipe(8) reads ours until
+        // EOF, and postlog may outlive us by a moment.
+        let child = command
+            .args(["-t", ident])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(Some(stdin)) = child.map(|mut c| c.stdin.take()) {
+            return Sink::Postlog(Mutex::new(stdin));
+        }
+    }
+    let formatter = Formatter3164 {
+        facility: Facility::LOG_MAIL,
+        hostname: None,
+        process: ident.to_owned(),
+        pid: std::process::id(),
+    };
+    match syslog::unix(formatter) {
+        Ok(logger) => Sink::Syslog(Mutex::new(logger)),
+        Err(_) => Sink::None,
     }
 }
 
@@ -71,6 +116,29 @@ pub fn flush_buffered() {
     }
 }
 
+impl MailLog {
+    /// Sends one line to the sink; false when it could not.
+    fn send(&self, level: Level, text: &str) -> bool {
+        match &self.sink {
+            Sink::Postlog(stdin) => stdin.lock().is_ok_and(|mut stdin| {
+                let line = format!("{}{text}\n", prefix(level));
+                stdin.write_all(line.as_bytes()).is_ok()
+            }),
+            Sink::Syslog(syslog) => syslog.lock().is_ok_and(|mut syslog| {
+                let line = format!("{}{text}", prefix(level));
+                match level {
+                    Level::Error => syslog.err(line),
+                    Level::Warn => syslog.warning(line),
+                    Level::Info => syslog.info(line),
+                    Level::Debug | Level::Trace => syslog.debug(line),
+                }
+                .is_ok()
+            }),
+            Sink::None => false,
+        }
+    }
+}
+
 impl Log for MailLog {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= log::max_level()
@@ -81,20 +149,10 @@ impl Log for MailLog {
             return;
         }
         let text = crate::status::one_line(&record.args().to_string());
-        let sent = self.syslog.lock().ok().and_then(|mut syslog| {
-            let syslog = syslog.as_mut()?;
-            let result = match record.level() {
-                Level::Error => syslog.err(&text),
-                Level::Warn => syslog.warning(&text),
-                Level::Info => syslog.info(&text),
-                Level::Debug | Level::Trace => syslog.debug(&text),
-            };
-            result.ok()
-        });
-        if sent.is_some() {
+        if self.send(record.level(), &text) {
             return;
         }
-        let line = format!("{}: {}: {text}\n", self.ident, level_word(record.level()));
+        let line = format!("{}: {}{text}\n", self.ident, prefix(record.level()));
         match self.fallback {
             Fallback::Stderr => {
                 let _ = std::io::stderr().write_all(line.as_bytes());
@@ -114,12 +172,12 @@ impl Log for MailLog {
     fn flush(&self) {}
 }
 
-/// Postfix's words for severities.
-fn level_word(level: Level) -> &'static str {
+/// Postfix's way of marking severity inside the text.
+fn prefix(level: Level) -> &'static str {
     match level {
-        Level::Error => "fatal",
-        Level::Warn => "warning",
-        Level::Info => "info",
-        Level::Debug | Level::Trace => "debug",
+        Level::Error => "fatal: ",
+        Level::Warn => "warning: ",
+        Level::Info => "",
+        Level::Debug | Level::Trace => "debug: ",
     }
 }

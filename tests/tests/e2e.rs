@@ -481,7 +481,16 @@ fn null_sender_is_relayed_as_null() {
         .arg("deliver")
         .arg("--config")
         .arg(env.transport_config())
-        .args(["--peer", "hub", "-f", "", "--queue-id", "NULLTEST", "--", "bob@hub.test"]);
+        .args([
+            "--peer",
+            "hub",
+            "-f",
+            "",
+            "--queue-id",
+            "NULLTEST",
+            "--",
+            "bob@hub.test",
+        ]);
     let out = bsmtp_ssh_tests::util::run_timeout(
         &mut command,
         &message("a bounce", b"Your message could not be delivered.\n"),
@@ -497,4 +506,40 @@ fn null_sender_is_relayed_as_null() {
         "{}",
         String::from_utf8_lossy(&delivered[0])
     );
+}
+
+/// Both sides log where Postfix logs (postlog), in Postfix's shape: the leaf
+/// `QUEUEID: to=<..>, relay=.., delay=.., status=sent (..)`, the hub the
+/// maildrop queue ID with the facts pickup logs too, so the two correlate.
+#[test]
+fn logs_in_postfix_style_on_both_sides() {
+    let env = Env::start("postfix_style_logs");
+    let mut sent = message("logged", b"hello\n");
+    sent.splice(0..0, b"Message-ID: <logtest.1@leaf.test>\n".iter().copied());
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &sent);
+    env.wait_maildir("bob", 1, DELIVERY);
+    let leaf_queue_id = env
+        .wait_log(Log::Leaf, "postfix-leaf/pickup", DELIVERY)
+        .split(": ")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let ours = env.wait_log(Log::Leaf, " bsmtp-ssh[", DELIVERY);
+    assert!(
+        ours.contains(&format!(
+            "{leaf_queue_id}: to=<bob@hub.test>, relay=127.0.0.1[127.0.0.1]:"
+        )) && ours.contains(", delay=")
+            && ours.contains(", status=sent (250 2.0.0 Ok: queued as "),
+        "{ours}"
+    );
+    let hub_id = queued_as(&ours);
+    let theirs = env.wait_log(Log::Hub, " rsmtp[", DELIVERY);
+    assert!(
+        theirs.contains(&format!("{hub_id}: from=<alice@leaf.test>, size="))
+            && theirs
+                .contains("nrcpt=1, message-id=<logtest.1@leaf.test>, peer=leaf1, status=queued"),
+        "{theirs}"
+    );
+    let pickup = env.wait_log(Log::Hub, "postfix-hub/pickup", DELIVERY);
+    assert!(pickup.contains("from=<alice@leaf.test>"), "{pickup}");
 }

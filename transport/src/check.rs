@@ -46,7 +46,7 @@ impl<W: Write> Report<'_, W> {
 
 /// Runs the checks; exit 0 only when every check passed.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
-    bsmtp::logging::init("bsmtp-ssh", false, bsmtp::logging::Fallback::Buffer);
+    bsmtp::logging::init("bsmtp-ssh", false, bsmtp::logging::Fallback::Stderr, None);
     let path = args
         .config
         .clone()

@@ -123,7 +123,12 @@ pub fn run(
 }
 
 fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl Write) -> u8 {
-    bsmtp::logging::init("bsmtp-ssh", args.verbose, bsmtp::logging::Fallback::Buffer);
+    bsmtp::logging::init(
+        "bsmtp-ssh",
+        args.verbose,
+        bsmtp::logging::Fallback::Buffer,
+        None,
+    );
     let result = resolve_peer(args).and_then(|peer| {
         let deadline = args.deadline.map_or(peer.deadline, Duration::from_secs);
         start_watchdog(deadline, &peer.name);

@@ -66,10 +66,56 @@ enum Body<M> {
     /// Not in DATA.
     Idle,
     /// 354 given; content goes to the message.
-    Accepting { message: M, size: u64 },
+    Accepting { message: M, trace: Trace },
     /// Content is read and dropped. `reply` is the answer due at the dot,
     /// if the DATA command itself was accepted.
     Discarding { reply: Option<Reply> },
+}
+
+/// What we log about an accepted message, gathered as it streams by: the
+/// facts pickup(8) logs too (sender, Message-ID, size), so an admin can
+/// match our maildrop queue ID with the queue ID pickup gives the message.
+struct Trace {
+    size: u64,
+    sender: String,
+    nrcpt: usize,
+    in_header: bool,
+    at_line_start: bool,
+    message_id: Option<String>,
+}
+
+/// Longest Message-ID we keep for the log.
+const MAX_MESSAGE_ID: usize = 256;
+
+impl Trace {
+    fn new(envelope: &Envelope) -> Self {
+        Trace {
+            size: 0,
+            sender: envelope.sender.clone(),
+            nrcpt: envelope.recipients.len(),
+            in_header: true,
+            at_line_start: true,
+            message_id: None,
+        }
+    }
+
+    fn observe(&mut self, bytes: &[u8], end_of_line: bool) {
+        self.size += bytes.len() as u64 + if end_of_line { 2 } else { 0 };
+        if self.in_header && self.at_line_start {
+            const NAME: &[u8] = b"message-id:";
+            if bytes.is_empty() && end_of_line {
+                self.in_header = false;
+            } else if self.message_id.is_none()
+                && bytes.len() > NAME.len()
+                && bytes[..NAME.len()].eq_ignore_ascii_case(NAME)
+            {
+                let value = &bytes[NAME.len()..bytes.len().min(NAME.len() + MAX_MESSAGE_ID)];
+                let value = String::from_utf8_lossy(value);
+                self.message_id = Some(bsmtp::status::one_line(value.trim()));
+            }
+        }
+        self.at_line_start = end_of_line;
+    }
 }
 
 /// Counts of a finished session, for the log and the exit status.
@@ -338,15 +384,15 @@ impl<I: Injector> Receiver<I> {
         match self.injector.start(&envelope) {
             Ok(mut message) => {
                 let header = received_header(&self.settings, &envelope, message.queue_id());
-                let mut size = 0;
+                let mut trace = Trace::new(&envelope);
                 for line in header.lines() {
-                    size += line.len() as u64 + 2;
+                    trace.size += line.len() as u64 + 2;
                     if let Err(err) = message.write_piece(line.as_bytes(), true) {
                         message.abort();
                         return self.data_failed(&err);
                     }
                 }
-                self.body = Body::Accepting { message, size };
+                self.body = Body::Accepting { message, trace };
                 reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
             Err(err) => self.data_failed(&err),
@@ -369,11 +415,11 @@ impl<I: Injector> Receiver<I> {
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
         let max_size = self.settings.policy.max_size;
-        let Body::Accepting { message, size } = &mut self.body else {
+        let Body::Accepting { message, trace } = &mut self.body else {
             return;
         };
-        *size += bytes.len() as u64 + if end_of_line { 2 } else { 0 };
-        let failure = if *size > max_size {
+        trace.observe(bytes, end_of_line);
+        let failure = if trace.size > max_size {
             Some(reply(
                 552,
                 (5, 3, 4),
@@ -413,12 +459,16 @@ impl<I: Injector> Receiver<I> {
                 }
                 reply
             }
-            Body::Accepting { message, size } => {
+            Body::Accepting { message, trace } => {
                 let maildrop_id = message.queue_id().to_owned();
                 Some(match message.commit() {
                     Ok(queue_id) => {
                         info!(
-                            "{queue_id}: peer={}, size={size}, status=queued",
+                            "{queue_id}: from=<{}>, size={}, nrcpt={}, message-id={}, peer={}, status=queued",
+                            trace.sender,
+                            trace.size,
+                            trace.nrcpt,
+                            trace.message_id.as_deref().unwrap_or("(none)"),
                             self.settings.policy.peer
                         );
                         self.summary.accepted += 1;
