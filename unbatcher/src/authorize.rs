@@ -450,12 +450,14 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
         Err(e) => return Err(errno(&format!("creating {}", ssh.display()), e)),
     }
     let dir = open_dir_nofollow(Some(&home), Path::new(".ssh")).map_err(|e| {
-        let hint = if e == Errno::ELOOP || e == Errno::ENOTDIR {
-            " (a symlink or not a directory: refused)"
+        if e == Errno::ELOOP || e == Errno::ENOTDIR {
+            AuthorizeError::Refused(format!(
+                "{}: a symlink or not a directory: refused",
+                ssh.display()
+            ))
         } else {
-            ""
-        };
-        errno(&format!("{}{hint}", ssh.display()), e)
+            errno(&ssh.display().to_string(), e)
+        }
     })?;
     let meta = File::from(dir.try_clone().map_err(io_err(&ssh))?)
         .metadata()
