@@ -14,7 +14,7 @@
 //! transport keeps its fallback warnings and prints them only after the
 //! status line ([`Fallback::Buffer`] and [`flush_buffered`]).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -149,10 +149,15 @@ impl Log for MailLog {
             return;
         }
         let text = crate::status::one_line(&record.args().to_string());
+        let line = format!("{}: {}{text}\n", self.ident, prefix(record.level()));
+        // As Postfix's own programs do: a person at a terminal sees the log
+        // too. Never under pipe(8) or sshd, where stderr is not a terminal.
+        if std::io::stderr().is_terminal() {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
         if self.send(record.level(), &text) {
             return;
         }
-        let line = format!("{}: {}{text}\n", self.ident, prefix(record.level()));
         match self.fallback {
             Fallback::Stderr => {
                 let _ = std::io::stderr().write_all(line.as_bytes());

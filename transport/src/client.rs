@@ -88,6 +88,7 @@ impl<S: Read + Write> Client<S> {
             match self.parser.parse(&self.input) {
                 Ok(Some((used, reply))) => {
                     self.input.drain(..used);
+                    log::debug!("{}: < {}", self.relay, reply.one_line());
                     return Ok(reply);
                 }
                 Ok(None) => {}

@@ -66,6 +66,7 @@ pub fn preflight(peer: &Peer) -> Result<String, Failure> {
 pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection, Failure> {
     let (tcp, addr) = tcp_connect(host, peer.port, peer.connect_timeout)?;
     let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
+    debug!("peer {}: connected to {relay}", peer.name);
     let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
     // Without this, a frame written in two pieces meets a delayed ACK and
     // stalls 40 ms per message (measured).
@@ -89,7 +90,14 @@ pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connec
             format!("SSH handshake: {e}"),
         )
     })?;
+    debug!(
+        "{relay}: SSH handshake done: kex {}, cipher {}, host key {}",
+        session.methods(MethodType::Kex).unwrap_or("?"),
+        session.methods(MethodType::CryptCs).unwrap_or("?"),
+        session.methods(MethodType::HostKey).unwrap_or("?")
+    );
     verify_host_key(&session, host, peer)?;
+    debug!("{relay}: host key matches {}", peer.known_hosts.display());
     session
         .userauth_pubkey_file(&peer.user, None, &peer.identity, None)
         .map_err(|e| {
@@ -102,6 +110,11 @@ pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connec
                 ),
             )
         })?;
+    debug!(
+        "{relay}: logged in as {} with {}",
+        peer.user,
+        peer.identity.display()
+    );
     let mut channel = session.channel_session().map_err(|e| {
         fail(
             ssh_kind(&e, FailureKind::PeerProtocol),
