@@ -90,26 +90,40 @@ fn substitute(env: &Env, places: &Places, side: Side, line: &str) -> String {
     } else {
         LEAF_PIPE_USER
     };
-    let sbin = places.sbin.display().to_string();
-    let mut line = line
-        .replace("/etc/bsmtp-ssh", &places.etc.display().to_string())
-        .replace("/usr/sbin/rsmtp", &format!("{sbin}/rsmtp"))
-        .replace("/usr/sbin/bsmtp-ssh", &format!("{sbin}/bsmtp-ssh"))
-        .replace("target/release/", &format!("{}/", env.bin_dir().display()))
-        .replace("hub.example.com", "127.0.0.1")
-        .replace("you@example.com", "bob@hub.test")
-        .replace("leaf1.example.com", "leaf.test");
+    let mut line = substitute_paths(env, places, line);
     line = replace_word(&line, "bsmtp", user).replace("user=bsmtp ", &format!("user={user} "));
     let leaf_etc = env.leaf_config_dir().display().to_string();
-    line = line
-        .replace("postconf -e", &format!("postconf -c {leaf_etc} -e"))
+    line.replace("postconf -e", &format!("postconf -c {leaf_etc} -e"))
         .replace("postfix reload", &format!("postfix -c {leaf_etc} reload"))
         .replace(
             "ssh-keyscan ",
             &format!("ssh-keyscan -p {} ", env.sshd_port()),
         )
-        .replace("sudo -u ", "runuser -u ");
-    line
+        .replace("sudo -u ", "runuser -u ")
+}
+
+/// sudo is not on a minimal Debian 12: `sudo -u USER CMD` becomes
+/// `runuser -u USER -- CMD`.
+fn without_sudo(line: &str) -> String {
+    let Some((before, after)) = line.split_once("runuser -u ") else {
+        return line.to_owned();
+    };
+    match after.split_once(' ') {
+        Some((user, command)) => format!("{before}runuser -u {user} -- {command}"),
+        None => line.to_owned(),
+    }
+}
+
+/// System paths and example names replaced by this environment's.
+fn substitute_paths(env: &Env, places: &Places, line: &str) -> String {
+    let sbin = places.sbin.display().to_string();
+    line.replace("/etc/bsmtp-ssh", &places.etc.display().to_string())
+        .replace("/usr/sbin/rsmtp", &format!("{sbin}/rsmtp"))
+        .replace("/usr/sbin/bsmtp-ssh", &format!("{sbin}/bsmtp-ssh"))
+        .replace("target/release/", &format!("{}/", env.bin_dir().display()))
+        .replace("hub.example.com", "127.0.0.1")
+        .replace("you@example.com", "bob@hub.test")
+        .replace("leaf1.example.com", "leaf.test")
 }
 
 /// Runs one shell line with /bin/sh in the workspace root; panics unless it
@@ -176,19 +190,40 @@ fn edit_transport_config(env: &Env, places: &Places) {
 fn add_master_cf_snippet(env: &Env, places: &Places) {
     let snippet =
         std::fs::read_to_string(workspace_root().join("postfix-snippets/leaf/master.cf")).unwrap();
+    // The snippet's placeholders, as its header says to fill them by hand.
     let entry: Vec<String> = snippet
         .lines()
         .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-        .map(|l| substitute(env, places, Side::Leaf, l))
+        .map(|l| {
+            let l = l
+                .replace("@TRANSPORT@", "bsmtp")
+                .replace("@USER@", LEAF_PIPE_USER)
+                .replace("@PROGRAM@", "/usr/sbin/bsmtp-ssh")
+                .replace("@CONFIG@", "/etc/bsmtp-ssh/bsmtp-ssh.conf");
+            // Paths only: the service name is "bsmtp" too.
+            let l = substitute_paths(env, places, &l);
+            match l.split_once("user=bsmtp") {
+                Some((before, after)) if after.is_empty() || after.starts_with(' ') => {
+                    format!("{before}user={LEAF_PIPE_USER}{after}")
+                }
+                _ => l,
+            }
+        })
         .collect();
     let mut entry = entry.join("\n") + "\n";
-    assert!(entry.starts_with("bsmtp "), "{entry}");
-    assert!(entry.contains(" deliver "), "{entry}");
-    entry = entry.replacen(
-        " deliver ",
-        &format!(" deliver --config {} ", places.conf().display()),
-        1,
+    assert!(
+        entry.starts_with("bsmtp ") && !entry.contains('@'),
+        "{entry}"
     );
+    assert!(entry.contains(" deliver "), "{entry}");
+    if !entry.contains("--config") {
+        // The default /etc/bsmtp-ssh is elsewhere here.
+        entry = entry.replacen(
+            " deliver ",
+            &format!(" deliver --config {} ", places.conf().display()),
+            1,
+        );
+    }
     let leaf_etc = env.leaf_config_dir();
     sh(
         env,
@@ -269,7 +304,8 @@ fn readme_quick_start_delivers_to_the_hub() {
             // Other comments say what the next line does.
         } else if command == "useradd" {
             // The harness made the users; check the one the line names.
-            let user = line.split_whitespace().last().unwrap();
+            let words = line.split(" #").next().unwrap_or_default();
+            let user = words.split_whitespace().last().unwrap();
             sh(&env, readme_line, &format!("id -u {user} >/dev/null"));
         } else if line.starts_with("restrict,") {
             // Needs the leaf's key, made further down.
@@ -305,7 +341,7 @@ fn readme_quick_start_delivers_to_the_hub() {
         ),
         1,
     );
-    let status = sh(&env, &readme_try, &try_line);
+    let status = sh(&env, &readme_try, &without_sudo(&try_line));
     assert!(status.starts_with("2.0.0 delivered via "), "{status}");
     let by_hand = env.wait_maildir("bob", 1, DELIVERY);
     assert!(
