@@ -40,7 +40,7 @@ pub struct InstallArgs {
     /// The master.cf service name, also the prefix of its main.cf settings.
     #[arg(long, value_name = "NAME", default_value = "bsmtp")]
     pub transport: String,
-    /// The account pipe(8) runs bsmtp-ssh as (never root or the mail_owner).
+    /// The account pipe(8) runs bsmtp-ssh as (never root or the `mail_owner`).
     #[arg(long, value_name = "USER", default_value = "bsmtp")]
     pub user: String,
     /// The bsmtp-ssh binary named in master.cf (default: this binary).
@@ -275,9 +275,8 @@ pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
         .lines()
         .skip_while(|line| !line.starts_with("# Routing"))
         .map(|line| {
-            line.trim_start_matches('#')
-                .trim_start_matches(' ')
-                .to_owned()
+            let line = line.strip_prefix('#').unwrap_or(line);
+            line.strip_prefix(' ').unwrap_or(line).to_owned()
         })
         .collect())
 }
@@ -449,7 +448,8 @@ pub fn run(args: &InstallArgs, out: &mut impl Write) -> u8 {
     }
 }
 
-fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
+/// The placeholder values from the flags, and the program path as given.
+fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
     let program = args.program.clone().unwrap_or_else(|| {
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from(DEFAULT_PROGRAM))
     });
@@ -470,6 +470,11 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     values
         .validate()
         .map_err(|msg| Fatal::new(ExitCode::Usage, msg))?;
+    Ok((values, program))
+}
+
+fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
+    let (values, program) = values_from(args)?;
     let items = leaf_items(&values).map_err(|msg| {
         Fatal::new(
             ExitCode::Software,
@@ -546,6 +551,20 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
         );
     }
 
+    postfix_check(&postfix, out)?;
+    if !changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "a running Postfix uses the changes after: {}",
+            Shown(&postfix.postfix("reload"))
+        );
+    }
+    print_hint(&values, out);
+    Ok(())
+}
+
+/// Runs `postfix check` and reports what it said.
+fn postfix_check(postfix: &Postfix, out: &mut impl Write) -> Result<(), Fatal> {
     let argv = postfix.postfix("check");
     let result = run_argv(&argv)?;
     let said: Vec<&str> = result
@@ -579,14 +598,6 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
             let _ = writeln!(out, "  {line}");
         }
     }
-    if !changes.is_empty() {
-        let _ = writeln!(
-            out,
-            "a running Postfix uses the changes after: {}",
-            Shown(&postfix.postfix("reload"))
-        );
-    }
-    print_hint(&values, out);
     Ok(())
 }
 

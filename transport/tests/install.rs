@@ -1,0 +1,337 @@
+//! `bsmtp-ssh postfix-install`: the snippets parse, every placeholder is
+//! replaced, the master.cf entry runs the real CLI, and the installer against
+//! a scratch Postfix config directory (real postconf and postfix check) is
+//! exact in `--dry-run` and idempotent for real.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bsmtp_ssh::install::{
+    leaf_items, leftover_placeholder, parse_main_cf, parse_master_cf, routing_hint, substitute,
+    Item, Values, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
+};
+use clap::Parser;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bsmtp-ssh");
+
+fn values(transport: &str) -> Values {
+    Values {
+        program: "/opt/bin/bsmtp-ssh".to_owned(),
+        user: "mailpipe".to_owned(),
+        transport: transport.to_owned(),
+        config: "/etc/bsmtp-ssh/leaf.conf".to_owned(),
+    }
+}
+
+#[test]
+fn every_placeholder_is_used_and_substituted() {
+    let both = format!("{LEAF_MASTER_CF}{LEAF_MAIN_CF}");
+    for placeholder in PLACEHOLDERS {
+        assert!(both.contains(placeholder), "{placeholder} unused");
+    }
+    for template in [LEAF_MASTER_CF, LEAF_MAIN_CF] {
+        assert!(leftover_placeholder(template).is_some());
+        let text = substitute(template, &values("bsmtp")).unwrap();
+        assert_eq!(leftover_placeholder(&text), None, "{text}");
+    }
+}
+
+#[test]
+fn unknown_placeholder_is_an_error() {
+    assert_eq!(leftover_placeholder("a@b.c @NEW_ONE@ x"), Some("@NEW_ONE@"));
+    assert_eq!(leftover_placeholder("user@EXAMPLE.COM"), None);
+    assert!(substitute("x = @NEW@\n", &values("bsmtp")).is_err());
+}
+
+#[test]
+fn leaf_items_follow_the_transport_name() {
+    let items = leaf_items(&values("relay2")).unwrap();
+    let keys: Vec<String> = items.iter().map(Item::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "master.cf: relay2/unix",
+            "main.cf: relay2_destination_recipient_limit",
+            "main.cf: relay2_time_limit",
+        ]
+    );
+    let Item::Master { fields, .. } = &items[0] else {
+        panic!("{items:?}")
+    };
+    assert_eq!(
+        fields[..8],
+        ["relay2", "unix", "-", "n", "n", "-", "-", "pipe"]
+    );
+    assert!(fields.contains(&"user=mailpipe".to_owned()));
+    assert!(fields.contains(&"argv=/opt/bin/bsmtp-ssh".to_owned()));
+    assert!(fields.contains(&"null_sender=".to_owned()));
+    // bsmtp-ssh dot-stuffs itself: pipe(8) must not do it again.
+    assert!(fields.contains(&"flags=q".to_owned()));
+}
+
+#[test]
+fn time_limit_stays_above_the_deadline() {
+    let items = leaf_items(&values("bsmtp")).unwrap();
+    let limit = items
+        .iter()
+        .find_map(|item| match item {
+            Item::Main { name, value } if name == "bsmtp_time_limit" => Some(value.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let seconds: u64 = limit.strip_suffix('s').unwrap().parse().unwrap();
+    assert!(seconds > bsmtp_ssh::config::DEFAULT_DEADLINE, "{limit}");
+}
+
+#[test]
+fn parsers_follow_postfix_line_rules() {
+    let main = parse_main_cf("# c\n\na = 1\n  # indented comment\nb =\n  two words\n").unwrap();
+    assert_eq!(
+        main,
+        [
+            Item::Main {
+                name: "a".into(),
+                value: "1".into()
+            },
+            Item::Main {
+                name: "b".into(),
+                value: "two words".into()
+            },
+        ]
+    );
+    assert!(parse_main_cf("no equals sign\n").is_err());
+    assert!(parse_master_cf("x unix - n n - - \n").is_err());
+    let master = parse_master_cf("x unix - n n - - pipe\n  argv=/bin/true\n").unwrap();
+    assert_eq!(master[0].wanted(), "x unix - n n - - pipe argv=/bin/true");
+}
+
+#[test]
+fn routing_hint_names_the_transport() {
+    let hint = routing_hint(&values("relay2")).unwrap().join("\n");
+    assert!(hint.contains("default_transport = relay2:hub"), "{hint}");
+}
+
+/// Replaces pipe(8)'s macros in the `argv=` part of a master.cf entry with
+/// sample values, as pipe(8) would, each word one argument.
+fn pipe_argv(entry: &str, sender: &str) -> Vec<String> {
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    let start = words
+        .iter()
+        .position(|w| w.starts_with("argv="))
+        .expect("argv= in the entry");
+    let mut argv = vec![words[start].trim_start_matches("argv=").to_owned()];
+    argv.extend(words[start + 1..].iter().map(|w| {
+        w.replace("${nexthop}", "hub")
+            .replace("${sender}", sender)
+            .replace("${queue_id}", "4XyZ1AbC")
+            .replace("${size}", "4096")
+            .replace("${recipient}", "bob@hub.test")
+    }));
+    argv
+}
+
+#[test]
+fn snippet_argv_parses_with_the_real_cli() {
+    let items = leaf_items(&values("bsmtp")).unwrap();
+    for sender in ["alice@leaf.test", ""] {
+        let argv = pipe_argv(&items[0].wanted(), sender);
+        let cli = bsmtp_ssh::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let shown = format!("{cli:?}");
+        assert!(shown.contains(&format!("sender: {sender:?}")), "{shown}");
+        assert!(shown.contains("peer: Some(\"hub\")"), "{shown}");
+        assert!(shown.contains("recipients: [\"bob@hub.test\"]"), "{shown}");
+    }
+}
+
+/// A scratch Postfix config directory: postconf -c works on any directory
+/// with a main.cf; its own queue and data directories keep `postfix check`
+/// away from the system's.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        std::fs::create_dir(path.join("queue")).unwrap();
+        std::fs::write(
+            path.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\nqueue_directory = {0}/queue\n\
+                 data_directory = {0}/data\n",
+                path.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            path.join("master.cf"),
+            "smtp      unix  -       -       n       -       -       smtp\n",
+        )
+        .unwrap();
+        std::fs::write(path.join("bsmtp-ssh.conf"), "").unwrap();
+        Scratch { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap()
+    }
+
+    /// Runs `bsmtp-ssh postfix-install` on this directory; (exit code,
+    /// output with the paths that vary replaced).
+    fn install(&self, extra: &[&str]) -> (i32, String) {
+        let config = self.path().join("bsmtp-ssh.conf");
+        let mut command = Command::new(BIN);
+        command
+            .arg("postfix-install")
+            .arg("--config-directory")
+            .arg(self.path());
+        // Defaults that keep warnings about this machine out of the output,
+        // unless the test gives its own.
+        let defaults = [
+            ("--user", Path::new("nobody")),
+            ("--program", Path::new(BIN)),
+            ("--config", &config),
+        ];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                command.arg(flag).arg(value);
+            }
+        }
+        let out = command.args(extra).output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), self.filter(&text))
+    }
+
+    fn filter(&self, text: &str) -> String {
+        text.replace(BIN, "[BSMTP_SSH]")
+            .replace(&self.path().display().to_string(), "[DIR]")
+    }
+}
+
+/// `postconf -M bsmtp/unix`: the entry on one line, as Postfix reads it.
+fn postconf_entry(scratch: &Scratch) -> String {
+    let out = Command::new("/usr/sbin/postconf")
+        .arg("-c")
+        .arg(scratch.path())
+        .args(["-M", "bsmtp/unix"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn dry_run_prints_the_commands_and_changes_nothing() {
+    let scratch = Scratch::new();
+    let before = (scratch.read("main.cf"), scratch.read("master.cf"));
+    let (code, output) = scratch.install(&["--dry-run"]);
+    assert_eq!(code, 0, "{output}");
+    insta::assert_snapshot!(output);
+    assert_eq!((scratch.read("main.cf"), scratch.read("master.cf")), before);
+}
+
+#[test]
+fn install_twice_changes_once() {
+    let scratch = Scratch::new();
+    let original = (scratch.read("main.cf"), scratch.read("master.cf"));
+    let (code, first) = scratch.install(&[]);
+    assert_eq!(code, 0, "{first}");
+    insta::assert_snapshot!("install_first_run", first);
+    let after_first = (scratch.read("main.cf"), scratch.read("master.cf"));
+    // The lines added to main.cf and the entry as Postfix reads it back
+    // (postconf rewraps master.cf at a width the temp path would shift).
+    let added: Vec<&str> = after_first
+        .0
+        .lines()
+        .filter(|line| !original.0.lines().any(|l| l == *line))
+        .collect();
+    let entry = postconf_entry(&scratch);
+    insta::assert_snapshot!(
+        "install_written_files",
+        scratch.filter(&format!(
+            "main.cf:\n{}\nmaster.cf:\n{entry}",
+            added.join("\n")
+        ))
+    );
+    assert!(after_first.1.starts_with(&original.1));
+
+    let (code, second) = scratch.install(&[]);
+    assert_eq!(code, 0, "{second}");
+    assert!(second.contains("\nnothing to change\n"), "{second}");
+    assert!(!second.contains("(was:"), "{second}");
+    assert_eq!(
+        (scratch.read("main.cf"), scratch.read("master.cf")),
+        after_first
+    );
+    // A dry run after the install has nothing to do either.
+    let (_, dry) = scratch.install(&["--dry-run"]);
+    assert!(dry.contains("dry run: 0 changes not made"), "{dry}");
+
+    // What Postfix itself reads back runs the real CLI.
+    let argv = pipe_argv(&entry, "");
+    assert_eq!(PathBuf::from(&argv[0]), PathBuf::from(BIN));
+    bsmtp_ssh::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+}
+
+#[test]
+fn install_replaces_a_different_entry_and_value() {
+    let scratch = Scratch::new();
+    let (code, _) = scratch.install(&[]);
+    assert_eq!(code, 0);
+    let status = Command::new("/usr/sbin/postconf")
+        .arg("-c")
+        .arg(scratch.path())
+        .args(["-e", "bsmtp_time_limit = 60s"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, output) = scratch.install(&["--user", "daemon"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("main.cf: bsmtp_time_limit = 1000s (was: 60s)\n"),
+        "{output}"
+    );
+    assert!(output.contains("user=daemon"), "{output}");
+    assert!(output.contains("2 changes made"), "{output}");
+}
+
+#[test]
+fn bad_values_are_refused_before_anything_runs() {
+    let scratch = Scratch::new();
+    for (flags, says) in [
+        (&["--user", "root"][..], "--user root"),
+        (&["--transport", "b smtp"][..], "--transport"),
+        (&["--config", "relative.conf"][..], "absolute path"),
+        (&["--program", "/opt/my bin/bsmtp-ssh"][..], "white space"),
+    ] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 64, "{flags:?}: {output}");
+        assert!(output.contains(says), "{flags:?}: {output}");
+    }
+    let (code, output) = scratch.install(&["--postconf", "/nonexistent/postconf"]);
+    assert_eq!(code, 69, "{output}");
+    assert!(output.contains("is Postfix installed?"), "{output}");
+}
+
+#[test]
+fn missing_config_directory_says_so() {
+    let out = Command::new(BIN)
+        .args([
+            "postfix-install",
+            "--config-directory",
+            "/nonexistent/postfix",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("/nonexistent/postfix/main.cf: No such file"),
+        "{text}"
+    );
+}
