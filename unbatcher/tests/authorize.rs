@@ -137,17 +137,19 @@ fn dry_run_prints_the_line_and_the_running_binary_and_writes_nothing() {
     assert!(!setup.authorized_keys().exists());
 }
 
-/// Each refusal: exit code, message, and the file byte for byte as before.
-#[test]
-fn refusals_leave_the_file_untouched() {
-    const BEFORE: &str = "# hub keys\nssh-rsa AAAAB3Nza admin\n";
+/// A refusal: what, key file contents, arguments, exit code, message.
+type Case = (&'static str, String, Vec<&'static str>, u8, &'static str);
+
+// A table, one row per refusal: long because rustfmt spreads each row.
+#[allow(clippy::too_many_lines)]
+fn refusal_cases() -> Vec<Case> {
     let private = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ==\n-----END OPENSSH PRIVATE KEY-----\n";
     let two = format!("{ED25519}{ECDSA}");
     let wrong_type = ED25519.replace("ssh-ed25519", "ecdsa-sha2-nistp256");
     let bad_base64 = ED25519.replace("AAAAC3", "AA!AC3");
     let truncated = ED25519.replace("AAAAC3NzaC1lZDI1NTE5", "AAAAC3Nz");
     let with_options = format!("restrict {ED25519}");
-    let cases: Vec<(&str, String, Vec<&str>, u8, &str)> = vec![
+    vec![
         (
             "peer with a slash",
             ED25519.into(),
@@ -261,7 +263,14 @@ fn refusals_leave_the_file_untouched() {
             65,
             "absolute path",
         ),
-    ];
+    ]
+}
+
+/// Each refusal: exit code, message, and the file byte for byte as before.
+#[test]
+fn refusals_leave_the_file_untouched() {
+    const BEFORE: &str = "# hub keys\nssh-rsa AAAAB3Nza admin\n";
+    let cases = refusal_cases();
     for (what, key, extra, code, message) in cases {
         let setup = Setup::new(&key);
         std::fs::write(setup.authorized_keys(), BEFORE).unwrap();
@@ -294,7 +303,7 @@ fn refusals_leave_the_file_untouched() {
 fn key_already_present_is_refused_whatever_its_options() {
     let blob = ED25519.split(' ').nth(1).unwrap();
     for existing in [
-        format!("{ED25519}"),
+        ED25519.to_owned(),
         format!("restrict,command=\"/usr/sbin/rsmtp --peer other\" ssh-ed25519 {blob} other\n"),
         format!("from=\"10.0.0.1\",command=\"echo a b\" ssh-ed25519 {blob}\n# comment\n"),
         format!("ssh-rsa AAAAB3Nza admin\n  no-pty   ssh-ed25519 {blob} x"),
@@ -373,11 +382,12 @@ fn written_forced_command_parses_with_rsmtp_args() {
     ]);
     assert_eq!(code, 0, "{stdout}");
     let line = std::fs::read_to_string(setup.authorized_keys()).unwrap();
-    let command = line
+    let Some((command, _)) = line
         .strip_prefix("restrict,command=\"")
         .and_then(|rest| rest.split_once("\" ssh-ed25519 "))
-        .map(|(command, _)| command)
-        .unwrap_or_else(|| panic!("no forced command in {line}"));
+    else {
+        panic!("no forced command in {line}");
+    };
     let output = std::process::Command::new("/bin/sh")
         .current_dir(setup.dir.path())
         .arg("-c")
