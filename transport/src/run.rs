@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bsmtp::status::{Failure, FailureKind};
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use sysexits::ExitCode;
 
 use crate::config::{self, ConfigFile, Peer, PeerSection};
 use crate::deliver::{self, Envelope};
@@ -141,8 +142,10 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
         deliver::deliver(&peer, &envelope, content)
     });
     if STATUS_DONE.swap(true, Ordering::SeqCst) {
-        // The watchdog already answered Postfix and is ending the process.
-        std::thread::sleep(Duration::from_secs(5));
+        // The watchdog already answered Postfix and is ending the process;
+        // a second status line would only confuse the log.
+        std::thread::sleep(Duration::from_secs(60));
+        return ExitCode::TempFail as u8;
     }
     deliver::status_line(out, &result);
     bsmtp::logging::flush_buffered();

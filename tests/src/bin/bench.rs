@@ -1,0 +1,248 @@
+//! The benchmark behind SPEC.md's pipe-mode targets, run by `scripts/bench`:
+//! each figure side by side with its anchor, measured in the same run on the
+//! same leaf/hub/sshd set-up (release binaries), reported as a ratio.
+//!
+//! - pipe mode, 4 KiB message: `bsmtp-ssh deliver` (handshake, host-key
+//!   check, login, BSMTP, postdrop commit on the hub) against OpenSSH's own
+//!   `ssh hub true` on a key forced to `/bin/true` (one handshake). Target:
+//!   one handshake plus under 10 ms.
+//! - 100 MB message: `bsmtp-ssh deliver` against `ssh hub 'cat >/dev/null'`
+//!   (raw channel bandwidth). Target: >= 0.8 x.
+//! - peak RSS of each side while moving 100 MB. Target: under 32 MB.
+//!
+//! Timings come from hyperfine (warm-up runs, then a fixed number of runs;
+//! the mean and standard deviation are printed). Nothing here asserts: the
+//! numbers are for people to read next to their anchors.
+
+// Sizes here are far below 2^52: the float conversions lose nothing.
+#![allow(clippy::cast_precision_loss)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bsmtp_ssh_tests::{Env, EnvOptions};
+
+/// Bytes of the "big" message.
+const BIG: usize = 100 * 1024 * 1024;
+/// Hyperfine runs for the small message and for the big one.
+const RUNS_SMALL: u32 = 30;
+const RUNS_BIG: u32 = 5;
+
+fn main() {
+    let limit = (2 * BIG).to_string();
+    let env = Env::start_with(
+        "bench",
+        EnvOptions::default()
+            .rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", &limit])
+            .hub_param("message_size_limit", &limit)
+            // Keep the hub's local delivery out of the measurement: accepted
+            // mail waits in the hub's queue.
+            .hub_param("defer_transports", "local"),
+    );
+    let work = env.base().join("bench");
+    fs::create_dir_all(&work).expect("bench dir");
+    let small = write_message(&work.join("small.eml"), 4 * 1024);
+    let big = write_message(&work.join("big.eml"), BIG);
+    let rss_file = PathBuf::from(format!("/tmp/bsmtp-bench-rsmtp-rss-{}", std::process::id()));
+    let true_key = anchor_key(&env, &work, "true", "/bin/true");
+    let cat_key = anchor_key(&env, &work, "cat", "cat >/dev/null");
+    let rss_key = anchor_key(
+        &env,
+        &work,
+        "rss",
+        &format!(
+            "/usr/bin/time -f %M -o {} {}/rsmtp --peer leaf1 --postfix-config {} --allow-sender @leaf.test --max-size {limit}",
+            rss_file.display(),
+            env.bin_dir().display(),
+            env.hub_config_dir().display()
+        ),
+    );
+
+    let ssh = |key: &Path| {
+        format!(
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o IdentitiesOnly=yes -i {} -p {} bsmtp-hub@127.0.0.1",
+            env.known_hosts().display(),
+            key.display(),
+            env.sshd_port()
+        )
+    };
+    let deliver = format!(
+        "{}/bsmtp-ssh deliver --config {} --peer hub -f alice@leaf.test -- bob@hub.test",
+        env.bin_dir().display(),
+        env.transport_config().display()
+    );
+
+    println!(
+        "bsmtp-ssh benchmark (release build, loopback, {})",
+        env.base().display()
+    );
+    let handshake = hyperfine(
+        &work,
+        "handshake",
+        RUNS_SMALL,
+        &format!("{} true", ssh(&true_key)),
+    );
+    let pipe = hyperfine(
+        &work,
+        "pipe",
+        RUNS_SMALL,
+        &format!("{deliver} < {}", small.display()),
+    );
+    let raw = hyperfine(
+        &work,
+        "raw",
+        RUNS_BIG,
+        &format!("{} < {}", ssh(&cat_key), big.display()),
+    );
+    let bulk = hyperfine(
+        &work,
+        "bulk",
+        RUNS_BIG,
+        &format!("{deliver} < {}", big.display()),
+    );
+    let sender_rss = peak_rss_kib(&format!("{deliver} < {}", big.display()));
+    let receiver_rss = {
+        let _ = fs::remove_file(&rss_file);
+        let one = format!(
+            "{}/bsmtp-ssh deliver --host 127.0.0.1 --port {} --user bsmtp-hub --identity {} --known-hosts {} -f alice@leaf.test -- bob@hub.test < {}",
+            env.bin_dir().display(),
+            env.sshd_port(),
+            rss_key.display(),
+            env.known_hosts().display(),
+            big.display()
+        );
+        run_shell(&one);
+        let text = fs::read_to_string(&rss_file).unwrap_or_default();
+        let _ = fs::remove_file(&rss_file);
+        text.trim().parse::<u64>().ok()
+    };
+
+    let mib = |bytes: usize, secs: f64| bytes as f64 / (1024.0 * 1024.0) / secs;
+    println!();
+    println!(
+        "{:<34} {:>22} {:>22} {:>10}  target",
+        "measure", "anchor", "bsmtp-ssh", "ratio"
+    );
+    println!(
+        "{:<34} {:>22} {:>22} {:>10}  +< 10 ms",
+        "pipe mode, 4 KiB message",
+        format!("ssh true {}", ms(handshake)),
+        ms(pipe),
+        format!("+{:.1} ms", (pipe.0 - handshake.0) * 1000.0)
+    );
+    println!(
+        "{:<34} {:>22} {:>22} {:>10}  >= 0.8",
+        "100 MB message, bandwidth",
+        format!("ssh cat {:.0} MiB/s", mib(BIG, raw.0)),
+        format!("{:.0} MiB/s", mib(BIG, bulk.0)),
+        format!("{:.2}", raw.0 / bulk.0)
+    );
+    let show_rss =
+        |kib: Option<u64>| kib.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "{:<34} {:>22} {:>22} {:>10}  < 32 MiB",
+        "peak RSS, 100 MB, sender",
+        "-",
+        show_rss(sender_rss),
+        ""
+    );
+    println!(
+        "{:<34} {:>22} {:>22} {:>10}  < 32 MiB",
+        "peak RSS, 100 MB, receiver (rsmtp)",
+        "-",
+        show_rss(receiver_rss),
+        ""
+    );
+}
+
+/// Writes a message with headers and `size` bytes of base64-like body lines.
+fn write_message(path: &Path, size: usize) -> PathBuf {
+    let mut text = b"From: alice@leaf.test\nTo: bob@hub.test\nSubject: bench\n\n".to_vec();
+    let line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
+    while text.len() < size {
+        text.extend_from_slice(line);
+    }
+    fs::write(path, &text).expect("write message");
+    path.to_path_buf()
+}
+
+/// A second key for the hub's user, forced to `command`: the anchors run
+/// over the same sshd, user and network path as bsmtp-ssh.
+fn anchor_key(env: &Env, dir: &Path, name: &str, command: &str) -> PathBuf {
+    let key = dir.join(format!("anchor-{name}"));
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed");
+    let public = fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let keys = fs::read_to_string(env.authorized_keys()).expect("authorized_keys");
+    let line = format!("restrict,command=\"{command}\" {}\n", public.trim());
+    fs::write(env.authorized_keys(), keys + &line).expect("write authorized_keys");
+    key
+}
+
+/// Mean and standard deviation in seconds of `command`, by hyperfine.
+fn hyperfine(dir: &Path, name: &str, runs: u32, command: &str) -> (f64, f64) {
+    let json = dir.join(format!("{name}.json"));
+    let status = Command::new("hyperfine")
+        .args([
+            "--style",
+            "basic",
+            "--warmup",
+            "2",
+            "--runs",
+            &runs.to_string(),
+        ])
+        .arg("--export-json")
+        .arg(&json)
+        .args(["--command-name", name, command])
+        .status()
+        .expect("hyperfine is missing: apt-get install hyperfine");
+    assert!(status.success(), "hyperfine failed for {command}");
+    let text = fs::read_to_string(&json).expect("hyperfine json");
+    (
+        json_number(&text, "\"mean\":"),
+        json_number(&text, "\"stddev\":"),
+    )
+}
+
+/// The first number after `key` in hyperfine's JSON (no JSON crate needed
+/// for two numbers).
+fn json_number(text: &str, key: &str) -> f64 {
+    let at = text.find(key).map_or(text.len(), |i| i + key.len());
+    text[at..]
+        .trim_start()
+        .split(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn ms((mean, stddev): (f64, f64)) -> String {
+    format!("{:.1} ± {:.1} ms", mean * 1000.0, stddev * 1000.0)
+}
+
+fn run_shell(command: &str) {
+    let status = Command::new("/bin/sh")
+        .args(["-c", command])
+        .status()
+        .expect("sh");
+    assert!(status.success(), "failed: {command}");
+}
+
+/// Peak resident set of `command` in KiB, by GNU time.
+fn peak_rss_kib(command: &str) -> Option<u64> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "/bin/sh", "-c", command])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
+}
