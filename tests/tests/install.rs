@@ -1,0 +1,137 @@
+//! `bsmtp-ssh postfix-install` on a real leaf Postfix: the harness's
+//! hand-written transport is replaced by the snippet's, a second run changes
+//! nothing, `postfix check` passes, and mail then flows through the installed
+//! entry (so its `argv=` line parses and runs), bounces included.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bsmtp_ssh_tests::util::{run_timeout, COMMAND_TIMEOUT};
+use bsmtp_ssh_tests::{Env, LEAF_PIPE_USER};
+
+const DELIVERY: Duration = Duration::from_secs(90);
+
+/// Runs the installed `bsmtp-ssh postfix-install` against the leaf.
+fn install(env: &Env, extra: &[&str]) -> Output {
+    let mut command = Command::new(env.bin_dir().join("bsmtp-ssh"));
+    command
+        .arg("postfix-install")
+        .arg("--config-directory")
+        .arg(env.leaf_config_dir())
+        .args(["--user", LEAF_PIPE_USER, "--config"])
+        .arg(env.transport_config())
+        .args(extra);
+    run_timeout(&mut command, b"", COMMAND_TIMEOUT)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+}
+
+#[test]
+fn postfix_install_is_idempotent_and_delivers() {
+    let env = Env::start("postfix_install");
+    let etc = env.leaf_config_dir();
+    let bin = env.bin_dir().join("bsmtp-ssh");
+
+    let dry = install(&env, &["--dry-run"]);
+    let dry_text = text(&dry);
+    assert_eq!(dry.status.code(), Some(0), "{dry_text}");
+    let before = (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
+
+    let first = install(&env, &[]);
+    let first_text = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{first_text}");
+    // The dry run announced exactly the changes the real run made.
+    let changed = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.contains("(was: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(changed(&dry_text), changed(&first_text), "{first_text}");
+    // The harness already set the recipient limit; the entry differs
+    // (null_sender=), the time limit was unset.
+    assert!(
+        first_text.contains("main.cf: bsmtp_destination_recipient_limit = 1 (unchanged)\n"),
+        "{first_text}"
+    );
+    assert!(
+        first_text.contains("main.cf: bsmtp_time_limit = 1000s (was: unset)\n"),
+        "{first_text}"
+    );
+    assert!(first_text.contains("postfix check: ok"), "{first_text}");
+    let after_first = (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
+    assert_ne!(after_first, before);
+
+    let second = install(&env, &[]);
+    let second_text = text(&second);
+    assert_eq!(second.status.code(), Some(0), "{second_text}");
+    assert!(
+        second_text.contains("\nnothing to change\n"),
+        "{second_text}"
+    );
+    assert!(!second_text.contains("(was: "), "{second_text}");
+    assert_eq!(
+        (read(&etc.join("main.cf")), read(&etc.join("master.cf"))),
+        after_first,
+        "the second run changed the files"
+    );
+
+    // What Postfix reads back is the snippet's entry, with our values.
+    let entry = env
+        .leaf()
+        .command("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .args(["-M", "bsmtp/unix"])
+        .output();
+    let entry = String::from_utf8_lossy(&entry.expect("postconf -M").stdout).into_owned();
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    let config = env.transport_config();
+    let argv_flag = format!("argv={}", bin.display());
+    let user_flag = format!("user={LEAF_PIPE_USER}");
+    let config_arg = config.to_string_lossy();
+    for expected in [
+        "flags=q",
+        "null_sender=",
+        &user_flag,
+        &argv_flag,
+        &config_arg,
+        "${nexthop}",
+        "${recipient}",
+    ] {
+        assert!(words.contains(&expected), "{expected} missing: {entry}");
+    }
+
+    assert!(env.leaf().check().status.success());
+    env.leaf().postfix(&["reload"]);
+
+    // Mail flows through the installed entry: its argv= parses and runs.
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: installed\n\nthrough the installed transport\n",
+    );
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("through the installed transport"));
+
+    // A bounce (null sender) arrives as one: null_sender= passes -f ''.
+    env.leaf_sendmail("", &["bob@hub.test"], b"Subject: a bounce\n\nnull sender\n");
+    let delivered = env.wait_maildir("bob", 2, DELIVERY);
+    let bounce = delivered
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .find(|m| m.contains("null sender"))
+        .expect("the null-sender message");
+    assert!(bounce.contains("Return-Path: <>\n"), "{bounce}");
+}
