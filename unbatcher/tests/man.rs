@@ -130,7 +130,7 @@ fn tool(program: &str, args: &[&str], path: &Path) -> std::process::Output {
 fn pages_render_without_warnings() {
     for name in ["rsmtp.8", "bsmtp-ssh.conf.5"] {
         let path = man_page(name);
-        let groff = tool("groff", &["-man", "-ww", "-z", "-Tutf8"], &path);
+        let groff = tool("groff", &["-t", "-man", "-ww", "-z", "-Tutf8"], &path);
         let stderr = String::from_utf8_lossy(&groff.stderr);
         assert!(
             groff.status.success() && stderr.is_empty(),

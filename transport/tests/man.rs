@@ -1,0 +1,215 @@
+//! Docs are code: bsmtp-ssh(8) names every subcommand and option of
+//! bsmtp-ssh's command line and has one row per line of the exit-status
+//! table in `bsmtp/src/status.rs`; bsmtp-ssh.conf(5) names every key of
+//! `bsmtp-ssh.conf`; the page renders without a warning. (The helpers are
+//! the same as unbatcher/tests/man.rs's: two packages, no shared test crate.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bsmtp::reply::{EnhancedCode, Reply};
+use bsmtp::status::{Failure, FailureKind};
+use clap::CommandFactory;
+use serde::de::DeserializeOwned;
+
+fn man_page(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../man")
+        .join(name)
+}
+
+/// The page's text with roff's `\-` as `-` and font escapes removed, so
+/// `\fB\-\-peer\fR` reads `--peer`.
+fn page_text(name: &str) -> String {
+    let path = man_page(name);
+    let roff =
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let mut text = roff.replace("\\-", "-");
+    for font in ["\\fB", "\\fI", "\\fR", "\\fP", "\\&"] {
+        text = text.replace(font, "");
+    }
+    text
+}
+
+/// True when `word` occurs in `text` not glued to other name characters,
+/// so `--max-size` does not count as `--max`.
+fn mentions(text: &str, word: &str) -> bool {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(name_char) && !after.is_some_and(name_char)
+    })
+}
+
+/// Every subcommand name and every `--long` and `-s` flag of `command` and
+/// its subcommands, each with the path of subcommands it belongs to.
+fn command_line_words(command: &mut clap::Command) -> Vec<(String, String)> {
+    fn walk(command: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+        for arg in command.get_arguments() {
+            if let Some(long) = arg.get_long() {
+                out.push((path.to_owned(), format!("--{long}")));
+            }
+            if let Some(short) = arg.get_short() {
+                out.push((path.to_owned(), format!("-{short}")));
+            }
+        }
+        for sub in command.get_subcommands() {
+            out.push((path.to_owned(), sub.get_name().to_owned()));
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    // Building adds what clap generates (--help, --version) to every level.
+    command.build();
+    let mut out = Vec::new();
+    walk(command, command.get_name(), &mut out);
+    out
+}
+
+/// The field names of a `deny_unknown_fields` config struct, as serde lists
+/// them when it meets an unknown one: taken from the code, never retyped.
+fn config_keys<T: DeserializeOwned + std::fmt::Debug>(wrap: fn(&str) -> String) -> Vec<String> {
+    let probe = wrap("no_such_key_probe = 1");
+    let err = toml::from_str::<T>(&probe).expect_err("unknown key accepted");
+    let text = err.to_string();
+    let (_, expected) = text
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("serde did not list the fields: {text}"));
+    let keys: Vec<String> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    assert!(!keys.is_empty(), "{text}");
+    keys
+}
+
+#[test]
+fn bsmtp_ssh_page_names_every_subcommand_and_option() {
+    let text = page_text("bsmtp-ssh.8");
+    let missing: Vec<String> = command_line_words(&mut bsmtp_ssh::Cli::command())
+        .into_iter()
+        .filter(|(_, word)| !mentions(&text, word))
+        .map(|(path, word)| format!("{path}: {word}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "man/bsmtp-ssh.8 does not document: {missing:?}"
+    );
+}
+
+#[test]
+fn config_page_names_every_bsmtp_ssh_conf_key() {
+    use bsmtp_ssh::config::ConfigFile;
+    let text = page_text("bsmtp-ssh.conf.5");
+    let mut keys = config_keys::<ConfigFile>(str::to_owned);
+    keys.extend(config_keys::<ConfigFile>(|line| {
+        format!("[peer.hub]\n{line}\n")
+    }));
+    assert!(keys.contains(&"known_hosts".to_owned()), "{keys:?}");
+    let missing: Vec<&String> = keys.iter().filter(|k| !mentions(&text, k)).collect();
+    assert!(
+        missing.is_empty(),
+        "man/bsmtp-ssh.conf.5 does not document bsmtp-ssh.conf keys {missing:?}"
+    );
+}
+
+/// The words that pick a failure's row in the page's exit-status table.
+/// The match has no wildcard: a new kind fails to compile here until it has
+/// a row.
+fn table_row(kind: &FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Connect => "connect refused",
+        FailureKind::Timeout => "timeout",
+        FailureKind::HostKey | FailureKind::Auth => "host key unknown",
+        FailureKind::Remote(reply) if reply.is_permanent() => "hub replied 5xx",
+        FailureKind::Remote(_) => "hub replied 4xx",
+        FailureKind::PeerProtocol => "hub broke the protocol",
+        FailureKind::Config => "our config",
+        FailureKind::Local => "a local error",
+        FailureKind::BadEnvelope => "malformed envelope",
+        FailureKind::Internal => "internal error",
+    }
+}
+
+/// Every row of the exit-status table agrees with `Failure::dsn` and
+/// `Failure::exit_code`, the one source of that table.
+#[test]
+fn exit_status_table_matches_the_code() {
+    let roff = std::fs::read_to_string(man_page("bsmtp-ssh.8")).unwrap();
+    let (_, table) = roff.split_once(".TS\n").expect("no table in bsmtp-ssh.8");
+    let (table, _) = table.split_once(".TE\n").unwrap();
+    let remote = |code, dsn: (u8, u16, u16)| {
+        FailureKind::Remote(Reply::new(
+            code,
+            Some(EnhancedCode::new(dsn.0, dsn.1, dsn.2)),
+            "x",
+        ))
+    };
+    let kinds = [
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::HostKey,
+        FailureKind::Auth,
+        remote(451, (4, 3, 0)),
+        remote(553, (5, 7, 1)),
+        FailureKind::PeerProtocol,
+        FailureKind::Config,
+        FailureKind::Local,
+        FailureKind::BadEnvelope,
+        FailureKind::Internal,
+    ];
+    for kind in kinds {
+        let failure = Failure::new(kind.clone(), "x");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(table_row(&kind)))
+            .unwrap_or_else(|| panic!("no row for {kind:?}"));
+        let cells: Vec<&str> = row.split('\t').collect();
+        let exit = failure.exit_code() as u8;
+        let verdict = if failure.is_transient() {
+            "defer"
+        } else {
+            "bounce"
+        };
+        assert_eq!(cells[2], format!("{exit}, {verdict}"), "{kind:?}: {row}");
+        if !matches!(kind, FailureKind::Remote(_)) {
+            assert_eq!(cells[1], failure.dsn().to_string(), "{kind:?}: {row}");
+        }
+    }
+}
+
+/// Runs `program` with `args`, failing with how to install it when missing.
+fn tool(program: &str, args: &[&str], path: &Path) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .arg(path)
+        .env("MANWIDTH", "80")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot run {program} ({err}): install it with `apt-get install man-db groff-base`"
+            )
+        })
+}
+
+#[test]
+fn page_renders_without_warnings() {
+    let path = man_page("bsmtp-ssh.8");
+    let groff = tool("groff", &["-t", "-man", "-ww", "-z", "-Tutf8"], &path);
+    let stderr = String::from_utf8_lossy(&groff.stderr);
+    assert!(
+        groff.status.success() && stderr.is_empty(),
+        "groff on bsmtp-ssh.8: {}\n{stderr}",
+        groff.status
+    );
+    let man = tool("man", &["-l"], &path);
+    assert!(
+        man.status.success() && !man.stdout.is_empty(),
+        "man -l bsmtp-ssh.8: {}\n{}",
+        man.status,
+        String::from_utf8_lossy(&man.stderr)
+    );
+}
