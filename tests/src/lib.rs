@@ -487,6 +487,32 @@ impl Env {
         })
     }
 
+    /// Waits for the leaf's pipe(8) line for the bsmtp transport
+    /// (`relay=bsmtp, ... status=STATUS (...)`) and returns it. bsmtp-ssh's
+    /// own log lines name the hub as relay, so they never match.
+    pub fn wait_pipe_status(&self, status: &str, timeout: Duration) -> String {
+        let wanted = format!("status={status} ");
+        let line = poll(timeout, || {
+            self.log_lines(Log::Leaf, "relay=bsmtp, ")
+                .into_iter()
+                .find(|l| l.contains(&wanted))
+        });
+        line.unwrap_or_else(|| {
+            self.fail(&format!(
+                "no pipe(8) line with status={status} in the leaf log after {timeout:?}"
+            ))
+        })
+    }
+
+    /// The leaf's pipe(8) lines for the bsmtp transport with `status=STATUS`.
+    pub fn pipe_lines(&self, status: &str) -> Vec<String> {
+        let wanted = format!("status={status} ");
+        self.log_lines(Log::Leaf, "relay=bsmtp, ")
+            .into_iter()
+            .filter(|l| l.contains(&wanted))
+            .collect()
+    }
+
     /// `postqueue -p` of the leaf.
     pub fn leaf_queue(&self) -> String {
         self.leaf.queue()

@@ -109,8 +109,7 @@ fn delivers_body_byte_identical_and_logs_hub_queue_id() {
             got.iter().zip(&body).position(|(a, b)| a != b)
         ));
     }
-    let sent_line = env.wait_log(Log::Leaf, "relay=bsmtp", DELIVERY);
-    assert!(sent_line.contains("status=sent"), "{sent_line}");
+    let sent_line = env.wait_pipe_status("sent", DELIVERY);
     let hub_id = queued_as(&sent_line);
     assert!(hub_id.len() >= 6, "{sent_line}");
     let received = headers(&delivered[0], "Received");
@@ -134,7 +133,7 @@ fn hub_down_defers_then_delivers_once() {
         &["bob@hub.test"],
         &message("while the hub was down", b"hello\n"),
     );
-    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
     assert!(
         deferred.contains("4.4.1") && deferred.contains("Connection refused"),
         "{deferred}"
@@ -154,7 +153,7 @@ fn hub_down_defers_then_delivers_once() {
     // Give a duplicate the chance to show up before counting.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
-    assert_eq!(env.log_lines(Log::Leaf, "status=sent").len(), 1);
+    assert_eq!(env.pipe_lines("sent").len(), 1);
 }
 
 /// A changed host key defers with a message that names the mismatch, and
@@ -168,7 +167,7 @@ fn host_key_changed_defers_and_delivers_nothing() {
         &["bob@hub.test"],
         &message("to an impostor", b"secret\n"),
     );
-    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
     assert!(
         deferred.contains("4.7.0") && deferred.contains("host key mismatch"),
         "{deferred}"
@@ -195,7 +194,7 @@ fn sender_not_allowed_bounces_with_hub_code() {
         &["bob@hub.test"],
         &message("not allowed", b"should bounce\n"),
     );
-    let bounced = env.wait_log(Log::Leaf, "status=bounced", DELIVERY);
+    let bounced = env.wait_pipe_status("bounced", DELIVERY);
     assert!(
         bounced.contains("dsn=5.7.1") && bounced.contains("not allowed for peer leaf1"),
         "{bounced}"
@@ -249,7 +248,7 @@ fn session_killed_mid_data_injects_nothing_then_retry_delivers_once() {
     }
     proc_tree::signal(postdrop, nix::sys::signal::Signal::SIGCONT);
 
-    let deferred = env.wait_log(Log::Leaf, "status=deferred", DELIVERY);
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
     assert!(deferred.contains("dsn=4."), "{deferred}");
     // rsmtp saw the stream end inside DATA and dropped the message.
     wait_until(Duration::from_secs(30), || !proc_tree::alive(postdrop))

@@ -144,7 +144,7 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
     if STATUS_DONE.swap(true, Ordering::SeqCst) {
         // The watchdog already answered Postfix and is ending the process;
         // a second status line would only confuse the log.
-        std::thread::sleep(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_mins(1));
         return ExitCode::TempFail as u8;
     }
     deliver::status_line(out, &result);

@@ -6,6 +6,7 @@
 
 pub mod authorize;
 pub mod command;
+pub mod idle;
 pub mod policy;
 pub mod postdrop;
 pub mod receive;

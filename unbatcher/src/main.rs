@@ -6,8 +6,14 @@ fn main() -> ExitCode {
     bsmtp_hardening();
     let original =
         std::env::var_os("SSH_ORIGINAL_COMMAND").map(std::os::unix::ffi::OsStringExt::into_vec);
-    let mut stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
+    let mut stdin = match rsmtp::idle::IdleReader::stdin(rsmtp::idle::DEFAULT_IDLE_TIMEOUT) {
+        Ok(stdin) => stdin,
+        Err(err) => {
+            eprintln!("rsmtp: cannot use standard input: {err}");
+            return ExitCode::from(sysexits::ExitCode::OsErr as u8);
+        }
+    };
     match rsmtp::run(
         std::env::args_os(),
         original.as_deref(),

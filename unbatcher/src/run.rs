@@ -1,7 +1,7 @@
 //! The command line and the top-level flow of one rsmtp invocation.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use bsmtp::reply::{EnhancedCode, Reply};
@@ -10,6 +10,7 @@ use log::info;
 use sysexits::ExitCode;
 
 use crate::command::{self, Verb};
+use crate::idle::{Input, DEFAULT_IDLE_TIMEOUT};
 use crate::policy::{self, ConfigFile, Policy};
 use crate::postdrop::{self, Postdrop, PostdropCommand};
 use crate::receive::{Delivery, Envelope, Injector, Receiver, Settings};
@@ -46,6 +47,10 @@ pub struct Args {
     /// Postfix config directory postdrop writes into (default: the system's).
     #[arg(long, value_name = "DIR")]
     pub postfix_config: Option<PathBuf>,
+    /// End the session after this many seconds without input (default 300,
+    /// as Postfix's `smtpd_timeout`); an unfinished message is dropped.
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
     /// Log debug lines too.
     #[arg(short, long)]
     pub verbose: bool,
@@ -146,7 +151,7 @@ impl Injector for PostdropInjector {
 pub fn run(
     command_line: impl IntoIterator<Item = OsString>,
     original_command: Option<&[u8]>,
-    input: &mut impl Read,
+    input: &mut impl Input,
     output: &mut impl Write,
 ) -> Result<(), RunError> {
     let args = match Args::try_parse_from(command_line) {
@@ -180,7 +185,13 @@ pub fn run(
         }
     })?;
     match verb {
-        Verb::Receive => receive(policy, postdrop, input, output),
+        Verb::Receive => {
+            input.set_idle_timeout(
+                args.idle_timeout
+                    .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs),
+            );
+            receive(policy, postdrop, input, output)
+        }
     }
 }
 
@@ -209,7 +220,7 @@ fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
 fn receive(
     policy: Policy,
     postdrop: PostdropCommand,
-    input: &mut impl Read,
+    input: &mut impl Input,
     output: &mut impl Write,
 ) -> Result<(), RunError> {
     let peer = policy.peer.clone();
