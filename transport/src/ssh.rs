@@ -22,8 +22,14 @@ use crate::config::Peer;
 /// post-quantum hybrid OpenSSH picks by default (measured: 150 ms vs 300 ms
 /// per handshake on loopback).
 const KEX: &str = "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,diffie-hellman-group16-sha512,diffie-hellman-group14-sha256";
-/// Ciphers, hardware-accelerated AEAD first.
-const CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr";
+/// Ciphers, cheapest for libssh2 first. Measured here on 100 MB through
+/// libssh2 1.11 (CPU seconds of the sender): chacha20-poly1305 0.25-0.37,
+/// aes128-ctr 0.27-0.38, aes128-gcm 0.44-0.51 (libssh2's GCM path is the
+/// slow one, unlike OpenSSH's).
+const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+/// MACs for the non-AEAD ciphers: encrypt-then-MAC first.
+const MACS: &str =
+    "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512";
 
 /// An open exec channel and what to call the peer in logs.
 pub struct Connection {
@@ -81,6 +87,8 @@ pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connec
     let _ = session.method_pref(MethodType::Kex, KEX);
     let _ = session.method_pref(MethodType::CryptCs, CIPHERS);
     let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
+    let _ = session.method_pref(MethodType::MacCs, MACS);
+    let _ = session.method_pref(MethodType::MacSc, MACS);
     if let Some(prefs) = host_key_prefs(known_hosts) {
         let _ = session.method_pref(MethodType::HostKey, &prefs);
     }

@@ -118,6 +118,10 @@ impl Trace {
     }
 }
 
+/// Bytes read from the session at a time: large reads keep a 100 MB body
+/// moving with few system calls, and memory stays bounded.
+const READ_SIZE: usize = 256 * 1024;
+
 /// Counts of a finished session, for the log and the exit status.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -171,10 +175,10 @@ impl<I: Injector> Receiver<I> {
 
     fn session(&mut self, input: &mut impl Read, output: &mut impl Write) -> io::Result<()> {
         let mut decoder = Decoder::new();
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
         let mut start = 0;
         let mut out = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut chunk = vec![0u8; READ_SIZE];
         loop {
             while let Some((used, event)) = decoder.decode(&buf[start..]) {
                 start += used;
