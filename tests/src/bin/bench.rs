@@ -131,13 +131,7 @@ fn main() {
     );
     let sender_rss = peak_rss_kib(&format!("{deliver} < {}", big.display()));
     let receiver_rss = receiver_rss(&env, &rss_key, &big, &rss_file);
-    // Drop the big messages and restart the hub, so teardown finds the
-    // Postfix it started.
-    let maildrop = env.hub().dir.join("spool/maildrop");
-    for file in fs::read_dir(&maildrop).into_iter().flatten().flatten() {
-        let _ = fs::remove_file(file.path());
-    }
-    env.hub().postfix(&["start"]);
+    restart_hub_empty(&env);
     report(&Figures {
         handshake,
         handshake_curve25519,
@@ -231,6 +225,16 @@ fn receiver_rss(env: &Env, key: &Path, big: &Path, rss_file: &Path) -> Option<u6
     let text = fs::read_to_string(rss_file).unwrap_or_default();
     let _ = fs::remove_file(rss_file);
     text.trim().parse::<u64>().ok()
+}
+
+/// Drops the big messages and restarts the hub, so teardown finds the
+/// Postfix it started.
+fn restart_hub_empty(env: &Env) {
+    let maildrop = env.hub().dir.join("spool/maildrop");
+    for file in fs::read_dir(&maildrop).into_iter().flatten().flatten() {
+        let _ = fs::remove_file(file.path());
+    }
+    env.hub().postfix(&["start"]);
 }
 
 /// Writes a message with headers and `size` bytes of base64-like body lines.
