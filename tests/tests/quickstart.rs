@@ -8,13 +8,13 @@
 //! start is noticed. Then a message sent with the leaf's sendmail must arrive
 //! at the hub.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use bsmtp_ssh_tests::binaries::workspace_root;
 use bsmtp_ssh_tests::util::{explain, mkdir, run_timeout, write_file, COMMAND_TIMEOUT};
-use bsmtp_ssh_tests::{Env, Log, HUB_SSH_USER, LEAF_PIPE_USER};
+use bsmtp_ssh_tests::{Env, HUB_SSH_USER, LEAF_PIPE_USER};
 
 const DELIVERY: Duration = Duration::from_secs(90);
 
@@ -93,25 +93,35 @@ fn substitute(env: &Env, places: &Places, side: Side, line: &str) -> String {
     let mut line = substitute_paths(env, places, line);
     line = replace_word(&line, "bsmtp", user).replace("user=bsmtp ", &format!("user={user} "));
     let leaf_etc = env.leaf_config_dir().display().to_string();
+    let sbin = places.sbin.display();
+    let conf = places.conf().display().to_string();
     line.replace("postconf -e", &format!("postconf -c {leaf_etc} -e"))
         .replace("postfix reload", &format!("postfix -c {leaf_etc} reload"))
         .replace(
             "ssh-keyscan ",
             &format!("ssh-keyscan -p {} ", env.sshd_port()),
         )
-        .replace("sudo -u ", "runuser -u ")
-}
-
-/// sudo is not on a minimal Debian 12: `sudo -u USER CMD` becomes
-/// `runuser -u USER -- CMD`.
-fn without_sudo(line: &str) -> String {
-    let Some((before, after)) = line.split_once("runuser -u ") else {
-        return line.to_owned();
-    };
-    match after.split_once(' ') {
-        Some((user, command)) => format!("{before}runuser -u {user} -- {command}"),
-        None => line.to_owned(),
-    }
+        // Our commands: installed under the stand-in of /usr/sbin, with the
+        // stand-in config and the private Postfix instances.
+        .replace(
+            "bsmtp-ssh postfix-install",
+            &format!(
+                "{sbin}/bsmtp-ssh postfix-install --config-directory {leaf_etc} --user {LEAF_PIPE_USER} --config {conf}"
+            ),
+        )
+        .replace("bsmtp-ssh check", &format!("{sbin}/bsmtp-ssh check --config {conf}"))
+        .replace(
+            "bsmtp-ssh deliver ",
+            &format!("{sbin}/bsmtp-ssh deliver --config {conf} "),
+        )
+        .replace(
+            "rsmtp authorize ",
+            &format!(
+                "{sbin}/rsmtp authorize --authorized-keys {} ",
+                env.authorized_keys().display()
+            ),
+        )
+        .replace(" leaf1.pub", &format!(" {}/id_ed25519.pub", places.etc.display()))
 }
 
 /// System paths and example names replaced by this environment's.
@@ -183,85 +193,24 @@ fn edit_transport_config(env: &Env, places: &Places) {
     write_file(&path, edited.join("\n") + "\n", 0o644);
 }
 
-/// "add postfix-snippets/leaf/master.cf to /etc/postfix/master.cf": appends
-/// the snippet (with the same substitutions, plus `--config` because the
-/// default /etc/bsmtp-ssh is elsewhere here) in place of the harness's own
-/// `bsmtp` entry.
-fn add_master_cf_snippet(env: &Env, places: &Places) {
-    let snippet =
-        std::fs::read_to_string(workspace_root().join("postfix-snippets/leaf/master.cf")).unwrap();
-    // The snippet's placeholders, as its header says to fill them by hand.
-    let entry: Vec<String> = snippet
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let l = l
-                .replace("@TRANSPORT@", "bsmtp")
-                .replace("@USER@", LEAF_PIPE_USER)
-                .replace("@PROGRAM@", "/usr/sbin/bsmtp-ssh")
-                .replace("@CONFIG@", "/etc/bsmtp-ssh/bsmtp-ssh.conf");
-            // Paths only: the service name is "bsmtp" too.
-            let l = substitute_paths(env, places, &l);
-            match l.split_once("user=bsmtp") {
-                Some((before, after)) if after.is_empty() || after.starts_with(' ') => {
-                    format!("{before}user={LEAF_PIPE_USER}{after}")
-                }
-                _ => l,
-            }
-        })
-        .collect();
-    let mut entry = entry.join("\n") + "\n";
+/// The hub here is a private Postfix instance: the line `rsmtp authorize`
+/// wrote gets `--postfix-config` so that postdrop writes into it (a real hub
+/// uses the system's instance and needs nothing).
+fn point_authorized_keys_at_hub_instance(env: &Env, places: &Places) {
+    let rsmtp = format!("{}/rsmtp --peer leaf1", places.sbin.display());
+    let keys = std::fs::read_to_string(env.authorized_keys()).unwrap();
     assert!(
-        entry.starts_with("bsmtp ") && !entry.contains('@'),
-        "{entry}"
+        keys.contains(&rsmtp),
+        "rsmtp authorize wrote no line for leaf1:\n{keys}"
     );
-    assert!(entry.contains(" deliver "), "{entry}");
-    if !entry.contains("--config") {
-        // The default /etc/bsmtp-ssh is elsewhere here.
-        entry = entry.replacen(
-            " deliver ",
-            &format!(" deliver --config {} ", places.conf().display()),
-            1,
-        );
-    }
-    let leaf_etc = env.leaf_config_dir();
-    sh(
-        env,
-        "(remove the harness's own bsmtp entry)",
-        &format!("postconf -c {} -MX bsmtp/unix", leaf_etc.display()),
-    );
-    let master_cf = leaf_etc.join("master.cf");
-    let mut text = std::fs::read_to_string(&master_cf).unwrap();
-    text.push_str(&entry);
-    write_file(&master_cf, text, 0o644);
-}
-
-/// The README's `authorized_keys` line with the leaf's new key, rsmtp where it
-/// was installed, and `--postfix-config` for the hub's private instance.
-fn write_authorized_keys(env: &Env, places: &Places, line: &str, key: &Path) {
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let (options, rest) = line
-        .split_once("\" ")
-        .unwrap_or_else(|| panic!("authorized_keys line without command=\"...\": {line}"));
-    assert!(
-        rest.starts_with("ssh-ed25519 AAAA"),
-        "the README's line should end with the key: {line}"
-    );
-    let rsmtp = format!("{}/rsmtp", places.sbin.display());
-    assert!(options.contains(&rsmtp), "{options}");
-    let options = options.replacen(
+    let keys = keys.replace(
         &rsmtp,
         &format!(
             "{rsmtp} --postfix-config {}",
             env.hub_config_dir().display()
         ),
-        1,
     );
-    write_file(
-        &env.authorized_keys(),
-        format!("{options}\" {}", public.trim()),
-        0o644,
-    );
+    write_file(&env.authorized_keys(), keys, 0o644);
 }
 
 #[test]
@@ -282,37 +231,29 @@ fn readme_quick_start_delivers_to_the_hub() {
     // /usr/sbin exists on any machine; its stand-in must too.
     mkdir(&env.base().join("quickstart"), 0o755);
     mkdir(&places.sbin, 0o755);
-    // A fresh leaf: the README's own steps must route mail to the hub.
+    // A fresh leaf: the README's own steps must install the transport and
+    // route mail to the hub.
     sh(
         &env,
-        "(undo the harness's routing)",
+        "(undo the harness's transport and routing)",
         &format!(
-            "postconf -c {} -X transport_maps bsmtp_destination_recipient_limit && postfix -c {0} reload",
+            "postconf -c {0} -X transport_maps bsmtp_destination_recipient_limit && postconf -c {0} -MX bsmtp/unix && postfix -c {0} reload",
             env.leaf_config_dir().display()
         ),
     );
 
-    let mut authorized_keys_line = None;
-    let mut tried = None;
+    let mut tried = Vec::new();
     for (side, readme_line) in &lines {
         let line = substitute(&env, &places, *side, readme_line);
         let command = line.split_whitespace().next().unwrap_or("");
-        if line.starts_with('#') {
-            if line.contains("postfix-snippets/leaf/master.cf") {
-                add_master_cf_snippet(&env, &places);
-            }
-            // Other comments say what the next line does.
-        } else if command == "useradd" {
+        if command == "useradd" {
             // The harness made the users; check the one the line names.
             let words = line.split(" #").next().unwrap_or_default();
             let user = words.split_whitespace().last().unwrap();
             sh(&env, readme_line, &format!("id -u {user} >/dev/null"));
-        } else if line.starts_with("restrict,") {
-            // Needs the leaf's key, made further down.
-            authorized_keys_line = Some(line);
         } else if *side == Side::Try {
-            // Needs the hub's authorized_keys: run last.
-            tried = Some((readme_line.clone(), line));
+            // Needs both sides set up: run last, in order.
+            tried.push((readme_line.clone(), line));
         } else {
             let line = if command == "ssh-keyscan" {
                 // Must pin the key; an empty file would only fail later.
@@ -324,24 +265,19 @@ fn readme_quick_start_delivers_to_the_hub() {
             if line.starts_with("cp postfix-snippets/leaf/bsmtp-ssh.conf") {
                 edit_transport_config(&env, &places);
             }
+            if line.contains("/rsmtp authorize ") {
+                point_authorized_keys_at_hub_instance(&env, &places);
+            }
         }
     }
 
-    let authorized = authorized_keys_line.expect("the quick start has an authorized_keys line");
-    write_authorized_keys(&env, &places, &authorized, &places.etc.join("id_ed25519"));
-
-    // "Try a delivery by hand", with --config since /etc/bsmtp-ssh is elsewhere here.
-    let (readme_try, try_line) = tried.expect("the quick start has a try-by-hand line");
-    let try_line = try_line.replacen(
-        "bsmtp-ssh deliver ",
-        &format!(
-            "{}/bsmtp-ssh deliver --config {} ",
-            places.sbin.display(),
-            places.conf().display()
-        ),
-        1,
+    assert_eq!(tried.len(), 2, "check and one delivery by hand: {tried:?}");
+    let check = sh(&env, &tried[0].0, &tried[0].1);
+    assert!(
+        check.contains("session: ") && !check.contains("FAIL"),
+        "{check}"
     );
-    let status = sh(&env, &readme_try, &without_sudo(&try_line));
+    let status = sh(&env, &tried[1].0, &tried[1].1);
     assert!(status.starts_with("2.0.0 delivered via "), "{status}");
     let by_hand = env.wait_maildir("bob", 1, DELIVERY);
     assert!(
@@ -363,8 +299,7 @@ fn readme_quick_start_delivers_to_the_hub() {
             .any(|m| String::from_utf8_lossy(m).contains("Subject: quick start")),
         "the sendmail message must arrive at the hub"
     );
-    let sent = env.wait_log(Log::Leaf, "relay=bsmtp", DELIVERY);
-    assert!(sent.contains("status=sent"), "{sent}");
+    env.wait_pipe_status("sent", DELIVERY);
     // It went through the README's master.cf entry and config, not the harness's.
     let master_cf = std::fs::read_to_string(env.leaf_config_dir().join("master.cf")).unwrap();
     assert!(
