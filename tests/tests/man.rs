@@ -1,8 +1,7 @@
-//! Docs are code: bsmtp-ssh(8) names every subcommand and option of
-//! bsmtp-ssh's command line and has one row per line of the exit-status
-//! table in `bsmtp/src/status.rs`; bsmtp-ssh.conf(5) names every key of
-//! `bsmtp-ssh.conf`; the page renders without a warning. (The helpers are
-//! the same as unbatcher/tests/man.rs's: two packages, no shared test crate.)
+//! Docs are code: bsmtp-ssh(8) and rsmtp(8) name every subcommand and
+//! option of their command lines, bsmtp-ssh(8)'s exit-status table agrees
+//! row by row with `bsmtp/src/status.rs`, bsmtp-ssh.conf(5) names every key
+//! of both config files, and every page renders without a warning.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,6 +82,35 @@ fn config_keys<T: DeserializeOwned + std::fmt::Debug>(wrap: fn(&str) -> String) 
         .collect();
     assert!(!keys.is_empty(), "{text}");
     keys
+}
+
+#[test]
+fn rsmtp_page_names_every_subcommand_and_option() {
+    let text = page_text("rsmtp.8");
+    let missing: Vec<String> = command_line_words(&mut rsmtp::Args::command())
+        .into_iter()
+        .filter(|(_, word)| !mentions(&text, word))
+        .map(|(path, word)| format!("{path}: {word}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "man/rsmtp.8 does not document: {missing:?}"
+    );
+}
+
+#[test]
+fn config_page_names_every_rsmtp_conf_key() {
+    let text = page_text("bsmtp-ssh.conf.5");
+    let mut keys = config_keys::<rsmtp::policy::ConfigFile>(str::to_owned);
+    keys.extend(config_keys::<rsmtp::policy::ConfigFile>(|line| {
+        format!("[peer.leaf1]\n{line}\n")
+    }));
+    assert!(keys.contains(&"max_size".to_owned()), "{keys:?}");
+    let missing: Vec<&String> = keys.iter().filter(|k| !mentions(&text, k)).collect();
+    assert!(
+        missing.is_empty(),
+        "man/bsmtp-ssh.conf.5 does not document rsmtp.conf keys {missing:?}"
+    );
 }
 
 #[test]
@@ -196,20 +224,22 @@ fn tool(program: &str, args: &[&str], path: &Path) -> std::process::Output {
 }
 
 #[test]
-fn page_renders_without_warnings() {
-    let path = man_page("bsmtp-ssh.8");
-    let groff = tool("groff", &["-t", "-man", "-ww", "-z", "-Tutf8"], &path);
-    let stderr = String::from_utf8_lossy(&groff.stderr);
-    assert!(
-        groff.status.success() && stderr.is_empty(),
-        "groff on bsmtp-ssh.8: {}\n{stderr}",
-        groff.status
-    );
-    let man = tool("man", &["-l"], &path);
-    assert!(
-        man.status.success() && !man.stdout.is_empty(),
-        "man -l bsmtp-ssh.8: {}\n{}",
-        man.status,
-        String::from_utf8_lossy(&man.stderr)
-    );
+fn pages_render_without_warnings() {
+    for name in ["bsmtp-ssh.8", "rsmtp.8", "bsmtp-ssh.conf.5"] {
+        let path = man_page(name);
+        let groff = tool("groff", &["-t", "-man", "-ww", "-z", "-Tutf8"], &path);
+        let stderr = String::from_utf8_lossy(&groff.stderr);
+        assert!(
+            groff.status.success() && stderr.is_empty(),
+            "groff on {name}: {}\n{stderr}",
+            groff.status
+        );
+        let man = tool("man", &["-l"], &path);
+        assert!(
+            man.status.success() && !man.stdout.is_empty(),
+            "man -l {name}: {}\n{}",
+            man.status,
+            String::from_utf8_lossy(&man.stderr)
+        );
+    }
 }
