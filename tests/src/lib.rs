@@ -487,6 +487,35 @@ impl Env {
         })
     }
 
+    /// Runs the installed `bsmtp-ssh` as root with `args` and `stdin`
+    /// (bounded like every command here).
+    pub fn bsmtp_ssh(&self, args: &[&str], stdin: &[u8]) -> Output {
+        util::run_timeout(
+            Command::new(self.bin_dir().join("bsmtp-ssh")).args(args),
+            stdin,
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// `bsmtp-ssh deliver` by hand with the leaf's transport config, as
+    /// pipe(8) would run it: `-f sender [extra...] -- recipients`.
+    pub fn deliver_by_hand(
+        &self,
+        sender: &str,
+        extra: &[&str],
+        recipients: &[&str],
+        message: &[u8],
+    ) -> Output {
+        let config = self.transport_config().display().to_string();
+        let mut args = vec![
+            "deliver", "--config", &config, "--peer", HUB_PEER, "-f", sender,
+        ];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(recipients);
+        self.bsmtp_ssh(&args, message)
+    }
+
     /// Waits for the leaf's pipe(8) line for the bsmtp transport
     /// (`relay=bsmtp, ... status=STATUS (...)`) and returns it. bsmtp-ssh's
     /// own log lines name the hub as relay, so they never match.

@@ -2,15 +2,13 @@
 //! setup and names a wrong host key, a missing key and a refused login in
 //! plain words.
 
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::Output;
 
-use bsmtp_ssh_tests::{util::run_timeout, Env};
+use bsmtp_ssh_tests::Env;
 
 fn check(env: &Env, config: &std::path::Path) -> (Option<i32>, String) {
-    let mut command = Command::new(env.bin_dir().join("bsmtp-ssh"));
-    command.arg("check").arg("--config").arg(config);
-    let Output { status, stdout, .. } = run_timeout(&mut command, b"", Duration::from_secs(90));
+    let config = config.display().to_string();
+    let Output { status, stdout, .. } = env.bsmtp_ssh(&["check", "--config", &config], b"");
     (status.code(), String::from_utf8_lossy(&stdout).into_owned())
 }
 
@@ -91,13 +89,8 @@ fn check_names_a_forced_command_that_is_not_rsmtp() {
 #[test]
 fn check_refuses_an_unknown_peer() {
     let env = Env::start("check_unknown_peer");
-    let mut command = Command::new(env.bin_dir().join("bsmtp-ssh"));
-    command
-        .arg("check")
-        .arg("--config")
-        .arg(env.transport_config())
-        .arg("nosuchpeer");
-    let out = run_timeout(&mut command, b"", Duration::from_secs(30));
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config, "nosuchpeer"], b"");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(

@@ -294,23 +294,11 @@ fn oversized_body_without_size_is_refused_after_the_dot() {
         "oversized_body",
         EnvOptions::default().rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", "100000"]),
     );
-    let mut command = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
-    command
-        .arg("deliver")
-        .arg("--config")
-        .arg(env.transport_config())
-        .args([
-            "--peer",
-            "hub",
-            "-f",
-            "alice@leaf.test",
-            "--",
-            "bob@hub.test",
-        ]);
-    let out = bsmtp_ssh_tests::util::run_timeout(
-        &mut command,
+    let out = env.deliver_by_hand(
+        "alice@leaf.test",
+        &[],
+        &["bob@hub.test"],
         &message("too big", &attachment(2 * 1024 * 1024)),
-        DELIVERY,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(69), "{stdout}");
@@ -475,25 +463,11 @@ mod proc_tree {
 #[test]
 fn null_sender_is_relayed_as_null() {
     let env = Env::start("null_sender");
-    let mut command = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
-    command
-        .arg("deliver")
-        .arg("--config")
-        .arg(env.transport_config())
-        .args([
-            "--peer",
-            "hub",
-            "-f",
-            "",
-            "--queue-id",
-            "NULLTEST",
-            "--",
-            "bob@hub.test",
-        ]);
-    let out = bsmtp_ssh_tests::util::run_timeout(
-        &mut command,
+    let out = env.deliver_by_hand(
+        "",
+        &["--queue-id", "NULLTEST"],
+        &["bob@hub.test"],
         &message("a bounce", b"Your message could not be delivered.\n"),
-        DELIVERY,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

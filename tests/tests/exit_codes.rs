@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use bsmtp_ssh_tests::util::{run_timeout, set_mode, shell_quote, write_file};
+use bsmtp_ssh_tests::util::{set_mode, shell_quote, write_file};
 use bsmtp_ssh_tests::{Env, EnvOptions, Log};
 
 /// Long enough for a slow CI machine, short enough to fail a hung test.
@@ -189,13 +189,12 @@ fn bad_envelope_bounces_5_1_3() {
 
     // The same refusal straight from bsmtp-ssh: exit 65 (EX_DATAERR) and
     // the 5.1.3 status line pipe(8) reads.
-    let mut command = std::process::Command::new(env.bin_dir().join("bsmtp-ssh"));
-    command
-        .arg("deliver")
-        .arg("--config")
-        .arg(env.transport_config())
-        .args(["--peer", "hub", "-f", "alice@leaf.test", "--", &recipient]);
-    let out = run_timeout(&mut command, &message("direct", b"hi\n"), DELIVERY);
+    let out = env.deliver_by_hand(
+        "alice@leaf.test",
+        &[],
+        &[&recipient],
+        &message("direct", b"hi\n"),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(65), "{stdout}");
     assert!(stdout.starts_with("5.1.3 malformed recipient"), "{stdout}");
