@@ -133,6 +133,34 @@ pub struct Env {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The leaf's pipe(8) entry, from the shipped snippet (the one
+/// `bsmtp-ssh postfix-install` applies), so every test runs what admins get.
+fn leaf_master_cf_entry(program: &Path, config: &Path) -> String {
+    let snippet = include_str!("../../postfix-snippets/leaf/master.cf");
+    let mut entry = String::new();
+    for line in snippet
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let line = line
+            .replace("@TRANSPORT@", "bsmtp")
+            .replace("@USER@", LEAF_USER)
+            .replace("@PROGRAM@", &program.display().to_string())
+            .replace("@CONFIG@", &config.display().to_string());
+        entry.push_str(&line);
+        entry.push('\n');
+    }
+    let placeholder =
+        entry.split('@').skip(1).step_by(2).find(|word| {
+            !word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        });
+    assert!(
+        placeholder.is_none(),
+        "unfilled snippet placeholder: {entry}"
+    );
+    entry
+}
+
 impl Env {
     /// Starts an environment with the default options. `name` (the test's name)
     /// becomes part of the directory name.
@@ -181,14 +209,7 @@ impl Env {
             ),
         ];
         leaf_main_cf.extend(options.leaf_main_cf.iter().cloned());
-        let pipe = format!(
-            "bsmtp     unix  -       n       n       -       -       pipe\n  flags=q \
-             user={LEAF_USER} argv={bin}/bsmtp-ssh deliver --config {leaf}/bsmtp-ssh.conf \
-             --peer ${{nexthop}} -f ${{sender}} --queue-id ${{queue_id}} --size ${{size}} \
-             -- ${{recipient}}\n",
-            bin = bin.display(),
-            leaf = leaf_dir.display(),
-        );
+        let pipe = leaf_master_cf_entry(&bin.join("bsmtp-ssh"), &leaf_dir.join("bsmtp-ssh.conf"));
         mkdir(&leaf_dir.join("etc"), 0o755);
         write_file(
             &leaf_dir.join("etc/transport"),

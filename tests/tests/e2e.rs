@@ -516,3 +516,23 @@ fn logs_in_postfix_style_on_both_sides() {
     let pickup = env.wait_log(Log::Hub, "postfix-hub/pickup", DELIVERY);
     assert!(pickup.contains("from=<alice@leaf.test>"), "{pickup}");
 }
+
+/// A bounce made on the leaf for a sender at the hub goes out through the
+/// bsmtp transport with the null sender (pipe(8)'s `null_sender=` in the
+/// shipped entry), not as "MAILER-DAEMON", which the hub would refuse.
+#[test]
+fn leaf_bounce_is_relayed_with_null_sender() {
+    let env = Env::start("relayed_bounce");
+    env.leaf_sendmail(
+        "bob@hub.test",
+        &["nosuchuser@leaf.test"],
+        &message("to nobody", b"this bounces back to the hub\n"),
+    );
+    let notices = env.wait_maildir("bob", 1, DELIVERY);
+    let notice = String::from_utf8_lossy(&notices[0]);
+    assert_eq!(headers(&notices[0], "Return-Path"), ["<>"], "{notice}");
+    assert!(notice.contains("nosuchuser@leaf.test"), "{notice}");
+    assert!(env
+        .wait_pipe_status("sent", DELIVERY)
+        .contains("to=<bob@hub.test>"));
+}
