@@ -27,6 +27,7 @@ impl IdleReader {
     /// so that readiness seen by poll(2) is all there is to read).
     pub fn stdin(timeout: Duration) -> io::Result<Self> {
         let fd = io::stdin().as_fd().try_clone_to_owned()?;
+        crate::postdrop::widen_pipe(&fd);
         Ok(IdleReader {
             file: File::from(fd),
             timeout,
