@@ -1,11 +1,12 @@
 //! Logging where Postfix logs, in Postfix's style, with a fallback.
 //!
 //! Admins read our lines next to Postfix's own, so they go where Postfix's
-//! go: through Postfix's `postlog(1)` when it is installed (it follows the
-//! instance's `maillog_file` or syslog settings, facility mail), else to
-//! syslog facility mail directly. One `postlog` child reads all our lines on
-//! its stdin, so the cost is one exec per process, not per line. Severity is
-//! written Postfix's way, as a `warning: ` prefix.
+//! go: to syslog facility mail when the instance logs there (the default),
+//! and through Postfix's `postlog(1)` when its main.cf sets `maillog_file`
+//! (postlogd, Postfix 3.4+), or when no syslog socket answers. One `postlog`
+//! child reads all our lines on its stdin, so the cost is one exec per
+//! process, not per line. Severity is written Postfix's way, as a
+//! `warning: ` prefix.
 //!
 //! A container or a test host may have neither; losing the log is better
 //! than losing the mail, so a missing logger never fails a delivery. Where
@@ -75,33 +76,64 @@ pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Opti
 }
 
 fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> Sink {
-    if Path::new(POSTLOG).exists() {
-        let mut command = Command::new(POSTLOG);
-        if let Some(dir) = postfix_config {
-            command.arg("-c").arg(dir);
-        }
-        // Its stdout and stderr must not be ours: pipe(8) reads ours until
-        // EOF, and postlog may outlive us by a moment.
-        let child = command
-            .args(["-t", ident])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        if let Ok(Some(stdin)) = child.map(|mut c| c.stdin.take()) {
-            return Sink::Postlog(Mutex::new(stdin));
+    let config_dir = postfix_config
+        .clone()
+        .or_else(|| std::env::var_os("MAIL_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/postfix"));
+    // Where Postfix logs to syslog (the default), so do we, directly: a
+    // postlog child would cost an exec (about 6 ms of CPU) per process.
+    if !uses_maillog_file(&config_dir) {
+        if let Some(sink) = syslog_sink(ident) {
+            return sink;
         }
     }
+    postlog_sink(ident, postfix_config).unwrap_or_else(|| syslog_sink(ident).unwrap_or(Sink::None))
+}
+
+/// True when the instance's main.cf sets `maillog_file` (Postfix 3.4+
+/// logging through postlogd), which only postlog(1) can reach.
+fn uses_maillog_file(config_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(config_dir.join("main.cf")) else {
+        return false;
+    };
+    text.lines().any(|line| {
+        line.split_once('=')
+            .is_some_and(|(name, value)| name.trim() == "maillog_file" && !value.trim().is_empty())
+    })
+}
+
+fn postlog_sink(ident: &str, postfix_config: Option<PathBuf>) -> Option<Sink> {
+    if !Path::new(POSTLOG).exists() {
+        return None;
+    }
+    let mut command = Command::new(POSTLOG);
+    if let Some(dir) = postfix_config {
+        command.arg("-c").arg(dir);
+    }
+    // Its stdout and stderr must not be ours: pipe(8) reads ours until
+    // EOF, and postlog may outlive us by a moment.
+    let child = command
+        .args(["-t", ident])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match child.map(|mut c| c.stdin.take()) {
+        Ok(Some(stdin)) => Some(Sink::Postlog(Mutex::new(stdin))),
+        _ => None,
+    }
+}
+
+fn syslog_sink(ident: &str) -> Option<Sink> {
     let formatter = Formatter3164 {
         facility: Facility::LOG_MAIL,
         hostname: None,
         process: ident.to_owned(),
         pid: std::process::id(),
     };
-    match syslog::unix(formatter) {
-        Ok(logger) => Sink::Syslog(Mutex::new(logger)),
-        Err(_) => Sink::None,
-    }
+    syslog::unix(formatter)
+        .ok()
+        .map(|logger| Sink::Syslog(Mutex::new(logger)))
 }
 
 /// Writes lines held back by [`Fallback::Buffer`] to stderr.
@@ -184,5 +216,30 @@ fn prefix(level: Level) -> &'static str {
         Level::Warn => "warning: ",
         Level::Info => "",
         Level::Debug | Level::Trace => "debug: ",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maillog_file_is_seen_only_when_set() {
+        let dir = std::env::temp_dir().join(format!("bsmtp-logging-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main_cf = dir.join("main.cf");
+        std::fs::write(&main_cf, "myhostname = x\nmaillog_file =\n").unwrap();
+        assert!(!uses_maillog_file(&dir));
+        std::fs::write(
+            &main_cf,
+            "# maillog_file = /x\nmaillog_file = /var/log/postfix.log\n",
+        )
+        .unwrap();
+        assert!(uses_maillog_file(&dir));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            !uses_maillog_file(&dir),
+            "no main.cf: Postfix's default, syslog"
+        );
     }
 }
