@@ -57,16 +57,9 @@ pub struct AuthorizeArgs {
     /// The peer's public key file: one OpenSSH key line, as ssh-keygen writes.
     #[arg(long, value_name = "FILE.pub")]
     pub key: PathBuf,
-    /// Allow envelope senders matching PATTERN (user@domain, @domain,
-    /// @.domain, *); repeat for more.
-    #[arg(long = "allow-sender", value_name = "PATTERN")]
-    pub allow_sender: Vec<String>,
-    /// Largest message in bytes, for this key.
-    #[arg(long, value_name = "BYTES")]
-    pub max_size: Option<u64>,
-    /// Most recipients per message, for this key.
-    #[arg(long, value_name = "N")]
-    pub max_recipients: Option<usize>,
+    /// The policy written into the forced command, for this key.
+    #[command(flatten)]
+    pub policy: crate::policy::PolicyArgs,
     /// Add to the authorized keys file in this user's home (default: bsmtp).
     #[arg(long, value_name = "USER", conflicts_with = "authorized_keys")]
     pub user: Option<String>,
@@ -233,7 +226,7 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
         )));
     };
     let mut words = vec![program.to_owned(), "--peer".into(), args.peer.clone()];
-    for pattern in &args.allow_sender {
+    for pattern in &args.policy.allow_sender {
         SenderPattern::parse(pattern).map_err(refused)?;
         if pattern.contains(['"', '\\']) || pattern.chars().any(char::is_whitespace) {
             return Err(refused(format!(
@@ -243,10 +236,10 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
         }
         words.extend(["--allow-sender".into(), pattern.clone()]);
     }
-    if let Some(size) = args.max_size {
+    if let Some(size) = args.policy.max_size {
         words.extend(["--max-size".into(), size.to_string()]);
     }
-    if let Some(n) = args.max_recipients {
+    if let Some(n) = args.policy.max_recipients {
         words.extend(["--max-recipients".into(), n.to_string()]);
     }
     let quoted = words

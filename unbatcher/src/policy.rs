@@ -79,6 +79,23 @@ impl SenderPattern {
     }
 }
 
+/// The policy a forced-command line may carry; the same flags on `rsmtp`
+/// itself and on `rsmtp authorize`, which writes them into that line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Allow envelope senders matching PATTERN (user@domain, @domain,
+    /// @.domain for subdomains, * for any); repeat for more; adds to the
+    /// config file's list.
+    #[arg(long = "allow-sender", value_name = "PATTERN")]
+    pub allow_sender: Vec<String>,
+    /// Largest message in bytes (overrides the config file).
+    #[arg(long, value_name = "BYTES")]
+    pub max_size: Option<u64>,
+    /// Most recipients per message (overrides the config file).
+    #[arg(long, value_name = "N")]
+    pub max_recipients: Option<usize>,
+}
+
 /// The rules for one peer.
 #[derive(Debug, Clone)]
 pub struct Policy {

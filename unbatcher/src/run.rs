@@ -11,7 +11,7 @@ use sysexits::ExitCode;
 
 use crate::command::{self, Verb};
 use crate::idle::{Input, DEFAULT_IDLE_TIMEOUT};
-use crate::policy::{self, ConfigFile, Policy};
+use crate::policy::{self, ConfigFile, Policy, PolicyArgs};
 use crate::postdrop::{self, Postdrop, PostdropCommand};
 use crate::receive::{Delivery, Envelope, Injector, Receiver, Settings};
 
@@ -34,16 +34,9 @@ pub struct Args {
     /// Configuration file with per-peer policy.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Allow envelope senders matching PATTERN (user@domain, @domain,
-    /// @.domain for subdomains, * for any); adds to the config file's list.
-    #[arg(long = "allow-sender", value_name = "PATTERN")]
-    pub allow_sender: Vec<String>,
-    /// Largest message in bytes.
-    #[arg(long, value_name = "BYTES")]
-    pub max_size: Option<u64>,
-    /// Most recipients per message.
-    #[arg(long, value_name = "N")]
-    pub max_recipients: Option<usize>,
+    /// The peer's policy on the command line.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Postfix config directory postdrop writes into (default: the system's).
     #[arg(long, value_name = "DIR")]
     pub postfix_config: Option<PathBuf>,
@@ -204,7 +197,12 @@ fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
     // clap requires --peer whenever there is no subcommand.
     let peer = args.peer.as_deref().unwrap_or_default();
     let policy = file
-        .policy(peer, &args.allow_sender, args.max_size, args.max_recipients)
+        .policy(
+            peer,
+            &args.policy.allow_sender,
+            args.policy.max_size,
+            args.policy.max_recipients,
+        )
         .map_err(RunError::Config)?;
     let mut postdrop = PostdropCommand::default();
     if let Some(program) = &file.postdrop {

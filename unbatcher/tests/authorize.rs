@@ -404,10 +404,13 @@ fn written_forced_command_parses_with_rsmtp_args() {
     let args = rsmtp::Args::try_parse_from(&words).unwrap();
     assert_eq!(args.peer.as_deref(), Some("leaf1"));
     assert_eq!(
-        args.allow_sender,
+        args.policy.allow_sender,
         ["*", "@.leaf1.example.com", "bounce+$x@leaf1.test"]
     );
-    assert_eq!((args.max_size, args.max_recipients), (Some(1000), Some(7)));
+    assert_eq!(
+        (args.policy.max_size, args.policy.max_recipients),
+        (Some(1000), Some(7))
+    );
     assert!(args.command.is_none());
 }
 
