@@ -13,15 +13,15 @@ use bsmtp::status::{Failure, FailureKind};
 use clap::Args;
 
 use crate::client::Client;
-use crate::config::{self, ConfigFile, Peer};
+use crate::config::{ConfigFile, Peer};
 use crate::ssh;
 
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Configuration file naming the peers.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// Check only this peer (default: every peer in the file).
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
@@ -47,12 +47,9 @@ impl<W: Write> Report<'_, W> {
 /// Runs the checks; exit 0 only when every check passed.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     bsmtp::logging::init("bsmtp-ssh", false, bsmtp::logging::Fallback::Stderr, None);
-    let path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| config::DEFAULT_CONFIG.into());
+    let path = &args.config;
     let mut report = Report { out, failed: 0 };
-    let file = match ConfigFile::load(&path) {
+    let file = match ConfigFile::load(path) {
         Ok(file) => file,
         Err(err) => {
             report.fail("-", "config", &err);

@@ -10,7 +10,7 @@ use bsmtp::status::{Failure, FailureKind};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use sysexits::ExitCode;
 
-use crate::config::{self, ConfigFile, Peer, PeerSection};
+use crate::config::{ConfigFile, Peer, PeerSection};
 use crate::deliver::{self, Envelope};
 
 /// bsmtp-ssh: Postfix transport that moves mail over SSH as Batch SMTP.
@@ -39,8 +39,8 @@ pub enum Action {
 #[allow(clippy::struct_excessive_bools)]
 pub struct DeliverArgs {
     /// Configuration file naming the peers.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// The peer to deliver to (Postfix's ${nexthop}): a [peer.NAME] section.
     #[arg(long, value_name = "NAME", conflicts_with = "host")]
     pub peer: Option<String>,
@@ -173,11 +173,7 @@ fn resolve_peer(args: &DeliverArgs) -> Result<Peer, Failure> {
             "no peer: give --peer NAME (Postfix's ${nexthop}) or --host HOST".into(),
         ));
     };
-    let path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| config::DEFAULT_CONFIG.into());
-    ConfigFile::load(&path)
+    ConfigFile::load(&args.config)
         .and_then(|file| file.peer(name))
         .map_err(config_error)
 }

@@ -304,13 +304,7 @@ impl<I: Injector> Receiver<I> {
         for param in params {
             match (param.keyword.as_str(), param.value.as_deref()) {
                 ("SIZE", Some(size)) => match size.parse::<u64>() {
-                    Ok(size) if size > policy.max_size => {
-                        return reply(
-                            552,
-                            (5, 3, 4),
-                            format!("Message size exceeds the limit for peer {}", policy.peer),
-                        );
-                    }
+                    Ok(size) if size > policy.max_size => return too_big(&policy.peer),
                     Ok(_) => {}
                     Err(_) => return reply(501, (5, 5, 4), "Bad SIZE parameter"),
                 },
@@ -390,7 +384,7 @@ impl<I: Injector> Receiver<I> {
                 let header = received_header(&self.settings, &envelope, message.queue_id());
                 let mut trace = Trace::new(&envelope);
                 for line in header.lines() {
-                    trace.size += line.len() as u64 + 2;
+                    trace.observe(line.as_bytes(), true);
                     if let Err(err) = message.write_piece(line.as_bytes(), true) {
                         message.abort();
                         return self.data_failed(&err);
@@ -410,11 +404,7 @@ impl<I: Injector> Receiver<I> {
         );
         self.body = Body::Discarding { reply: None };
         self.summary.rejected += 1;
-        reply(
-            451,
-            (4, 3, 0),
-            "Error: queue file write error; try again later",
-        )
+        queue_write_error()
     }
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
@@ -424,22 +414,11 @@ impl<I: Injector> Receiver<I> {
         };
         trace.observe(bytes, end_of_line);
         let failure = if trace.size > max_size {
-            Some(reply(
-                552,
-                (5, 3, 4),
-                format!(
-                    "Message size exceeds the limit for peer {}",
-                    self.settings.policy.peer
-                ),
-            ))
+            Some(too_big(&self.settings.policy.peer))
         } else {
             message.write_piece(bytes, end_of_line).err().map(|err| {
                 warn!("{}: write to next hop: {err}", message.queue_id());
-                reply(
-                    451,
-                    (4, 3, 0),
-                    "Error: queue file write error; try again later",
-                )
+                queue_write_error()
             })
         };
         if let Some(answer) = failure {
@@ -481,16 +460,31 @@ impl<I: Injector> Receiver<I> {
                     Err(err) => {
                         warn!("{maildrop_id}: queue file commit failed: {err}");
                         self.summary.rejected += 1;
-                        reply(
-                            451,
-                            (4, 3, 0),
-                            "Error: queue file write error; try again later",
-                        )
+                        queue_write_error()
                     }
                 })
             }
         }
     }
+}
+
+/// The 552 for a message over the peer's size limit (announced or sent).
+fn too_big(peer: &str) -> Reply {
+    reply(
+        552,
+        (5, 3, 4),
+        format!("Message size exceeds the limit for peer {peer}"),
+    )
+}
+
+/// The 451 for a next hop that could not take the message: the sender
+/// keeps it and retries.
+fn queue_write_error() -> Reply {
+    reply(
+        451,
+        (4, 3, 0),
+        "Error: queue file write error; try again later",
+    )
 }
 
 fn write_replies(output: &mut impl Write, replies: &[u8]) -> io::Result<()> {
