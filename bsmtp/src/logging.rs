@@ -3,28 +3,44 @@
 //! Admins read our lines next to Postfix's own, so they go where Postfix's
 //! go: to syslog facility mail when the instance logs there (the default),
 //! and through Postfix's `postlog(1)` when its main.cf sets `maillog_file`
-//! (postlogd, Postfix 3.4+), or when no syslog socket answers. One `postlog`
-//! child reads all our lines on its stdin, so the cost is one exec per
-//! process, not per line. Severity is written Postfix's way, as a
-//! `warning: ` prefix.
+//! (postlogd, Postfix 3.4+). One `postlog` child reads all our lines on its
+//! stdin, so the cost is one exec per process, not per line. Severity is
+//! written Postfix's way, as a `warning: ` prefix.
 //!
-//! A container or a test host may have neither; losing the log is better
-//! than losing the mail, so a missing logger never fails a delivery. Where
-//! the fallback goes depends on the caller: pipe(8) reads the first
-//! characters of our merged stdout and stderr as the delivery status, so the
-//! transport keeps its fallback warnings and prints them only after the
-//! status line ([`Fallback::Buffer`] and [`flush_buffered`]).
+//! postlog reaches postlogd through `public/postlog` in the queue
+//! directory, which only root and group postdrop may enter. Upstream
+//! installs postlog set-gid postdrop; Debian installs it 0755, so there a
+//! postlog started by an unprivileged user (pipe(8)'s `user=`, the hub's
+//! forced-command account) exits without a word and every line is lost. So
+//! we check first ([`postlog_reachable`]) and, when it cannot work, use the
+//! caller's fallback instead, and `bsmtp-ssh check` names the fix
+//! ([`POSTLOG_FIX`]).
+//!
+//! Losing the log is better than losing the mail, so a missing logger never
+//! fails a delivery. Where the fallback goes depends on the caller: pipe(8)
+//! reads the first characters of our merged stdout and stderr as the
+//! delivery status and logs the rest as its text, so the transport keeps
+//! its warnings and prints them after the status line ([`Fallback::Buffer`]
+//! and [`flush_buffered`]): Postfix then logs them itself.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
+use crate::main_cf::MainCf;
+
 /// Postfix's logging front end.
 pub const POSTLOG: &str = "/usr/sbin/postlog";
+
+/// The command that gives `postlog` back the set-gid bit upstream Postfix
+/// installs it with, in the Debian way (it survives package upgrades).
+pub const POSTLOG_FIX: &str =
+    "dpkg-statoverride --update --add root postdrop 2755 /usr/sbin/postlog";
 
 /// Where log lines go when neither postlog nor syslog can be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,39 +92,105 @@ pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Opti
 }
 
 fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> Sink {
-    let config_dir = postfix_config
-        .clone()
-        .or_else(|| std::env::var_os("MAIL_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/postfix"));
+    let main_cf = MainCf::load(&postfix_config.clone().unwrap_or_else(MainCf::default_dir));
     // Where Postfix logs to syslog (the default), so do we, directly: a
     // postlog child would cost an exec (about 6 ms of CPU) per process.
-    if !uses_maillog_file(&config_dir) {
-        if let Some(sink) = syslog_sink(ident) {
-            return sink;
-        }
+    if main_cf.maillog_file().is_none() {
+        return syslog_sink(ident).unwrap_or(Sink::None);
     }
-    postlog_sink(ident, postfix_config).unwrap_or_else(|| syslog_sink(ident).unwrap_or(Sink::None))
+    match postlog_reachable(&main_cf, &Credentials::current()) {
+        Ok(()) => postlog_sink(ident, postfix_config).unwrap_or(Sink::None),
+        Err(_) => Sink::None,
+    }
 }
 
-/// True when the instance's main.cf sets `maillog_file` (Postfix 3.4+
-/// logging through postlogd), which only postlog(1) can reach.
-fn uses_maillog_file(config_dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(config_dir.join("main.cf")) else {
-        return false;
-    };
-    text.lines().any(|line| {
-        line.split_once('=')
-            .is_some_and(|(name, value)| name.trim() == "maillog_file" && !value.trim().is_empty())
-    })
+/// A user's identity as the kernel checks file access: pipe(8) and sshd
+/// give the child its user's uid and primary gid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user ID.
+    pub uid: u32,
+    /// The group IDs (primary first).
+    pub gids: Vec<u32>,
+}
+
+impl Credentials {
+    /// This process's effective identity and groups.
+    pub fn current() -> Self {
+        let mut gids = vec![nix::unistd::getegid().as_raw()];
+        if let Ok(groups) = nix::unistd::getgroups() {
+            gids.extend(groups.iter().map(|g| g.as_raw()));
+        }
+        Credentials {
+            uid: nix::unistd::geteuid().as_raw(),
+            gids,
+        }
+    }
+
+    /// Whether these credentials grant `want` (an `rwx` bit triple, e.g.
+    /// 0o1 for search) on `path`, as the kernel decides for a non-root user.
+    fn may(&self, path: &Path, want: u32) -> bool {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        if self.uid == 0 {
+            return true;
+        }
+        let mode = meta.permissions().mode();
+        let bits = if meta.uid() == self.uid {
+            mode >> 6
+        } else if self.gids.contains(&meta.gid()) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & want == want
+    }
+}
+
+/// Whether a `postlog` started with `who`'s identity can hand lines to
+/// postlogd: `who` itself may reach the socket (root, group postdrop), or
+/// postlog is set-gid to a group that may. `Err` says why not.
+pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), String> {
+    let public = main_cf.queue_directory().join("public");
+    let service = main_cf
+        .value("postlog_service_name")
+        .unwrap_or_else(|| "postlog".into());
+    let socket = public.join(service);
+    let reaches = |creds: &Credentials| creds.may(&public, 0o1) && creds.may(&socket, 0o2);
+    if reaches(who) {
+        return Ok(());
+    }
+    let postlog = std::fs::metadata(POSTLOG).map_err(|err| format!("{POSTLOG}: {err}"))?;
+    let set_gid = postlog.permissions().mode() & 0o2000 != 0;
+    if set_gid {
+        let with_postlog_group = Credentials {
+            uid: who.uid,
+            gids: vec![postlog.gid()],
+        };
+        if reaches(&with_postlog_group) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{POSTLOG} is {} (mode {:o}), so run as uid {} it cannot reach postlogd's socket {}",
+        if set_gid {
+            "set-gid to a group that cannot enter the queue's public directory"
+        } else {
+            "not set-gid postdrop"
+        },
+        postlog.permissions().mode() & 0o7777,
+        who.uid,
+        socket.display()
+    ))
 }
 
 fn postlog_sink(ident: &str, postfix_config: Option<PathBuf>) -> Option<Sink> {
-    if !Path::new(POSTLOG).exists() {
-        return None;
-    }
-    let mut command = Command::new(POSTLOG);
+    let mut command = crate::child::command(POSTLOG);
     if let Some(dir) = postfix_config {
         command.arg("-c").arg(dir);
+    } else if let Some(dir) = std::env::var_os("MAIL_CONFIG") {
+        command.env("MAIL_CONFIG", dir);
     }
     // Its stdout and stderr must not be ours: pipe(8) reads ours until
     // EOF, and postlog may outlive us by a moment.
@@ -224,22 +306,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maillog_file_is_seen_only_when_set() {
+    fn root_reaches_postlogd_and_others_need_the_group() {
         let dir = std::env::temp_dir().join(format!("bsmtp-logging-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let main_cf = dir.join("main.cf");
-        std::fs::write(&main_cf, "myhostname = x\nmaillog_file =\n").unwrap();
-        assert!(!uses_maillog_file(&dir));
-        std::fs::write(
-            &main_cf,
-            "# maillog_file = /x\nmaillog_file = /var/log/postfix.log\n",
+        let public = dir.join("public");
+        std::fs::create_dir_all(&public).unwrap();
+        std::fs::write(public.join("postlog"), b"").unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o710)).unwrap();
+        std::fs::set_permissions(
+            public.join("postlog"),
+            std::fs::Permissions::from_mode(0o666),
         )
         .unwrap();
-        assert!(uses_maillog_file(&dir));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let main_cf = MainCf::parse(&format!("queue_directory = {}\n", dir.display()));
+        let owner_gid = std::fs::metadata(&public).unwrap().gid();
+        let root = Credentials {
+            uid: 0,
+            gids: vec![0],
+        };
+        assert!(postlog_reachable(&main_cf, &root).is_ok());
+        let member = Credentials {
+            uid: 4242,
+            gids: vec![owner_gid],
+        };
+        assert!(postlog_reachable(&main_cf, &member).is_ok());
+        // A stranger depends on postlog's set-gid bit, which the message names.
+        let stranger = Credentials {
+            uid: 4242,
+            gids: vec![owner_gid + 4242],
+        };
+        let why = postlog_reachable(&main_cf, &stranger).unwrap_err();
         assert!(
-            !uses_maillog_file(&dir),
-            "no main.cf: Postfix's default, syslog"
+            why.contains("postlogd") && why.contains("uid 4242"),
+            "{why}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

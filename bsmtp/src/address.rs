@@ -1,0 +1,145 @@
+//! Envelope addresses in Postfix's two forms, and the conversion between them.
+//!
+//! SMTP carries the *external* form, where a local part that is not a plain
+//! dot-atom is quoted: `"john doe"@example.org`. Postfix keeps the
+//! *internal*, unquoted form in its queue files and logs the external one:
+//! the mailbox above is `john doe@example.org` inside Postfix. Its sendmail
+//! and smtpd internalize what they receive (`unquote_822_local()`); pipe(8)
+//! with `flags=q` hands a transport the external form again
+//! (`quote_822_local()`). A program that writes queue records itself, as
+//! rsmtp does through postdrop, must internalize too, or `"john doe"` becomes
+//! a different mailbox, `"\"john doe\""`.
+//!
+//! Only the local part is ever quoted or unquoted: what follows the last
+//! unquoted `@` is the domain and passes untouched.
+
+/// RFC 5322 `specials` plus space: any of these in a local part needs quotes.
+const SPECIALS: &str = "()<>@,;:\\\".[] ";
+
+/// The internal (unquoted) form of an external address: quotes removed,
+/// backslash escapes resolved, the domain untouched. `""` stays `""` (the
+/// null sender).
+pub fn to_internal(external: &str) -> String {
+    let mut out = String::with_capacity(external.len());
+    let mut in_quote = false;
+    // Where the domain starts, in `out` and in `external`.
+    let mut last_at: Option<(usize, usize)> = None;
+    let mut chars = external.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => in_quote = !in_quote,
+            '\\' => {
+                if let Some((_, escaped)) = chars.next() {
+                    out.push(escaped);
+                }
+            }
+            '@' if !in_quote => {
+                last_at = Some((out.len(), at));
+                out.push('@');
+            }
+            _ => out.push(c),
+        }
+    }
+    if let Some((out_at, source_at)) = last_at {
+        out.truncate(out_at);
+        out.push_str(&external[source_at..]);
+    }
+    out
+}
+
+/// The external (RFC 5321) form of an internal address: the local part is
+/// quoted when it is not a dot-atom, with `"` and `\` escaped inside. The
+/// local part ends at the last `@`.
+pub fn to_external(internal: &str) -> String {
+    if internal.is_empty() {
+        return String::new();
+    }
+    let (local, domain) = match internal.rfind('@') {
+        Some(at) => (&internal[..at], Some(&internal[at + 1..])),
+        None => (internal, None),
+    };
+    let mut out = String::with_capacity(internal.len() + 2);
+    if is_dot_atom(local) {
+        out.push_str(local);
+    } else {
+        out.push('"');
+        for c in local.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    if let Some(domain) = domain {
+        out.push('@');
+        out.push_str(domain);
+    }
+    out
+}
+
+/// True for a local part that needs no quotes: atoms of non-special,
+/// non-control characters joined by single dots.
+fn is_dot_atom(local: &str) -> bool {
+    !local.is_empty()
+        && local.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .chars()
+                    .all(|c| !c.is_control() && !SPECIALS.contains(c))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_local_parts_become_internal_like_postfix() {
+        for (external, internal) in [
+            ("\"john doe\"@hub.test", "john doe@hub.test"),
+            ("\"john..doe\"@hub.test", "john..doe@hub.test"),
+            ("\"odd<box>\"@hub.test", "odd<box>@hub.test"),
+            ("\"a@b\"@hub.test", "a@b@hub.test"),
+            ("\"a\\\"b\"@hub.test", "a\"b@hub.test"),
+            ("\"back\\\\slash\"@hub.test", "back\\slash@hub.test"),
+            ("plain@hub.test", "plain@hub.test"),
+            ("\"postmaster\"", "postmaster"),
+            ("", ""),
+            // The domain is never unquoted.
+            ("a@[\"x\"]", "a@[\"x\"]"),
+        ] {
+            assert_eq!(to_internal(external), internal, "{external}");
+        }
+    }
+
+    #[test]
+    fn internal_local_parts_are_quoted_only_when_needed() {
+        for (internal, external) in [
+            ("john doe@hub.test", "\"john doe\"@hub.test"),
+            ("john..doe@hub.test", "\"john..doe\"@hub.test"),
+            (".lead@hub.test", "\".lead\"@hub.test"),
+            ("a\"b@hub.test", "\"a\\\"b\"@hub.test"),
+            ("a@b@hub.test", "\"a@b\"@hub.test"),
+            ("j.doe+tag@hub.test", "j.doe+tag@hub.test"),
+            ("gr\u{fc}n@hub.test", "gr\u{fc}n@hub.test"),
+            ("postmaster", "postmaster"),
+            ("", ""),
+        ] {
+            assert_eq!(to_external(internal), external, "{internal}");
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_the_mailbox() {
+        for internal in [
+            "john doe@hub.test",
+            "a\"b\\c@hub.test",
+            "x@y@hub.test",
+            "odd<box>@hub.test",
+            "plain@hub.test",
+        ] {
+            assert_eq!(to_internal(&to_external(internal)), internal);
+        }
+    }
+}
