@@ -68,8 +68,13 @@ impl Failure {
             FailureKind::Connect => EnhancedCode::new(4, 4, 1),
             FailureKind::Timeout => EnhancedCode::new(4, 4, 2),
             FailureKind::HostKey | FailureKind::Auth => EnhancedCode::new(4, 7, 0),
-            FailureKind::Remote(reply) => reply.status(),
-            FailureKind::PeerProtocol => EnhancedCode::new(4, 5, 0),
+            // Only a refusal decides with the hub's own code. Any other reply
+            // where a command failed (a 2xx to DATA, a 3xx after the dot) is
+            // a peer out of step: its class would bounce the mail.
+            FailureKind::Remote(reply) if reply.is_transient() || reply.is_permanent() => {
+                reply.status()
+            }
+            FailureKind::Remote(_) | FailureKind::PeerProtocol => EnhancedCode::new(4, 5, 0),
             FailureKind::Config => EnhancedCode::new(4, 3, 5),
             FailureKind::Local | FailureKind::Internal => EnhancedCode::new(4, 3, 0),
             FailureKind::BadEnvelope => EnhancedCode::new(5, 1, 3),
@@ -135,6 +140,11 @@ mod tests {
             FailureKind::Auth,
             FailureKind::Remote(reply(451, (4, 3, 0))),
             FailureKind::Remote(reply(550, (5, 7, 1))),
+            // Replies out of step with our commands: never a bounce.
+            FailureKind::Remote(reply(250, (2, 0, 0))),
+            FailureKind::Remote(reply(354, (2, 0, 0))),
+            FailureKind::Remote(Reply::new(220, None, "hub ESMTP")),
+            FailureKind::Remote(Reply::new(221, None, "bye")),
             FailureKind::PeerProtocol,
             FailureKind::Config,
             FailureKind::Local,
@@ -145,6 +155,22 @@ mod tests {
             let failure = Failure::new(kind.clone(), "x");
             let defers = matches!(failure.exit_code(), ExitCode::TempFail | ExitCode::OsErr);
             assert_eq!(defers, failure.dsn().class == 4, "{kind:?}");
+        }
+    }
+
+    /// Regression (audit): a 2xx to DATA, a 3xx after the dot or a 220
+    /// greeting gave a `2.0.0` status line, and pipe(8) bounces every status
+    /// whose class is not 4, whatever the exit code.
+    #[test]
+    fn replies_out_of_step_defer_4_5_0() {
+        for unexpected in [
+            reply(250, (2, 0, 0)),
+            reply(354, (2, 0, 0)),
+            Reply::new(220, None, "hub ESMTP"),
+        ] {
+            let failure = Failure::new(FailureKind::Remote(unexpected), "x");
+            assert_eq!(failure.to_string(), "4.5.0 x");
+            assert_eq!(failure.exit_code(), ExitCode::TempFail);
         }
     }
 

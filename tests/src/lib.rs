@@ -10,6 +10,7 @@
 
 pub mod binaries;
 pub mod postfix;
+pub mod postlog;
 pub mod sshd;
 pub mod system;
 pub mod util;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::postfix::{Postfix, PostfixSetup};
+pub use crate::postlog::PostlogMode;
 use crate::sshd::Sshd;
 use crate::system::{HUB_USER, LEAF_USER};
 use crate::util::{
@@ -55,6 +57,9 @@ pub struct EnvOptions {
     pub hub_mailboxes: Vec<String>,
     /// Leaf local parts with a Maildir (default alice, bob).
     pub leaf_mailboxes: Vec<String>,
+    /// The `/usr/sbin/postlog` both sides' daemons see (default: the
+    /// machine's own).
+    pub postlog: PostlogMode,
 }
 
 impl Default for EnvOptions {
@@ -68,6 +73,7 @@ impl Default for EnvOptions {
             leaf_main_cf: Vec::new(),
             hub_mailboxes: strings(&["bob", "carol", "dave"]),
             leaf_mailboxes: strings(&["alice", "bob"]),
+            postlog: PostlogMode::System,
         }
     }
 }
@@ -98,6 +104,13 @@ impl EnvOptions {
     #[must_use]
     pub fn hub_param(mut self, name: &str, value: &str) -> Self {
         self.hub_main_cf.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Pins the `/usr/sbin/postlog` both sides' daemons see.
+    #[must_use]
+    pub fn postlog(mut self, mode: PostlogMode) -> Self {
+        self.postlog = mode;
         self
     }
 
@@ -226,7 +239,12 @@ impl Env {
                 master_cf: &pipe,
             },
         );
-        let sshd = Sshd::create(base.join("ssh"));
+        let mut sshd = Sshd::create(base.join("ssh"));
+        let postlog = options.postlog.prepare(&bin);
+        let (mut leaf, mut hub) = (leaf, hub);
+        leaf.use_postlog(postlog.clone());
+        hub.use_postlog(postlog.clone());
+        sshd.use_postlog(postlog);
         let mut env = Env {
             base,
             options,

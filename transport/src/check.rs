@@ -38,6 +38,11 @@ impl<W: Write> Report<'_, W> {
         let _ = writeln!(self.out, "ok:   peer {peer}: {what}: {detail}");
     }
 
+    /// Worth fixing, but mail still flows.
+    fn warn(&mut self, peer: &str, what: &str, detail: &str) {
+        let _ = writeln!(self.out, "warn: peer {peer}: {what}: {detail}");
+    }
+
     fn fail(&mut self, peer: &str, what: &str, detail: &str) {
         self.failed += 1;
         let _ = writeln!(self.out, "FAIL: peer {peer}: {what}: {detail}");
@@ -92,35 +97,46 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
 fn check_peer(peer: &Peer, report: &mut Report<'_, impl Write>) {
     let name = peer.name.as_str();
     let key_ok = check_key_file(&peer.identity, name, report);
-    let known_hosts = match ssh::preflight(peer) {
-        Ok(text) => text,
-        Err(failure) if failure.kind == FailureKind::HostKey => {
+    let path = peer.known_hosts.display();
+    let known_hosts = match ssh::load_known_hosts(&peer.known_hosts) {
+        Ok(known_hosts) => known_hosts,
+        Err(failure) => {
             report.fail(name, "known_hosts", &failure.text);
             return;
         }
-        // The key's own failure is already on its line.
-        Err(_) => return,
     };
-    let pins = known_hosts
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .count();
-    if pins == 0 {
-        report.fail(
+    for warning in known_hosts.warnings() {
+        report.warn(
             name,
             "known_hosts",
-            &format!(
-                "{} pins no host key; add the hub's (ssh-keyscan, verified out of band)",
-                peer.known_hosts.display()
-            ),
+            &format!("{path}: {warning}; line ignored"),
         );
+    }
+    let mut pinned_everywhere = true;
+    for host in &peer.hosts {
+        let pins = known_hosts.pinned_count_for(host, peer.port);
+        if pins == 0 {
+            pinned_everywhere = false;
+            report.fail(
+                name,
+                "known_hosts",
+                &format!(
+                    "{path} pins no host key for {}; add the hub's (ssh-keyscan -p {} {host}, verified out of band)",
+                    if peer.port == 22 { host.clone() } else { format!("[{host}]:{}", peer.port) },
+                    peer.port
+                ),
+            );
+        } else {
+            report.ok(
+                name,
+                "known_hosts",
+                &format!("{path}: {pins} pinned keys for {host}"),
+            );
+        }
+    }
+    if !pinned_everywhere {
         return;
     }
-    report.ok(
-        name,
-        "known_hosts",
-        &format!("{} ({pins} pinned keys)", peer.known_hosts.display()),
-    );
     if !key_ok {
         return;
     }

@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use bsmtp::codec::{Command, Param, MAX_ADDRESS};
+use bsmtp::codec::{encode_command, Command, Param, MAX_ADDRESS};
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
 use log::info;
@@ -45,34 +45,66 @@ pub struct Delivered {
 }
 
 impl Envelope {
-    /// Refuses addresses no hub could take; these bounce.
-    pub fn check(&self) -> Result<(), Failure> {
+    /// Refuses addresses no hub could take (these bounce) and returns the
+    /// envelope in its SMTP (external) form.
+    pub fn check(&self) -> Result<Envelope, Failure> {
         if self.recipients.is_empty() {
             return Err(Failure::new(
                 FailureKind::Config,
                 "no recipients on the command line: pipe(8)'s argv must end with -- ${recipient}",
             ));
         }
-        for (what, address) in std::iter::once(("sender", &self.sender))
-            .chain(self.recipients.iter().map(|r| ("recipient", r)))
-        {
-            let bad = address.len() > MAX_ADDRESS
-                || address
-                    .chars()
-                    .any(|c| c.is_control() || c == '<' || c == '>')
-                || (what == "recipient" && address.is_empty());
-            if bad {
-                return Err(Failure::new(
-                    FailureKind::BadEnvelope,
-                    format!(
-                        "malformed {what} address <{}>",
-                        bsmtp::status::one_line(address)
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        let sender = if self.sender.is_empty() {
+            String::new()
+        } else {
+            wire_address("sender", &self.sender)?
+        };
+        let recipients = self
+            .recipients
+            .iter()
+            .map(|r| wire_address("recipient", r))
+            .collect::<Result<_, _>>()?;
+        Ok(Envelope {
+            sender,
+            recipients,
+            ..self.clone()
+        })
     }
+}
+
+/// The form of `address` that goes into MAIL FROM or RCPT TO. pipe(8) with
+/// the shipped `flags=q` gives the external (quoted) form, which is used as
+/// it is; without `q` it gives Postfix's internal form, whose local part we
+/// quote (`john doe@x` becomes `"john doe"@x`). An address that is valid in
+/// neither form bounces with 5.1.3.
+fn wire_address(what: &str, address: &str) -> Result<String, Failure> {
+    let valid = |candidate: &str| {
+        let mut line = Vec::new();
+        encode_command(
+            &Command::Rcpt {
+                to: candidate.to_owned(),
+                params: Vec::new(),
+            },
+            &mut line,
+        );
+        candidate.len() <= MAX_ADDRESS
+            && Command::parse(line.strip_suffix(b"\r\n").unwrap_or(&line))
+                .is_ok_and(|parsed| matches!(parsed, Command::Rcpt { to, .. } if to == candidate))
+    };
+    if valid(address) {
+        return Ok(address.to_owned());
+    }
+    let quoted = bsmtp::address::to_external(address);
+    if valid(&quoted) {
+        return Ok(quoted);
+    }
+    Err(Failure::new(
+        FailureKind::BadEnvelope,
+        format!(
+            "malformed {what} address <{}>",
+            bsmtp::status::one_line(address)
+        ),
+    ))
 }
 
 /// Delivers `content` to `peer`.
@@ -81,7 +113,7 @@ pub fn deliver(
     envelope: &Envelope,
     content: &mut impl Read,
 ) -> Result<Delivered, Failure> {
-    envelope.check()?;
+    let envelope = &envelope.check()?;
     let started = Instant::now();
     let ssh::Connection {
         session,
@@ -124,10 +156,8 @@ fn transaction<S: Read + Write>(
 ) -> Result<Reply, Failure> {
     client.send(&Command::Ehlo(helo_name()));
     client.flush()?;
-    let ehlo = client.read_reply()?;
-    if !ehlo.is_positive() {
-        return Err(remote(client, "EHLO", ehlo));
-    }
+    let reply = client.read_reply()?;
+    let ehlo = greeting(client, reply)?;
     let extensions: Vec<String> = ehlo
         .lines
         .iter()
@@ -170,8 +200,12 @@ fn transaction<S: Read + Write>(
     for _ in &envelope.recipients {
         rcpt_replies.push(client.read_reply()?);
     }
-    if !mail.is_positive() {
-        return Err(remote(client, "MAIL FROM", mail));
+    expect(client, "MAIL FROM", mail, |code| code / 100 == 2)?;
+    if let Some(odd) = rcpt_replies
+        .iter()
+        .find(|r| !(r.code / 100 == 2 || r.is_transient() || r.is_permanent()))
+    {
+        return Err(out_of_step(client, "RCPT TO", odd));
     }
     let refused = rcpt_replies
         .iter()
@@ -188,13 +222,9 @@ fn transaction<S: Read + Write>(
     client.send_body(content)?;
     client.flush()?;
     let data = client.read_reply()?;
-    if data.code != 354 {
-        return Err(remote(client, "DATA", data));
-    }
+    expect(client, "DATA", data, |code| code == 354)?;
     let fin = client.read_reply()?;
-    if fin.code != 250 {
-        return Err(remote(client, "end of DATA", fin));
-    }
+    let fin = expect(client, "end of DATA", fin, |code| code == 250)?;
     client.send(&Command::Quit);
     if client.flush().is_ok() {
         let _ = client.read_reply();
@@ -218,6 +248,59 @@ fn remote<S: Read + Write>(client: &Client<S>, stage: &str, reply: Reply) -> Fai
         reply.one_line()
     );
     Failure::new(FailureKind::Remote(reply), text)
+}
+
+/// `reply` if `wanted` accepts its code; else a refusal (4xx, 5xx), or for
+/// any other code a protocol error: a 2xx where 354 was due, a 3xx after
+/// the dot or a 220 greeting means the replies are out of step with our
+/// commands (a receiver that is not rsmtp), and nothing it says can be
+/// trusted. That defers (4.5.0); taking its class would bounce the mail.
+fn expect<S: Read + Write>(
+    client: &Client<S>,
+    stage: &str,
+    reply: Reply,
+    wanted: impl Fn(u16) -> bool,
+) -> Result<Reply, Failure> {
+    if wanted(reply.code) {
+        return Ok(reply);
+    }
+    if reply.is_transient() || reply.is_permanent() {
+        return Err(remote(client, stage, reply));
+    }
+    Err(out_of_step(client, stage, &reply))
+}
+
+fn out_of_step<S: Read + Write>(client: &Client<S>, stage: &str, reply: &Reply) -> Failure {
+    Failure::new(
+        FailureKind::PeerProtocol,
+        format!(
+            "{} answered {stage} with an unexpected reply: {}; is the key's forced command rsmtp?",
+            client.relay(),
+            reply.one_line()
+        ),
+    )
+}
+
+/// The reply to EHLO, which opens the session: anything but 250 means the
+/// peer will take no mail at all on this session. A refusal (rsmtp refusing
+/// the SSH command we asked for, a peer not granted this verb) is a
+/// configuration fault on one side, never the message's: it defers (4.3.5)
+/// even when the hub said 5xx, or every queued message would bounce.
+fn greeting<S: Read + Write>(client: &Client<S>, reply: Reply) -> Result<Reply, Failure> {
+    if reply.code == 250 {
+        return Ok(reply);
+    }
+    if reply.is_transient() || reply.is_permanent() {
+        return Err(Failure::new(
+            FailureKind::Config,
+            format!(
+                "{} refused the session: {} (in reply to EHLO); check the peer's command setting and the key's forced command on the hub",
+                client.relay(),
+                reply.one_line()
+            ),
+        ));
+    }
+    expect(client, "EHLO", reply, |_| false)
 }
 
 /// Prints pipe(8)'s status line: the first thing Postfix sees of our output.

@@ -3,7 +3,8 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bsmtp::status::{Failure, FailureKind};
@@ -85,10 +86,6 @@ pub struct DeliverArgs {
     pub recipients: Vec<String>,
 }
 
-/// Set once the status line is out, so the deadline watchdog and the main
-/// flow never both print one.
-static STATUS_DONE: AtomicBool = AtomicBool::new(false);
-
 /// Runs bsmtp-ssh with `command_line`; `content` is the message, `out` gets the
 /// status line. Returns the exit status.
 pub fn run(
@@ -130,29 +127,48 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
         bsmtp::logging::Fallback::Buffer,
         None,
     );
+    // Whoever prints pipe(8)'s status line first (this flow or the
+    // deadline watchdog) sets this; the other then prints nothing.
+    let answered = Arc::new(Mutex::new(false));
     let result = resolve_peer(args).and_then(|peer| {
         let deadline = args.deadline.map_or(peer.deadline, Duration::from_secs);
-        start_watchdog(deadline, &peer.name);
+        let _watchdog = Watchdog::start(deadline, &peer.name, Arc::clone(&answered));
         let envelope = Envelope {
             sender: args.sender.clone(),
             recipients: args.recipients.clone(),
             queue_id: args.queue_id.clone(),
             size: args.size,
         };
-        deliver::deliver(&peer, &envelope, content)
+        catch_panic(|| deliver::deliver(&peer, &envelope, content))
     });
-    if STATUS_DONE.swap(true, Ordering::SeqCst) {
-        // The watchdog already answered Postfix and is ending the process;
-        // a second status line would only confuse the log.
-        std::thread::sleep(Duration::from_mins(1));
+    let mut answered = answered.lock().unwrap_or_else(PoisonError::into_inner);
+    if *answered {
+        // The watchdog answered Postfix and is ending the process.
         return ExitCode::TempFail as u8;
     }
+    *answered = true;
     deliver::status_line(out, &result);
     bsmtp::logging::flush_buffered();
     match result {
         Ok(_) => 0,
         Err(failure) => failure.exit_code() as u8,
     }
+}
+
+/// Runs `deliver`, turning a panic into a deferral: a panic's own exit
+/// status, 101, would make pipe(8) bounce the message.
+fn catch_panic<T>(deliver: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Failure::new(
+            FailureKind::Internal,
+            format!("bsmtp-ssh internal error ({what}); please report it"),
+        ))
+    })
 }
 
 fn resolve_peer(args: &DeliverArgs) -> Result<Peer, Failure> {
@@ -178,13 +194,26 @@ fn resolve_peer(args: &DeliverArgs) -> Result<Peer, Failure> {
         .map_err(config_error)
 }
 
-/// Answers Postfix and exits if the whole delivery overruns `deadline`:
-/// Postfix's own time limit would bounce the message, ours defers it.
-fn start_watchdog(deadline: Duration, peer: &str) {
-    let peer = peer.to_owned();
-    std::thread::spawn(move || {
-        std::thread::sleep(deadline);
-        if !STATUS_DONE.swap(true, Ordering::SeqCst) {
+/// Answers Postfix and ends the process if the whole delivery overruns its
+/// deadline: Postfix's own time limit would bounce the message, ours defers
+/// it. Dropping the watchdog stops it.
+struct Watchdog {
+    _stop: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(deadline: Duration, peer: &str, answered: Arc<Mutex<bool>>) -> Self {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let peer = peer.to_owned();
+        std::thread::spawn(move || {
+            if stopped.recv_timeout(deadline) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            let mut answered = answered.lock().unwrap_or_else(PoisonError::into_inner);
+            if *answered {
+                return;
+            }
+            *answered = true;
             let failure = Failure::new(
                 FailureKind::Timeout,
                 format!(
@@ -197,23 +226,25 @@ fn start_watchdog(deadline: Duration, peer: &str) {
             let _ = writeln!(stdout, "{failure}");
             let _ = stdout.flush();
             bsmtp::logging::flush_buffered();
+            // The delivery may be stuck where nothing can interrupt it (a
+            // name lookup): only ending the process frees Postfix.
             std::process::exit(i32::from(failure.exit_code() as u8));
-        }
-    });
+        });
+        Watchdog { _stop: stop }
+    }
 }
 
-/// Reports a panic the way Postfix must see it: a deferral (a panic's own
-/// exit status, 101, would bounce the message).
+/// Keeps a panic's message out of pipe(8)'s status: the first characters
+/// of our output must be the status line, which `deliver` prints with the
+/// panic folded into a deferral (see `catch_panic`). The message goes to
+/// the mail log instead.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        if !STATUS_DONE.swap(true, Ordering::SeqCst) {
-            let failure = Failure::new(
-                FailureKind::Internal,
-                format!("bsmtp-ssh internal error ({info}); please report it"),
-            );
-            let _ = writeln!(std::io::stdout(), "{failure}");
-            let _ = std::io::stdout().flush();
-            std::process::exit(i32::from(failure.exit_code() as u8));
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("panic: {info}");
+        } else {
+            // Not delivering (check, postfix-install): a person reads stderr.
+            eprintln!("bsmtp-ssh: panic: {info}");
         }
     }));
 }

@@ -12,9 +12,10 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+use bsmtp::known_hosts::{KnownHosts, Verdict};
 use bsmtp::status::{Failure, FailureKind};
-use log::debug;
-use ssh2::{CheckResult, ExtendedData, KnownHostFileKind, MethodType, Session};
+use log::{debug, warn};
+use ssh2::{ExtendedData, MethodType, Session};
 
 use crate::config::Peer;
 
@@ -61,15 +62,19 @@ pub fn connect(peer: &Peer) -> Result<Connection, Failure> {
 }
 
 /// What can be checked before connecting: the pinned host keys can be read
-/// (returned, for [`connect_host`]) and so can our key.
-pub fn preflight(peer: &Peer) -> Result<String, Failure> {
+/// and used (returned, for [`connect_host`]) and so can our key.
+pub fn preflight(peer: &Peer) -> Result<KnownHosts, Failure> {
     let known_hosts = load_known_hosts(&peer.known_hosts)?;
     check_identity(&peer.identity)?;
     Ok(known_hosts)
 }
 
 /// Connects to one of the peer's hosts, with `known_hosts` from [`preflight`].
-pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connection, Failure> {
+pub fn connect_host(
+    peer: &Peer,
+    host: &str,
+    known_hosts: &KnownHosts,
+) -> Result<Connection, Failure> {
     let (tcp, addr) = tcp_connect(host, peer.port, peer.connect_timeout)?;
     let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
     debug!("peer {}: connected to {relay}", peer.name);
@@ -89,8 +94,10 @@ pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connec
     let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
     let _ = session.method_pref(MethodType::MacCs, MACS);
     let _ = session.method_pref(MethodType::MacSc, MACS);
-    if let Some(prefs) = host_key_prefs(known_hosts) {
-        let _ = session.method_pref(MethodType::HostKey, &prefs);
+    // A hub with several host keys must offer the one we pinned.
+    let algorithms = known_hosts.host_key_algorithms(host, peer.port);
+    if !algorithms.is_empty() {
+        let _ = session.method_pref(MethodType::HostKey, &algorithms.join(","));
     }
     session.handshake().map_err(|e| {
         fail(
@@ -104,7 +111,7 @@ pub fn connect_host(peer: &Peer, host: &str, known_hosts: &str) -> Result<Connec
         session.methods(MethodType::CryptCs).unwrap_or("?"),
         session.methods(MethodType::HostKey).unwrap_or("?")
     );
-    verify_host_key(&session, host, peer)?;
+    verify_host_key(&session, host, peer, known_hosts)?;
     debug!("{relay}: host key matches {}", peer.known_hosts.display());
     session
         .userauth_pubkey_file(&peer.user, None, &peer.identity, None)
@@ -205,17 +212,31 @@ fn tcp_connect(
 }
 
 /// Reads the pinned keys up front: with no pin there is nothing to verify
-/// against, and we never trust on first use.
-fn load_known_hosts(path: &Path) -> Result<String, Failure> {
-    fs::read_to_string(path).map_err(|e| {
+/// against, and we never trust on first use. Lines we cannot use are
+/// logged and skipped, as OpenSSH does; `@cert-authority` lines are a
+/// configuration error, since trusting a CA is not pinning a key.
+pub fn load_known_hosts(path: &Path) -> Result<KnownHosts, Failure> {
+    let shown = path.display();
+    let known_hosts = KnownHosts::load(path).map_err(|e| {
         Failure::new(
             FailureKind::HostKey,
             format!(
-                "cannot read known_hosts {}: {e}; pin the hub's host key there (ssh-keyscan -p PORT HOST, checked out of band)",
-                path.display()
+                "cannot read known_hosts {shown}: {e}; pin the hub's host key there (ssh-keyscan -p PORT HOST, checked out of band)"
             ),
         )
-    })
+    })?;
+    for warning in known_hosts.warnings() {
+        warn!("known_hosts {shown}: {warning}; line ignored");
+    }
+    if let Some(line) = known_hosts.cert_authority_lines().first() {
+        return Err(Failure::new(
+            FailureKind::Config,
+            format!(
+                "known_hosts {shown} line {line}: @cert-authority is not supported (bsmtp-ssh pins host keys, it does not trust host certificates); replace it with the hub's own key"
+            ),
+        ));
+    }
+    Ok(known_hosts)
 }
 
 fn check_identity(path: &Path) -> Result<(), Failure> {
@@ -233,67 +254,35 @@ fn check_identity(path: &Path) -> Result<(), Failure> {
         })
 }
 
-fn verify_host_key(session: &Session, host: &str, peer: &Peer) -> Result<(), Failure> {
+fn verify_host_key(
+    session: &Session,
+    host: &str,
+    peer: &Peer,
+    known_hosts: &KnownHosts,
+) -> Result<(), Failure> {
     let path = peer.known_hosts.display();
     let fail = |what: String| Failure::new(FailureKind::HostKey, what);
     let (key, _) = session
         .host_key()
         .ok_or_else(|| fail(format!("{host}: the server sent no host key")))?;
-    let mut hosts = session
-        .known_hosts()
-        .map_err(|e| fail(format!("known_hosts setup: {e}")))?;
-    hosts
-        .read_file(&peer.known_hosts, KnownHostFileKind::OpenSSH)
-        .map_err(|e| fail(format!("cannot parse known_hosts {path}: {e}")))?;
     let shown = if peer.port == 22 {
         host.to_owned()
     } else {
         format!("[{host}]:{}", peer.port)
     };
-    match hosts.check_port(host, peer.port, key) {
-        CheckResult::Match => Ok(()),
-        CheckResult::Mismatch => Err(fail(format!(
+    match known_hosts.check(host, peer.port, key) {
+        Verdict::Match => Ok(()),
+        Verdict::Revoked => Err(fail(format!(
+            "host key of {shown} is revoked: {path} marks the key it offered @revoked; refusing it (if the hub has a new key, verify it out of band and pin it in {path})"
+        ))),
+        Verdict::Mismatch => Err(fail(format!(
             "host key mismatch for {shown}: the key it offered is not the one pinned in {path}; if the hub's key really changed, verify the new one out of band and update {path}"
         ))),
-        CheckResult::NotFound => Err(fail(format!(
-            "no pinned host key for {shown} in {path}; add the hub's key there (ssh-keyscan -p {} {host}, verified out of band)",
+        Verdict::NotFound => Err(fail(format!(
+            "no pinned host key for {shown} in {path}; add the hub's key there (ssh-keyscan -p {} {host}, verified out of band; a plain host name pins port 22 only)",
             peer.port
         ))),
-        CheckResult::Failure => Err(fail(format!("cannot check host key for {shown} against {path}"))),
     }
-}
-
-/// Host key algorithms to ask for, from the key types pinned in the file:
-/// a hub with several host keys must offer the one we pinned.
-fn host_key_prefs(known_hosts: &str) -> Option<String> {
-    let mut prefs: Vec<&str> = Vec::new();
-    for line in known_hosts.lines() {
-        let mut fields = line.split_whitespace();
-        let mut first = fields.next();
-        if first.is_some_and(|f| f.starts_with('#')) {
-            continue;
-        }
-        if first.is_some_and(|f| f.starts_with('@')) {
-            first = fields.next();
-        }
-        let Some(kind) = first.and(fields.next()) else {
-            continue;
-        };
-        let algorithms: &[&str] = match kind {
-            "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
-            "ssh-ed25519"
-            | "ecdsa-sha2-nistp256"
-            | "ecdsa-sha2-nistp384"
-            | "ecdsa-sha2-nistp521" => &[kind],
-            _ => &[],
-        };
-        for algorithm in algorithms {
-            if !prefs.contains(algorithm) {
-                prefs.push(algorithm);
-            }
-        }
-    }
-    (!prefs.is_empty()).then(|| prefs.join(","))
 }
 
 /// Classes an ssh2 error: its timeouts are timeouts, the rest `otherwise`.
@@ -308,19 +297,4 @@ fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_key_prefs_follow_the_pinned_types() {
-        let file = "# comment\n[h]:2222 ssh-ed25519 AAAA\n|1|salt|hash ssh-rsa AAAA\n@cert-authority * ecdsa-sha2-nistp256 AAAA\n";
-        assert_eq!(
-            host_key_prefs(file).unwrap(),
-            "ssh-ed25519,rsa-sha2-512,rsa-sha2-256,ssh-rsa,ecdsa-sha2-nistp256"
-        );
-        assert_eq!(host_key_prefs("# nothing\n"), None);
-    }
 }

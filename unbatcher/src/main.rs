@@ -6,11 +6,13 @@ fn main() -> ExitCode {
     bsmtp_hardening();
     let original =
         std::env::var_os("SSH_ORIGINAL_COMMAND").map(std::os::unix::ffi::OsStringExt::into_vec);
-    let mut stdout = std::io::stdout().lock();
-    let mut stdin = match rsmtp::idle::IdleReader::stdin(rsmtp::idle::DEFAULT_IDLE_TIMEOUT) {
-        Ok(stdin) => stdin,
+    let timeout = rsmtp::idle::DEFAULT_IDLE_TIMEOUT;
+    let streams = rsmtp::idle::IdleReader::stdin(timeout)
+        .and_then(|stdin| Ok((stdin, rsmtp::idle::IdleWriter::stdout(timeout)?)));
+    let (mut stdin, mut stdout) = match streams {
+        Ok(streams) => streams,
         Err(err) => {
-            eprintln!("rsmtp: cannot use standard input: {err}");
+            eprintln!("rsmtp: cannot use standard input and output: {err}");
             return ExitCode::from(sysexits::ExitCode::OsErr as u8);
         }
     };

@@ -44,6 +44,13 @@ impl SenderPattern {
         if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad());
         }
+        // It would go into a forced command as its own word, where rsmtp
+        // would read it as an option and refuse to start: a dead key.
+        if text.starts_with('-') {
+            return Err(format!(
+                "bad sender pattern \"{text}\": a pattern must not start with '-'"
+            ));
+        }
         if let Some(domain) = text.strip_prefix("@.") {
             if domain.is_empty() || domain.contains('@') {
                 return Err(bad());
@@ -94,6 +101,11 @@ pub struct PolicyArgs {
     /// Most recipients per message (overrides the config file).
     #[arg(long, value_name = "N")]
     pub max_recipients: Option<usize>,
+    /// End the session with 421 after this many refused commands without
+    /// an accepted message (default: the hard error limit of the hub's smtpd,
+    /// 20 unless its main.cf says otherwise).
+    #[arg(long, value_name = "N")]
+    pub hard_error_limit: Option<usize>,
 }
 
 /// The rules for one peer.
@@ -107,6 +119,10 @@ pub struct Policy {
     pub max_size: u64,
     /// Most recipients per message.
     pub max_recipients: usize,
+    /// The size limit was set by the admin (flag or config), not defaulted.
+    pub max_size_set: bool,
+    /// Refused commands before 421, if the admin set it.
+    pub hard_error_limit: Option<usize>,
 }
 
 impl Policy {
@@ -140,6 +156,8 @@ pub struct PeerConfig {
     pub max_size: Option<u64>,
     /// Most recipients per message.
     pub max_recipients: Option<usize>,
+    /// Refused commands before the session ends with 421.
+    pub hard_error_limit: Option<usize>,
 }
 
 impl ConfigFile {
@@ -163,28 +181,26 @@ impl ConfigFile {
 
     /// The policy for `peer`: the file's section with the command line's
     /// settings on top.
-    pub fn policy(
-        &self,
-        peer: &str,
-        extra_senders: &[String],
-        max_size: Option<u64>,
-        max_recipients: Option<usize>,
-    ) -> Result<Policy, String> {
+    pub fn policy(&self, peer: &str, args: &PolicyArgs) -> Result<Policy, String> {
         check_peer_name(peer)?;
         let section = self.peer.get(peer).cloned().unwrap_or_default();
         let allow_sender = section
             .allow_sender
             .iter()
-            .chain(extra_senders)
+            .chain(&args.allow_sender)
             .map(|p| SenderPattern::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let max_size = args.max_size.or(section.max_size);
         Ok(Policy {
             peer: peer.to_owned(),
             allow_sender,
-            max_size: max_size.or(section.max_size).unwrap_or(DEFAULT_MAX_SIZE),
-            max_recipients: max_recipients
+            max_size: max_size.unwrap_or(DEFAULT_MAX_SIZE),
+            max_size_set: max_size.is_some(),
+            max_recipients: args
+                .max_recipients
                 .or(section.max_recipients)
                 .unwrap_or(DEFAULT_MAX_RECIPIENTS),
+            hard_error_limit: args.hard_error_limit.or(section.hard_error_limit),
         })
     }
 }
@@ -225,7 +241,18 @@ mod tests {
         let address = SenderPattern::parse("alice@leaf.test").unwrap();
         assert!(address.matches("Alice@leaf.test"));
         assert!(!address.matches("bob@leaf.test"));
-        for bad in ["", "@", "alice", "a b@c", "@a@b"] {
+        // Regression (audit): "--peer=x@y" became its own word in the forced
+        // command, which rsmtp then refused to parse: a dead key.
+        for bad in [
+            "",
+            "@",
+            "alice",
+            "a b@c",
+            "@a@b",
+            "--peer=x@y",
+            "-x@y",
+            "-@a",
+        ] {
             assert!(SenderPattern::parse(bad).is_err(), "{bad}");
         }
     }
@@ -233,7 +260,7 @@ mod tests {
     #[test]
     fn null_sender_always_allowed_and_nothing_else_by_default() {
         let policy = ConfigFile::default()
-            .policy("leaf1", &[], None, None)
+            .policy("leaf1", &PolicyArgs::default())
             .unwrap();
         assert!(policy.sender_allowed(""));
         assert!(!policy.sender_allowed("alice@leaf.test"));
@@ -244,9 +271,12 @@ mod tests {
         let file: ConfigFile =
             toml::from_str("[peer.leaf1]\nallow_sender = [\"@leaf1.test\"]\nmax_size = 5\n")
                 .unwrap();
-        let policy = file
-            .policy("leaf1", &["bob@other.test".into()], None, Some(3))
-            .unwrap();
+        let args = PolicyArgs {
+            allow_sender: vec!["bob@other.test".into()],
+            max_recipients: Some(3),
+            ..PolicyArgs::default()
+        };
+        let policy = file.policy("leaf1", &args).unwrap();
         assert!(policy.sender_allowed("x@leaf1.test"));
         assert!(policy.sender_allowed("bob@other.test"));
         assert_eq!((policy.max_size, policy.max_recipients), (5, 3));

@@ -17,8 +17,12 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::thread::JoinHandle;
+
+use bsmtp::reply::{EnhancedCode, Reply};
+
+use crate::receive::{self, Delivery, Injector, Refusal};
 
 /// Envelope sender record.
 const REC_FROM: u8 = b'S';
@@ -172,12 +176,109 @@ pub enum PostdropError {
         program: String,
         /// Postfix's cleanup status bits (or the exit status).
         status: String,
+        /// The cleanup status bits, when postdrop sent them.
+        bits: Option<u32>,
         /// postdrop's reason text, if any (with a leading separator).
         reason: String,
         /// postdrop's diagnostics, if any (with a leading separator).
         stderr: String,
     },
 }
+
+impl PostdropError {
+    /// The reply a sender gets for this failure: what Postfix's smtpd would
+    /// answer for the same cleanup status (Postfix's
+    /// `cleanup_strerror.c`), so a message over the hub's
+    /// `message_size_limit` bounces with 552 5.3.4 instead of being retried
+    /// for days after a 451. Failures without status bits (postdrop did not
+    /// run or died) are temporary.
+    pub fn reply(&self) -> Reply {
+        let bits = match self {
+            PostdropError::Refused {
+                bits: Some(bits), ..
+            } => *bits,
+            _ => 0,
+        };
+        let status = CLEANUP_STATUS
+            .iter()
+            .find(|status| bits & status.bit != 0)
+            .unwrap_or(&WRITE_ERROR);
+        let (class, subject, detail) = status.dsn;
+        Reply::new(
+            status.code,
+            Some(EnhancedCode::new(class, subject, detail)),
+            format!("Error: {}", status.text),
+        )
+    }
+}
+
+/// One cleanup status bit (Postfix `cleanup_user.h`) and smtpd's reply.
+struct CleanupStatus {
+    bit: u32,
+    code: u16,
+    dsn: (u8, u16, u16),
+    text: &'static str,
+}
+
+const WRITE_ERROR: CleanupStatus = CleanupStatus {
+    bit: 1 << 1,
+    code: 451,
+    dsn: (4, 3, 0),
+    text: "queue file write error",
+};
+
+/// Most severe first, as Postfix looks them up.
+const CLEANUP_STATUS: &[CleanupStatus] = &[
+    CleanupStatus {
+        bit: 1 << 8,
+        code: 451,
+        dsn: (4, 7, 1),
+        text: "service unavailable",
+    },
+    CleanupStatus {
+        bit: 1 << 7,
+        code: 451,
+        dsn: (4, 3, 0),
+        text: "queue file write error",
+    },
+    CleanupStatus {
+        bit: 1 << 0,
+        code: 451,
+        dsn: (4, 3, 0),
+        text: "internal protocol error",
+    },
+    CleanupStatus {
+        bit: 1 << 6,
+        code: 550,
+        dsn: (5, 1, 0),
+        text: "no recipients specified",
+    },
+    CleanupStatus {
+        bit: 1 << 4,
+        code: 554,
+        dsn: (5, 4, 0),
+        text: "too many hops",
+    },
+    CleanupStatus {
+        bit: 1 << 2,
+        code: 552,
+        dsn: (5, 3, 4),
+        text: "message file too big",
+    },
+    CleanupStatus {
+        bit: 1 << 3,
+        code: 550,
+        dsn: (5, 7, 1),
+        text: "message content rejected",
+    },
+    WRITE_ERROR,
+    CleanupStatus {
+        bit: 1 << 9,
+        code: 550,
+        dsn: (5, 7, 1),
+        text: "service denied",
+    },
+];
 
 /// One message on its way into the maildrop queue.
 pub struct Postdrop {
@@ -208,15 +309,13 @@ impl Postdrop {
             program: program.clone(),
             err,
         };
-        let mut cmd = Command::new(&command.program);
+        // postdrop is set-gid: give it a known environment, not the peer's.
+        let mut cmd = bsmtp::child::command(&command.program);
         cmd.arg("-r");
         if let Some(dir) = &command.config_dir {
             cmd.arg("-c").arg(dir);
         }
-        // postdrop is set-gid: give it a known environment, not the peer's.
         let mut child = cmd
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -324,6 +423,7 @@ impl Postdrop {
             (status, exit) => Err(PostdropError::Refused {
                 program: self.program.clone(),
                 status: status.map_or_else(|| format!("{exit:?}"), |(_, s)| s.clone()),
+                bits: status.and_then(|(_, s)| s.parse().ok()),
                 reason: if reason.is_empty() {
                     String::new()
                 } else {
@@ -369,6 +469,65 @@ impl Postdrop {
     }
 }
 
+impl From<PostdropError> for Refusal {
+    fn from(err: PostdropError) -> Self {
+        Refusal {
+            reply: err.reply(),
+            detail: err.to_string(),
+        }
+    }
+}
+
+/// The [`Injector`] that hands each message to a new postdrop.
+pub struct PostdropInjector {
+    /// How to run postdrop.
+    pub command: PostdropCommand,
+}
+
+impl Delivery for Postdrop {
+    fn queue_id(&self) -> &str {
+        Postdrop::queue_id(self)
+    }
+    fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal> {
+        Postdrop::write_piece(self, bytes, end_of_line).map_err(Refusal::from)
+    }
+    fn commit(self) -> Result<String, Refusal> {
+        Postdrop::commit(self).map_err(Refusal::from)
+    }
+    fn abort(self) {
+        Postdrop::abort(self);
+    }
+}
+
+impl Injector for PostdropInjector {
+    type Message = Postdrop;
+
+    /// Writes the envelope in Postfix's internal form, as its own sendmail
+    /// does: the queue file holds `john doe@x`, never `"john doe"@x`.
+    fn start(&mut self, envelope: &receive::Envelope) -> Result<Postdrop, Refusal> {
+        let attributes: Vec<String> = if envelope.eight_bit {
+            vec!["encoding=8bit".into()]
+        } else {
+            Vec::new()
+        };
+        let sender = bsmtp::address::to_internal(&envelope.sender);
+        let recipients: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| bsmtp::address::to_internal(r))
+            .collect();
+        Postdrop::start(
+            &self.command,
+            &Envelope {
+                sender: &sender,
+                recipients: &recipients,
+                attributes: &attributes,
+            },
+        )
+        .map_err(Refusal::from)
+    }
+}
+
 /// Checks that `dir` looks like a Postfix config directory before we hand
 /// it to postdrop, so a typo gets a plain message.
 pub fn check_config_dir(dir: &Path) -> Result<(), String> {
@@ -408,6 +567,30 @@ mod tests {
         put_line_piece(&mut out, b"abc", false);
         put_line_piece(&mut out, b"", true);
         assert_eq!(records(&out), [(REC_CONT, 3), (REC_NORM, 0)]);
+    }
+
+    /// Regression (audit): postdrop's "message file too big" (its file size
+    /// limit is the hub's `message_size_limit`) was answered 451, so the
+    /// leaf retried a message that can never fit for days.
+    #[test]
+    fn cleanup_status_maps_to_smtpd_replies() {
+        let refused = |bits: Option<u32>| PostdropError::Refused {
+            program: "postdrop".into(),
+            status: String::new(),
+            bits,
+            reason: String::new(),
+            stderr: String::new(),
+        };
+        let shown = |bits| refused(bits).reply().one_line();
+        assert_eq!(shown(Some(4)), "552 5.3.4 Error: message file too big");
+        assert_eq!(shown(Some(2)), "451 4.3.0 Error: queue file write error");
+        assert_eq!(shown(Some(1 << 9)), "550 5.7.1 Error: service denied");
+        // The most severe bit wins, as in Postfix.
+        assert_eq!(
+            shown(Some(4 | (1 << 8))),
+            "451 4.7.1 Error: service unavailable"
+        );
+        assert_eq!(shown(None), "451 4.3.0 Error: queue file write error");
     }
 
     #[test]

@@ -17,15 +17,39 @@ use log::{info, warn};
 
 use crate::policy::Policy;
 
+/// Why the next hop did not take a message: the reply the sender gets
+/// (the next hop's own code, not a blanket 451) and what to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The reply for the sender.
+    pub reply: Reply,
+    /// What happened, for the log.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal that says only "try again later".
+    pub fn temporary(detail: impl Into<String>) -> Self {
+        Refusal {
+            reply: reply(
+                451,
+                (4, 3, 0),
+                "Error: queue file write error; try again later",
+            ),
+            detail: detail.into(),
+        }
+    }
+}
+
 /// A message being handed over to the next hop (postdrop, or later an
 /// SMTP/LMTP listener).
 pub trait Delivery {
     /// The next hop's ID for this message, if it gave one before commit.
     fn queue_id(&self) -> &str;
     /// Adds a piece of a content line (no line terminator).
-    fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String>;
+    fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal>;
     /// Makes the message the next hop's responsibility; returns its queue ID.
-    fn commit(self) -> Result<String, String>;
+    fn commit(self) -> Result<String, Refusal>;
     /// Drops the message; nothing of it may be delivered.
     fn abort(self);
 }
@@ -34,8 +58,9 @@ pub trait Delivery {
 pub trait Injector {
     /// The message type this injector hands over.
     type Message: Delivery;
-    /// Starts handing over a message with this envelope.
-    fn start(&mut self, envelope: &Envelope) -> Result<Self::Message, String>;
+    /// Starts handing over a message with this envelope (addresses in
+    /// their SMTP form, as received; see [`bsmtp::address`]).
+    fn start(&mut self, envelope: &Envelope) -> Result<Self::Message, Refusal>;
 }
 
 /// The envelope of one accepted transaction.
@@ -60,7 +85,15 @@ pub struct Settings {
     pub hostname: String,
     /// The peer's rules.
     pub policy: Policy,
+    /// Refused commands after which the session ends with 421, counted
+    /// since the last accepted message (Postfix's
+    /// `smtpd_hard_error_limit`).
+    pub error_limit: usize,
 }
+
+/// Warnings logged per session; the rest are counted and summed up at the
+/// end, so a peer sending garbage cannot flood the hub's log.
+const MAX_WARNINGS: usize = 10;
 
 enum Body<M> {
     /// Not in DATA.
@@ -129,10 +162,17 @@ pub struct Summary {
     pub accepted: usize,
     /// Transactions refused or failed.
     pub rejected: usize,
+    /// Commands answered with a 4xx or 5xx reply (a refused recipient
+    /// counts, even in a message that was accepted).
+    pub refused: usize,
     /// The stream ended inside DATA.
     pub truncated: bool,
+    /// The session ended with 421 after too many errors.
+    pub error_limit: bool,
     /// QUIT was seen.
     pub quit: bool,
+    /// Warnings not logged (over the per-session budget).
+    pub warnings_suppressed: usize,
 }
 
 /// One session's state.
@@ -143,6 +183,10 @@ pub struct Receiver<I: Injector> {
     helo: Option<String>,
     body: Body<I::Message>,
     summary: Summary,
+    /// Refused commands since the last accepted message.
+    errors: usize,
+    /// Warnings logged so far.
+    warnings: usize,
 }
 
 fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -159,6 +203,18 @@ impl<I: Injector> Receiver<I> {
             helo: None,
             body: Body::Idle,
             summary: Summary::default(),
+            errors: 0,
+            warnings: 0,
+        }
+    }
+
+    /// Logs a warning about the peer, within the session's budget.
+    fn warn(&mut self, text: &str) {
+        self.warnings += 1;
+        if self.warnings <= MAX_WARNINGS {
+            warn!("peer {}: {text}", self.settings.policy.peer);
+        } else {
+            self.summary.warnings_suppressed += 1;
         }
     }
 
@@ -167,9 +223,15 @@ impl<I: Injector> Receiver<I> {
     /// input, so a pipelining sender sees them without deadlock.
     pub fn run(mut self, input: &mut impl Read, output: &mut impl Write) -> io::Result<Summary> {
         let result = self.session(input, output);
-        // However the session ended (EOF, a read or write error), a message
-        // still open has not been acknowledged: drop it.
+        // However the session ended (EOF, a read or write error, the error
+        // limit), a message still open has not been acknowledged: drop it.
         self.end_of_input();
+        if self.summary.warnings_suppressed > 0 {
+            warn!(
+                "peer {}: {} more warnings in this session not logged",
+                self.settings.policy.peer, self.summary.warnings_suppressed
+            );
+        }
         result.map(|()| self.summary)
     }
 
@@ -234,23 +296,44 @@ impl<I: Injector> Receiver<I> {
     }
 
     fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
-        match event {
-            Event::Command(command) => {
-                self.command(command).encode(out);
+        let answer = match event {
+            Event::Command(command) => Some(self.command(command)),
+            Event::BodyPiece { bytes, end_of_line } => {
+                self.body_piece(bytes, end_of_line);
+                None
             }
-            Event::BodyPiece { bytes, end_of_line } => self.body_piece(bytes, end_of_line),
-            Event::DataEnd => {
-                if let Some(answer) = self.data_end() {
-                    answer.encode(out);
-                }
-            }
-            Event::Invalid(error) => self.invalid(&error).encode(out),
-            Event::Skipped => {}
+            Event::DataEnd => self.data_end(),
+            Event::Invalid(error) => Some(self.invalid(&error)),
+            Event::Skipped => None,
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        answer.encode(out);
+        if answer.is_transient() || answer.is_permanent() {
+            self.summary.refused += 1;
+            self.errors += 1;
+        }
+        // As Postfix's smtpd: after too many errors without a message
+        // delivered, say so and hang up; whatever is open is dropped.
+        if self.errors >= self.settings.error_limit && !self.summary.quit {
+            self.warn(&format!(
+                "too many errors ({}) after {} accepted messages: ending the session",
+                self.errors, self.summary.accepted
+            ));
+            reply(
+                421,
+                (4, 7, 0),
+                format!("{} Error: too many errors", self.settings.hostname),
+            )
+            .encode(out);
+            self.summary.error_limit = true;
+            self.summary.quit = true;
         }
     }
 
     fn invalid(&mut self, error: &CommandError) -> Reply {
-        warn!("peer {}: {error}", self.settings.policy.peer);
+        self.warn(&error.to_string());
         error.reply()
     }
 
@@ -322,19 +405,17 @@ impl<I: Injector> Receiver<I> {
                 }
             }
         }
-        if !policy.sender_allowed(&from) {
-            warn!(
-                "reject: MAIL from peer {}: <{from}>: sender not allowed for this peer",
-                policy.peer
-            );
+        // Policy speaks of mailboxes: `"alice"@leaf.test` is alice@leaf.test.
+        if !policy.sender_allowed(&bsmtp::address::to_internal(&from)) {
+            let peer = policy.peer.clone();
+            self.warn(&format!(
+                "reject: MAIL FROM:<{from}>: sender not allowed for this peer"
+            ));
             self.summary.rejected += 1;
             return reply(
                 553,
                 (5, 7, 1),
-                format!(
-                    "<{from}>: Sender address not allowed for peer {}",
-                    policy.peer
-                ),
+                format!("<{from}>: Sender address not allowed for peer {peer}"),
             );
         }
         envelope.sender = from;
@@ -385,26 +466,26 @@ impl<I: Injector> Receiver<I> {
                 let mut trace = Trace::new(&envelope);
                 for line in header.lines() {
                     trace.observe(line.as_bytes(), true);
-                    if let Err(err) = message.write_piece(line.as_bytes(), true) {
+                    if let Err(refusal) = message.write_piece(line.as_bytes(), true) {
                         message.abort();
-                        return self.data_failed(&err);
+                        return self.data_failed(refusal);
                     }
                 }
                 self.body = Body::Accepting { message, trace };
                 reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
-            Err(err) => self.data_failed(&err),
+            Err(refusal) => self.data_failed(refusal),
         }
     }
 
-    fn data_failed(&mut self, err: &str) -> Reply {
+    fn data_failed(&mut self, refusal: Refusal) -> Reply {
         warn!(
-            "peer {}: cannot queue message: {err}",
-            self.settings.policy.peer
+            "peer {}: cannot queue message: {}",
+            self.settings.policy.peer, refusal.detail
         );
         self.body = Body::Discarding { reply: None };
         self.summary.rejected += 1;
-        queue_write_error()
+        refusal.reply
     }
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
@@ -416,10 +497,17 @@ impl<I: Injector> Receiver<I> {
         let failure = if trace.size > max_size {
             Some(too_big(&self.settings.policy.peer))
         } else {
-            message.write_piece(bytes, end_of_line).err().map(|err| {
-                warn!("{}: write to next hop: {err}", message.queue_id());
-                queue_write_error()
-            })
+            message
+                .write_piece(bytes, end_of_line)
+                .err()
+                .map(|refusal| {
+                    warn!(
+                        "{}: write to next hop: {}",
+                        message.queue_id(),
+                        refusal.detail
+                    );
+                    refusal.reply
+                })
         };
         if let Some(answer) = failure {
             if let Body::Accepting { message, .. } = std::mem::replace(
@@ -455,12 +543,18 @@ impl<I: Injector> Receiver<I> {
                             self.settings.policy.peer
                         );
                         self.summary.accepted += 1;
+                        // Postfix forgives earlier errors once a message
+                        // got through.
+                        self.errors = 0;
                         reply(250, (2, 0, 0), format!("Ok: queued as {queue_id}"))
                     }
-                    Err(err) => {
-                        warn!("{maildrop_id}: queue file commit failed: {err}");
+                    Err(refusal) => {
+                        warn!(
+                            "{maildrop_id}: queue file commit failed: {}",
+                            refusal.detail
+                        );
                         self.summary.rejected += 1;
-                        queue_write_error()
+                        refusal.reply
                     }
                 })
             }
@@ -474,16 +568,6 @@ fn too_big(peer: &str) -> Reply {
         552,
         (5, 3, 4),
         format!("Message size exceeds the limit for peer {peer}"),
-    )
-}
-
-/// The 451 for a next hop that could not take the message: the sender
-/// keeps it and retries.
-fn queue_write_error() -> Reply {
-    reply(
-        451,
-        (4, 3, 0),
-        "Error: queue file write error; try again later",
     )
 }
 
@@ -522,7 +606,7 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::policy::{ConfigFile, SenderPattern};
+    use crate::policy::{ConfigFile, PolicyArgs, SenderPattern};
 
     /// What the in-memory next hop saw: committed messages and aborts.
     #[derive(Default)]
@@ -543,17 +627,17 @@ mod tests {
         fn queue_id(&self) -> &'static str {
             "MEM1"
         }
-        fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String> {
+        fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal> {
             self.content.extend_from_slice(bytes);
             if end_of_line {
                 self.content.push(b'\n');
             }
             Ok(())
         }
-        fn commit(self) -> Result<String, String> {
+        fn commit(self) -> Result<String, Refusal> {
             let mut hop = self.hop.borrow_mut();
             if hop.fail_commit {
-                return Err("disk full".into());
+                return Err(Refusal::temporary("disk full"));
             }
             hop.committed.push((self.envelope, self.content));
             Ok(format!("Q{}", hop.committed.len()))
@@ -565,7 +649,7 @@ mod tests {
 
     impl Injector for Memory {
         type Message = Message;
-        fn start(&mut self, envelope: &Envelope) -> Result<Message, String> {
+        fn start(&mut self, envelope: &Envelope) -> Result<Message, Refusal> {
             Ok(Message {
                 hop: self.0.clone(),
                 envelope: envelope.clone(),
@@ -575,9 +659,13 @@ mod tests {
     }
 
     fn session(input: &[u8], fail_commit: bool) -> (String, Rc<RefCell<Hop>>, Summary) {
-        let mut policy = ConfigFile::default()
-            .policy("leaf1", &["@leaf.test".into()], Some(1000), Some(2))
-            .unwrap();
+        let args = PolicyArgs {
+            allow_sender: vec!["@leaf.test".into()],
+            max_size: Some(1000),
+            max_recipients: Some(2),
+            hard_error_limit: None,
+        };
+        let mut policy = ConfigFile::default().policy("leaf1", &args).unwrap();
         policy
             .allow_sender
             .push(SenderPattern::parse("root@other.test").unwrap());
@@ -588,6 +676,7 @@ mod tests {
         let settings = Settings {
             hostname: "hub.test".into(),
             policy,
+            error_limit: 20,
         };
         let mut out = Vec::new();
         let summary = Receiver::new(settings, Memory(hop.clone()))
@@ -688,5 +777,69 @@ mod tests {
         assert_eq!(codes(&out), ["250", "250", "354", "451"], "{out}");
         assert!(hop.borrow().committed.is_empty());
         assert_eq!(summary.accepted, 0);
+    }
+
+    /// Regression (audit): 200,000 empty lines got 200,000 replies and
+    /// 9.4 MB of log. As Postfix's smtpd: 421 after the error limit, the
+    /// session ends, the open message is dropped.
+    #[test]
+    fn error_limit_ends_the_session_with_421() {
+        let mut input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\n".to_vec();
+        input.extend(std::iter::repeat_n(b"\n".as_slice(), 200_000).flatten());
+        let (out, hop, summary) = session(&input, false);
+        let codes = codes(&out);
+        assert_eq!(codes.len(), 2 + 20 + 1, "{out}");
+        assert_eq!(codes.last(), Some(&"421"), "{out}");
+        assert!(
+            out.ends_with("421 4.7.0 hub.test Error: too many errors\r\n"),
+            "{out}"
+        );
+        assert!(summary.error_limit && summary.quit);
+        assert_eq!(summary.refused, 20);
+        assert!(hop.borrow().committed.is_empty());
+        assert_eq!(summary.warnings_suppressed, 20 + 1 - MAX_WARNINGS);
+    }
+
+    /// The limit counts errors since the last accepted message, as Postfix's
+    /// smtpd does: a long batch with a few refusals between good messages
+    /// goes through.
+    #[test]
+    fn an_accepted_message_forgives_earlier_errors() {
+        let mut input = Vec::new();
+        for _ in 0..30 {
+            input.extend_from_slice(
+                b"FOO\nMAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nx\n.\n",
+            );
+        }
+        let (out, hop, summary) = session(&input, false);
+        assert!(!summary.error_limit, "{out}");
+        assert_eq!(hop.borrow().committed.len(), 30);
+        assert_eq!(summary.refused, 30);
+    }
+
+    /// A message still open when the limit strikes is dropped, not queued.
+    #[test]
+    fn error_limit_inside_a_transaction_aborts_the_message() {
+        let mut input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\n".to_vec();
+        input.extend(std::iter::repeat_n(b"RCPT TO:<x>\n".as_slice(), 19).flatten());
+        input.extend_from_slice(b"MAIL FROM:<a@leaf.test>\nDATA\nbody\n.\n");
+        let (out, hop, summary) = session(&input, false);
+        assert!(summary.error_limit, "{out}");
+        assert!(hop.borrow().committed.is_empty(), "{out}");
+    }
+
+    /// Sender policy speaks of mailboxes: a quoted local part that names an
+    /// allowed address is that address.
+    #[test]
+    fn sender_policy_applies_to_the_internal_form() {
+        let input = b"MAIL FROM:<\"root\"@other.test>\nRCPT TO:<b@hub.test>\nDATA\nx\n.\n\
+                      MAIL FROM:<\"al ice\"@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nx\n.\n";
+        let (out, hop, _) = session(input, false);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "354", "250", "250", "250", "354", "250"],
+            "{out}"
+        );
+        assert_eq!(hop.borrow().committed.len(), 2);
     }
 }

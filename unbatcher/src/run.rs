@@ -1,19 +1,19 @@
 //! The command line and the top-level flow of one rsmtp invocation.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::path::PathBuf;
 
+use bsmtp::main_cf::MainCf;
 use bsmtp::reply::{EnhancedCode, Reply};
 use clap::Parser;
 use log::info;
 use sysexits::ExitCode;
 
 use crate::command::{self, Verb};
-use crate::idle::{Input, DEFAULT_IDLE_TIMEOUT};
+use crate::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
 use crate::policy::{self, ConfigFile, Policy, PolicyArgs};
-use crate::postdrop::{self, Postdrop, PostdropCommand};
-use crate::receive::{Delivery, Envelope, Injector, Receiver, Settings};
+use crate::postdrop::{self, PostdropCommand, PostdropInjector};
+use crate::receive::{Receiver, Settings};
 
 /// rsmtp: the receiving side of bsmtp-ssh, run as an OpenSSH forced command
 /// (`restrict,command="rsmtp --peer NAME"`) or on a BSMTP file on stdin.
@@ -81,6 +81,17 @@ pub enum RunError {
     /// The stream ended inside a message (nothing of it was injected).
     #[error("input ended inside DATA: that message was not queued")]
     Truncated,
+    /// Some commands were refused: read offline (`rsmtp < batch`), some
+    /// mail in the batch was not queued, so the batch must be kept.
+    #[error(
+        "{refused} command(s) refused, {accepted} message(s) queued: not everything in this batch was accepted (see the mail log for why); keep the batch and retry"
+    )]
+    NotAccepted {
+        /// Commands answered 4xx or 5xx.
+        refused: usize,
+        /// Messages queued.
+        accepted: usize,
+    },
     /// `rsmtp authorize` added nothing.
     #[error("authorize: {0}")]
     Authorize(#[from] crate::authorize::AuthorizeError),
@@ -94,48 +105,10 @@ impl RunError {
             RunError::Refused { .. } => ExitCode::NoPerm,
             RunError::Io(_) => ExitCode::IoErr,
             RunError::Truncated => ExitCode::DataErr,
+            // A UUCP-style `rsmtp < f && rm f` must keep the file.
+            RunError::NotAccepted { .. } => ExitCode::TempFail,
             RunError::Authorize(err) => err.exit_code(),
         }
-    }
-}
-
-/// Hands messages to postdrop.
-struct PostdropInjector {
-    command: PostdropCommand,
-}
-
-impl Delivery for Postdrop {
-    fn queue_id(&self) -> &str {
-        Postdrop::queue_id(self)
-    }
-    fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), String> {
-        Postdrop::write_piece(self, bytes, end_of_line).map_err(|e| e.to_string())
-    }
-    fn commit(self) -> Result<String, String> {
-        Postdrop::commit(self).map_err(|e| e.to_string())
-    }
-    fn abort(self) {
-        Postdrop::abort(self);
-    }
-}
-
-impl Injector for PostdropInjector {
-    type Message = Postdrop;
-    fn start(&mut self, envelope: &Envelope) -> Result<Postdrop, String> {
-        let attributes: Vec<String> = if envelope.eight_bit {
-            vec!["encoding=8bit".into()]
-        } else {
-            Vec::new()
-        };
-        Postdrop::start(
-            &self.command,
-            &postdrop::Envelope {
-                sender: &envelope.sender,
-                recipients: &envelope.recipients,
-                attributes: &attributes,
-            },
-        )
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -145,7 +118,7 @@ pub fn run(
     command_line: impl IntoIterator<Item = OsString>,
     original_command: Option<&[u8]>,
     input: &mut impl Input,
-    output: &mut impl Write,
+    output: &mut impl Output,
 ) -> Result<(), RunError> {
     let args = match Args::try_parse_from(command_line) {
         Ok(args) => args,
@@ -165,30 +138,41 @@ pub fn run(
         bsmtp::logging::Fallback::Stderr,
         args.postfix_config.as_deref(),
     );
-    let (policy, postdrop) = load(&args)?;
+    let session = load(&args)?;
     let verb = command::parse(original_command).map_err(|refused| {
-        // Also on stdout as an SMTP reply: that is what a sender reads.
+        // Also on stdout as an SMTP reply: that is what a sender reads. A
+        // refused command is a configuration fault (a verb this key is not
+        // granted, a leaf asking for the wrong one), never the fault of the
+        // mail waiting on the leaf: 421 defers it instead of bouncing it.
         let mut out = Vec::new();
-        Reply::new(554, Some(EnhancedCode::new(5, 7, 0)), refused.to_string()).encode(&mut out);
+        Reply::new(421, Some(EnhancedCode::new(4, 7, 0)), refused.to_string()).encode(&mut out);
         let _ = output.write_all(&out);
         let _ = output.flush();
         RunError::Refused {
-            peer: policy.peer.clone(),
+            peer: session.settings.policy.peer.clone(),
             refused,
         }
     })?;
     match verb {
         Verb::Receive => {
-            input.set_idle_timeout(
-                args.idle_timeout
-                    .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs),
-            );
-            receive(policy, postdrop, input, output)
+            let idle = args
+                .idle_timeout
+                .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs);
+            input.set_idle_timeout(idle);
+            output.set_idle_timeout(idle);
+            receive(session, input, output)
         }
     }
 }
 
-fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
+/// What a session needs, from the command line, rsmtp.conf and the hub's
+/// main.cf.
+struct Session {
+    settings: Settings,
+    postdrop: PostdropCommand,
+}
+
+fn load(args: &Args) -> Result<Session, RunError> {
     let (path, named) = match &args.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
@@ -196,14 +180,7 @@ fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
     let file = ConfigFile::load(&path, named).map_err(RunError::Config)?;
     // clap requires --peer whenever there is no subcommand.
     let peer = args.peer.as_deref().unwrap_or_default();
-    let policy = file
-        .policy(
-            peer,
-            &args.policy.allow_sender,
-            args.policy.max_size,
-            args.policy.max_recipients,
-        )
-        .map_err(RunError::Config)?;
+    let mut policy = file.policy(peer, &args.policy).map_err(RunError::Config)?;
     let mut postdrop = PostdropCommand::default();
     if let Some(program) = &file.postdrop {
         postdrop.program.clone_from(program);
@@ -212,35 +189,88 @@ fn load(args: &Args) -> Result<(Policy, PostdropCommand), RunError> {
     if let Some(dir) = &postdrop.config_dir {
         postdrop::check_config_dir(dir).map_err(RunError::Config)?;
     }
-    Ok((policy, postdrop))
-}
-
-fn receive(
-    policy: Policy,
-    postdrop: PostdropCommand,
-    input: &mut impl Input,
-    output: &mut impl Write,
-) -> Result<(), RunError> {
-    let peer = policy.peer.clone();
+    let main_cf = MainCf::load(
+        &postdrop
+            .config_dir
+            .clone()
+            .unwrap_or_else(MainCf::default_dir),
+    );
+    clamp_max_size(&mut policy, main_cf.message_size_limit());
+    let error_limit = policy
+        .hard_error_limit
+        .unwrap_or_else(|| {
+            usize::try_from(main_cf.number("smtpd_hard_error_limit", 20)).unwrap_or(20)
+        })
+        .max(1);
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    let settings = Settings { hostname, policy };
-    let receiver = Receiver::new(settings, PostdropInjector { command: postdrop });
-    let summary = receiver.run(input, output)?;
+    Ok(Session {
+        settings: Settings {
+            hostname,
+            policy,
+            error_limit,
+        },
+        postdrop,
+    })
+}
+
+/// Keeps the size we advertise and enforce within the hub's
+/// `message_size_limit`: postdrop cannot write a bigger queue file, and
+/// promising more only turns into a refusal after the whole message was
+/// sent. An admin's larger setting is lowered with a warning.
+fn clamp_max_size(policy: &mut Policy, message_size_limit: u64) {
+    if message_size_limit == 0 || policy.max_size <= message_size_limit {
+        return;
+    }
+    if policy.max_size_set {
+        log::warn!(
+            "peer {}: max_size {} is above the hub's message_size_limit {message_size_limit}; using {message_size_limit}",
+            policy.peer,
+            policy.max_size
+        );
+    }
+    policy.max_size = message_size_limit;
+}
+
+fn receive(
+    session: Session,
+    input: &mut impl Input,
+    output: &mut impl Output,
+) -> Result<(), RunError> {
+    let peer = session.settings.policy.peer.clone();
+    let injector = PostdropInjector {
+        command: session.postdrop,
+    };
+    let receiver = Receiver::new(session.settings, injector);
+    let summary = receiver.run(input, output).inspect_err(|err| {
+        log::warn!("peer {peer}: session ended: {err}; an unfinished message was dropped");
+    })?;
     info!(
-        "disconnect from peer {peer}: accepted={} rejected={}{}",
+        "disconnect from peer {peer}: accepted={} rejected={} refused_commands={}{}{}",
         summary.accepted,
         summary.rejected,
+        summary.refused,
         if summary.truncated {
             " truncated=1"
+        } else {
+            ""
+        },
+        if summary.error_limit {
+            " error_limit=1"
         } else {
             ""
         }
     );
     if summary.truncated {
         return Err(RunError::Truncated);
+    }
+    if summary.refused > 0 {
+        return Err(RunError::NotAccepted {
+            refused: summary.refused,
+            accepted: summary.accepted,
+        });
     }
     Ok(())
 }
