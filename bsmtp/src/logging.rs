@@ -64,6 +64,9 @@ enum Sink {
 struct MailLog {
     ident: String,
     sink: Sink,
+    /// The sink is not where the instance logs (its `maillog_file` is out
+    /// of reach): warnings take the fallback too.
+    impaired: bool,
     fallback: Fallback,
     buffered: Mutex<Vec<u8>>,
 }
@@ -76,11 +79,15 @@ static LOGGER: OnceLock<MailLog> = OnceLock::new();
 /// system's). Calling it again keeps the first setup (tests run `run()` many
 /// times).
 pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Option<&Path>) {
-    let logger = LOGGER.get_or_init(|| MailLog {
-        ident: ident.to_owned(),
-        sink: open_sink(ident, postfix_config.map(Path::to_path_buf)),
-        fallback,
-        buffered: Mutex::new(Vec::new()),
+    let logger = LOGGER.get_or_init(|| {
+        let (sink, impaired) = open_sink(ident, postfix_config.map(Path::to_path_buf));
+        MailLog {
+            ident: ident.to_owned(),
+            sink,
+            impaired,
+            fallback,
+            buffered: Mutex::new(Vec::new()),
+        }
     });
     if log::set_logger(logger).is_ok() || verbose {
         log::set_max_level(if verbose {
@@ -91,17 +98,22 @@ pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Opti
     }
 }
 
-fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> Sink {
+/// The sink, and whether it misses the instance's `maillog_file`.
+fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> (Sink, bool) {
     let main_cf = MainCf::load(&postfix_config.clone().unwrap_or_else(MainCf::default_dir));
     // Where Postfix logs to syslog (the default), so do we, directly: a
     // postlog child would cost an exec (about 6 ms of CPU) per process.
     if main_cf.maillog_file().is_none() {
-        return syslog_sink(ident).unwrap_or(Sink::None);
+        return (syslog_sink(ident).unwrap_or(Sink::None), false);
     }
-    match postlog_reachable(&main_cf, &Credentials::current()) {
-        Ok(()) => postlog_sink(ident, postfix_config).unwrap_or(Sink::None),
-        Err(_) => Sink::None,
+    if postlog_reachable(&main_cf, &Credentials::current()).is_ok() {
+        if let Some(sink) = postlog_sink(ident, postfix_config) {
+            return (sink, false);
+        }
     }
+    // The system log still gets everything where one answers (the journal
+    // on a systemd machine); the caller's fallback gets the warnings.
+    (syslog_sink(ident).unwrap_or(Sink::None), true)
 }
 
 /// A user's identity as the kernel checks file access: pipe(8) and sshd
@@ -157,7 +169,10 @@ pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), Stri
         .value("postlog_service_name")
         .unwrap_or_else(|| "postlog".into());
     let socket = public.join(service);
-    let reaches = |creds: &Credentials| creds.may(&public, 0o1) && creds.may(&socket, 0o2);
+    // Postfix makes every socket in public/ 0666; what guards it is the
+    // directory, which only its owner and group may enter (and which also
+    // keeps an outsider from looking at the socket's own mode).
+    let reaches = |creds: &Credentials| creds.may(&public, 0o1);
     if reaches(who) {
         return Ok(());
     }
@@ -269,7 +284,7 @@ impl Log for MailLog {
         if std::io::stderr().is_terminal() {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
-        if self.send(record.level(), &text) {
+        if self.send(record.level(), &text) && !self.impaired {
             return;
         }
         match self.fallback {

@@ -142,6 +142,8 @@ pub struct Env {
     leaf: Postfix,
     hub: Postfix,
     registered: bool,
+    /// The postlog copy the daemons see, if the options pinned one.
+    postlog: Option<PathBuf>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -244,8 +246,9 @@ impl Env {
         let (mut leaf, mut hub) = (leaf, hub);
         leaf.use_postlog(postlog.clone());
         hub.use_postlog(postlog.clone());
-        sshd.use_postlog(postlog);
+        sshd.use_postlog(postlog.clone());
         let mut env = Env {
+            postlog,
             base,
             options,
             sshd,
@@ -526,11 +529,31 @@ impl Env {
         })
     }
 
+    /// A command for `program` that sees the same `/usr/sbin/postlog` as
+    /// this environment's daemons ([`postlog`]).
+    pub fn command(&self, program: &Path) -> Command {
+        postlog::command(self.postlog.as_deref(), &program.to_string_lossy())
+    }
+
     /// Runs the installed `bsmtp-ssh` as root with `args` and `stdin`
     /// (bounded like every command here).
     pub fn bsmtp_ssh(&self, args: &[&str], stdin: &[u8]) -> Output {
         util::run_timeout(
-            Command::new(self.bin_dir().join("bsmtp-ssh")).args(args),
+            self.command(&self.bin_dir().join("bsmtp-ssh")).args(args),
+            stdin,
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// Runs the installed `rsmtp` as root without SSH, reading `stdin` the
+    /// way `rsmtp --peer leaf1 < batch` does, injecting into the hub:
+    /// `rsmtp --peer leaf1 --postfix-config <hub etc> ARGS`.
+    pub fn rsmtp_offline(&self, args: &[&str], stdin: &[u8]) -> Output {
+        util::run_timeout(
+            self.command(&self.bin_dir().join("rsmtp"))
+                .args(["--peer", LEAF_PEER, "--postfix-config"])
+                .arg(self.hub_config_dir())
+                .args(args),
             stdin,
             COMMAND_TIMEOUT,
         )

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use bsmtp_ssh_tests::{Env, EnvOptions, Log};
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode};
 
 /// Long enough for a slow CI machine, short enough to fail a hung test.
 const DELIVERY: Duration = Duration::from_secs(90);
@@ -481,31 +481,52 @@ fn null_sender_is_relayed_as_null() {
     );
 }
 
-/// Both sides log where Postfix logs (postlog), in Postfix's shape: the leaf
-/// `QUEUEID: to=<..>, relay=.., delay=.., status=sent (..)`, the hub the
-/// maildrop queue ID with the facts pickup logs too, so the two correlate.
-#[test]
-fn logs_in_postfix_style_on_both_sides() {
-    let env = Env::start("postfix_style_logs");
+/// Sends one message with a Message-ID and a known_hosts line bsmtp-ssh
+/// warns about (and skips), and returns the leaf's queue ID.
+fn send_logged_message(env: &Env) -> String {
+    let mut pins = std::fs::read_to_string(env.known_hosts()).unwrap();
+    pins.push_str("garbage-host ssh-ed25519 not-base64!\n");
+    std::fs::write(env.known_hosts(), pins).unwrap();
     let mut sent = message("logged", b"hello\n");
     sent.splice(0..0, b"Message-ID: <logtest.1@leaf.test>\n".iter().copied());
     env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &sent);
     env.wait_maildir("bob", 1, DELIVERY);
-    let leaf_queue_id = env
-        .wait_log(Log::Leaf, "postfix-leaf/pickup", DELIVERY)
+    env.wait_log(Log::Leaf, "postfix-leaf/pickup", DELIVERY)
         .split(": ")
         .nth(1)
         .unwrap_or_default()
-        .to_owned();
-    let ours = env.wait_log(Log::Leaf, " bsmtp-ssh[", DELIVERY);
-    assert!(
-        ours.contains(&format!(
-            "{leaf_queue_id}: to=<bob@hub.test>, relay=127.0.0.1[127.0.0.1]:"
-        )) && ours.contains(", delay=")
-            && ours.contains(", status=sent (250 2.0.0 Ok: queued as "),
-        "{ours}"
+        .to_owned()
+}
+
+/// With postlog set-gid postdrop (upstream's mode), both sides log where
+/// Postfix logs, in Postfix's shape: the leaf `QUEUEID: to=<..>, relay=..,
+/// delay=.., status=sent (..)` and its warnings, the hub the maildrop queue
+/// ID with the facts pickup logs too, so the two correlate.
+#[test]
+fn logs_in_postfix_style_on_both_sides_with_set_gid_postlog() {
+    let env = Env::start_with(
+        "logs_setgid",
+        EnvOptions::default().postlog(PostlogMode::SetGid),
     );
-    let hub_id = queued_as(&ours);
+    let leaf_queue_id = send_logged_message(&env);
+    // pipe(8)'s own line says relay=bsmtp; this one is bsmtp-ssh's.
+    let sent = env.wait_log(
+        Log::Leaf,
+        &format!("{leaf_queue_id}: to=<bob@hub.test>, relay=127.0.0.1[127.0.0.1]:"),
+        DELIVERY,
+    );
+    assert!(
+        sent.contains(" bsmtp-ssh[")
+            && sent.contains(", delay=")
+            && sent.contains(", status=sent (250 2.0.0 Ok: queued as "),
+        "{sent}"
+    );
+    let warning = env.wait_log(Log::Leaf, "warning: known_hosts ", DELIVERY);
+    assert!(
+        warning.contains(" bsmtp-ssh[") && warning.contains("line 2"),
+        "{warning}"
+    );
+    let hub_id = queued_as(&sent);
     let theirs = env.wait_log(Log::Hub, " rsmtp[", DELIVERY);
     assert!(
         theirs.contains(&format!("{hub_id}: from=<alice@leaf.test>, size="))
@@ -515,6 +536,58 @@ fn logs_in_postfix_style_on_both_sides() {
     );
     let pickup = env.wait_log(Log::Hub, "postfix-hub/pickup", DELIVERY);
     assert!(pickup.contains("from=<alice@leaf.test>"), "{pickup}");
+}
+
+/// Regression (fresh machine): Debian installs postlog 0755, so postlog run
+/// as pipe(8)'s user could not reach postlogd and every bsmtp-ssh line was
+/// lost. Now each delivery's outcome is in pipe(8)'s own status line (the
+/// relay and the hub's queue ID), and bsmtp-ssh's warnings follow in its
+/// text, which Postfix logs whole for a deferral (a success keeps only its
+/// first 100 characters, pipe.c).
+#[test]
+fn logs_reach_the_mail_log_with_debian_postlog() {
+    let mut env = Env::start_with(
+        "logs_debian",
+        EnvOptions::default().postlog(PostlogMode::Debian),
+    );
+    let leaf_queue_id = send_logged_message(&env);
+    let status = env.wait_pipe_status("sent", DELIVERY);
+    assert!(
+        status.contains(&format!("{leaf_queue_id}: to=<bob@hub.test>"))
+            && status.contains("(2.0.0 delivered via 127.0.0.1[127.0.0.1]:")
+            && status.contains(": 250 2.0.0 Ok: queued as "),
+        "{status}"
+    );
+    assert!(
+        env.log_lines(Log::Leaf, " bsmtp-ssh[").is_empty(),
+        "postlog cannot log for the transport user here; nothing was expected from it"
+    );
+    // The hub's own lines tie the message to the leaf: pickup logs the
+    // sender, and rsmtp's Received header names the peer.
+    let pickup = env.wait_log(Log::Hub, "postfix-hub/pickup", DELIVERY);
+    assert!(pickup.contains("from=<alice@leaf.test>"), "{pickup}");
+    let delivered = Env::read_maildir(&env.hub_maildir("bob"));
+    let received = headers(&delivered[0], "Received");
+    assert!(
+        received.iter().any(|r| r.contains("peer leaf1")),
+        "{received:?}"
+    );
+
+    // A deferral: the reason, then the warning, both in the mail log.
+    env.stop_sshd();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("deferred", b"hello\n"),
+    );
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
+    assert!(
+        deferred.contains("dsn=4.4.1")
+            && deferred.contains("Connection refused")
+            && deferred.contains("warning: known_hosts ")
+            && deferred.contains("line 2"),
+        "bsmtp-ssh's warning must follow in pipe(8)'s status text: {deferred}"
+    );
 }
 
 /// A bounce made on the leaf for a sender at the hub goes out through the

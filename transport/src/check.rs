@@ -3,14 +3,20 @@
 //! pinned host keys, then connects to every host, proves the host key, logs
 //! in, runs the forced command and holds a no-op session (EHLO, QUIT). One
 //! line per check says `ok` or `FAIL` and, for a failure, what to fix.
+//! Before the peers it checks where bsmtp-ssh's log lines will go when
+//! pipe(8) runs it as the transport's user (`warn` when they cannot reach
+//! the mail log, with the fix).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bsmtp::codec::Command;
+use bsmtp::logging::{Credentials, POSTLOG_FIX};
+use bsmtp::main_cf::MainCf;
 use bsmtp::status::{Failure, FailureKind};
 use clap::Args;
+use nix::unistd::User;
 
 use crate::client::Client;
 use crate::config::{ConfigFile, Peer};
@@ -25,6 +31,16 @@ pub struct CheckArgs {
     /// Check only this peer (default: every peer in the file).
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
+    /// The Postfix instance's config directory (default: Postfix's own).
+    #[arg(long = "config-directory", value_name = "DIR")]
+    pub config_directory: Option<PathBuf>,
+    /// The master.cf service that runs bsmtp-ssh; its `user=` is the
+    /// account whose view of the mail log is checked.
+    #[arg(long, value_name = "NAME", default_value = "bsmtp")]
+    pub transport: String,
+    /// Check the mail log as this user instead of the transport's `user=`.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 /// Collects results and prints them as they come.
@@ -47,6 +63,11 @@ impl<W: Write> Report<'_, W> {
         self.failed += 1;
         let _ = writeln!(self.out, "FAIL: peer {peer}: {what}: {detail}");
     }
+
+    /// A line about this host rather than a peer; `level` is `ok:  ` or `warn:`.
+    fn host(&mut self, level: &str, what: &str, detail: &str) {
+        let _ = writeln!(self.out, "{level} {what}: {detail}");
+    }
 }
 
 /// Runs the checks; exit 0 only when every check passed.
@@ -54,6 +75,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     bsmtp::logging::init("bsmtp-ssh", false, bsmtp::logging::Fallback::Stderr, None);
     let path = &args.config;
     let mut report = Report { out, failed: 0 };
+    check_logging(args, &mut report);
     let file = match ConfigFile::load(path) {
         Ok(file) => file,
         Err(err) => {
@@ -92,6 +114,88 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     }
     let _ = report.out.flush();
     u8::from(report.failed > 0)
+}
+
+/// Where bsmtp-ssh's own log lines go when pipe(8) runs it: a mail log
+/// that only postlog(1) reaches, and a postlog that cannot reach it for
+/// the transport's user (Debian's 0755 postlog), is worth a warning, not a
+/// failure: Postfix still logs every delivery's status line.
+fn check_logging(args: &CheckArgs, report: &mut Report<'_, impl Write>) {
+    let dir = args
+        .config_directory
+        .clone()
+        .unwrap_or_else(MainCf::default_dir);
+    let main_cf = MainCf::load(&dir);
+    let Some(maillog_file) = main_cf.maillog_file() else {
+        report.host(
+            "ok:  ",
+            "log",
+            &format!(
+                "{}/main.cf sets no maillog_file: Postfix logs to syslog (facility mail), and so does bsmtp-ssh",
+                dir.display()
+            ),
+        );
+        return;
+    };
+    let user = args
+        .user
+        .clone()
+        .or_else(|| transport_user(&dir, &args.transport));
+    let Some(account) = user
+        .as_deref()
+        .and_then(|name| User::from_name(name).ok().flatten())
+    else {
+        report.host(
+            "warn:",
+            "log",
+            &format!(
+                "cannot tell which user pipe(8) runs bsmtp-ssh as (no user= in the {} service of {}/master.cf, or no such user); give --user",
+                args.transport,
+                dir.display()
+            ),
+        );
+        return;
+    };
+    // pipe(8) gives the command its user's uid and primary group only.
+    let who = Credentials {
+        uid: account.uid.as_raw(),
+        gids: vec![account.gid.as_raw()],
+    };
+    match bsmtp::logging::postlog_reachable(&main_cf, &who) {
+        Ok(()) => report.host(
+            "ok:  ",
+            "log",
+            &format!(
+                "maillog_file = {maillog_file}: postlog reaches postlogd for user {}, so bsmtp-ssh's lines go there",
+                account.name
+            ),
+        ),
+        Err(why) => report.host(
+            "warn:",
+            "log",
+            &format!(
+                "maillog_file = {maillog_file}, but {why} (user {}): bsmtp-ssh's own lines cannot reach {maillog_file}; Postfix still logs each delivery's status line there, with bsmtp-ssh's warnings at its end. To log everything, run: {POSTLOG_FIX}",
+                account.name
+            ),
+        ),
+    }
+}
+
+/// The `user=` of the master.cf service `transport` (`postconf -M`).
+fn transport_user(config_dir: &Path, transport: &str) -> Option<String> {
+    let output = bsmtp::child::command("/usr/sbin/postconf")
+        .arg("-c")
+        .arg(config_dir)
+        .arg("-M")
+        .arg(format!("{transport}/unix"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let entry = String::from_utf8_lossy(&output.stdout);
+    entry
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("user="))
+        .map(|user| user.split(':').next().unwrap_or(user).to_owned())
 }
 
 fn check_peer(peer: &Peer, report: &mut Report<'_, impl Write>) {
