@@ -57,6 +57,8 @@ pub struct EnvOptions {
     pub hub_mailboxes: Vec<String>,
     /// Leaf local parts with a Maildir (default alice, bob).
     pub leaf_mailboxes: Vec<String>,
+    /// More hub local parts, each an alias of a hub mailbox.
+    pub hub_aliases: Vec<(String, String)>,
     /// The `/usr/sbin/postlog` both sides' daemons see (default: the
     /// machine's own).
     pub postlog: PostlogMode,
@@ -73,6 +75,7 @@ impl Default for EnvOptions {
             leaf_main_cf: Vec::new(),
             hub_mailboxes: strings(&["bob", "carol", "dave"]),
             leaf_mailboxes: strings(&["alice", "bob"]),
+            hub_aliases: Vec::new(),
             postlog: PostlogMode::System,
         }
     }
@@ -111,6 +114,14 @@ impl EnvOptions {
     #[must_use]
     pub fn postlog(mut self, mode: PostlogMode) -> Self {
         self.postlog = mode;
+        self
+    }
+
+    /// Delivers the hub local part `alias` to the Maildir of `mailbox`.
+    #[must_use]
+    pub fn hub_alias(mut self, alias: &str, mailbox: &str) -> Self {
+        self.hub_aliases
+            .push((alias.to_owned(), mailbox.to_owned()));
         self
     }
 
@@ -208,6 +219,7 @@ impl Env {
             &PostfixSetup {
                 hostname: "hub.test",
                 mailboxes: &options.hub_mailboxes,
+                aliases: &options.hub_aliases,
                 main_cf: &options.hub_main_cf,
                 master_cf: "",
             },
@@ -237,6 +249,7 @@ impl Env {
             &PostfixSetup {
                 hostname: "leaf.test",
                 mailboxes: &options.leaf_mailboxes,
+                aliases: &[],
                 main_cf: &leaf_main_cf,
                 master_cf: &pipe,
             },
@@ -356,7 +369,9 @@ impl Env {
     pub fn set_forced_command(&self, command: &str) {
         let public = util::read_lossy(&self.leaf_key().with_extension("pub"));
         let key: Vec<&str> = public.split_whitespace().take(2).collect();
-        let escaped = command.replace('\\', r"\\").replace('"', "\\\"");
+        // sshd's option parser knows one escape, \" (auth-options.c):
+        // backslashes are taken as they are.
+        let escaped = command.replace('"', "\\\"");
         let line = format!(
             "restrict,command=\"{escaped}\" {} {LEAF_PEER}\n",
             key.join(" ")

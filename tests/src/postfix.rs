@@ -55,6 +55,9 @@ pub struct PostfixSetup<'a> {
     /// Local parts delivered to `mail/<name>/Maildir/`; `postmaster`, `root` and
     /// `MAILER-DAEMON` always go to `mail/postmaster/Maildir/`.
     pub mailboxes: &'a [String],
+    /// More local parts, each delivered to the Maildir of a mailbox above
+    /// (`(alias, mailbox)`): for local parts that cannot be a path.
+    pub aliases: &'a [(String, String)],
     /// Extra main.cf lines, `name = value`, after the defaults.
     pub main_cf: &'a [(String, String)],
     /// Extra master.cf entries.
@@ -74,7 +77,7 @@ impl Postfix {
             mkdir(&pf.dir.join(sub), 0o755);
         }
         pf.make_queue_tree();
-        pf.write_aliases(setup.mailboxes);
+        pf.write_aliases(setup.mailboxes, setup.aliases);
         write_file(&pf.config_dir().join("main.cf"), pf.main_cf(setup), 0o644);
         write_file(
             &pf.config_dir().join("master.cf"),
@@ -250,7 +253,7 @@ impl Postfix {
     /// Aliases in texthash format: `key value` (a `key: value` line would make
     /// the key `key:`). Maildirs belong to `nobody`, the `default_privs` that
     /// local(8) uses for deliveries from a root-owned alias table.
-    fn write_aliases(&self, mailboxes: &[String]) {
+    fn write_aliases(&self, mailboxes: &[String], extra: &[(String, String)]) {
         let mut aliases = String::new();
         let mut boxes: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
         boxes.push("postmaster");
@@ -263,6 +266,10 @@ impl Postfix {
                 chown_to(&maildir.join(sub), "nobody", None);
             }
             writeln!(aliases, "{user} {}/", maildir.display()).expect("write to String");
+        }
+        for (alias, mailbox) in extra {
+            writeln!(aliases, "{alias} {}/", self.maildir(mailbox).display())
+                .expect("write to String");
         }
         for user in ["root", "MAILER-DAEMON"] {
             writeln!(aliases, "{user} {}/", self.maildir("postmaster").display())

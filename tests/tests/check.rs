@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use bsmtp_ssh_tests::Env;
+use bsmtp_ssh_tests::{Env, EnvOptions, PostlogMode};
 
 fn check(env: &Env, config: &std::path::Path) -> (Option<i32>, String) {
     let config = config.display().to_string();
@@ -96,5 +96,80 @@ fn check_refuses_an_unknown_peer() {
     assert!(
         stdout.contains("no [peer.nosuchpeer] section") && stdout.contains("known peers: hub"),
         "{stdout}"
+    );
+}
+
+/// `check` against the leaf instance, which logs to a `maillog_file`.
+fn check_leaf(env: &Env) -> (Option<i32>, String) {
+    let config = env.transport_config().display().to_string();
+    let leaf = env.leaf_config_dir().display().to_string();
+    let Output { status, stdout, .. } = env.bsmtp_ssh(
+        &["check", "--config", &config, "--config-directory", &leaf],
+        b"",
+    );
+    (status.code(), String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Regression (fresh machine): with Debian's 0755 postlog the transport's
+/// log lines were lost without a word. `check` names the condition and the
+/// fix, and still passes: mail flows, and Postfix logs each status.
+#[test]
+fn check_warns_when_postlog_cannot_log_for_the_transport_user() {
+    let env = Env::start_with(
+        "check_postlog",
+        EnvOptions::default().postlog(PostlogMode::Debian),
+    );
+    let (code, out) = check_leaf(&env);
+    assert_eq!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("warn: log: "))
+        .unwrap_or_else(|| panic!("no log warning:\n{out}"));
+    assert!(
+        line.contains("not set-gid postdrop")
+            && line.contains("user bsmtp-leaf")
+            && line
+                .contains("dpkg-statoverride --update --add root postdrop 2755 /usr/sbin/postlog"),
+        "{line}"
+    );
+}
+
+/// With upstream's set-gid postlog the same check is fine.
+#[test]
+fn check_accepts_a_set_gid_postlog() {
+    let env = Env::start_with(
+        "check_postlog_ok",
+        EnvOptions::default().postlog(PostlogMode::SetGid),
+    );
+    let (code, out) = check_leaf(&env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok:   log: maillog_file = ") && l.contains("user bsmtp-leaf")),
+        "{out}"
+    );
+}
+
+/// A revoked pin is named as such, and a CA line as unsupported.
+#[test]
+fn check_names_a_revoked_key_and_a_cert_authority_line() {
+    let env = Env::start("check_revoked");
+    let pin = std::fs::read_to_string(env.known_hosts()).unwrap();
+    let key = pin.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    std::fs::write(env.known_hosts(), format!("{pin}@revoked * {key}\n")).unwrap();
+    let (code, out) = check(&env, &env.transport_config());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL: peer hub: host key: host key of [127.0.0.1]:")
+            && out.contains("revoked"),
+        "{out}"
+    );
+    std::fs::write(env.known_hosts(), format!("{pin}@cert-authority * {key}\n")).unwrap();
+    let (code, out) = check(&env, &env.transport_config());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL: peer hub: known_hosts: ")
+            && out.contains("@cert-authority is not supported"),
+        "{out}"
     );
 }

@@ -609,3 +609,164 @@ fn leaf_bounce_is_relayed_with_null_sender() {
         .wait_pipe_status("sent", DELIVERY)
         .contains("to=<bob@hub.test>"));
 }
+
+/// Regression (audit 2.1): rsmtp wrote `"john..doe"@hub.test` into the
+/// queue as it came, so Postfix looked for the mailbox `"john..doe"`
+/// (logging `"\"john..doe\""`) and bounced; and bsmtp-ssh refused a legal
+/// quoted local part holding `<` or `>` (5.1.3). Postfix keeps addresses
+/// unquoted inside: now the mail arrives, sender and recipients alike.
+#[test]
+fn quoted_local_parts_reach_their_mailboxes() {
+    let env = Env::start_with(
+        "quoted_local_parts",
+        EnvOptions::default()
+            .hub_alias("john..doe", "carol")
+            .hub_alias("odd<box>", "dave"),
+    );
+    env.leaf_sendmail(
+        "\"al ice\"@leaf.test",
+        &["\"john..doe\"@hub.test", "\"odd<box>\"@hub.test"],
+        &message("quoted", b"hello\n"),
+    );
+    for mailbox in ["carol", "dave"] {
+        let delivered = env.wait_maildir(mailbox, 1, DELIVERY);
+        assert_eq!(
+            headers(&delivered[0], "Return-Path"),
+            ["<\"al ice\"@leaf.test>"],
+            "{}",
+            String::from_utf8_lossy(&delivered[0])
+        );
+    }
+    // Postfix logs the external form of what it holds: one pair of quotes.
+    for to in ["to=<\"john..doe\"@hub.test>", "to=<\"odd<box>\"@hub.test>"] {
+        let line = env.wait_log(Log::Hub, to, DELIVERY);
+        assert!(line.contains("status=sent"), "{line}");
+    }
+    assert!(
+        !env.hub_log().contains("\\\""),
+        "no address may arrive quoted twice:\n{}",
+        env.hub_log()
+    );
+    assert_eq!(env.pipe_lines("sent").len(), 2, "{}", env.leaf_log());
+}
+
+/// Regression (audit 2.5): `rsmtp --peer X < batch` exited 0 after refusing
+/// a message, so a UUCP-style `rsmtp < f && rm f` lost it. Now it exits 75
+/// (EX_TEMPFAIL) and says why; what it accepted is queued.
+#[test]
+fn offline_batch_with_a_refused_message_exits_75() {
+    let env = Env::start("offline_refused");
+    let batch = b"MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: ok\n\nfine\n.\n\
+                  MAIL FROM:<mallory@evil.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: no\n\nrefused\n.\n";
+    let out = env.rsmtp_offline(&["--allow-sender", "@leaf.test"], batch);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("not everything in this batch was accepted")
+            && stderr.contains("keep the batch"),
+        "{stderr}"
+    );
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("Subject: ok"));
+
+    // All accepted: exit 0, as before.
+    let out = env.rsmtp_offline(
+        &["--allow-sender", "@leaf.test"],
+        b"MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: two\n\nfine\n.\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_maildir("bob", 2, DELIVERY);
+}
+
+/// Regression (audit 2.6): 200,000 empty lines over one session got
+/// 200,000 replies and 9.4 MB of hub log. As Postfix's smtpd
+/// (`smtpd_hard_error_limit`, 20): 421 after 20 errors, the session ends,
+/// and the hub logs a bounded number of lines.
+#[test]
+fn error_limit_ends_a_flood_of_bad_lines() {
+    let env = Env::start_with(
+        "error_limit",
+        EnvOptions::default().postlog(PostlogMode::SetGid),
+    );
+    let flood = b"\n".repeat(200_000);
+    let out = env.ssh_exec("receive", &flood);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let replies: Vec<&str> = stdout.lines().collect();
+    assert_eq!(replies.len(), 21, "{stdout}");
+    assert!(
+        replies[..20].iter().all(|r| r.starts_with("500 5.5.2 ")),
+        "{stdout}"
+    );
+    assert!(
+        replies[20].starts_with("421 4.7.0 ") && replies[20].contains("too many errors"),
+        "{stdout}"
+    );
+    let logged = env.wait_log(
+        Log::Hub,
+        "more warnings in this session not logged",
+        DELIVERY,
+    );
+    assert!(logged.contains("rsmtp["), "{logged}");
+    let lines = env.log_lines(Log::Hub, " rsmtp[").len();
+    assert!(
+        (10..=15).contains(&lines),
+        "rate-limited log: {lines} lines\n{}",
+        env.hub_log()
+    );
+}
+
+/// Regression (audit 2.7): a peer that sends commands but never reads the
+/// replies left rsmtp blocked in write for ever, with a postdrop child
+/// alive. Now the idle timeout applies to writes too: rsmtp gives up, drops
+/// the open message (nothing queued) and exits.
+#[test]
+fn peer_that_never_reads_replies_is_dropped() {
+    let env = Env::start("write_timeout");
+    // Enough replies to fill the 64 KiB pipe nobody reads, then a message
+    // left open: rsmtp reads all of it at once from the file.
+    let mut batch = b"NOOP\r\n".repeat(8000);
+    batch.extend_from_slice(
+        b"MAIL FROM:<alice@leaf.test>\r\nRCPT TO:<bob@hub.test>\r\nDATA\r\nSubject: never\r\n\r\nopen\r\n",
+    );
+    let path = env.base().join("batch");
+    std::fs::write(&path, &batch).unwrap();
+    let mut child = env
+        .command(&env.bin_dir().join("rsmtp"))
+        .args(["--peer", "leaf1", "--postfix-config"])
+        .arg(env.hub_config_dir())
+        .args(["--allow-sender", "@leaf.test", "--idle-timeout", "2"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    // postdrop started for the open message, under rsmtp.
+    let postdrop = poll_for(DELIVERY, || {
+        proc_tree::descendants(pid)
+            .into_iter()
+            .find(|p| proc_tree::comm(*p).as_deref() == Some("postdrop"))
+    })
+    .unwrap_or_else(|| env.fail("rsmtp never started postdrop"));
+    let exited = poll_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    let Some(status) = exited else {
+        let _ = child.kill();
+        env.fail("rsmtp still blocked writing 60 s after a 2 s idle timeout");
+    };
+    assert!(!status.success(), "{status}");
+    wait_until(Duration::from_secs(30), || !proc_tree::alive(postdrop))
+        .unwrap_or_else(|| env.fail("postdrop still running after rsmtp gave up"));
+    drop(child);
+    let maildrop = env.hub().dir.join("spool/maildrop");
+    assert!(
+        std::fs::read_dir(&maildrop).is_ok_and(|mut d| d.next().is_none()),
+        "nothing may be queued"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}

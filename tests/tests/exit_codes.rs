@@ -285,3 +285,149 @@ fn deadline_defers_4_4_2() {
     assert!(!line.contains("time limit"), "{line}");
     expect_kept(&env);
 }
+
+/// Regression (audit 2.2): a verb the hub does not grant (here the leaf's
+/// config asks for `pull`) was refused with 554 and bsmtp-ssh exited 69, so
+/// Postfix bounced every queued message. A refused session is a
+/// configuration fault on one side: it defers (4.3.5), and nothing runs.
+#[test]
+fn refused_ssh_command_defers_4_3_5() {
+    let env = Env::start("refused_command");
+    let mut conf = std::fs::read_to_string(env.transport_config()).unwrap();
+    conf.push_str("command = \"pull\"\n");
+    write_file(&env.transport_config(), conf, 0o644);
+    send(&env, "the hub refuses the command");
+    let line = expect_result(&env, "4.3.5", "deferred");
+    assert!(
+        line.contains("refused the session") && line.contains("421 4.7.0 refused SSH command"),
+        "{line}"
+    );
+    expect_kept(&env);
+
+    // A receiver that refuses with a 5xx before any mail: still a deferral.
+    env.set_forced_command("printf '554 5.7.0 not for you\\r\\n'");
+    env.leaf_flush();
+    let retried = bsmtp_ssh_tests::util::poll(DELIVERY, || {
+        env.log_lines(Log::Leaf, "relay=bsmtp")
+            .into_iter()
+            .find(|l| l.contains("554 5.7.0 not for you"))
+    })
+    .unwrap_or_else(|| env.fail("no retry against the refusing receiver"));
+    assert!(
+        retried.contains("dsn=4.3.5") && retried.contains("status=deferred"),
+        "{retried}"
+    );
+    expect_kept(&env);
+}
+
+/// Regression (audit 2.3): a reply of the wrong kind where another was due
+/// (a 220 greeting answering EHLO, a 250 answering DATA) made the status
+/// line start with 2.0.0, and pipe(8) bounces any status whose class is not
+/// 4, even with exit 75. A peer out of step defers with 4.5.0.
+#[test]
+fn replies_out_of_step_defer_4_5_0() {
+    let env = Env::start("out_of_step");
+    // A `sendmail -bs`-style receiver: greets first, so every reply after
+    // is one step behind.
+    env.set_forced_command(
+        "printf '220 hub ESMTP\\r\\n'; while read -r line; do printf '250 2.0.0 Ok\\r\\n'; done",
+    );
+    send(&env, "to a greeting receiver");
+    let line = expect_result(&env, "4.5.0", "deferred");
+    assert!(
+        line.contains("answered EHLO with an unexpected reply: 220 hub ESMTP"),
+        "{line}"
+    );
+    expect_kept(&env);
+
+    // One that says 250 to everything, DATA included.
+    env.set_forced_command("while read -r line; do printf '250 2.0.0 Ok\\r\\n'; done");
+    env.leaf_flush();
+    let retried = bsmtp_ssh_tests::util::poll(DELIVERY, || {
+        env.log_lines(Log::Leaf, "relay=bsmtp")
+            .into_iter()
+            .find(|l| l.contains("answered DATA"))
+    })
+    .unwrap_or_else(|| env.fail("no retry against the yes-man receiver"));
+    assert!(
+        retried.contains("dsn=4.5.0") && retried.contains("status=deferred"),
+        "{retried}"
+    );
+    expect_kept(&env);
+}
+
+/// Regression (audit 2.4): libssh2 reads `@revoked` as a host name, so a
+/// revoked host key was accepted and mail delivered where OpenSSH refuses
+/// the same file. Now it defers with 4.7.0 naming the revocation.
+#[test]
+fn revoked_host_key_defers_4_7_0() {
+    let env = Env::start("revoked_key");
+    let pin = std::fs::read_to_string(env.known_hosts()).unwrap();
+    let key = pin.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    write_file(
+        &env.known_hosts(),
+        format!("{pin}@revoked * {key}\n"),
+        0o644,
+    );
+    send(&env, "to a revoked key");
+    let line = expect_result(&env, "4.7.0", "deferred");
+    assert!(line.contains("revoked"), "{line}");
+    expect_kept(&env);
+}
+
+/// An `@cert-authority` line would trust any host key the CA signed, which
+/// is not pinning: a configuration error (4.3.5) that says so.
+#[test]
+fn cert_authority_line_defers_4_3_5() {
+    let env = Env::start("cert_authority");
+    let pin = std::fs::read_to_string(env.known_hosts()).unwrap();
+    let key = pin.split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    write_file(
+        &env.known_hosts(),
+        format!("{pin}@cert-authority *.test {key}\n"),
+        0o644,
+    );
+    send(&env, "with a CA line");
+    let line = expect_result(&env, "4.3.5", "deferred");
+    assert!(
+        line.contains("@cert-authority is not supported") && line.contains("line 2"),
+        "{line}"
+    );
+    expect_kept(&env);
+}
+
+/// Regression (audit 2.8): rsmtp's size limit counted content only and
+/// defaulted to Postfix's own `message_size_limit`, but postdrop cannot
+/// write a queue file over that limit, and its records and rsmtp's
+/// Received header add to the content. A message just under the limit was
+/// answered 451 and retried for days; now it bounces with 552 5.3.4, and
+/// rsmtp never advertises more than the hub takes.
+#[test]
+fn message_over_the_hubs_size_limit_bounces_5_3_4() {
+    let env = Env::start_with(
+        "hub_size_limit",
+        EnvOptions::default().hub_param("message_size_limit", "200000"),
+    );
+    // 200-byte lines cost postdrop one more length byte each than their
+    // CRLF: the queue file outgrows the content.
+    let line = format!("{}\n", "x".repeat(198));
+    let body = line.repeat(997);
+    let out = env.deliver_by_hand(
+        "alice@leaf.test",
+        &[],
+        &["bob@hub.test"],
+        &message("just under", body.as_bytes()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{stdout}");
+    assert!(
+        stdout.starts_with("5.3.4 ") && stdout.contains("552 5.3.4 Error: message file too big"),
+        "{stdout}"
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+
+    // An admin's larger max_size is lowered to the hub's limit.
+    let ehlo = env.ssh_exec("receive", b"EHLO leaf.test\r\nQUIT\r\n");
+    let replies = String::from_utf8_lossy(&ehlo.stdout);
+    assert!(replies.contains("250-SIZE 200000\r\n"), "{replies}");
+}

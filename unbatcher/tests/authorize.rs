@@ -229,6 +229,15 @@ fn refusal_cases() -> Vec<Case> {
             "bad sender pattern",
         ),
         (
+            // Regression (audit 2.9): the pattern became its own word in
+            // the forced command, which rsmtp then refused: a dead key.
+            "sender pattern starting with a dash",
+            ED25519.into(),
+            vec!["--peer", "leaf1", "--allow-sender=--peer=x@y"],
+            65,
+            "must not start with '-'",
+        ),
+        (
             "quote in sender",
             ED25519.into(),
             vec!["--peer", "leaf1", "--allow-sender", "a\"b@x.test"],
