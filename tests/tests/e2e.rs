@@ -481,7 +481,7 @@ fn null_sender_is_relayed_as_null() {
     );
 }
 
-/// Sends one message with a Message-ID and a known_hosts line bsmtp-ssh
+/// Sends one message with a Message-ID and a `known_hosts` line bsmtp-ssh
 /// warns about (and skips), and returns the leaf's queue ID.
 fn send_logged_message(env: &Env) -> String {
     let mut pins = std::fs::read_to_string(env.known_hosts()).unwrap();
@@ -652,7 +652,7 @@ fn quoted_local_parts_reach_their_mailboxes() {
 
 /// Regression (audit 2.5): `rsmtp --peer X < batch` exited 0 after refusing
 /// a message, so a UUCP-style `rsmtp < f && rm f` lost it. Now it exits 75
-/// (EX_TEMPFAIL) and says why; what it accepted is queued.
+/// (`EX_TEMPFAIL`) and says why; what it accepted is queued.
 #[test]
 fn offline_batch_with_a_refused_message_exits_75() {
     let env = Env::start("offline_refused");
@@ -753,7 +753,7 @@ fn peer_that_never_reads_replies_is_dropped() {
             .find(|p| proc_tree::comm(*p).as_deref() == Some("postdrop"))
     })
     .unwrap_or_else(|| env.fail("rsmtp never started postdrop"));
-    let exited = poll_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    let exited = poll_for(Duration::from_mins(1), || child.try_wait().ok().flatten());
     let Some(status) = exited else {
         let _ = child.kill();
         env.fail("rsmtp still blocked writing 60 s after a 2 s idle timeout");
