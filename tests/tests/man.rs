@@ -142,13 +142,56 @@ fn table_row(kind: &FailureKind) -> &'static str {
         FailureKind::Timeout => "timeout",
         FailureKind::HostKey | FailureKind::Auth => "host key unknown",
         FailureKind::Remote(reply) if reply.is_permanent() => "hub replied 5xx",
-        FailureKind::Remote(_) => "hub replied 4xx",
+        FailureKind::Remote(reply) if reply.is_transient() => "hub replied 4xx",
+        // Any other reply where a refusal was looked for: out of step.
+        FailureKind::Remote(_) => "hub broke the protocol",
         FailureKind::PeerProtocol => "hub broke the protocol",
         FailureKind::Config => "our config",
         FailureKind::Local => "a local error",
         FailureKind::BadEnvelope => "malformed envelope",
         FailureKind::Internal => "internal error",
     }
+}
+
+/// One failure of each kind, the way the table's rows describe them.
+fn every_kind() -> Vec<FailureKind> {
+    let remote = |code, dsn: (u8, u16, u16)| {
+        FailureKind::Remote(Reply::new(
+            code,
+            Some(EnhancedCode::new(dsn.0, dsn.1, dsn.2)),
+            "x",
+        ))
+    };
+    vec![
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::HostKey,
+        FailureKind::Auth,
+        remote(451, (4, 3, 0)),
+        remote(553, (5, 7, 1)),
+        remote(250, (2, 0, 0)),
+        FailureKind::PeerProtocol,
+        FailureKind::Config,
+        FailureKind::Local,
+        FailureKind::BadEnvelope,
+        FailureKind::Internal,
+    ]
+}
+
+/// What a row must say for `kind`: its status code (a 4xx/5xx reply's is
+/// the hub's own) and `exit, verdict`.
+fn expected(kind: &FailureKind) -> (Option<String>, u8, &'static str) {
+    let failure = Failure::new(kind.clone(), "x");
+    let dsn = match kind {
+        FailureKind::Remote(reply) if reply.is_transient() || reply.is_permanent() => None,
+        _ => Some(failure.dsn().to_string()),
+    };
+    let verdict = if failure.is_transient() {
+        "defer"
+    } else {
+        "bounce"
+    };
+    (dsn, failure.exit_code() as u8, verdict)
 }
 
 /// Every row of the exit-status table agrees with `Failure::dsn` and
@@ -158,42 +201,41 @@ fn exit_status_table_matches_the_code() {
     let roff = std::fs::read_to_string(man_page("bsmtp-ssh.8")).unwrap();
     let (_, table) = roff.split_once(".TS\n").expect("no table in bsmtp-ssh.8");
     let (table, _) = table.split_once(".TE\n").unwrap();
-    let remote = |code, dsn: (u8, u16, u16)| {
-        FailureKind::Remote(Reply::new(
-            code,
-            Some(EnhancedCode::new(dsn.0, dsn.1, dsn.2)),
-            "x",
-        ))
-    };
-    let kinds = [
-        FailureKind::Connect,
-        FailureKind::Timeout,
-        FailureKind::HostKey,
-        FailureKind::Auth,
-        remote(451, (4, 3, 0)),
-        remote(553, (5, 7, 1)),
-        FailureKind::PeerProtocol,
-        FailureKind::Config,
-        FailureKind::Local,
-        FailureKind::BadEnvelope,
-        FailureKind::Internal,
-    ];
-    for kind in kinds {
-        let failure = Failure::new(kind.clone(), "x");
+    for kind in every_kind() {
         let row = table
             .lines()
             .find(|l| l.starts_with(table_row(&kind)))
             .unwrap_or_else(|| panic!("no row for {kind:?}"));
         let cells: Vec<&str> = row.split('\t').collect();
-        let exit = failure.exit_code() as u8;
-        let verdict = if failure.is_transient() {
-            "defer"
-        } else {
-            "bounce"
-        };
+        let (dsn, exit, verdict) = expected(&kind);
         assert_eq!(cells[2], format!("{exit}, {verdict}"), "{kind:?}: {row}");
-        if !matches!(kind, FailureKind::Remote(_)) {
-            assert_eq!(cells[1], failure.dsn().to_string(), "{kind:?}: {row}");
+        if let Some(dsn) = dsn {
+            assert_eq!(cells[1], dsn, "{kind:?}: {row}");
+        }
+    }
+}
+
+/// README.md's exit table says the same as the code (it is a third copy,
+/// kept for readers who never open a man page).
+#[test]
+fn readme_exit_table_matches_the_code() {
+    let readme =
+        std::fs::read_to_string(bsmtp_ssh_tests::binaries::workspace_root().join("README.md"))
+            .unwrap();
+    let (_, table) = readme
+        .split_once("## Exit status (pipe mode)")
+        .expect("README.md has an exit status section");
+    for kind in every_kind() {
+        let prefix = format!("| {}", table_row(&kind));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("README: no row starting {prefix:?} for {kind:?}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (dsn, exit, verdict) = expected(&kind);
+        assert_eq!(cells[3], format!("{exit} ({verdict})"), "{kind:?}: {row}");
+        if let Some(dsn) = dsn {
+            assert!(cells[2].starts_with(&format!("`{dsn}")), "{kind:?}: {row}");
         }
     }
 }
