@@ -144,8 +144,7 @@ fn table_row(kind: &FailureKind) -> &'static str {
         FailureKind::Remote(reply) if reply.is_permanent() => "hub replied 5xx",
         FailureKind::Remote(reply) if reply.is_transient() => "hub replied 4xx",
         // Any other reply where a refusal was looked for: out of step.
-        FailureKind::Remote(_) => "hub broke the protocol",
-        FailureKind::PeerProtocol => "hub broke the protocol",
+        FailureKind::Remote(_) | FailureKind::PeerProtocol => "hub broke the protocol",
         FailureKind::Config => "our config",
         FailureKind::Local => "a local error",
         FailureKind::BadEnvelope => "malformed envelope",
