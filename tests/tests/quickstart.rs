@@ -299,7 +299,16 @@ fn readme_quick_start_delivers_to_the_hub() {
             .any(|m| String::from_utf8_lossy(m).contains("Subject: quick start")),
         "the sendmail message must arrive at the hub"
     );
-    env.wait_pipe_status("sent", DELIVERY);
+    // Logged as the README's "Logs" section says, whatever the machine's
+    // postlog: the outcome, the relay and the hub's queue ID are in
+    // pipe(8)'s own line.
+    let logged = env.wait_pipe_status("sent", DELIVERY);
+    assert!(
+        logged.contains("to=<bob@hub.test>")
+            && logged.contains("(2.0.0 delivered via 127.0.0.1[127.0.0.1]:")
+            && logged.contains(": 250 2.0.0 Ok: queued as "),
+        "{logged}"
+    );
     // It went through the README's master.cf entry and config, not the harness's.
     let master_cf = std::fs::read_to_string(env.leaf_config_dir().join("master.cf")).unwrap();
     assert!(
