@@ -242,6 +242,9 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
     if let Some(n) = args.policy.max_recipients {
         words.extend(["--max-recipients".into(), n.to_string()]);
     }
+    if args.policy.check_header_from {
+        words.push("--check-header-from".into());
+    }
     if let Some(n) = args.policy.hard_error_limit {
         words.extend(["--hard-error-limit".into(), n.to_string()]);
     }

@@ -101,6 +101,10 @@ pub struct PolicyArgs {
     /// Most recipients per message (overrides the config file).
     #[arg(long, value_name = "N")]
     pub max_recipients: Option<usize>,
+    /// Also require every From: header address to match the allowed
+    /// senders (the envelope sender is always checked).
+    #[arg(long)]
+    pub check_header_from: bool,
     /// End the session with 421 after this many refused commands without
     /// an accepted message (default: the hard error limit of the hub's smtpd,
     /// 20 unless its main.cf says otherwise).
@@ -123,6 +127,8 @@ pub struct Policy {
     pub max_size_set: bool,
     /// Refused commands before 421, if the admin set it.
     pub hard_error_limit: Option<usize>,
+    /// From: header addresses must match `allow_sender` too.
+    pub check_header_from: bool,
 }
 
 impl Policy {
@@ -158,6 +164,8 @@ pub struct PeerConfig {
     pub max_recipients: Option<usize>,
     /// Refused commands before the session ends with 421.
     pub hard_error_limit: Option<usize>,
+    /// Check From: header addresses against `allow_sender` too.
+    pub check_header_from: Option<bool>,
 }
 
 impl ConfigFile {
@@ -201,6 +209,7 @@ impl ConfigFile {
                 .or(section.max_recipients)
                 .unwrap_or(DEFAULT_MAX_RECIPIENTS),
             hard_error_limit: args.hard_error_limit.or(section.hard_error_limit),
+            check_header_from: args.check_header_from || section.check_header_from.unwrap_or(false),
         })
     }
 }

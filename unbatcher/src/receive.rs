@@ -115,10 +115,18 @@ struct Trace {
     in_header: bool,
     at_line_start: bool,
     message_id: Option<String>,
+    /// Every From: header, unfolded (bounded), for the peer's header check.
+    from: Vec<String>,
+    /// The header being read is a From: header.
+    in_from: bool,
 }
 
 /// Longest Message-ID we keep for the log.
 const MAX_MESSAGE_ID: usize = 256;
+
+/// Longest From: header we keep; RFC 5322 lines stop at 998 bytes, and a
+/// header folded over more than a few lines is not worth reading further.
+const MAX_FROM: usize = 4096;
 
 impl Trace {
     fn new(envelope: &Envelope) -> Self {
@@ -129,26 +137,128 @@ impl Trace {
             in_header: true,
             at_line_start: true,
             message_id: None,
+            from: Vec::new(),
+            in_from: false,
         }
     }
 
     fn observe(&mut self, bytes: &[u8], end_of_line: bool) {
         self.size += bytes.len() as u64 + if end_of_line { 2 } else { 0 };
-        if self.in_header && self.at_line_start {
-            const NAME: &[u8] = b"message-id:";
-            if bytes.is_empty() && end_of_line {
-                self.in_header = false;
-            } else if self.message_id.is_none()
-                && bytes.len() > NAME.len()
-                && bytes[..NAME.len()].eq_ignore_ascii_case(NAME)
-            {
-                let value = &bytes[NAME.len()..bytes.len().min(NAME.len() + MAX_MESSAGE_ID)];
-                let value = String::from_utf8_lossy(value);
-                self.message_id = Some(bsmtp::status::one_line(value.trim()));
-            }
+        if self.in_header {
+            self.observe_header(bytes, end_of_line);
         }
         self.at_line_start = end_of_line;
     }
+
+    fn observe_header(&mut self, bytes: &[u8], end_of_line: bool) {
+        const MESSAGE_ID: &[u8] = b"message-id:";
+        const FROM: &[u8] = b"from:";
+        let starts = |name: &[u8]| {
+            bytes.len() >= name.len() && bytes[..name.len()].eq_ignore_ascii_case(name)
+        };
+        if !self.at_line_start || bytes.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            // The rest of a long line, or a folded continuation.
+            if self.in_from {
+                self.extend_from(bytes);
+            }
+            return;
+        }
+        self.in_from = false;
+        if bytes.is_empty() && end_of_line {
+            self.in_header = false;
+        } else if self.message_id.is_none() && bytes.len() > MESSAGE_ID.len() && starts(MESSAGE_ID)
+        {
+            let value =
+                &bytes[MESSAGE_ID.len()..bytes.len().min(MESSAGE_ID.len() + MAX_MESSAGE_ID)];
+            let value = String::from_utf8_lossy(value);
+            self.message_id = Some(bsmtp::status::one_line(value.trim()));
+        } else if starts(FROM) {
+            self.in_from = true;
+            self.from.push(String::new());
+            self.extend_from(&bytes[FROM.len()..]);
+        }
+    }
+
+    fn extend_from(&mut self, bytes: &[u8]) {
+        if let Some(from) = self.from.last_mut() {
+            let room = MAX_FROM.saturating_sub(from.len());
+            from.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+        }
+    }
+
+    /// The first From: address the peer may not use, if the policy checks
+    /// headers. Without a From: header Postfix's cleanup adds one from the
+    /// envelope sender, which was checked already.
+    fn refused_from(&self, policy: &Policy) -> Option<String> {
+        if !policy.check_header_from {
+            return None;
+        }
+        for header in &self.from {
+            let addresses = header_addresses(header);
+            if addresses.is_empty() {
+                return Some(bsmtp::status::one_line(header.trim()));
+            }
+            if let Some(bad) = addresses
+                .into_iter()
+                .find(|a| a.is_empty() || !policy.sender_allowed(&bsmtp::address::to_internal(a)))
+            {
+                return Some(bad);
+            }
+        }
+        None
+    }
+}
+
+/// The addresses in a From: header value: comments dropped, each
+/// `name <addr>` or bare `addr`, group names (`team: a@b, c@d;`) skipped.
+fn header_addresses(value: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(value.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                plain.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    plain.push(c);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                plain.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            // Outside quotes, a separator becomes one we can split on.
+            ',' | ';' if !quoted && depth == 0 => plain.push('\0'),
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+        .split('\0')
+        .filter_map(|part| {
+            let part = match (part.find(':'), part.find(['@', '<'])) {
+                // "team: first@x": the group's name goes.
+                (Some(colon), at) if at.is_none_or(|at| colon < at) && !part.contains('"') => {
+                    &part[colon + 1..]
+                }
+                _ => part,
+            };
+            let address = match (part.rfind('<'), part.rfind('>')) {
+                (Some(open), Some(close)) if open < close => &part[open + 1..close],
+                _ => part,
+            };
+            let address = address.trim();
+            (!address.is_empty()).then(|| address.to_owned())
+        })
+        .collect()
 }
 
 /// Bytes read from the session at a time: large reads keep a 100 MB body
@@ -531,6 +641,19 @@ impl<I: Injector> Receiver<I> {
                 reply
             }
             Body::Accepting { message, trace } => {
+                if let Some(from) = trace.refused_from(&self.settings.policy) {
+                    message.abort();
+                    let peer = self.settings.policy.peer.clone();
+                    self.warn(&format!(
+                        "reject: header From: <{from}> not allowed for this peer"
+                    ));
+                    self.summary.rejected += 1;
+                    return Some(reply(
+                        550,
+                        (5, 7, 1),
+                        format!("<{from}>: From: header address not allowed for peer {peer}"),
+                    ));
+                }
                 let maildrop_id = message.queue_id().to_owned();
                 Some(match message.commit() {
                     Ok(queue_id) => {
@@ -663,7 +786,7 @@ mod tests {
             allow_sender: vec!["@leaf.test".into()],
             max_size: Some(1000),
             max_recipients: Some(2),
-            hard_error_limit: None,
+            ..PolicyArgs::default()
         };
         let mut policy = ConfigFile::default().policy("leaf1", &args).unwrap();
         policy
@@ -841,5 +964,69 @@ mod tests {
             "{out}"
         );
         assert_eq!(hop.borrow().committed.len(), 2);
+    }
+
+    #[test]
+    fn from_header_addresses() {
+        for (value, addresses) in [
+            (" alice@leaf.test", vec!["alice@leaf.test"]),
+            (" Alice <alice@leaf.test>", vec!["alice@leaf.test"]),
+            (" \"Doe, John\" <john@leaf.test>", vec!["john@leaf.test"]),
+            (
+                " a@leaf.test (Alice), b@leaf.test",
+                vec!["a@leaf.test", "b@leaf.test"],
+            ),
+            (
+                " team: a@leaf.test, B <b@leaf.test>;",
+                vec!["a@leaf.test", "b@leaf.test"],
+            ),
+            (" \"al ice\"@leaf.test", vec!["\"al ice\"@leaf.test"]),
+            (" (only a comment)", vec![]),
+        ] {
+            assert_eq!(header_addresses(value), addresses, "{value}");
+        }
+    }
+
+    /// The per-peer From: header check: a peer allowed @leaf.test cannot
+    /// put someone else's address in From:, even with a good envelope or
+    /// a null sender; without the option only the envelope is checked.
+    #[test]
+    fn from_header_check_refuses_other_domains() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nFrom: Boss <ceo@bank.test>\n\nx\n.\n\
+                      MAIL FROM:<>\nRCPT TO:<b@hub.test>\nDATA\nFrom: x@leaf.test,\n ceo@bank.test\n\nx\n.\n\
+                      MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nFrom: A <a@leaf.test>\n\nx\n.\n";
+        let run = |check: bool| {
+            let args = PolicyArgs {
+                allow_sender: vec!["@leaf.test".into()],
+                check_header_from: check,
+                ..PolicyArgs::default()
+            };
+            let policy = ConfigFile::default().policy("leaf1", &args).unwrap();
+            let hop = Rc::new(RefCell::new(Hop::default()));
+            let settings = Settings {
+                hostname: "hub.test".into(),
+                policy,
+                error_limit: 20,
+            };
+            let mut out = Vec::new();
+            Receiver::new(settings, Memory(hop.clone()))
+                .run(&mut &input[..], &mut out)
+                .unwrap();
+            (String::from_utf8(out).unwrap(), hop)
+        };
+        let (out, hop) = run(true);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "354", "550", "250", "250", "354", "550", "250", "250", "354", "250"],
+            "{out}"
+        );
+        assert!(
+            out.contains("550 5.7.1 <ceo@bank.test>: From: header"),
+            "{out}"
+        );
+        assert_eq!(hop.borrow().committed.len(), 1);
+        assert_eq!(hop.borrow().aborted, 2);
+        let (_, hop) = run(false);
+        assert_eq!(hop.borrow().committed.len(), 3);
     }
 }
