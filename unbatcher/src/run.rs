@@ -84,7 +84,7 @@ pub enum RunError {
     /// Some commands were refused: read offline (`rsmtp < batch`), some
     /// mail in the batch was not queued, so the batch must be kept.
     #[error(
-        "{refused} command(s) refused, {accepted} message(s) queued: not everything in this batch was accepted (see the mail log for why); keep the batch and retry"
+        "{refused} command(s) refused, {accepted} message(s) queued: not everything in this batch was accepted (see the mail log for what and why); keep the batch, and take the queued messages out of it before feeding it again"
     )]
     NotAccepted {
         /// Commands answered 4xx or 5xx.
@@ -132,13 +132,17 @@ pub fn run(
     if let Some(AdminCommand::Authorize(authorize)) = &args.command {
         return Ok(crate::authorize::run(authorize, output)?);
     }
+    let file = read_config(&args)?;
+    // Log where the Postfix instance we inject into logs.
     bsmtp::logging::init(
         "rsmtp",
         args.verbose,
         bsmtp::logging::Fallback::Stderr,
-        args.postfix_config.as_deref(),
+        args.postfix_config
+            .as_deref()
+            .or(file.postfix_config.as_deref()),
     );
-    let session = load(&args)?;
+    let session = load(&args, file)?;
     let verb = command::parse(original_command).map_err(|refused| {
         // Also on stdout as an SMTP reply: that is what a sender reads. A
         // refused command is a configuration fault (a verb this key is not
@@ -172,12 +176,16 @@ struct Session {
     postdrop: PostdropCommand,
 }
 
-fn load(args: &Args) -> Result<Session, RunError> {
+/// rsmtp.conf: the file `--config` names, else the default one if it exists.
+fn read_config(args: &Args) -> Result<ConfigFile, RunError> {
     let (path, named) = match &args.config {
         Some(path) => (path.clone(), true),
         None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
     };
-    let file = ConfigFile::load(&path, named).map_err(RunError::Config)?;
+    ConfigFile::load(&path, named).map_err(RunError::Config)
+}
+
+fn load(args: &Args, file: ConfigFile) -> Result<Session, RunError> {
     // clap requires --peer whenever there is no subcommand.
     let peer = args.peer.as_deref().unwrap_or_default();
     let mut policy = file.policy(peer, &args.policy).map_err(RunError::Config)?;
