@@ -34,7 +34,7 @@ use syslog::{Facility, Formatter3164, Logger, LoggerBackend};
 
 use crate::main_cf::MainCf;
 
-/// Postfix's logging front end.
+/// Postfix's logging front end, unless the config names another.
 pub const POSTLOG: &str = "/usr/sbin/postlog";
 
 /// The command that gives `postlog` back the set-gid bit upstream Postfix
@@ -73,14 +73,28 @@ struct MailLog {
 
 static LOGGER: OnceLock<MailLog> = OnceLock::new();
 
-/// Starts logging as `ident` (e.g. "bsmtp-ssh"); `verbose` adds debug lines.
-/// `postfix_config` is the Postfix instance whose logging we join (default:
-/// `MAIL_CONFIG` from the environment, as pipe(8) passes it, or the
-/// system's). Calling it again keeps the first setup (tests run `run()` many
+/// Whose logging we join, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The Postfix instance (default: `MAIL_CONFIG` from the environment,
+    /// as pipe(8) passes it, or the system's).
+    pub postfix_config: Option<PathBuf>,
+    /// The postlog(1) program (default [`POSTLOG`]).
+    pub postlog: Option<PathBuf>,
+}
+
+impl Target {
+    fn postlog(&self) -> &Path {
+        self.postlog.as_deref().unwrap_or(Path::new(POSTLOG))
+    }
+}
+
+/// Starts logging as `ident` (e.g. "bsmtp-ssh"); `verbose` adds debug
+/// lines. Calling it again keeps the first setup (tests run `run()` many
 /// times).
-pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Option<&Path>) {
+pub fn init(ident: &str, verbose: bool, fallback: Fallback, target: &Target) {
     let logger = LOGGER.get_or_init(|| {
-        let (sink, impaired) = open_sink(ident, postfix_config.map(Path::to_path_buf));
+        let (sink, impaired) = open_sink(ident, target);
         MailLog {
             ident: ident.to_owned(),
             sink,
@@ -99,15 +113,20 @@ pub fn init(ident: &str, verbose: bool, fallback: Fallback, postfix_config: Opti
 }
 
 /// The sink, and whether it misses the instance's `maillog_file`.
-fn open_sink(ident: &str, postfix_config: Option<PathBuf>) -> (Sink, bool) {
-    let main_cf = MainCf::load(&postfix_config.clone().unwrap_or_else(MainCf::default_dir));
+fn open_sink(ident: &str, target: &Target) -> (Sink, bool) {
+    let main_cf = MainCf::load(
+        &target
+            .postfix_config
+            .clone()
+            .unwrap_or_else(MainCf::default_dir),
+    );
     // Where Postfix logs to syslog (the default), so do we, directly: a
     // postlog child would cost an exec (about 6 ms of CPU) per process.
     if main_cf.maillog_file().is_none() {
         return (syslog_sink(ident).unwrap_or(Sink::None), false);
     }
-    if postlog_reachable(&main_cf, &Credentials::current()).is_ok() {
-        if let Some(sink) = postlog_sink(ident, postfix_config) {
+    if postlog_reachable(&main_cf, target.postlog(), &Credentials::current()).is_ok() {
+        if let Some(sink) = postlog_sink(ident, target) {
             return (sink, false);
         }
     }
@@ -163,7 +182,11 @@ impl Credentials {
 /// Whether a `postlog` started with `who`'s identity can hand lines to
 /// postlogd: `who` itself may reach the socket (root, group postdrop), or
 /// postlog is set-gid to a group that may. `Err` says why not.
-pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), String> {
+pub fn postlog_reachable(
+    main_cf: &MainCf,
+    postlog: &Path,
+    who: &Credentials,
+) -> Result<(), String> {
     let public = main_cf.queue_directory().join("public");
     let service = main_cf
         .value("postlog_service_name")
@@ -176,7 +199,8 @@ pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), Stri
     if reaches(who) {
         return Ok(());
     }
-    let postlog = std::fs::metadata(POSTLOG).map_err(|err| format!("{POSTLOG}: {err}"))?;
+    let program = postlog.display();
+    let postlog = std::fs::metadata(postlog).map_err(|err| format!("{program}: {err}"))?;
     let set_gid = postlog.permissions().mode() & 0o2000 != 0;
     if set_gid {
         let with_postlog_group = Credentials {
@@ -188,7 +212,7 @@ pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), Stri
         }
     }
     Err(format!(
-        "{POSTLOG} is {} (mode {:o}), so run as uid {} it cannot reach postlogd's socket {}",
+        "{program} is {} (mode {:o}), so run as uid {} it cannot reach postlogd's socket {}",
         if set_gid {
             "set-gid to a group that cannot enter the queue's public directory"
         } else {
@@ -200,9 +224,9 @@ pub fn postlog_reachable(main_cf: &MainCf, who: &Credentials) -> Result<(), Stri
     ))
 }
 
-fn postlog_sink(ident: &str, postfix_config: Option<PathBuf>) -> Option<Sink> {
-    let mut command = crate::child::command(POSTLOG);
-    if let Some(dir) = postfix_config {
+fn postlog_sink(ident: &str, target: &Target) -> Option<Sink> {
+    let mut command = crate::child::command(target.postlog());
+    if let Some(dir) = &target.postfix_config {
         command.arg("-c").arg(dir);
     } else if let Some(dir) = std::env::var_os("MAIL_CONFIG") {
         command.env("MAIL_CONFIG", dir);
@@ -338,20 +362,30 @@ mod tests {
             uid: 0,
             gids: vec![0],
         };
-        assert!(postlog_reachable(&main_cf, &root).is_ok());
+        let postlog = Path::new("/nonexistent/postlog");
+        assert!(postlog_reachable(&main_cf, postlog, &root).is_ok());
         let member = Credentials {
             uid: 4242,
             gids: vec![owner_gid],
         };
-        assert!(postlog_reachable(&main_cf, &member).is_ok());
+        assert!(postlog_reachable(&main_cf, postlog, &member).is_ok());
         // A stranger depends on postlog's set-gid bit, which the message names.
         let stranger = Credentials {
             uid: 4242,
             gids: vec![owner_gid + 4242],
         };
-        let why = postlog_reachable(&main_cf, &stranger).unwrap_err();
+        let why = postlog_reachable(&main_cf, postlog, &stranger).unwrap_err();
+        assert!(why.contains("/nonexistent/postlog"), "{why}");
+        // A postlog set-gid to the directory's group reaches it for anyone.
+        let copy = dir.join("postlog-copy");
+        std::fs::write(&copy, b"").unwrap();
+        std::os::unix::fs::chown(&copy, None, Some(owner_gid)).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        assert!(postlog_reachable(&main_cf, &copy, &stranger).is_ok());
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let why = postlog_reachable(&main_cf, &copy, &stranger).unwrap_err();
         assert!(
-            why.contains("postlogd") && why.contains("uid 4242"),
+            why.contains("not set-gid") && why.contains("uid 4242") && why.contains("postlogd"),
             "{why}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -153,7 +153,7 @@ pub struct Env {
     leaf: Postfix,
     hub: Postfix,
     registered: bool,
-    /// The postlog copy the daemons see, if the options pinned one.
+    /// The postlog copy both sides' configs name, if the options pinned one.
     postlog: Option<PathBuf>,
 }
 
@@ -254,12 +254,8 @@ impl Env {
                 master_cf: &pipe,
             },
         );
-        let mut sshd = Sshd::create(base.join("ssh"));
+        let sshd = Sshd::create(base.join("ssh"));
         let postlog = options.postlog.prepare(&bin);
-        let (mut leaf, mut hub) = (leaf, hub);
-        leaf.use_postlog(postlog.clone());
-        hub.use_postlog(postlog.clone());
-        sshd.use_postlog(postlog.clone());
         let mut env = Env {
             postlog,
             base,
@@ -356,6 +352,10 @@ impl Env {
             "--postfix-config".to_owned(),
             self.hub_config_dir().to_string_lossy().into_owned(),
         ];
+        if self.postlog.is_some() {
+            words.push("--config".to_owned());
+            words.push(self.rsmtp_config().to_string_lossy().into_owned());
+        }
         words.extend(self.options.rsmtp_args.iter().map(|a| self.expand(a)));
         words
             .iter()
@@ -404,8 +404,17 @@ impl Env {
     }
 
     fn write_transport_config(&self) {
+        // A top-level key comes before the first section in TOML.
+        let postlog = self
+            .postlog
+            .as_ref()
+            .map(|p| format!("postlog = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        if !postlog.is_empty() {
+            write_file(&self.rsmtp_config(), &postlog, 0o644);
+        }
         let conf = format!(
-            "# Written by bsmtp-ssh-tests.\n[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
+            "# Written by bsmtp-ssh-tests.\n{postlog}[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
              user = \"{HUB_USER}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
             self.sshd_port(),
             self.leaf_key().display(),
@@ -544,34 +553,40 @@ impl Env {
         })
     }
 
-    /// A command for `program` that sees the same `/usr/sbin/postlog` as
-    /// this environment's daemons ([`postlog`]).
-    pub fn command(&self, program: &Path) -> Command {
-        postlog::command(self.postlog.as_deref(), &program.to_string_lossy())
-    }
-
     /// Runs the installed `bsmtp-ssh` as root with `args` and `stdin`
     /// (bounded like every command here).
     pub fn bsmtp_ssh(&self, args: &[&str], stdin: &[u8]) -> Output {
         util::run_timeout(
-            self.command(&self.bin_dir().join("bsmtp-ssh")).args(args),
+            Command::new(self.bin_dir().join("bsmtp-ssh")).args(args),
             stdin,
             COMMAND_TIMEOUT,
         )
     }
 
+    /// `rsmtp --peer leaf1 --postfix-config <hub etc>`, and `--config` with
+    /// the environment's rsmtp.conf when it has one: what the forced
+    /// command runs, without the policy arguments.
+    pub fn rsmtp_command(&self) -> Command {
+        let mut command = Command::new(self.bin_dir().join("rsmtp"));
+        command
+            .args(["--peer", LEAF_PEER, "--postfix-config"])
+            .arg(self.hub_config_dir());
+        if self.postlog.is_some() {
+            command.arg("--config").arg(self.rsmtp_config());
+        }
+        command
+    }
+
+    /// The hub's rsmtp.conf (written only when the options pin postlog).
+    pub fn rsmtp_config(&self) -> PathBuf {
+        self.base.join("hub/rsmtp.conf")
+    }
+
     /// Runs the installed `rsmtp` as root without SSH, reading `stdin` the
     /// way `rsmtp --peer leaf1 < batch` does, injecting into the hub:
-    /// `rsmtp --peer leaf1 --postfix-config <hub etc> ARGS`.
+    /// [`Env::rsmtp_command`] with `args`.
     pub fn rsmtp_offline(&self, args: &[&str], stdin: &[u8]) -> Output {
-        util::run_timeout(
-            self.command(&self.bin_dir().join("rsmtp"))
-                .args(["--peer", LEAF_PEER, "--postfix-config"])
-                .arg(self.hub_config_dir())
-                .args(args),
-            stdin,
-            COMMAND_TIMEOUT,
-        )
+        util::run_timeout(self.rsmtp_command().args(args), stdin, COMMAND_TIMEOUT)
     }
 
     /// `bsmtp-ssh deliver` by hand with the leaf's transport config, as

@@ -45,7 +45,6 @@ pub struct Postfix {
     /// The instance's root directory.
     pub dir: PathBuf,
     running: bool,
-    postlog: Option<PathBuf>,
 }
 
 /// What differs between the hub and the leaf.
@@ -71,7 +70,6 @@ impl Postfix {
             name,
             dir,
             running: false,
-            postlog: None,
         };
         for sub in ["", "etc", "mail"] {
             mkdir(&pf.dir.join(sub), 0o755);
@@ -113,22 +111,10 @@ impl Postfix {
         self.dir.join("mail").join(user).join("Maildir")
     }
 
-    /// Makes the daemons of this instance (started later) see `postlog`
-    /// as `/usr/sbin/postlog` ([`crate::postlog`]).
-    pub fn use_postlog(&mut self, postlog: Option<PathBuf>) {
-        self.postlog = postlog;
-    }
-
     /// `postfix start` (`master -w`: returns once the master runs).
     pub fn start(&mut self) {
         write_file(&self.dir.join("spool/quick-start"), "", 0o644);
-        let mut start = crate::postlog::command(self.postlog.as_deref(), "/usr/sbin/postfix");
-        start
-            .env("MAIL_CONFIG", self.config_dir())
-            .arg("-c")
-            .arg(self.config_dir())
-            .arg("start");
-        run_ok(&mut start);
+        self.postfix(&["start"]);
         self.running = true;
     }
 

@@ -1,23 +1,22 @@
-//! Which `/usr/sbin/postlog` an environment's daemons see.
+//! Which postlog(1) an environment's bsmtp-ssh and rsmtp log through.
 //!
 //! Debian installs postlog 0755; upstream Postfix (and `dpkg-statoverride`
 //! or `postfix set-permissions` afterwards) makes it set-gid postdrop. Our
 //! logging behaves differently in the two cases, and the suite must pass on
 //! either machine, so a test can pin the mode it means: the harness copies
-//! postlog into the environment with that mode and starts the leaf's and
-//! the hub's Postfix and sshd in a private mount namespace where the copy is
-//! bind-mounted over `/usr/sbin/postlog`. Nothing changes for the rest of
-//! the machine, and the namespace ends with its last process.
+//! postlog into the environment with that mode and names the copy in
+//! bsmtp-ssh.conf and rsmtp.conf (`postlog = ...`). Nothing changes for the
+//! rest of the machine, and it works in a chroot too (a mount namespace
+//! would not: there `/` is no mount point whose propagation can change).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::util::{chown_to, set_mode};
 
 /// The system's postlog.
 pub const POSTLOG: &str = "/usr/sbin/postlog";
 
-/// The postlog the daemons of an environment run.
+/// The postlog an environment's bsmtp-ssh and rsmtp use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PostlogMode {
     /// Whatever this machine has.
@@ -46,21 +45,4 @@ impl PostlogMode {
         set_mode(&copy, mode);
         Some(copy)
     }
-}
-
-/// A command running `program args...`, inside a private mount namespace
-/// with `postlog` bind-mounted over the system's when one is given.
-pub fn command(postlog: Option<&Path>, program: &str) -> Command {
-    let Some(postlog) = postlog else {
-        return Command::new(program);
-    };
-    let mut command = Command::new("/usr/bin/unshare");
-    command
-        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-        .arg(format!(
-            "mount --bind \"$0\" {POSTLOG} || exit 1; exec \"$@\""
-        ))
-        .arg(postlog)
-        .arg(program);
-    command
 }

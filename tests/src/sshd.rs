@@ -20,7 +20,6 @@ pub struct Sshd {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
-    postlog: Option<PathBuf>,
 }
 
 impl Sshd {
@@ -34,17 +33,10 @@ impl Sshd {
             dir,
             port: free_port(),
             child: None,
-            postlog: None,
         };
         sshd.new_host_key();
         sshd.write_config();
         sshd
-    }
-
-    /// Makes the forced commands of later sessions see `postlog` as
-    /// `/usr/sbin/postlog` ([`crate::postlog`]).
-    pub fn use_postlog(&mut self, postlog: Option<PathBuf>) {
-        self.postlog = postlog;
     }
 
     /// The port sshd listens on (127.0.0.1 only).
@@ -151,8 +143,7 @@ MaxSessions 100",
                     .arg(&conf),
             );
             let log_start = self.log().len();
-            // The namespace's processes keep sshd's PID (unshare and sh exec).
-            let child = crate::postlog::command(self.postlog.as_deref(), "/usr/sbin/sshd")
+            let child = Command::new("/usr/sbin/sshd")
                 .arg("-D")
                 .arg("-e")
                 .arg("-f")

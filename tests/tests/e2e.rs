@@ -737,9 +737,7 @@ fn peer_that_never_reads_replies_is_dropped() {
     let path = env.base().join("batch");
     std::fs::write(&path, &batch).unwrap();
     let mut child = env
-        .command(&env.bin_dir().join("rsmtp"))
-        .args(["--peer", "leaf1", "--postfix-config"])
-        .arg(env.hub_config_dir())
+        .rsmtp_command()
         .args(["--allow-sender", "@leaf.test", "--idle-timeout", "2"])
         .stdin(std::fs::File::open(&path).unwrap())
         .stdout(std::process::Stdio::piped())

@@ -72,11 +72,21 @@ impl<W: Write> Report<'_, W> {
 
 /// Runs the checks; exit 0 only when every check passed.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
-    bsmtp::logging::init("bsmtp-ssh", false, bsmtp::logging::Fallback::Stderr, None);
     let path = &args.config;
+    let loaded = ConfigFile::load(path);
+    let postlog = loaded.as_ref().ok().and_then(|file| file.postlog.clone());
+    bsmtp::logging::init(
+        "bsmtp-ssh",
+        false,
+        bsmtp::logging::Fallback::Stderr,
+        &bsmtp::logging::Target {
+            postfix_config: args.config_directory.clone(),
+            postlog: postlog.clone(),
+        },
+    );
     let mut report = Report { out, failed: 0 };
-    check_logging(args, &mut report);
-    let file = match ConfigFile::load(path) {
+    check_logging(args, postlog.as_deref(), &mut report);
+    let file = match loaded {
         Ok(file) => file,
         Err(err) => {
             report.fail("-", "config", &err);
@@ -120,7 +130,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
 /// that only postlog(1) reaches, and a postlog that cannot reach it for
 /// the transport's user (Debian's 0755 postlog), is worth a warning, not a
 /// failure: Postfix still logs every delivery's status line.
-fn check_logging(args: &CheckArgs, report: &mut Report<'_, impl Write>) {
+fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'_, impl Write>) {
     let dir = args
         .config_directory
         .clone()
@@ -161,7 +171,8 @@ fn check_logging(args: &CheckArgs, report: &mut Report<'_, impl Write>) {
         uid: account.uid.as_raw(),
         gids: vec![account.gid.as_raw()],
     };
-    match bsmtp::logging::postlog_reachable(&main_cf, &who) {
+    let postlog = postlog.unwrap_or(Path::new(bsmtp::logging::POSTLOG));
+    match bsmtp::logging::postlog_reachable(&main_cf, postlog, &who) {
         Ok(()) => report.host(
             "ok:  ",
             "log",

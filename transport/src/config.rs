@@ -90,6 +90,9 @@ pub struct PeerSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// The postlog(1) to log through when Postfix logs to a `maillog_file`
+    /// (default /usr/sbin/postlog).
+    pub postlog: Option<PathBuf>,
     /// Peers by name.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerSection>,

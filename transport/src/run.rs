@@ -121,11 +121,19 @@ pub fn run(
 }
 
 fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl Write) -> u8 {
+    // A config that does not load is reported in the status line below.
+    let postlog = (args.host.is_none())
+        .then(|| ConfigFile::load(&args.config).ok())
+        .flatten()
+        .and_then(|file| file.postlog);
     bsmtp::logging::init(
         "bsmtp-ssh",
         args.verbose,
         bsmtp::logging::Fallback::Buffer,
-        None,
+        &bsmtp::logging::Target {
+            postfix_config: None,
+            postlog,
+        },
     );
     // Whoever prints pipe(8)'s status line first (this flow or the
     // deadline watchdog) sets this; the other then prints nothing.

@@ -146,6 +146,8 @@ pub struct ConfigFile {
     pub postfix_config: Option<PathBuf>,
     /// The postdrop program.
     pub postdrop: Option<PathBuf>,
+    /// The postlog(1) to log through when Postfix logs to a `maillog_file`.
+    pub postlog: Option<PathBuf>,
     /// Per-peer rules.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerConfig>,

@@ -138,9 +138,13 @@ pub fn run(
         "rsmtp",
         args.verbose,
         bsmtp::logging::Fallback::Stderr,
-        args.postfix_config
-            .as_deref()
-            .or(file.postfix_config.as_deref()),
+        &bsmtp::logging::Target {
+            postfix_config: args
+                .postfix_config
+                .clone()
+                .or_else(|| file.postfix_config.clone()),
+            postlog: file.postlog.clone(),
+        },
     );
     let session = load(&args, file)?;
     let verb = command::parse(original_command).map_err(|refused| {
