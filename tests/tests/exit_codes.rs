@@ -306,18 +306,24 @@ fn refused_ssh_command_defers_4_3_5() {
 
     // A receiver that refuses with a 5xx before any mail: still a deferral.
     env.set_forced_command("printf '554 5.7.0 not for you\\r\\n'");
+    retry_expect(&env, "554 5.7.0 not for you", "4.3.5");
+}
+
+/// Flushes the leaf's queue and waits for a pipe(8) line containing
+/// `needle`; it must defer with `dsn`, and the message stay queued.
+fn retry_expect(env: &Env, needle: &str, dsn: &str) {
     env.leaf_flush();
     let retried = bsmtp_ssh_tests::util::poll(DELIVERY, || {
         env.log_lines(Log::Leaf, "relay=bsmtp")
             .into_iter()
-            .find(|l| l.contains("554 5.7.0 not for you"))
+            .find(|l| l.contains(needle))
     })
-    .unwrap_or_else(|| env.fail("no retry against the refusing receiver"));
+    .unwrap_or_else(|| env.fail(&format!("no retry logged with {needle:?}")));
     assert!(
-        retried.contains("dsn=4.3.5") && retried.contains("status=deferred"),
+        retried.contains(&format!("dsn={dsn},")) && retried.contains("status=deferred"),
         "{retried}"
     );
-    expect_kept(&env);
+    expect_kept(env);
 }
 
 /// Regression (audit 2.3): a reply of the wrong kind where another was due
@@ -342,18 +348,7 @@ fn replies_out_of_step_defer_4_5_0() {
 
     // One that says 250 to everything, DATA included.
     env.set_forced_command("while read -r line; do printf '250 2.0.0 Ok\\r\\n'; done");
-    env.leaf_flush();
-    let retried = bsmtp_ssh_tests::util::poll(DELIVERY, || {
-        env.log_lines(Log::Leaf, "relay=bsmtp")
-            .into_iter()
-            .find(|l| l.contains("answered DATA"))
-    })
-    .unwrap_or_else(|| env.fail("no retry against the yes-man receiver"));
-    assert!(
-        retried.contains("dsn=4.5.0") && retried.contains("status=deferred"),
-        "{retried}"
-    );
-    expect_kept(&env);
+    retry_expect(&env, "answered DATA", "4.5.0");
 }
 
 /// Regression (audit 2.4): libssh2 reads `@revoked` as a host name, so a
