@@ -1,16 +1,17 @@
-//! What bsmtp-ssh (the sending transport) and rsmtp (the receiver) share:
-//! the Batch SMTP codec (sans I/O), SMTP replies with enhanced status codes,
-//! the one table that maps outcomes to exit codes, logging in Postfix's
-//! style, the OpenSSH `known_hosts` reader that checks a hub's host key
-//! (sans I/O too), and the small helpers every caller needs once: envelope
-//! address forms, main.cf reading, child processes with a cut-down
-//! environment.
+//! The pure parts of bsmtp-ssh, shared by the transport (bsmtp-ssh) and the
+//! receiver (rsmtp): the Batch SMTP codec, SMTP replies with enhanced status
+//! codes, the typed EHLO extensions, the one table that maps outcomes to
+//! exit codes, Postfix's queue-file records, envelope address forms, the
+//! OpenSSH `known_hosts` reader and text made safe for a log line. Nothing
+//! here reads, writes, spawns or looks at a clock (except
+//! `KnownHosts::load`, one file read kept apart); the I/O lives in the
+//! `bsmtp-session` crate.
 
 pub mod address;
-pub mod child;
 pub mod codec;
+pub mod extensions;
 pub mod known_hosts;
-pub mod logging;
-pub mod main_cf;
+pub mod records;
 pub mod reply;
 pub mod status;
+pub mod text;

@@ -107,19 +107,11 @@ impl Failure {
 /// The status line for pipe(8): `X.Y.Z text`, one line.
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.dsn(), one_line(&self.text))
+        write!(f, "{} {}", self.dsn(), crate::text::one_line(&self.text))
     }
 }
 
 impl std::error::Error for Failure {}
-
-/// Folds `text` onto one line: pipe(8) turns newlines into spaces anyway,
-/// and a log line must never be split by what a peer sent.
-pub fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -12,15 +12,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bsmtp::codec::Command;
-use bsmtp::logging::{Credentials, POSTLOG_FIX};
-use bsmtp::main_cf::MainCf;
 use bsmtp::status::{Failure, FailureKind};
+use bsmtp_session::logging::{Credentials, POSTLOG_FIX};
+use bsmtp_session::main_cf::MainCf;
 use clap::Args;
 use nix::unistd::User;
 
-use crate::client::Client;
-use crate::config::{ConfigFile, Peer};
-use crate::ssh;
+use crate::config::ConfigFile;
+use bsmtp_session::client::Client;
+use bsmtp_session::ssh;
+use bsmtp_session::ssh::Peer;
 
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
@@ -75,11 +76,11 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     let path = &args.config;
     let loaded = ConfigFile::load(path);
     let postlog = loaded.as_ref().ok().and_then(|file| file.postlog.clone());
-    bsmtp::logging::init(
+    bsmtp_session::logging::init(
         "bsmtp-ssh",
         false,
-        bsmtp::logging::Fallback::Stderr,
-        &bsmtp::logging::Target {
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
             postfix_config: args.config_directory.clone(),
             postlog: postlog.clone(),
         },
@@ -171,8 +172,8 @@ fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'
         uid: account.uid.as_raw(),
         gids: vec![account.gid.as_raw()],
     };
-    let postlog = postlog.unwrap_or(Path::new(bsmtp::logging::POSTLOG));
-    match bsmtp::logging::postlog_reachable(&main_cf, postlog, &who) {
+    let postlog = postlog.unwrap_or(Path::new(bsmtp_session::logging::POSTLOG));
+    match bsmtp_session::logging::postlog_reachable(&main_cf, postlog, &who) {
         Ok(()) => report.host(
             "ok:  ",
             "log",
@@ -194,7 +195,7 @@ fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'
 
 /// The `user=` of the master.cf service `transport` (`postconf -M`).
 fn transport_user(config_dir: &Path, transport: &str) -> Option<String> {
-    let output = bsmtp::child::command("/usr/sbin/postconf")
+    let output = bsmtp_session::child::command("/usr/sbin/postconf")
         .arg("-c")
         .arg(config_dir)
         .arg("-M")
@@ -256,7 +257,7 @@ fn check_peer(peer: &Peer, report: &mut Report<'_, impl Write>) {
         return;
     }
     for host in &peer.hosts {
-        match ssh::connect_host(peer, host, &known_hosts) {
+        match ssh::connect_host(peer, host, &known_hosts, &peer.command) {
             Ok(connection) => {
                 report.ok(
                     name,

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bsmtp_session::ssh::Peer;
 use serde::Deserialize;
 
 /// Where the config lives unless `--config` says otherwise.
@@ -33,31 +34,6 @@ pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
 /// Default limit for a whole delivery: well under Postfix's
 /// `<transport>_time_limit` (1000 s), whose expiry would bounce the message.
 pub const DEFAULT_DEADLINE: u64 = 900;
-
-/// How to reach one peer, ready to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// Its name (the config section, Postfix's nexthop).
-    pub name: String,
-    /// Host names or addresses, tried in order.
-    pub hosts: Vec<String>,
-    /// SSH port.
-    pub port: u16,
-    /// Remote login.
-    pub user: String,
-    /// Private key file.
-    pub identity: PathBuf,
-    /// `known_hosts` file with the peer's pinned host key.
-    pub known_hosts: PathBuf,
-    /// What we ask the forced command for.
-    pub command: String,
-    /// TCP connect limit.
-    pub connect_timeout: Duration,
-    /// Limit for each read or write once connected.
-    pub idle_timeout: Duration,
-    /// Limit for the whole delivery.
-    pub deadline: Duration,
-}
 
 /// One `[peer.NAME]` section as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -107,7 +83,7 @@ impl ConfigFile {
             format!(
                 "config {}: {}",
                 path.display(),
-                bsmtp::status::one_line(&err.to_string())
+                bsmtp::text::one_line(&err.to_string())
             )
         })
     }
@@ -136,7 +112,7 @@ impl PeerSection {
         if let Some(bad) = hosts.iter().find(|h| !plain_host(h)) {
             return Err(format!(
                 "peer {name}: bad host name \"{}\"",
-                bsmtp::status::one_line(bad)
+                bsmtp::text::one_line(bad)
             ));
         }
         let secs = |value: Option<u64>, default| Duration::from_secs(value.unwrap_or(default));

@@ -18,9 +18,9 @@ use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
 use log::info;
 
-use crate::client::Client;
-use crate::config::Peer;
-use crate::ssh;
+use bsmtp_session::client::Client;
+use bsmtp_session::ssh;
+use bsmtp_session::ssh::Peer;
 
 /// One message's envelope as Postfix's pipe(8) gives it.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ fn wire_address(what: &str, address: &str) -> Result<String, Failure> {
         FailureKind::BadEnvelope,
         format!(
             "malformed {what} address <{}>",
-            bsmtp::status::one_line(address)
+            bsmtp::text::one_line(address)
         ),
     ))
 }
@@ -119,7 +119,7 @@ pub fn deliver(
         session,
         channel,
         relay,
-    } = ssh::connect(peer)?;
+    } = ssh::connect(peer, &peer.command)?;
     let mut client = Client::new(channel, relay.clone());
     let result = transaction(&mut client, envelope, content);
     let mut channel = client.into_inner().0;
@@ -314,6 +314,6 @@ pub fn status_line(out: &mut impl Write, result: &Result<Delivered, Failure>) {
         ),
         Err(failure) => failure.to_string(),
     };
-    let _ = writeln!(out, "{}", bsmtp::status::one_line(&line));
+    let _ = writeln!(out, "{}", bsmtp::text::one_line(&line));
     let _ = out.flush();
 }

@@ -2,11 +2,9 @@
 //! message over SSH to a peer's `rsmtp` forced command, as Batch SMTP.
 
 pub mod check;
-pub mod client;
 pub mod config;
 pub mod deliver;
 pub mod install;
 mod run;
-pub mod ssh;
 
 pub use run::{install_panic_hook, run, Cli};

@@ -11,8 +11,9 @@ use bsmtp::status::{Failure, FailureKind};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use sysexits::ExitCode;
 
-use crate::config::{ConfigFile, Peer, PeerSection};
+use crate::config::{ConfigFile, PeerSection};
 use crate::deliver::{self, Envelope};
+use bsmtp_session::ssh::Peer;
 
 /// bsmtp-ssh: Postfix transport that moves mail over SSH as Batch SMTP.
 #[derive(Debug, Parser)]
@@ -106,7 +107,7 @@ pub fn run(
                 FailureKind::Config,
                 format!(
                     "bad command line: {}",
-                    bsmtp::status::one_line(&err.to_string())
+                    bsmtp::text::one_line(&err.to_string())
                 ),
             );
             let _ = writeln!(out, "{failure}");
@@ -126,11 +127,11 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
         .then(|| ConfigFile::load(&args.config).ok())
         .flatten()
         .and_then(|file| file.postlog);
-    bsmtp::logging::init(
+    bsmtp_session::logging::init(
         "bsmtp-ssh",
         args.verbose,
-        bsmtp::logging::Fallback::Buffer,
-        &bsmtp::logging::Target {
+        bsmtp_session::logging::Fallback::Buffer,
+        &bsmtp_session::logging::Target {
             postfix_config: None,
             postlog,
         },
@@ -156,7 +157,7 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
     }
     *answered = true;
     deliver::status_line(out, &result);
-    bsmtp::logging::flush_buffered();
+    bsmtp_session::logging::flush_buffered();
     match result {
         Ok(_) => 0,
         Err(failure) => failure.exit_code() as u8,
@@ -233,7 +234,7 @@ impl Watchdog {
             let mut stdout = std::io::stdout();
             let _ = writeln!(stdout, "{failure}");
             let _ = stdout.flush();
-            bsmtp::logging::flush_buffered();
+            bsmtp_session::logging::flush_buffered();
             // The delivery may be stuck where nothing can interrupt it (a
             // name lookup): only ending the process frees Postfix.
             std::process::exit(i32::from(failure.exit_code() as u8));

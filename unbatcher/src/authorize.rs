@@ -27,7 +27,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, User};
 use sysexits::ExitCode;
 
-use crate::policy::{self, SenderPattern};
+use bsmtp_session::policy::{self, SenderPattern};
 
 /// The account whose `~/.ssh/authorized_keys` gets the line by default: the
 /// one the peers log in as.
@@ -139,7 +139,7 @@ impl PublicKey {
         if !KEY_TYPES.contains(&kind) {
             return Err(format!(
                 "unknown key type \"{}\" (known: {}); give a plain OpenSSH .pub line without options",
-                crate::command::printable(kind.as_bytes()),
+                bsmtp::text::printable(kind.as_bytes()),
                 KEY_TYPES.join(", ")
             ));
         }
@@ -222,7 +222,7 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
     let Some(program) = program else {
         return Err(refused(format!(
             "rsmtp path \"{}\": give an absolute path without quotes, backslashes or spaces (--rsmtp PATH)",
-            crate::command::printable(rsmtp.as_os_str().as_encoded_bytes())
+            bsmtp::text::printable(rsmtp.as_os_str().as_encoded_bytes())
         )));
     };
     let mut words = vec![program.to_owned(), "--peer".into(), args.peer.clone()];
@@ -231,7 +231,7 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
         if pattern.contains(['"', '\\']) || pattern.chars().any(char::is_whitespace) {
             return Err(refused(format!(
                 "sender pattern \"{}\": quotes, backslashes and spaces cannot go into a forced command",
-                crate::command::printable(pattern.as_bytes())
+                bsmtp::text::printable(pattern.as_bytes())
             )));
         }
         words.extend(["--allow-sender".into(), pattern.clone()]);
@@ -254,7 +254,7 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
             shell_word(w).ok_or_else(|| {
                 refused(format!(
                     "\"{}\" cannot be quoted safely for the shell sshd runs the forced command with",
-                    crate::command::printable(w.as_bytes())
+                    bsmtp::text::printable(w.as_bytes())
                 ))
             })
         })
@@ -422,7 +422,7 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
         .ok_or_else(|| {
             AuthorizeError::NoUser(format!(
                 "no user \"{}\" in the passwd database; create it (useradd -r -m -s /bin/sh {DEFAULT_USER}) or give --user",
-                crate::command::printable(name.as_bytes())
+                bsmtp::text::printable(name.as_bytes())
             ))
         })?;
     let home = open_dir_nofollow(None, &user.dir).map_err(|e| {

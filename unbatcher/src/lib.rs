@@ -2,14 +2,12 @@
 //! Postfix. It runs as the OpenSSH forced command of the peer's key, so its
 //! input is hostile: the peer's identity comes from `--peer` alone, what the
 //! client asked to run is parsed by [`command`], and every message passes the
-//! peer's [`policy`] before [`postdrop`] commits it.
+//! peer's [`policy`] in the server session of `bsmtp-session`, whose postdrop
+//! injector commits it.
 
 pub mod authorize;
 pub mod command;
-pub mod idle;
 pub mod policy;
-pub mod postdrop;
-pub mod receive;
 mod run;
 
 pub use run::{run, AdminCommand, Args, RunError};

@@ -6,9 +6,9 @@ fn main() -> ExitCode {
     bsmtp_hardening();
     let original =
         std::env::var_os("SSH_ORIGINAL_COMMAND").map(std::os::unix::ffi::OsStringExt::into_vec);
-    let timeout = rsmtp::idle::DEFAULT_IDLE_TIMEOUT;
-    let streams = rsmtp::idle::IdleReader::stdin(timeout)
-        .and_then(|stdin| Ok((stdin, rsmtp::idle::IdleWriter::stdout(timeout)?)));
+    let timeout = bsmtp_session::idle::DEFAULT_IDLE_TIMEOUT;
+    let streams = bsmtp_session::idle::IdleReader::stdin(timeout)
+        .and_then(|stdin| Ok((stdin, bsmtp_session::idle::IdleWriter::stdout(timeout)?)));
     let (mut stdin, mut stdout) = match streams {
         Ok(streams) => streams,
         Err(err) => {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bsmtp_session::policy::{check_peer_name, Policy, SenderPattern};
 use serde::Deserialize;
 
 /// Default configuration file.
@@ -15,76 +16,6 @@ pub const DEFAULT_CONFIG: &str = "/etc/bsmtp-ssh/rsmtp.conf";
 pub const DEFAULT_MAX_SIZE: u64 = 10_240_000;
 /// Default most recipients per message.
 pub const DEFAULT_MAX_RECIPIENTS: usize = 1000;
-/// Longest peer name.
-pub const MAX_PEER_NAME: usize = 64;
-
-/// An allowed envelope sender: a whole address, `@domain`, `@.domain` for
-/// its subdomains, or `*` for any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SenderPattern {
-    /// Any sender.
-    Any,
-    /// Exactly this address (case-insensitive).
-    Address(String),
-    /// Any address in this domain.
-    Domain(String),
-    /// Any address in a subdomain of this domain.
-    Subdomains(String),
-}
-
-impl SenderPattern {
-    /// Parses one pattern as written in the config or on the command line.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let bad =
-            || format!("bad sender pattern \"{text}\": use user@domain, @domain, @.domain or *");
-        if text == "*" {
-            return Ok(SenderPattern::Any);
-        }
-        if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(bad());
-        }
-        // It would go into a forced command as its own word, where rsmtp
-        // would read it as an option and refuse to start: a dead key.
-        if text.starts_with('-') {
-            return Err(format!(
-                "bad sender pattern \"{text}\": a pattern must not start with '-'"
-            ));
-        }
-        if let Some(domain) = text.strip_prefix("@.") {
-            if domain.is_empty() || domain.contains('@') {
-                return Err(bad());
-            }
-            return Ok(SenderPattern::Subdomains(domain.to_ascii_lowercase()));
-        }
-        if let Some(domain) = text.strip_prefix('@') {
-            if domain.is_empty() || domain.contains('@') {
-                return Err(bad());
-            }
-            return Ok(SenderPattern::Domain(domain.to_ascii_lowercase()));
-        }
-        match text.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
-                Ok(SenderPattern::Address(text.to_ascii_lowercase()))
-            }
-            _ => Err(bad()),
-        }
-    }
-
-    /// True when `sender` (not empty) matches.
-    pub fn matches(&self, sender: &str) -> bool {
-        let sender = sender.to_ascii_lowercase();
-        let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
-        match self {
-            SenderPattern::Any => true,
-            SenderPattern::Address(address) => *address == sender,
-            SenderPattern::Domain(d) => domain == d,
-            SenderPattern::Subdomains(d) => domain
-                .strip_suffix(d.as_str())
-                .is_some_and(|head| head.ends_with('.')),
-        }
-    }
-}
 
 /// The policy a forced-command line may carry; the same flags on `rsmtp`
 /// itself and on `rsmtp authorize`, which writes them into that line.
@@ -110,32 +41,6 @@ pub struct PolicyArgs {
     /// 20 unless its main.cf says otherwise).
     #[arg(long, value_name = "N")]
     pub hard_error_limit: Option<usize>,
-}
-
-/// The rules for one peer.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// The peer's name, from `--peer`.
-    pub peer: String,
-    /// Senders it may use; the null sender is always allowed (bounces).
-    pub allow_sender: Vec<SenderPattern>,
-    /// Largest message in bytes.
-    pub max_size: u64,
-    /// Most recipients per message.
-    pub max_recipients: usize,
-    /// The size limit was set by the admin (flag or config), not defaulted.
-    pub max_size_set: bool,
-    /// Refused commands before 421, if the admin set it.
-    pub hard_error_limit: Option<usize>,
-    /// From: header addresses must match `allow_sender` too.
-    pub check_header_from: bool,
-}
-
-impl Policy {
-    /// Whether this peer may send as `sender` ("" is the null sender).
-    pub fn sender_allowed(&self, sender: &str) -> bool {
-        sender.is_empty() || self.allow_sender.iter().any(|p| p.matches(sender))
-    }
 }
 
 /// `rsmtp.conf` as written by the admin.
@@ -179,7 +84,7 @@ impl ConfigFile {
                 format!(
                     "{}: {}",
                     path.display(),
-                    bsmtp::status::one_line(&err.to_string())
+                    bsmtp::text::one_line(&err.to_string())
                 )
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !named => {
@@ -216,57 +121,9 @@ impl ConfigFile {
     }
 }
 
-/// A peer name is a plain identifier: it ends up in logs and, later, in
-/// spool paths.
-pub fn check_peer_name(peer: &str) -> Result<(), String> {
-    let ok = !peer.is_empty()
-        && peer.len() <= MAX_PEER_NAME
-        && peer
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !peer.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "bad peer name \"{}\": use letters, digits, '.', '_' and '-' (at most {MAX_PEER_NAME})",
-            crate::command::printable(peer.as_bytes())
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sender_patterns() {
-        let domain = SenderPattern::parse("@Leaf.test").unwrap();
-        assert!(domain.matches("alice@leaf.TEST"));
-        assert!(!domain.matches("alice@evil-leaf.test"));
-        assert!(!domain.matches("alice@sub.leaf.test"));
-        let sub = SenderPattern::parse("@.leaf.test").unwrap();
-        assert!(sub.matches("a@x.leaf.test"));
-        assert!(!sub.matches("a@leaf.test"));
-        assert!(!sub.matches("a@evilleaf.test"));
-        let address = SenderPattern::parse("alice@leaf.test").unwrap();
-        assert!(address.matches("Alice@leaf.test"));
-        assert!(!address.matches("bob@leaf.test"));
-        // Regression (audit): "--peer=x@y" became its own word in the forced
-        // command, which rsmtp then refused to parse: a dead key.
-        for bad in [
-            "",
-            "@",
-            "alice",
-            "a b@c",
-            "@a@b",
-            "--peer=x@y",
-            "-x@y",
-            "-@a",
-        ] {
-            assert!(SenderPattern::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn null_sender_always_allowed_and_nothing_else_by_default() {
@@ -291,13 +148,5 @@ mod tests {
         assert!(policy.sender_allowed("x@leaf1.test"));
         assert!(policy.sender_allowed("bob@other.test"));
         assert_eq!((policy.max_size, policy.max_recipients), (5, 3));
-    }
-
-    #[test]
-    fn peer_names_are_plain() {
-        for bad in ["", "../x", "a b", "-x", ".x", "a/b", &"x".repeat(65)] {
-            assert!(check_peer_name(bad).is_err(), "{bad}");
-        }
-        check_peer_name("leaf1.example-2_b").unwrap();
     }
 }

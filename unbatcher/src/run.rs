@@ -3,17 +3,18 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use bsmtp::main_cf::MainCf;
 use bsmtp::reply::{EnhancedCode, Reply};
+use bsmtp_session::main_cf::MainCf;
 use clap::Parser;
 use log::info;
 use sysexits::ExitCode;
 
 use crate::command::{self, Verb};
-use crate::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
-use crate::policy::{self, ConfigFile, Policy, PolicyArgs};
-use crate::postdrop::{self, PostdropCommand, PostdropInjector};
-use crate::receive::{Receiver, Settings};
+use crate::policy::{self, ConfigFile, PolicyArgs};
+use bsmtp_session::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
+use bsmtp_session::policy::Policy;
+use bsmtp_session::postdrop::{self, PostdropCommand, PostdropInjector};
+use bsmtp_session::server::{Receiver, Settings};
 
 /// rsmtp: the receiving side of bsmtp-ssh, run as an OpenSSH forced command
 /// (`restrict,command="rsmtp --peer NAME"`) or on a BSMTP file on stdin.
@@ -134,11 +135,11 @@ pub fn run(
     }
     let file = read_config(&args)?;
     // Log where the Postfix instance we inject into logs.
-    bsmtp::logging::init(
+    bsmtp_session::logging::init(
         "rsmtp",
         args.verbose,
-        bsmtp::logging::Fallback::Stderr,
-        &bsmtp::logging::Target {
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
             postfix_config: args
                 .postfix_config
                 .clone()

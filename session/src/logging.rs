@@ -301,7 +301,7 @@ impl Log for MailLog {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let text = crate::status::one_line(&record.args().to_string());
+        let text = bsmtp::text::one_line(&record.args().to_string());
         let line = format!("{}: {}{text}\n", self.ident, prefix(record.level()));
         // As Postfix's own programs do: a person at a terminal sees the log
         // too. Never under pipe(8) or sshd, where stderr is not a terminal.

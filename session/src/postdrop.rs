@@ -22,28 +22,12 @@ use std::thread::JoinHandle;
 
 use bsmtp::reply::{EnhancedCode, Reply};
 
-use crate::receive::{self, Delivery, Injector, Refusal};
+use bsmtp::records::{
+    put_line_piece, put_record, MAX_RECORD, REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_RCPT,
+    REC_XTRA,
+};
 
-/// Envelope sender record.
-const REC_FROM: u8 = b'S';
-/// Envelope recipient record.
-const REC_RCPT: u8 = b'R';
-/// Attribute record (`name=value`).
-const REC_ATTR: u8 = b'A';
-/// Start of message content.
-const REC_MESG: u8 = b'M';
-/// A whole line of content (or the last piece of a long one).
-const REC_NORM: u8 = b'N';
-/// A piece of a long line that continues in the next record.
-const REC_CONT: u8 = b'L';
-/// End of content, start of extracted envelope information.
-const REC_XTRA: u8 = b'X';
-/// End of the submission: from here postdrop commits.
-const REC_END: u8 = b'E';
-
-/// Longest record data we write. postdrop refuses records longer than its
-/// `line_limit` (2048 by default), so long lines go as `L` continuations.
-pub const MAX_RECORD: usize = 1024;
+use crate::server::{self, Delivery, Injector, Refusal};
 
 /// How the envelope is handed over.
 #[derive(Debug, Clone)]
@@ -72,39 +56,6 @@ impl Default for PostdropCommand {
             program: PathBuf::from("/usr/sbin/postdrop"),
             config_dir: None,
         }
-    }
-}
-
-/// Appends one record to `out`.
-pub fn put_record(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
-    out.push(kind);
-    let mut len = data.len();
-    loop {
-        // Seven bits at a time, low first; the high bit says more follow.
-        let mut byte = u8::try_from(len & 0x7f).unwrap_or(0);
-        len >>= 7;
-        if len != 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(data);
-}
-
-/// Appends a piece of a content line as one or more records: `L` for pieces
-/// that continue, `N` for the piece that ends the line.
-pub fn put_line_piece(out: &mut Vec<u8>, mut bytes: &[u8], end_of_line: bool) {
-    while bytes.len() > MAX_RECORD {
-        put_record(out, REC_CONT, &bytes[..MAX_RECORD]);
-        bytes = &bytes[MAX_RECORD..];
-    }
-    if end_of_line {
-        put_record(out, REC_NORM, bytes);
-    } else if !bytes.is_empty() {
-        put_record(out, REC_CONT, bytes);
     }
 }
 
@@ -310,7 +261,7 @@ impl Postdrop {
             err,
         };
         // postdrop is set-gid: give it a known environment, not the peer's.
-        let mut cmd = bsmtp::child::command(&command.program);
+        let mut cmd = crate::child::command(&command.program);
         cmd.arg("-r");
         if let Some(dir) = &command.config_dir {
             cmd.arg("-c").arg(dir);
@@ -448,7 +399,7 @@ impl Postdrop {
             .take()
             .and_then(|handle| handle.join().ok())
             .unwrap_or_default();
-        let text = bsmtp::status::one_line(String::from_utf8_lossy(&text).trim());
+        let text = bsmtp::text::one_line(String::from_utf8_lossy(&text).trim());
         if text.is_empty() {
             text
         } else {
@@ -504,7 +455,7 @@ impl Injector for PostdropInjector {
 
     /// Writes the envelope in Postfix's internal form, as its own sendmail
     /// does: the queue file holds `john doe@x`, never `"john doe"@x`.
-    fn start(&mut self, envelope: &receive::Envelope) -> Result<Postdrop, Refusal> {
+    fn start(&mut self, envelope: &server::Envelope) -> Result<Postdrop, Refusal> {
         let attributes: Vec<String> = if envelope.eight_bit {
             vec!["encoding=8bit".into()]
         } else {
@@ -545,30 +496,6 @@ pub fn check_config_dir(dir: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn record_length_uses_seven_bit_groups_low_first() {
-        let mut out = Vec::new();
-        put_record(&mut out, b'N', &[b'x'; 300]);
-        // 300 = 0b10_0101100: low seven bits 0x2c with the more-bit, then 2.
-        assert_eq!(&out[..3], &[b'N', 0xac, 0x02]);
-        assert_eq!(out.len(), 3 + 300);
-        out.clear();
-        put_record(&mut out, b'E', b"");
-        assert_eq!(out, [b'E', 0]);
-    }
-
-    #[test]
-    fn long_line_becomes_continuations_then_one_norm() {
-        let mut out = Vec::new();
-        put_line_piece(&mut out, &vec![b'a'; MAX_RECORD * 2 + 5], true);
-        let kinds: Vec<u8> = records(&out).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(kinds, [REC_CONT, REC_CONT, REC_NORM]);
-        out.clear();
-        put_line_piece(&mut out, b"abc", false);
-        put_line_piece(&mut out, b"", true);
-        assert_eq!(records(&out), [(REC_CONT, 3), (REC_NORM, 0)]);
-    }
-
     /// Regression (audit): postdrop's "message file too big" (its file size
     /// limit is the hub's `message_size_limit`) was answered 451, so the
     /// leaf retried a message that can never fit for days.
@@ -600,24 +527,5 @@ mod tests {
         assert_eq!(attrs[1], ("queue_id".into(), "ABC123".into()));
         let mut cut: &[u8] = b"queue_id\0AB";
         assert!(read_attributes(&mut cut).is_err());
-    }
-
-    fn records(mut bytes: &[u8]) -> Vec<(u8, usize)> {
-        let mut out = Vec::new();
-        while let Some((&kind, rest)) = bytes.split_first() {
-            let (mut len, mut shift, mut i) = (0usize, 0, 0);
-            loop {
-                let b = rest[i];
-                len |= usize::from(b & 0x7f) << shift;
-                shift += 7;
-                i += 1;
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            out.push((kind, len));
-            bytes = &rest[i + len..];
-        }
-        out
     }
 }

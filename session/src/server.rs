@@ -171,7 +171,7 @@ impl Trace {
             let value =
                 &bytes[MESSAGE_ID.len()..bytes.len().min(MESSAGE_ID.len() + MAX_MESSAGE_ID)];
             let value = String::from_utf8_lossy(value);
-            self.message_id = Some(bsmtp::status::one_line(value.trim()));
+            self.message_id = Some(bsmtp::text::one_line(value.trim()));
         } else if starts(FROM) {
             self.in_from = true;
             self.from.push(String::new());
@@ -196,7 +196,7 @@ impl Trace {
         for header in &self.from {
             let addresses = header_addresses(header);
             if addresses.is_empty() {
-                return Some(bsmtp::status::one_line(header.trim()));
+                return Some(bsmtp::text::one_line(header.trim()));
             }
             if let Some(bad) = addresses
                 .into_iter()
@@ -712,7 +712,7 @@ fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> 
     let date = chrono::Local::now().to_rfc2822();
     let mut header = format!(
         "Received: from {} (peer {})\r\n\tby {} (rsmtp) with {with} id {queue_id}",
-        bsmtp::status::one_line(helo),
+        bsmtp::text::one_line(helo),
         settings.policy.peer,
         settings.hostname,
     );
@@ -729,7 +729,27 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
-    use crate::policy::{ConfigFile, PolicyArgs, SenderPattern};
+    use crate::policy::SenderPattern;
+
+    fn policy(
+        senders: &[&str],
+        max_size: u64,
+        max_recipients: usize,
+        check_header_from: bool,
+    ) -> Policy {
+        Policy {
+            peer: "leaf1".into(),
+            allow_sender: senders
+                .iter()
+                .map(|s| SenderPattern::parse(s).unwrap())
+                .collect(),
+            max_size,
+            max_size_set: true,
+            max_recipients,
+            hard_error_limit: None,
+            check_header_from,
+        }
+    }
 
     /// What the in-memory next hop saw: committed messages and aborts.
     #[derive(Default)]
@@ -782,16 +802,7 @@ mod tests {
     }
 
     fn session(input: &[u8], fail_commit: bool) -> (String, Rc<RefCell<Hop>>, Summary) {
-        let args = PolicyArgs {
-            allow_sender: vec!["@leaf.test".into()],
-            max_size: Some(1000),
-            max_recipients: Some(2),
-            ..PolicyArgs::default()
-        };
-        let mut policy = ConfigFile::default().policy("leaf1", &args).unwrap();
-        policy
-            .allow_sender
-            .push(SenderPattern::parse("root@other.test").unwrap());
+        let policy = policy(&["@leaf.test", "root@other.test"], 1000, 2, false);
         let hop = Rc::new(RefCell::new(Hop {
             fail_commit,
             ..Hop::default()
@@ -996,12 +1007,7 @@ mod tests {
                       MAIL FROM:<>\nRCPT TO:<b@hub.test>\nDATA\nFrom: x@leaf.test,\n ceo@bank.test\n\nx\n.\n\
                       MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nFrom: A <a@leaf.test>\n\nx\n.\n";
         let run = |check: bool| {
-            let args = PolicyArgs {
-                allow_sender: vec!["@leaf.test".into()],
-                check_header_from: check,
-                ..PolicyArgs::default()
-            };
-            let policy = ConfigFile::default().policy("leaf1", &args).unwrap();
+            let policy = policy(&["@leaf.test"], 10_240_000, 1000, check);
             let hop = Rc::new(RefCell::new(Hop::default()));
             let settings = Settings {
                 hostname: "hub.test".into(),

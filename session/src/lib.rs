@@ -1,0 +1,26 @@
+//! What bsmtp-ssh and rsmtp share that does I/O: the two protocol roles as
+//! library sessions, and the helpers every mode needs once.
+//!
+//! - [`client`]: the sending role, one EHLO and many transactions over any
+//!   byte stream, each returning the fate of every recipient.
+//! - [`server`]: the receiving role, BSMTP or LMTP, over an [`server::Injector`]
+//!   that hands each message to its next hop ([`postdrop`], or a hub).
+//! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned.
+//! - [`idle`]: reads and writes that give up when the peer goes quiet.
+//! - [`logging`], [`main_cf`], [`child`], [`atomic`]: where Postfix logs,
+//!   what its main.cf says, children with a cut-down environment, files
+//!   replaced atomically.
+//!
+//! A mode (pipe, LMTP bridge, flush, pull) is then a few lines that join a
+//! source of transactions to a session.
+
+pub mod atomic;
+pub mod child;
+pub mod client;
+pub mod idle;
+pub mod logging;
+pub mod main_cf;
+pub mod policy;
+pub mod postdrop;
+pub mod server;
+pub mod ssh;
