@@ -17,8 +17,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -534,42 +534,15 @@ fn append(target: &Target, key: &PublicKey, line: &str) -> Result<(), AuthorizeE
     existing.push_str(line);
     existing.push('\n');
 
-    let temp = PathBuf::from(format!(
-        ".{}.rsmtp-{}",
-        target.name.display(),
-        std::process::id()
-    ));
-    let fd = fcntl::openat(
+    let options = bsmtp_session::atomic::Options { mode: 0o600, owner };
+    bsmtp_session::atomic::replace_at(
         &target.dir,
-        &temp,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
+        &target.dir_path,
+        &target.name,
+        existing.as_bytes(),
+        options,
     )
-    .map_err(|e| errno(&target.dir_path.join(&temp).display().to_string(), e))?;
-    let written = write_temp(File::from(fd), owner, existing.as_bytes())
-        .and_then(|()| fcntl::renameat(&target.dir, &temp, &target.dir, &target.name));
-    if let Err(e) = written {
-        let _ = nix::unistd::unlinkat(&target.dir, &temp, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        return Err(at(e));
-    }
-    // The rename is durable only once the directory is on disk.
-    nix::unistd::fsync(target.dir.as_fd()).map_err(at)?;
+    .map_err(|err| AuthorizeError::Io(err.to_string()))?;
     drop(lock);
     Ok(())
-}
-
-fn write_temp(mut file: File, owner: Option<(Uid, Gid)>, bytes: &[u8]) -> nix::Result<()> {
-    let os = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio()));
-    // The umask may have taken bits away, never added: set exactly 0600.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(os)?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::fchown(file.as_fd(), Some(uid), Some(gid))?;
-    }
-    file.write_all(bytes).map_err(os)?;
-    file.sync_all().map_err(os)
-}
-
-fn libc_eio() -> i32 {
-    Errno::EIO as i32
 }
