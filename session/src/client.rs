@@ -1,11 +1,20 @@
-//! The sending half of a BSMTP session over any byte stream: commands are
-//! queued and flushed in groups (pipelining), replies are read back in order.
-//! Kept apart from SSH so the batching mode can drive many transactions over
-//! one stream with the same code.
+//! The sending role: a session with a BSMTP receiver over any byte stream.
+//! EHLO once, giving the receiver's typed [`Extensions`]; then many
+//! transactions, each returning an [`Outcome`] with the fate of every
+//! recipient. Kept apart from SSH, so pipe mode, the LMTP bridge and flush
+//! drive the same code (Postfix's `smtp_proto.c` is the model; lettre's
+//! `SmtpConnection` has the same shape).
+//!
+//! Commands are queued and written in groups (RFC 2920 pipelining); replies
+//! are read back in order, and each is checked to be of a kind its command
+//! can get: a `220` where EHLO's `250` was due, or a `250` to DATA, means
+//! the receiver is out of step with us, and nothing it says after that can
+//! be trusted.
 
 use std::io::{self, Read, Write};
 
-use bsmtp::codec::{encode_command, BodyEncoder, Command};
+use bsmtp::codec::{encode_command, BodyEncoder, Command, Param};
+use bsmtp::extensions::{Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{Reply, ReplyParser};
 use bsmtp::status::{Failure, FailureKind};
 
@@ -14,43 +23,190 @@ use bsmtp::status::{Failure, FailureKind};
 /// 256 KiB writes than in 64 KiB ones (measured), and memory stays small.
 const WRITE_AT: usize = 256 * 1024;
 
+/// One message's envelope as the sender hands it to a session, addresses in
+/// their SMTP (external) form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// The sender; empty for the null sender.
+    pub sender: String,
+    /// The recipients, one or more.
+    pub recipients: Vec<String>,
+    /// The message size, announced with `SIZE=` when the receiver takes it.
+    pub size: Option<u64>,
+    /// The body is 8-bit (`BODY=8BITMIME`).
+    pub eight_bit: bool,
+    /// The exactly-once tag, sent when the receiver announces
+    /// [`TRANSACTION_TAG`].
+    pub tag: Option<String>,
+}
+
+/// What became of one transaction: every reply the receiver gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply to MAIL FROM.
+    pub mail: Reply,
+    /// One reply per RCPT TO, in the envelope's order.
+    pub recipients: Vec<Reply>,
+    /// The reply to DATA, when DATA was sent.
+    pub data: Option<Reply>,
+    /// The reply after the terminating dot, when the receiver took DATA.
+    pub end: Option<Reply>,
+}
+
+impl Outcome {
+    /// The reply that decides the fate of recipient `i`: a refused MAIL or
+    /// RCPT, a refused DATA, else the reply after the dot.
+    pub fn for_recipient(&self, i: usize) -> &Reply {
+        let rcpt = &self.recipients[i];
+        if !is_success(&self.mail) {
+            return &self.mail;
+        }
+        if !is_success(rcpt) {
+            return rcpt;
+        }
+        match (&self.data, &self.end) {
+            (Some(data), _) if data.code != 354 => data,
+            (_, Some(end)) => end,
+            // DATA never went out (another recipient was refused first).
+            _ => rcpt,
+        }
+    }
+
+    /// Pipe mode's rule: one status for all recipients. The final reply when
+    /// every recipient was taken; else the worst refusal (a 4xx defers them
+    /// all, else the 5xx bounces them all), named with its stage.
+    pub fn all_or_nothing(&self, relay: &str) -> Result<Reply, Failure> {
+        if !is_success(&self.mail) {
+            return Err(remote(relay, "MAIL FROM", &self.mail));
+        }
+        let refused = self
+            .recipients
+            .iter()
+            .find(|r| r.is_transient())
+            .or_else(|| self.recipients.iter().find(|r| !is_success(r)));
+        if let Some(refused) = refused {
+            return Err(remote(relay, "RCPT TO", refused));
+        }
+        match (&self.data, &self.end) {
+            (Some(data), _) if data.code != 354 => Err(remote(relay, "DATA", data)),
+            (_, Some(end)) if end.code == 250 => Ok(end.clone()),
+            (_, Some(end)) => Err(remote(relay, "end of DATA", end)),
+            _ => Err(Failure::new(
+                FailureKind::Internal,
+                format!("{relay}: transaction ended without DATA"),
+            )),
+        }
+    }
+}
+
+fn is_success(reply: &Reply) -> bool {
+    reply.code / 100 == 2
+}
+
+/// A refusal from the receiver, kept whole so its enhanced code decides.
+fn remote(relay: &str, stage: &str, reply: &Reply) -> Failure {
+    Failure::new(
+        FailureKind::Remote(reply.clone()),
+        format!("{relay} said: {} (in reply to {stage})", reply.one_line()),
+    )
+}
+
 /// A session with a BSMTP receiver.
-pub struct Client<S> {
+pub struct ClientSession<S> {
     stream: S,
     relay: String,
     out: Vec<u8>,
     input: Vec<u8>,
     parser: ReplyParser,
+    extensions: Extensions,
+    greeting: Reply,
 }
 
-impl<S: Read + Write> Client<S> {
-    /// Wraps `stream`; `relay` names the peer in errors.
-    pub fn new(stream: S, relay: impl Into<String>) -> Self {
-        Client {
+impl<S: Read + Write> ClientSession<S> {
+    /// Opens a session on `stream` (`relay` names the receiver in errors
+    /// and logs): EHLO `helo`, and the receiver's extensions from its
+    /// reply.
+    ///
+    /// Anything but 250 means the receiver takes no mail on this session.
+    /// A refusal (rsmtp refusing the SSH command asked for, a peer not
+    /// granted the verb) is a configuration fault on one side, never the
+    /// message's: it defers (4.3.5) even when the receiver said 5xx, or
+    /// every queued message would bounce.
+    pub fn start(stream: S, relay: impl Into<String>, helo: &str) -> Result<Self, Failure> {
+        let mut session = ClientSession {
             stream,
             relay: relay.into(),
             out: Vec::with_capacity(WRITE_AT * 2),
             input: Vec::new(),
             parser: ReplyParser::new(),
+            extensions: Extensions::default(),
+            greeting: Reply::new(250, None, ""),
+        };
+        session.send(&Command::Ehlo(helo.to_owned()));
+        session.flush()?;
+        let reply = session.read_reply()?;
+        if reply.code != 250 {
+            if reply.is_transient() || reply.is_permanent() {
+                return Err(Failure::new(
+                    FailureKind::Config,
+                    format!(
+                        "{} refused the session: {} (in reply to EHLO); check the peer's command setting and the key's forced command on the hub",
+                        session.relay,
+                        reply.one_line()
+                    ),
+                ));
+            }
+            return Err(session.out_of_step("EHLO", &reply));
         }
+        session.extensions = Extensions::parse(&reply);
+        session.greeting = reply;
+        Ok(session)
     }
 
-    /// The peer's name for messages.
+    /// The receiver's whole EHLO reply.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// What the receiver announced.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The receiver's name for messages.
     pub fn relay(&self) -> &str {
         &self.relay
     }
 
-    /// Queues a command.
-    pub fn send(&mut self, command: &Command) {
-        encode_command(command, &mut self.out);
-    }
-
-    /// Streams a message body from `content`, dot-stuffed, with the
-    /// terminating dot; returns the number of content bytes read.
-    pub fn send_body(&mut self, content: &mut impl Read) -> Result<u64, Failure> {
+    /// One transaction whose body comes from `content` (raw lines, LF or
+    /// CRLF, as pipe(8) gives them), with pipe mode's care: MAIL and RCPT
+    /// replies are read before DATA, and DATA goes out only when every
+    /// recipient was taken, so the message is never queued on the receiver
+    /// for some recipients while the sender reports a failure for all.
+    pub fn send_message(
+        &mut self,
+        envelope: &Envelope,
+        content: &mut impl Read,
+    ) -> Result<Outcome, Failure> {
+        self.queue_envelope(envelope);
+        self.flush()?;
+        let (mail, recipients) = self.read_envelope_replies(envelope.recipients.len())?;
+        if !is_success(&mail) || !recipients.iter().all(is_success) {
+            // The receiver forgets the transaction; its reply is read with
+            // the next transaction's or never.
+            self.send(&Command::Rset);
+            self.flush()?;
+            self.read_reply()?;
+            return Ok(Outcome {
+                mail,
+                recipients,
+                data: None,
+                end: None,
+            });
+        }
+        self.send(&Command::Data);
         let mut encoder = BodyEncoder::new();
         let mut chunk = vec![0u8; WRITE_AT];
-        let mut total = 0u64;
         loop {
             let n = match content.read(&mut chunk) {
                 Ok(0) => break,
@@ -63,18 +219,162 @@ impl<S: Read + Write> Client<S> {
                     ))
                 }
             };
-            total += n as u64;
             encoder.encode(&chunk[..n], &mut self.out);
-            if self.out.len() >= WRITE_AT {
-                self.flush()?;
-            }
+            self.flush_if_full()?;
         }
         encoder.finish(&mut self.out);
-        Ok(total)
+        self.flush()?;
+        let (data, end) = self.read_data_replies()?;
+        Ok(Outcome {
+            mail,
+            recipients,
+            data: Some(data),
+            end,
+        })
+    }
+
+    /// Starts a fully pipelined transaction: MAIL, every RCPT and DATA go
+    /// out at once, the body follows as it comes ([`Transaction::piece`]),
+    /// and all replies are read at the end ([`Transaction::finish`]). For a
+    /// sender that reports each recipient's own fate (the LMTP bridge).
+    pub fn begin(&mut self, envelope: &Envelope) -> Transaction<'_, S> {
+        self.queue_envelope(envelope);
+        self.send(&Command::Data);
+        Transaction {
+            recipients: envelope.recipients.len(),
+            session: self,
+            at_line_start: true,
+        }
+    }
+
+    /// Ends the session politely (QUIT, its reply) and gives the stream
+    /// back; the session's outcome is already decided, so errors here are
+    /// not reported.
+    pub fn quit(mut self) -> S {
+        self.send(&Command::Quit);
+        if self.flush().is_ok() {
+            let _ = self.read_reply();
+        }
+        self.stream
+    }
+
+    /// QUIT, insisting on its `221` (for `check`).
+    pub fn quit_checked(mut self) -> Result<Reply, Failure> {
+        self.send(&Command::Quit);
+        self.flush()?;
+        let reply = self.read_reply()?;
+        if reply.code == 221 {
+            Ok(reply)
+        } else {
+            Err(self.out_of_step("QUIT", &reply))
+        }
+    }
+
+    /// Gives the stream back without a word (to close it).
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    fn queue_envelope(&mut self, envelope: &Envelope) {
+        let params = self.mail_params(envelope);
+        self.send(&Command::Mail {
+            from: envelope.sender.clone(),
+            params,
+        });
+        for recipient in &envelope.recipients {
+            self.send(&Command::Rcpt {
+                to: recipient.clone(),
+                params: Vec::new(),
+            });
+        }
+    }
+
+    /// The MAIL parameters the receiver announced it takes.
+    fn mail_params(&self, envelope: &Envelope) -> Vec<Param> {
+        let ext = &self.extensions;
+        let param = |keyword: &str, value: Option<String>| Param {
+            keyword: keyword.to_owned(),
+            value,
+        };
+        let mut params = Vec::new();
+        if let (Some(size), Some(_)) = (envelope.size, ext.size) {
+            params.push(param("SIZE", Some(size.to_string())));
+        }
+        if envelope.eight_bit && ext.eight_bit_mime {
+            params.push(param("BODY", Some("8BITMIME".into())));
+        }
+        let utf8 = !envelope.sender.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
+        if utf8 && ext.smtputf8 {
+            params.push(param("SMTPUTF8", None));
+        }
+        if let (Some(tag), true) = (&envelope.tag, ext.transaction_tag) {
+            params.push(param(TRANSACTION_TAG, Some(tag.clone())));
+        }
+        params
+    }
+
+    fn read_envelope_replies(&mut self, recipients: usize) -> Result<(Reply, Vec<Reply>), Failure> {
+        let refusal_or = |code: u16| code / 100 == 2;
+        let mail = self.read_expected("MAIL FROM", refusal_or)?;
+        let mut replies = Vec::with_capacity(recipients);
+        for _ in 0..recipients {
+            replies.push(self.read_expected("RCPT TO", refusal_or)?);
+        }
+        Ok((mail, replies))
+    }
+
+    /// DATA's reply, and the reply after the dot when DATA got 354 (a
+    /// BSMTP receiver that refuses DATA reads and drops the body, and says
+    /// nothing after the dot).
+    fn read_data_replies(&mut self) -> Result<(Reply, Option<Reply>), Failure> {
+        let data = self.read_expected("DATA", |code| code == 354)?;
+        if data.code != 354 {
+            return Ok((data, None));
+        }
+        let end = self.read_expected("end of DATA", |code| code == 250)?;
+        Ok((data, Some(end)))
+    }
+
+    /// The next reply: one `wanted` accepts, or a refusal (4xx, 5xx); any
+    /// other kind means the receiver is out of step.
+    fn read_expected(
+        &mut self,
+        stage: &str,
+        wanted: impl Fn(u16) -> bool,
+    ) -> Result<Reply, Failure> {
+        let reply = self.read_reply()?;
+        if wanted(reply.code) || reply.is_transient() || reply.is_permanent() {
+            Ok(reply)
+        } else {
+            Err(self.out_of_step(stage, &reply))
+        }
+    }
+
+    fn out_of_step(&self, stage: &str, reply: &Reply) -> Failure {
+        Failure::new(
+            FailureKind::PeerProtocol,
+            format!(
+                "{} answered {stage} with an unexpected reply: {}; is the key's forced command rsmtp?",
+                self.relay,
+                reply.one_line()
+            ),
+        )
+    }
+
+    /// Queues a command.
+    fn send(&mut self, command: &Command) {
+        encode_command(command, &mut self.out);
+    }
+
+    fn flush_if_full(&mut self) -> Result<(), Failure> {
+        if self.out.len() >= WRITE_AT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Writes everything queued.
-    pub fn flush(&mut self) -> Result<(), Failure> {
+    fn flush(&mut self) -> Result<(), Failure> {
         let result = self
             .stream
             .write_all(&self.out)
@@ -84,7 +384,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     /// Reads the next reply.
-    pub fn read_reply(&mut self) -> Result<Reply, Failure> {
+    fn read_reply(&mut self) -> Result<Reply, Failure> {
         let mut chunk = [0u8; 4096];
         loop {
             match self.parser.parse(&self.input) {
@@ -118,16 +418,174 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
-    /// Gives the stream back (to close it).
-    pub fn into_inner(self) -> S {
-        self.stream
-    }
-
     fn io_failure(&self, what: &str, err: &io::Error) -> Failure {
         let kind = match err.kind() {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FailureKind::Timeout,
             _ => FailureKind::PeerProtocol,
         };
         Failure::new(kind, format!("{}: {what}: {err}", self.relay))
+    }
+}
+
+/// A pipelined transaction in progress ([`ClientSession::begin`]).
+pub struct Transaction<'a, S> {
+    session: &'a mut ClientSession<S>,
+    recipients: usize,
+    at_line_start: bool,
+}
+
+impl<S: Read + Write> Transaction<'_, S> {
+    /// Adds a piece of a content line (as the BSMTP/LMTP decoder gives it:
+    /// dot-unstuffed, without its terminator), dot-stuffed again.
+    pub fn piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Failure> {
+        let out = &mut self.session.out;
+        if self.at_line_start && bytes.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(bytes);
+        if end_of_line {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.at_line_start = end_of_line || (self.at_line_start && bytes.is_empty());
+        self.session.flush_if_full()
+    }
+
+    /// Ends the body (a last line end if it lacked one, the dot), sends
+    /// everything and reads every reply of the transaction.
+    pub fn finish(self) -> Result<Outcome, Failure> {
+        if !self.at_line_start {
+            self.session.out.extend_from_slice(b"\r\n");
+        }
+        self.session.out.extend_from_slice(b".\r\n");
+        self.session.flush()?;
+        let (mail, recipients) = self.session.read_envelope_replies(self.recipients)?;
+        let (data, end) = self.session.read_data_replies()?;
+        Ok(Outcome {
+            mail,
+            recipients,
+            data: Some(data),
+            end,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiver that replies from a script and records what it got.
+    struct Scripted {
+        replies: io::Cursor<Vec<u8>>,
+        sent: Vec<u8>,
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.replies.read(buf)
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sent.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn session(replies: &str) -> ClientSession<Scripted> {
+        let stream = Scripted {
+            replies: io::Cursor::new(replies.as_bytes().to_vec()),
+            sent: Vec::new(),
+        };
+        ClientSession::start(stream, "hub[127.0.0.1]:22", "leaf.test").unwrap()
+    }
+
+    fn envelope(recipients: &[&str]) -> Envelope {
+        Envelope {
+            sender: "a@leaf.test".into(),
+            recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+            size: Some(10),
+            tag: Some("Q1.abc".into()),
+            ..Envelope::default()
+        }
+    }
+
+    const EHLO: &str = "250-hub\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 XTXID\r\n";
+
+    #[test]
+    fn pipelined_transaction_gives_each_recipient_its_fate() {
+        let mut s = session(&format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n354 go\r\n250 2.0.0 Ok: queued as X1\r\n"
+        ));
+        let mut t = s.begin(&envelope(&["b@hub.test", "c@hub.test"]));
+        t.piece(b".dot", true).unwrap();
+        t.piece(b"last", false).unwrap();
+        let outcome = t.finish().unwrap();
+        assert_eq!(outcome.for_recipient(0).code, 250);
+        assert_eq!(outcome.for_recipient(1).code, 550);
+        let sent = String::from_utf8(s.into_inner().sent).unwrap();
+        assert!(
+            sent.ends_with(
+                "MAIL FROM:<a@leaf.test> SIZE=10 XTXID=Q1.abc\r\nRCPT TO:<b@hub.test>\r\nRCPT TO:<c@hub.test>\r\nDATA\r\n..dot\r\nlast\r\n.\r\n"
+            ),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn pipe_mode_sends_no_data_unless_every_recipient_was_taken() {
+        let mut s = session(&format!(
+            "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n452 4.5.3 too many\r\n250 2.0.0 Ok\r\n"
+        ));
+        let outcome = s
+            .send_message(&envelope(&["b@hub.test", "c@hub.test"]), &mut &b"hi\n"[..])
+            .unwrap();
+        let failure = outcome.all_or_nothing("hub").unwrap_err();
+        assert_eq!(
+            failure.to_string(),
+            "4.5.3 hub said: 452 4.5.3 too many (in reply to RCPT TO)"
+        );
+        let sent = String::from_utf8(s.into_inner().sent).unwrap();
+        assert!(!sent.contains("DATA"), "{sent}");
+        assert!(sent.ends_with("RSET\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn out_of_step_replies_are_protocol_errors() {
+        let stream = Scripted {
+            replies: io::Cursor::new(b"220 hub ESMTP\r\n".to_vec()),
+            sent: Vec::new(),
+        };
+        let failure = ClientSession::start(stream, "hub", "leaf").err().unwrap();
+        assert_eq!(failure.kind, FailureKind::PeerProtocol);
+        let mut s = session(&format!("{EHLO}250 ok\r\n250 ok\r\n250 ok\r\n"));
+        let failure = s
+            .send_message(&envelope(&["b@hub.test"]), &mut &b"x\n"[..])
+            .unwrap_err();
+        assert!(failure.text.contains("answered DATA"), "{failure}");
+    }
+
+    #[test]
+    fn refusal_at_ehlo_is_a_configuration_fault() {
+        let stream = Scripted {
+            replies: io::Cursor::new(b"421 4.7.0 refused SSH command\r\n".to_vec()),
+            sent: Vec::new(),
+        };
+        let failure = ClientSession::start(stream, "hub", "leaf").err().unwrap();
+        assert_eq!(failure.kind, FailureKind::Config);
+        assert!(failure.to_string().starts_with("4.3.5 "), "{failure}");
+    }
+
+    #[test]
+    fn no_tag_without_the_extension() {
+        let mut s =
+            session("250-hub\r\n250 PIPELINING\r\n250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n");
+        s.send_message(&envelope(&["b@hub.test"]), &mut &b"x\n"[..])
+            .unwrap();
+        let sent = String::from_utf8(s.into_inner().sent).unwrap();
+        assert!(sent.contains("MAIL FROM:<a@leaf.test>\r\n"), "{sent}");
     }
 }

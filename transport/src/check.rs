@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bsmtp::codec::Command;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::logging::{Credentials, POSTLOG_FIX};
 use bsmtp_session::main_cf::MainCf;
@@ -19,7 +18,7 @@ use clap::Args;
 use nix::unistd::User;
 
 use crate::config::ConfigFile;
-use bsmtp_session::client::Client;
+use bsmtp_session::client::ClientSession;
 use bsmtp_session::ssh;
 use bsmtp_session::ssh::Peer;
 
@@ -328,41 +327,21 @@ fn check_key_file(path: &Path, peer: &str, report: &mut Report<'_, impl Write>) 
 
 /// A no-op session: the forced command must answer EHLO and QUIT.
 fn probe(connection: ssh::Connection, peer: &str, report: &mut Report<'_, impl Write>) {
-    let mut client = Client::new(connection.channel, connection.relay.clone());
-    let result = (|| -> Result<String, Failure> {
-        client.send(&Command::Ehlo(crate::deliver::helo_name()));
-        client.flush()?;
-        let ehlo = client.read_reply()?;
-        if ehlo.code != 250 {
-            return Err(Failure::new(
-                FailureKind::PeerProtocol,
-                format!(
-                    "{}: the forced command answered EHLO with {}",
-                    connection.relay,
-                    ehlo.one_line()
-                ),
-            ));
-        }
-        client.send(&Command::Quit);
-        client.flush()?;
-        let quit = client.read_reply()?;
-        if quit.code != 221 {
-            return Err(Failure::new(
-                FailureKind::PeerProtocol,
-                format!(
-                    "{}: QUIT answered with {}",
-                    connection.relay,
-                    quit.one_line()
-                ),
-            ));
-        }
-        Ok(ehlo.lines.first().cloned().unwrap_or_default())
-    })();
+    let relay = connection.relay.clone();
+    let result = ClientSession::start(
+        connection.channel,
+        relay.clone(),
+        &crate::deliver::helo_name(),
+    )
+    .and_then(|hub| {
+        let greeting = hub.greeting().lines.join(", ");
+        hub.quit_checked().map(|_| greeting)
+    });
     match result {
         Ok(greeting) => report.ok(
             peer,
             "session",
-            &format!("{}: rsmtp answered: 250 {greeting}", connection.relay),
+            &format!("{relay}: rsmtp answered: 250 {greeting}"),
         ),
         Err(failure) => report.fail(
             peer,

@@ -13,14 +13,12 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use bsmtp::codec::{encode_command, Command, Param, MAX_ADDRESS};
+use bsmtp::codec::{encode_command, Command, MAX_ADDRESS};
+use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
-use log::info;
-
-use bsmtp_session::client::Client;
-use bsmtp_session::ssh;
-use bsmtp_session::ssh::Peer;
+use bsmtp_session::client::{self, ClientSession};
+use bsmtp_session::ssh::{self, Peer};
 
 /// One message's envelope as Postfix's pipe(8) gives it.
 #[derive(Debug, Clone)]
@@ -120,116 +118,35 @@ pub fn deliver(
         channel,
         relay,
     } = ssh::connect(peer, &peer.command)?;
-    let mut client = Client::new(channel, relay.clone());
-    let result = transaction(&mut client, envelope, content);
-    let mut channel = client.into_inner().0;
+    let result = ClientSession::start(channel, relay.clone(), &helo_name()).and_then(|mut hub| {
+        let outcome = hub.send_message(&envelope.to_session(), content);
+        let _ = hub.quit();
+        outcome?.all_or_nothing(&relay)
+    });
     // Best effort: the outcome is already decided by the replies.
-    let _ = channel.send_eof();
-    let _ = channel.close();
     let _ = session.disconnect(None, "done", None);
     let delay = started.elapsed().as_secs_f64();
     let queue_id = envelope.queue_id.as_deref().unwrap_or("NOQUEUE");
     for recipient in &envelope.recipients {
-        match &result {
-            Ok(reply) => info!(
-                "{queue_id}: to=<{recipient}>, relay={relay}, delay={delay:.2}, status=sent ({})",
-                reply.one_line()
-            ),
-            Err(failure) => info!(
-                "{queue_id}: to=<{recipient}>, relay={relay}, delay={delay:.2}, status={} ({})",
-                if failure.is_transient() {
-                    "deferred"
-                } else {
-                    "bounced"
-                },
-                failure.text
-            ),
-        }
+        crate::report::delivery(queue_id, recipient, &relay, delay, &result);
     }
     result.map(|reply| Delivered { relay, reply })
 }
 
-fn transaction<S: Read + Write>(
-    client: &mut Client<S>,
-    envelope: &Envelope,
-    content: &mut impl Read,
-) -> Result<Reply, Failure> {
-    client.send(&Command::Ehlo(helo_name()));
-    client.flush()?;
-    let reply = client.read_reply()?;
-    let ehlo = greeting(client, reply)?;
-    let extensions: Vec<String> = ehlo
-        .lines
-        .iter()
-        .skip(1)
-        .map(|l| l.to_ascii_uppercase())
-        .collect();
-    let has = |name: &str| {
-        extensions
-            .iter()
-            .any(|e| e == name || e.starts_with(&format!("{name} ")))
-    };
-    let mut params = Vec::new();
-    if let (Some(size), true) = (envelope.size, has("SIZE")) {
-        params.push(Param {
-            keyword: "SIZE".into(),
-            value: Some(size.to_string()),
-        });
+impl Envelope {
+    /// The session's envelope, with the exactly-once tag of this delivery.
+    fn to_session(&self) -> client::Envelope {
+        client::Envelope {
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            size: self.size,
+            eight_bit: false,
+            tag: self
+                .queue_id
+                .as_deref()
+                .and_then(|id| transaction_tag(id, &self.sender, &self.recipients, self.size)),
+        }
     }
-    let utf8 = !envelope.sender.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
-    if utf8 && has("SMTPUTF8") {
-        params.push(Param {
-            keyword: "SMTPUTF8".into(),
-            value: None,
-        });
-    }
-    client.send(&Command::Mail {
-        from: envelope.sender.clone(),
-        params,
-    });
-    for recipient in &envelope.recipients {
-        client.send(&Command::Rcpt {
-            to: recipient.clone(),
-            params: Vec::new(),
-        });
-    }
-    client.flush()?;
-    // Read every reply before judging, so the stream stays in step.
-    let mail = client.read_reply()?;
-    let mut rcpt_replies = Vec::new();
-    for _ in &envelope.recipients {
-        rcpt_replies.push(client.read_reply()?);
-    }
-    expect(client, "MAIL FROM", mail, |code| code / 100 == 2)?;
-    if let Some(odd) = rcpt_replies
-        .iter()
-        .find(|r| !(r.code / 100 == 2 || r.is_transient() || r.is_permanent()))
-    {
-        return Err(out_of_step(client, "RCPT TO", odd));
-    }
-    let refused = rcpt_replies
-        .iter()
-        .find(|r| r.is_transient())
-        .or_else(|| rcpt_replies.iter().find(|r| !r.is_positive()));
-    if let Some(refused) = refused {
-        let refused = refused.clone();
-        client.send(&Command::Rset);
-        client.send(&Command::Quit);
-        let _ = client.flush();
-        return Err(remote(client, "RCPT TO", refused));
-    }
-    client.send(&Command::Data);
-    client.send_body(content)?;
-    client.flush()?;
-    let data = client.read_reply()?;
-    expect(client, "DATA", data, |code| code == 354)?;
-    let fin = client.read_reply()?;
-    let fin = expect(client, "end of DATA", fin, |code| code == 250)?;
-    client.send(&Command::Quit);
-    if client.flush().is_ok() {
-        let _ = client.read_reply();
-    }
-    Ok(fin)
 }
 
 /// The name we give in EHLO: this host's name.
@@ -238,69 +155,6 @@ pub fn helo_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// A refusal from the hub, kept whole so its enhanced code decides.
-fn remote<S: Read + Write>(client: &Client<S>, stage: &str, reply: Reply) -> Failure {
-    let text = format!(
-        "{} said: {} (in reply to {stage})",
-        client.relay(),
-        reply.one_line()
-    );
-    Failure::new(FailureKind::Remote(reply), text)
-}
-
-/// `reply` if `wanted` accepts its code; else a refusal (4xx, 5xx), or for
-/// any other code a protocol error: a 2xx where 354 was due, a 3xx after
-/// the dot or a 220 greeting means the replies are out of step with our
-/// commands (a receiver that is not rsmtp), and nothing it says can be
-/// trusted. That defers (4.5.0); taking its class would bounce the mail.
-fn expect<S: Read + Write>(
-    client: &Client<S>,
-    stage: &str,
-    reply: Reply,
-    wanted: impl Fn(u16) -> bool,
-) -> Result<Reply, Failure> {
-    if wanted(reply.code) {
-        return Ok(reply);
-    }
-    if reply.is_transient() || reply.is_permanent() {
-        return Err(remote(client, stage, reply));
-    }
-    Err(out_of_step(client, stage, &reply))
-}
-
-fn out_of_step<S: Read + Write>(client: &Client<S>, stage: &str, reply: &Reply) -> Failure {
-    Failure::new(
-        FailureKind::PeerProtocol,
-        format!(
-            "{} answered {stage} with an unexpected reply: {}; is the key's forced command rsmtp?",
-            client.relay(),
-            reply.one_line()
-        ),
-    )
-}
-
-/// The reply to EHLO, which opens the session: anything but 250 means the
-/// peer will take no mail at all on this session. A refusal (rsmtp refusing
-/// the SSH command we asked for, a peer not granted this verb) is a
-/// configuration fault on one side, never the message's: it defers (4.3.5)
-/// even when the hub said 5xx, or every queued message would bounce.
-fn greeting<S: Read + Write>(client: &Client<S>, reply: Reply) -> Result<Reply, Failure> {
-    if reply.code == 250 {
-        return Ok(reply);
-    }
-    if reply.is_transient() || reply.is_permanent() {
-        return Err(Failure::new(
-            FailureKind::Config,
-            format!(
-                "{} refused the session: {} (in reply to EHLO); check the peer's command setting and the key's forced command on the hub",
-                client.relay(),
-                reply.one_line()
-            ),
-        ));
-    }
-    expect(client, "EHLO", reply, |_| false)
 }
 
 /// Prints pipe(8)'s status line: the first thing Postfix sees of our output.

@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod install;
+pub mod report;
 mod run;
 
 pub use run::{install_panic_hook, run, Cli};
