@@ -24,3 +24,4 @@ pub mod policy;
 pub mod postdrop;
 pub mod server;
 pub mod ssh;
+pub mod tags;

@@ -27,7 +27,7 @@ use bsmtp::records::{
     REC_XTRA,
 };
 
-use crate::server::{self, Delivery, Injector, Refusal};
+use crate::server::{self, Committed, Delivery, Injector, Refusal};
 
 /// How the envelope is handed over.
 #[derive(Debug, Clone)]
@@ -442,8 +442,10 @@ impl Delivery for Postdrop {
     fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal> {
         Postdrop::write_piece(self, bytes, end_of_line).map_err(Refusal::from)
     }
-    fn commit(self) -> Result<String, Refusal> {
-        Postdrop::commit(self).map_err(Refusal::from)
+    fn commit(self) -> Result<Committed, Refusal> {
+        Postdrop::commit(self)
+            .map(Committed::Queued)
+            .map_err(Refusal::from)
     }
     fn abort(self) {
         Postdrop::abort(self);

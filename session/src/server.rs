@@ -1,21 +1,31 @@
-//! The receiving side of a BSMTP session: a stream of transactions in, one
-//! reply per command out, each accepted message handed to an [`Injector`].
+//! The receiving role: a stream of transactions in, one reply per command
+//! out, each accepted message handed to an [`Injector`] (Postfix's
+//! `smtpd_proxy.c` is the model: the next hop may refuse the message with a
+//! code of its own, or each recipient on its own).
 //!
-//! BSMTP always sends the body after DATA (nobody waits for 354), so a DATA
-//! that we refuse still has its body coming: it is read and dropped. The
-//! reply pairing the sender relies on is: one reply per command; DATA gets
-//! 354 or a refusal; only after a 354 does the terminating dot get a reply of
-//! its own. A `250` after the dot means the injector committed the message;
-//! a stream that ends before the dot injects nothing of that message.
+//! Two dialects. BSMTP (rsmtp): the sender never waits for 354, so a DATA
+//! that we refuse still has its body coming: it is read and dropped; DATA
+//! gets 354 or a refusal, and only after a 354 does the terminating dot get
+//! a reply of its own. LMTP (the bridge Postfix's lmtp(8) talks to): the
+//! client sends the body only after 354, and the dot gets one reply per
+//! accepted recipient (RFC 2033).
+//!
+//! Either way a `250` after the dot means the injector committed the
+//! message, and a stream that ends before the dot injects nothing of it.
+//! A transaction that carries an exactly-once tag this session has already
+//! committed ([`crate::tags`]) is answered with the original queue ID and
+//! injected nothing.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{Command, CommandError, Decoder, Event, Param};
+use bsmtp::extensions::{valid_tag, Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{EnhancedCode, Reply};
 use log::{info, warn};
 
 use crate::policy::Policy;
+use crate::tags::{Claim, TagClaim, TagStore};
 
 /// Why the next hop did not take a message: the reply the sender gets
 /// (the next hop's own code, not a blanket 451) and what to log.
@@ -41,15 +51,24 @@ impl Refusal {
     }
 }
 
-/// A message being handed over to the next hop (postdrop, or later an
-/// SMTP/LMTP listener).
+/// What the next hop said when a message was committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The whole message is the next hop's, under this queue ID.
+    Queued(String),
+    /// Each recipient's own fate, in the envelope's order (a next hop that
+    /// answers per recipient, as a hub behind the LMTP bridge does).
+    PerRecipient(Vec<Reply>),
+}
+
+/// A message being handed over to the next hop (postdrop, a hub).
 pub trait Delivery {
     /// The next hop's ID for this message, if it gave one before commit.
     fn queue_id(&self) -> &str;
     /// Adds a piece of a content line (no line terminator).
     fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal>;
-    /// Makes the message the next hop's responsibility; returns its queue ID.
-    fn commit(self) -> Result<String, Refusal>;
+    /// Makes the message the next hop's responsibility.
+    fn commit(self) -> Result<Committed, Refusal>;
     /// Drops the message; nothing of it may be delivered.
     fn abort(self);
 }
@@ -74,12 +93,38 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// The sender declared UTF-8 addresses (`SMTPUTF8`).
     pub smtputf8: bool,
-    /// The name the client gave in EHLO/HELO.
+    /// The size the sender declared (`SIZE=`).
+    pub size: Option<u64>,
+    /// The exactly-once tag (`XTXID=`).
+    pub tag: Option<String>,
+    /// The name the client gave in EHLO/HELO/LHLO.
     pub helo: Option<String>,
+    /// What the client forwarded with XFORWARD (`IDENT` is the sender's
+    /// queue ID), upper-case names.
+    pub xforward: Vec<(String, String)>,
+}
+
+impl Envelope {
+    /// An XFORWARD attribute (`IDENT`, `NAME`...).
+    pub fn xforward(&self, name: &str) -> Option<&str> {
+        self.xforward
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Which protocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// RFC 2442 Batch SMTP (rsmtp).
+    Bsmtp,
+    /// RFC 2033 LMTP (the bridge behind Postfix's lmtp(8)).
+    Lmtp,
 }
 
 /// Per-session facts that go into replies and trace headers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
     /// Our host name, for EHLO and Received:.
     pub hostname: String,
@@ -89,6 +134,46 @@ pub struct Settings {
     /// since the last accepted message (Postfix's
     /// `smtpd_hard_error_limit`).
     pub error_limit: usize,
+    /// BSMTP or LMTP.
+    pub dialect: Dialect,
+    /// Put our Received: header on top of each message (a bridge that
+    /// only forwards leaves that to the hub).
+    pub received_header: bool,
+    /// Take XFORWARD from the client, with these attribute names.
+    pub xforward: Vec<String>,
+    /// Remember committed transaction tags here (and announce
+    /// [`TRANSACTION_TAG`]).
+    pub tags: Option<TagStore>,
+}
+
+impl Settings {
+    /// Settings for `policy`'s peer with our defaults: BSMTP, our Received:
+    /// header, no XFORWARD, no tag store.
+    pub fn new(hostname: String, policy: Policy, error_limit: usize) -> Self {
+        Settings {
+            hostname,
+            policy,
+            error_limit,
+            dialect: Dialect::Bsmtp,
+            received_header: true,
+            xforward: Vec::new(),
+            tags: None,
+        }
+    }
+
+    /// What our EHLO/LHLO reply announces.
+    pub fn extensions(&self) -> Extensions {
+        Extensions {
+            pipelining: true,
+            size: Some(self.policy.max_size),
+            eight_bit_mime: true,
+            smtputf8: true,
+            enhanced_status_codes: true,
+            dsn: false,
+            xforward: self.xforward.clone(),
+            transaction_tag: self.tags.is_some(),
+        }
+    }
 }
 
 /// Warnings logged per session; the rest are counted and summed up at the
@@ -99,10 +184,21 @@ enum Body<M> {
     /// Not in DATA.
     Idle,
     /// 354 given; content goes to the message.
-    Accepting { message: M, trace: Trace },
+    Accepting {
+        message: M,
+        trace: Trace,
+        recipients: usize,
+        claim: Option<TagClaim>,
+    },
     /// Content is read and dropped. `reply` is the answer due at the dot,
-    /// if the DATA command itself was accepted.
-    Discarding { reply: Option<Reply> },
+    /// if the DATA command itself was accepted (for each recipient in LMTP).
+    Discarding {
+        reply: Option<Reply>,
+        recipients: usize,
+    },
+    /// A retry of a transaction already committed under `queue_id`: its
+    /// content is read and dropped, the dot is answered as the first time.
+    Duplicate { queue_id: String, recipients: usize },
 }
 
 /// What we log about an accepted message, gathered as it streams by: the
@@ -297,6 +393,8 @@ pub struct Receiver<I: Injector> {
     errors: usize,
     /// Warnings logged so far.
     warnings: usize,
+    /// XFORWARD attributes for the next transaction.
+    forwarded: Vec<(String, String)>,
 }
 
 fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -315,6 +413,7 @@ impl<I: Injector> Receiver<I> {
             summary: Summary::default(),
             errors: 0,
             warnings: 0,
+            forwarded: Vec::new(),
         }
     }
 
@@ -358,6 +457,7 @@ impl<I: Injector> Receiver<I> {
                 if self.summary.quit {
                     return write_replies(output, &out);
                 }
+                self.lmtp_refused_data(&mut decoder);
             }
             write_replies(output, &out)?;
             out.clear();
@@ -391,9 +491,21 @@ impl<I: Injector> Receiver<I> {
         write_replies(output, &out)
     }
 
+    /// An LMTP client sends no body after a refused DATA: read commands.
+    fn lmtp_refused_data(&mut self, decoder: &mut Decoder) {
+        if self.settings.dialect == Dialect::Lmtp
+            && decoder.in_data()
+            && matches!(self.body, Body::Discarding { reply: None, .. })
+        {
+            decoder.cancel_data();
+            self.body = Body::Idle;
+        }
+    }
+
     /// The stream ended: whatever message was open is dropped.
     fn end_of_input(&mut self) {
         if let Body::Accepting { message, .. } = std::mem::replace(&mut self.body, Body::Idle) {
+            // (A tag claim held for it is released with it.)
             warn!(
                 "{}: lost connection inside DATA from peer {}: message dropped, nothing delivered",
                 message.queue_id(),
@@ -406,23 +518,22 @@ impl<I: Injector> Receiver<I> {
     }
 
     fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
-        let answer = match event {
-            Event::Command(command) => Some(self.command(command)),
+        let answers = match event {
+            Event::Command(command) => vec![self.command(command)],
             Event::BodyPiece { bytes, end_of_line } => {
                 self.body_piece(bytes, end_of_line);
-                None
+                Vec::new()
             }
             Event::DataEnd => self.data_end(),
-            Event::Invalid(error) => Some(self.invalid(&error)),
-            Event::Skipped => None,
+            Event::Invalid(error) => vec![self.invalid(&error)],
+            Event::Skipped => Vec::new(),
         };
-        let Some(answer) = answer else {
-            return;
-        };
-        answer.encode(out);
-        if answer.is_transient() || answer.is_permanent() {
-            self.summary.refused += 1;
-            self.errors += 1;
+        for answer in &answers {
+            answer.encode(out);
+            if answer.is_transient() || answer.is_permanent() {
+                self.summary.refused += 1;
+                self.errors += 1;
+            }
         }
         // As Postfix's smtpd: after too many errors without a message
         // delivered, say so and hang up; whatever is open is dropped.
@@ -449,22 +560,20 @@ impl<I: Injector> Receiver<I> {
 
     fn command(&mut self, command: Command) -> Reply {
         match command {
-            Command::Ehlo(name) => {
+            Command::Ehlo(name) | Command::Lhlo(name) => {
                 self.envelope = None;
-                self.helo = Some(name.clone());
+                let lines = self
+                    .settings
+                    .extensions()
+                    .reply_lines(format!("{} greets {name}", self.settings.hostname));
+                self.helo = Some(name);
                 Reply {
                     code: 250,
                     enhanced: None,
-                    lines: vec![
-                        format!("{} greets {name}", self.settings.hostname),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", self.settings.policy.max_size),
-                        "8BITMIME".into(),
-                        "SMTPUTF8".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                    ],
+                    lines,
                 }
             }
+            Command::Xforward(params) => self.xforward(params),
             Command::Helo(name) => {
                 self.envelope = None;
                 self.helo = Some(name);
@@ -485,6 +594,23 @@ impl<I: Injector> Receiver<I> {
         }
     }
 
+    /// XFORWARD: facts about the original client for the next
+    /// transaction, when we announced it (Postfix's lmtp(8) sends them).
+    fn xforward(&mut self, params: Vec<Param>) -> Reply {
+        if self.settings.xforward.is_empty() {
+            return reply(502, (5, 5, 1), "Error: command not implemented");
+        }
+        for Param { keyword, value } in params {
+            if !self.settings.xforward.contains(&keyword) {
+                return reply(501, (5, 5, 4), format!("Bad XFORWARD attribute {keyword}"));
+            }
+            let value = value.unwrap_or_default();
+            self.forwarded.retain(|(name, _)| *name != keyword);
+            self.forwarded.push((keyword, value));
+        }
+        reply(250, (2, 0, 0), "Ok")
+    }
+
     fn mail(&mut self, from: String, params: &[Param]) -> Reply {
         if self.envelope.is_some() {
             return reply(503, (5, 5, 1), "Error: nested MAIL command");
@@ -492,15 +618,20 @@ impl<I: Injector> Receiver<I> {
         let policy = &self.settings.policy;
         let mut envelope = Envelope {
             helo: self.helo.clone(),
+            // XFORWARD applies to one transaction.
+            xforward: std::mem::take(&mut self.forwarded),
             ..Envelope::default()
         };
         for param in params {
             match (param.keyword.as_str(), param.value.as_deref()) {
                 ("SIZE", Some(size)) => match size.parse::<u64>() {
                     Ok(size) if size > policy.max_size => return too_big(&policy.peer),
-                    Ok(_) => {}
+                    Ok(size) => envelope.size = Some(size),
                     Err(_) => return reply(501, (5, 5, 4), "Bad SIZE parameter"),
                 },
+                (TRANSACTION_TAG, Some(tag)) if self.settings.tags.is_some() && valid_tag(tag) => {
+                    envelope.tag = Some(tag.to_owned());
+                }
                 ("BODY", Some(body)) if body.eq_ignore_ascii_case("8BITMIME") => {
                     envelope.eight_bit = true;
                 }
@@ -559,48 +690,108 @@ impl<I: Injector> Receiver<I> {
         reply(250, (2, 1, 5), "Ok")
     }
 
-    /// DATA: the body follows whatever we answer.
+    /// DATA. In BSMTP the body follows whatever we answer; in LMTP only
+    /// a 354.
     fn data(&mut self) -> Reply {
         let Some(envelope) = self.envelope.take() else {
-            self.body = Body::Discarding { reply: None };
+            self.discard(None, 0);
             return reply(503, (5, 5, 1), "Error: need MAIL command");
         };
-        if envelope.recipients.is_empty() {
-            self.body = Body::Discarding { reply: None };
+        let recipients = envelope.recipients.len();
+        if recipients == 0 {
+            self.discard(None, 0);
             self.summary.rejected += 1;
             return reply(554, (5, 5, 1), "Error: no valid recipients");
         }
+        let claim = match self.claim_tag(&envelope) {
+            Ok(Some(Claim::New(claim))) => Some(claim),
+            Ok(Some(Claim::Duplicate(queue_id))) => {
+                info!(
+                    "peer {}: transaction {} was committed before as {queue_id}: answering as then, queuing nothing",
+                    self.settings.policy.peer,
+                    envelope.tag.as_deref().unwrap_or_default()
+                );
+                self.body = Body::Duplicate {
+                    queue_id,
+                    recipients,
+                };
+                return reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>");
+            }
+            Ok(Some(Claim::Busy)) => {
+                self.discard(None, recipients);
+                self.summary.rejected += 1;
+                return reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: this transaction is being committed by another session; try again later",
+                );
+            }
+            Ok(None) => None,
+            Err(err) => {
+                warn!(
+                    "peer {}: transaction tag store: {err}",
+                    self.settings.policy.peer
+                );
+                self.discard(None, recipients);
+                self.summary.rejected += 1;
+                return reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: transaction tag store unavailable; try again later",
+                );
+            }
+        };
         match self.injector.start(&envelope) {
             Ok(mut message) => {
-                let header = received_header(&self.settings, &envelope, message.queue_id());
                 let mut trace = Trace::new(&envelope);
-                for line in header.lines() {
-                    trace.observe(line.as_bytes(), true);
-                    if let Err(refusal) = message.write_piece(line.as_bytes(), true) {
-                        message.abort();
-                        return self.data_failed(refusal);
+                if self.settings.received_header {
+                    let header = received_header(&self.settings, &envelope, message.queue_id());
+                    for line in header.lines() {
+                        trace.observe(line.as_bytes(), true);
+                        if let Err(refusal) = message.write_piece(line.as_bytes(), true) {
+                            message.abort();
+                            return self.data_failed(refusal, recipients);
+                        }
                     }
                 }
-                self.body = Body::Accepting { message, trace };
+                self.body = Body::Accepting {
+                    message,
+                    trace,
+                    recipients,
+                    claim,
+                };
                 reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
-            Err(refusal) => self.data_failed(refusal),
+            Err(refusal) => self.data_failed(refusal, recipients),
         }
     }
 
-    fn data_failed(&mut self, refusal: Refusal) -> Reply {
+    /// The transaction's tag claim, when it has a tag and we keep tags.
+    fn claim_tag(&self, envelope: &Envelope) -> std::io::Result<Option<Claim>> {
+        match (&self.settings.tags, &envelope.tag) {
+            (Some(tags), Some(tag)) => tags.claim(tag).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads and drops the body to come; `reply` is due at the dot.
+    fn discard(&mut self, reply: Option<Reply>, recipients: usize) {
+        self.body = Body::Discarding { reply, recipients };
+    }
+
+    fn data_failed(&mut self, refusal: Refusal, recipients: usize) -> Reply {
         warn!(
             "peer {}: cannot queue message: {}",
             self.settings.policy.peer, refusal.detail
         );
-        self.body = Body::Discarding { reply: None };
+        self.discard(None, recipients);
         self.summary.rejected += 1;
         refusal.reply
     }
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
         let max_size = self.settings.policy.max_size;
-        let Body::Accepting { message, trace } = &mut self.body else {
+        let Body::Accepting { message, trace, .. } = &mut self.body else {
             return;
         };
         trace.observe(bytes, end_of_line);
@@ -620,69 +811,152 @@ impl<I: Injector> Receiver<I> {
                 })
         };
         if let Some(answer) = failure {
-            if let Body::Accepting { message, .. } = std::mem::replace(
-                &mut self.body,
-                Body::Discarding {
-                    reply: Some(answer),
-                },
-            ) {
+            if let Body::Accepting {
+                message,
+                recipients,
+                ..
+            } = std::mem::replace(&mut self.body, Body::Idle)
+            {
                 message.abort();
+                self.discard(Some(answer), recipients);
             }
         }
     }
 
-    fn data_end(&mut self) -> Option<Reply> {
-        match std::mem::replace(&mut self.body, Body::Idle) {
-            Body::Idle => None,
-            Body::Discarding { reply } => {
+    /// The dot: the reply (BSMTP), or one per recipient (LMTP).
+    fn data_end(&mut self) -> Vec<Reply> {
+        let (replies, recipients) = match std::mem::replace(&mut self.body, Body::Idle) {
+            Body::Idle => return Vec::new(),
+            Body::Discarding { reply, recipients } => {
                 if reply.is_some() {
                     self.summary.rejected += 1;
                 }
-                reply
+                (reply.map(|r| vec![r]).unwrap_or_default(), recipients)
             }
-            Body::Accepting { message, trace } => {
-                if let Some(from) = trace.refused_from(&self.settings.policy) {
-                    message.abort();
-                    let peer = self.settings.policy.peer.clone();
-                    self.warn(&format!(
-                        "reject: header From: <{from}> not allowed for this peer"
-                    ));
-                    self.summary.rejected += 1;
-                    return Some(reply(
-                        550,
-                        (5, 7, 1),
-                        format!("<{from}>: From: header address not allowed for peer {peer}"),
-                    ));
+            Body::Duplicate {
+                queue_id,
+                recipients,
+            } => {
+                self.errors = 0;
+                (vec![queued(&queue_id)], recipients)
+            }
+            Body::Accepting {
+                message,
+                trace,
+                recipients,
+                claim,
+            } => (self.commit(message, &trace, claim), recipients),
+        };
+        match (self.settings.dialect, replies.as_slice()) {
+            (Dialect::Lmtp, [one]) => vec![one.clone(); recipients],
+            (Dialect::Bsmtp, [_, _, ..]) => vec![bsmtp_reply(&replies)],
+            _ => replies,
+        }
+    }
+
+    /// Commits the message, then its tag, then answers: the next hop has
+    /// the message before the tag says so, and the tag is on disk before
+    /// the sender hears 250.
+    ///
+    /// The window that remains: a crash after the next hop committed and
+    /// before the tag file is renamed into place (one fsync and one rename)
+    /// leaves the message queued with its tag unrecorded; the sender, who
+    /// never got its 250, retries, and the message is queued twice.
+    fn commit(
+        &mut self,
+        message: I::Message,
+        trace: &Trace,
+        claim: Option<TagClaim>,
+    ) -> Vec<Reply> {
+        if let Some(from) = trace.refused_from(&self.settings.policy) {
+            message.abort();
+            let peer = self.settings.policy.peer.clone();
+            self.warn(&format!(
+                "reject: header From: <{from}> not allowed for this peer"
+            ));
+            self.summary.rejected += 1;
+            return vec![reply(
+                550,
+                (5, 7, 1),
+                format!("<{from}>: From: header address not allowed for peer {peer}"),
+            )];
+        }
+        let maildrop_id = message.queue_id().to_owned();
+        match message.commit() {
+            Ok(Committed::Queued(queue_id)) => {
+                info!(
+                    "{queue_id}: from=<{}>, size={}, nrcpt={}, message-id={}, peer={}, status=queued",
+                    trace.sender,
+                    trace.size,
+                    trace.nrcpt,
+                    trace.message_id.as_deref().unwrap_or("(none)"),
+                    self.settings.policy.peer
+                );
+                Self::record_tag(claim, &queue_id);
+                self.summary.accepted += 1;
+                // Postfix forgives earlier errors once a message got through.
+                self.errors = 0;
+                vec![queued(&queue_id)]
+            }
+            Ok(Committed::PerRecipient(replies)) => {
+                if let Some(id) = replies.iter().find(|r| r.code / 100 == 2).map(queue_id_of) {
+                    Self::record_tag(claim, &id);
+                    self.summary.accepted += 1;
+                    self.errors = 0;
                 }
-                let maildrop_id = message.queue_id().to_owned();
-                Some(match message.commit() {
-                    Ok(queue_id) => {
-                        info!(
-                            "{queue_id}: from=<{}>, size={}, nrcpt={}, message-id={}, peer={}, status=queued",
-                            trace.sender,
-                            trace.size,
-                            trace.nrcpt,
-                            trace.message_id.as_deref().unwrap_or("(none)"),
-                            self.settings.policy.peer
-                        );
-                        self.summary.accepted += 1;
-                        // Postfix forgives earlier errors once a message
-                        // got through.
-                        self.errors = 0;
-                        reply(250, (2, 0, 0), format!("Ok: queued as {queue_id}"))
-                    }
-                    Err(refusal) => {
-                        warn!(
-                            "{maildrop_id}: queue file commit failed: {}",
-                            refusal.detail
-                        );
-                        self.summary.rejected += 1;
-                        refusal.reply
-                    }
-                })
+                replies
+            }
+            Err(refusal) => {
+                warn!(
+                    "{maildrop_id}: queue file commit failed: {}",
+                    refusal.detail
+                );
+                self.summary.rejected += 1;
+                vec![refusal.reply]
             }
         }
     }
+
+    /// Records the committed tag. The message is queued whatever happens
+    /// here, so a failure is logged, never turned into a refusal (that
+    /// would make the sender retry, and queue it twice for sure).
+    fn record_tag(claim: Option<TagClaim>, queue_id: &str) {
+        if let Some(claim) = claim {
+            if let Err(err) = claim.commit(queue_id) {
+                warn!(
+                    "{queue_id}: queued, but its transaction tag could not be recorded ({err}): a retry of it would be queued again"
+                );
+            }
+        }
+    }
+}
+
+/// The 250 after a committed message.
+fn queued(queue_id: &str) -> Reply {
+    reply(250, (2, 0, 0), format!("Ok: queued as {queue_id}"))
+}
+
+/// The queue ID in a `250 ... queued as ID` reply, else the whole text.
+fn queue_id_of(reply: &Reply) -> String {
+    let text = reply.lines.join(" ");
+    text.rsplit_once("queued as ")
+        .map_or(text.as_str(), |(_, id)| id)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One BSMTP reply for per-recipient results: success when all succeeded,
+/// else the worst refusal (a 4xx, which leaves the sender to retry, before
+/// a 5xx).
+fn bsmtp_reply(replies: &[Reply]) -> Reply {
+    let worst = replies
+        .iter()
+        .find(|r| r.is_transient())
+        .or_else(|| replies.iter().find(|r| r.is_permanent()))
+        .cloned();
+    worst.unwrap_or_else(|| replies[0].clone())
 }
 
 /// The 552 for a message over the peer's size limit (announced or sent).
@@ -777,13 +1051,13 @@ mod tests {
             }
             Ok(())
         }
-        fn commit(self) -> Result<String, Refusal> {
+        fn commit(self) -> Result<Committed, Refusal> {
             let mut hop = self.hop.borrow_mut();
             if hop.fail_commit {
                 return Err(Refusal::temporary("disk full"));
             }
             hop.committed.push((self.envelope, self.content));
-            Ok(format!("Q{}", hop.committed.len()))
+            Ok(Committed::Queued(format!("Q{}", hop.committed.len())))
         }
         fn abort(self) {
             self.hop.borrow_mut().aborted += 1;
@@ -807,11 +1081,7 @@ mod tests {
             fail_commit,
             ..Hop::default()
         }));
-        let settings = Settings {
-            hostname: "hub.test".into(),
-            policy,
-            error_limit: 20,
-        };
+        let settings = Settings::new("hub.test".into(), policy, 20);
         let mut out = Vec::new();
         let summary = Receiver::new(settings, Memory(hop.clone()))
             .run(&mut &input[..], &mut out)
@@ -1009,11 +1279,7 @@ mod tests {
         let run = |check: bool| {
             let policy = policy(&["@leaf.test"], 10_240_000, 1000, check);
             let hop = Rc::new(RefCell::new(Hop::default()));
-            let settings = Settings {
-                hostname: "hub.test".into(),
-                policy,
-                error_limit: 20,
-            };
+            let settings = Settings::new("hub.test".into(), policy, 20);
             let mut out = Vec::new();
             Receiver::new(settings, Memory(hop.clone()))
                 .run(&mut &input[..], &mut out)

@@ -352,10 +352,8 @@ impl Env {
             "--postfix-config".to_owned(),
             self.hub_config_dir().to_string_lossy().into_owned(),
         ];
-        if self.postlog.is_some() {
-            words.push("--config".to_owned());
-            words.push(self.rsmtp_config().to_string_lossy().into_owned());
-        }
+        words.push("--config".to_owned());
+        words.push(self.rsmtp_config().to_string_lossy().into_owned());
         words.extend(self.options.rsmtp_args.iter().map(|a| self.expand(a)));
         words
             .iter()
@@ -410,9 +408,18 @@ impl Env {
             .as_ref()
             .map(|p| format!("postlog = \"{}\"\n", p.display()))
             .unwrap_or_default();
-        if !postlog.is_empty() {
-            write_file(&self.rsmtp_config(), &postlog, 0o644);
-        }
+        // rsmtp runs as the hub user: its tag store must be that user's.
+        let tags = self.tag_directory();
+        mkdir(&tags, 0o700);
+        chown_to(&tags, HUB_USER, None);
+        write_file(
+            &self.rsmtp_config(),
+            format!(
+                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\n",
+                tags.display()
+            ),
+            0o644,
+        );
         let conf = format!(
             "# Written by bsmtp-ssh-tests.\n{postlog}[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
              user = \"{HUB_USER}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
@@ -571,15 +578,18 @@ impl Env {
         command
             .args(["--peer", LEAF_PEER, "--postfix-config"])
             .arg(self.hub_config_dir());
-        if self.postlog.is_some() {
-            command.arg("--config").arg(self.rsmtp_config());
-        }
+        command.arg("--config").arg(self.rsmtp_config());
         command
     }
 
-    /// The hub's rsmtp.conf (written only when the options pin postlog).
+    /// The hub's rsmtp.conf: the tag store, and postlog when pinned.
     pub fn rsmtp_config(&self) -> PathBuf {
         self.base.join("hub/rsmtp.conf")
+    }
+
+    /// The hub's exactly-once tag store (one directory per peer inside).
+    pub fn tag_directory(&self) -> PathBuf {
+        self.base.join("hub/tags")
     }
 
     /// Runs the installed `rsmtp` as root without SSH, reading `stdin` the

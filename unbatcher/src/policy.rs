@@ -53,6 +53,13 @@ pub struct ConfigFile {
     pub postdrop: Option<PathBuf>,
     /// The postlog(1) to log through when Postfix logs to a `maillog_file`.
     pub postlog: Option<PathBuf>,
+    /// Where committed transaction tags are kept, one directory per peer
+    /// (empty: no tags).
+    pub tag_directory: Option<PathBuf>,
+    /// Seconds a committed tag is kept.
+    pub tag_lifetime: Option<u64>,
+    /// Most tags kept per peer.
+    pub tag_limit: Option<usize>,
     /// Per-peer rules.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerConfig>,

@@ -15,6 +15,7 @@ use bsmtp_session::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
 use bsmtp_session::policy::Policy;
 use bsmtp_session::postdrop::{self, PostdropCommand, PostdropInjector};
 use bsmtp_session::server::{Receiver, Settings};
+use bsmtp_session::tags::{self, TagStore};
 
 /// rsmtp: the receiving side of bsmtp-ssh, run as an OpenSSH forced command
 /// (`restrict,command="rsmtp --peer NAME"`) or on a BSMTP file on stdin.
@@ -147,7 +148,7 @@ pub fn run(
             postlog: file.postlog.clone(),
         },
     );
-    let session = load(&args, file)?;
+    let session = load(&args, &file)?;
     let verb = command::parse(original_command).map_err(|refused| {
         // Also on stdout as an SMTP reply: that is what a sender reads. A
         // refused command is a configuration fault (a verb this key is not
@@ -190,7 +191,7 @@ fn read_config(args: &Args) -> Result<ConfigFile, RunError> {
     ConfigFile::load(&path, named).map_err(RunError::Config)
 }
 
-fn load(args: &Args, file: ConfigFile) -> Result<Session, RunError> {
+fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
     // clap requires --peer whenever there is no subcommand.
     let peer = args.peer.as_deref().unwrap_or_default();
     let mut policy = file.policy(peer, &args.policy).map_err(RunError::Config)?;
@@ -198,7 +199,7 @@ fn load(args: &Args, file: ConfigFile) -> Result<Session, RunError> {
     if let Some(program) = &file.postdrop {
         postdrop.program.clone_from(program);
     }
-    postdrop.config_dir = args.postfix_config.clone().or(file.postfix_config);
+    postdrop.config_dir = args.postfix_config.clone().or(file.postfix_config.clone());
     if let Some(dir) = &postdrop.config_dir {
         postdrop::check_config_dir(dir).map_err(RunError::Config)?;
     }
@@ -219,14 +220,35 @@ fn load(args: &Args, file: ConfigFile) -> Result<Session, RunError> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    Ok(Session {
-        settings: Settings {
-            hostname,
-            policy,
-            error_limit,
-        },
-        postdrop,
-    })
+    let tags = open_tags(file, &policy.peer);
+    let mut settings = Settings::new(hostname, policy, error_limit);
+    settings.tags = tags;
+    Ok(Session { settings, postdrop })
+}
+
+/// The peer's exactly-once tag store, unless rsmtp.conf turns it off.
+/// Without one rsmtp still takes mail, but does not announce tags, so a
+/// retry after a lost acknowledgement can be queued twice; that is said.
+fn open_tags(file: &ConfigFile, peer: &str) -> Option<TagStore> {
+    let dir = file
+        .tag_directory
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(tags::DEFAULT_DIRECTORY));
+    if dir.as_os_str().is_empty() {
+        return None;
+    }
+    let lifetime = file
+        .tag_lifetime
+        .map_or(tags::DEFAULT_LIFETIME, std::time::Duration::from_secs);
+    let limit = file.tag_limit.unwrap_or(tags::DEFAULT_LIMIT);
+    TagStore::open(&dir, peer, lifetime, limit)
+        .inspect_err(|err| {
+            log::warn!(
+                "peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account (rsmtp authorize does), or set tag_directory in rsmtp.conf",
+                dir.display()
+            );
+        })
+        .ok()
 }
 
 /// Keeps the size we advertise and enforce within the hub's

@@ -25,6 +25,11 @@ pub enum Command {
     Ehlo(String),
     /// `HELO domain`.
     Helo(String),
+    /// `LHLO domain` (RFC 2033, LMTP's EHLO).
+    Lhlo(String),
+    /// Postfix's `XFORWARD NAME=value ...`: facts about the original
+    /// client, for logs (`IDENT` is the sender's queue ID).
+    Xforward(Vec<Param>),
     /// `MAIL FROM:<from> params`; `from` is empty for the null sender `<>`.
     /// A source route is removed; a quoted local part keeps its quotes.
     Mail {
@@ -56,6 +61,8 @@ impl Command {
         match self {
             Command::Ehlo(_) => "EHLO",
             Command::Helo(_) => "HELO",
+            Command::Lhlo(_) => "LHLO",
+            Command::Xforward(_) => "XFORWARD",
             Command::Mail { .. } => "MAIL",
             Command::Rcpt { .. } => "RCPT",
             Command::Data => "DATA",
@@ -251,6 +258,16 @@ impl Decoder {
         matches!(self.state, State::Data { .. })
     }
 
+    /// Reads commands again right after a [`Command::Data`] that was
+    /// refused, for SMTP and LMTP, where a client sends the body only
+    /// after a 354. (BSMTP sends it regardless: there the body of a refused
+    /// DATA is read and dropped instead.)
+    pub fn cancel_data(&mut self) {
+        if matches!(self.state, State::Data { line_start: true }) {
+            self.state = State::Command;
+        }
+    }
+
     /// Decodes the next event from the start of `input`: `Some((consumed,
     /// event))`, or `None` when more input is needed. Incomplete input is
     /// never an error. The caller drops the consumed bytes, keeps the rest
@@ -410,6 +427,21 @@ fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" => domain_argument("EHLO", arg).map(Command::Ehlo),
         "HELO" => domain_argument("HELO", arg).map(Command::Helo),
+        "LHLO" => domain_argument("LHLO", arg).map(Command::Lhlo),
+        "XFORWARD" => {
+            let params = arg
+                .split(' ')
+                .filter(|p| !p.is_empty())
+                .map(|p| parse_param("XFORWARD", p))
+                .collect::<Result<Vec<_>, _>>()?;
+            if params.is_empty() || params.iter().any(|p| p.value.is_none()) {
+                return Err(CommandError::Syntax {
+                    command: "XFORWARD",
+                    detail: "NAME=value expected",
+                });
+            }
+            Ok(Command::Xforward(params))
+        }
         "MAIL" => {
             let path = strip_prefix_ignore_case(arg, "FROM:").ok_or(CommandError::Syntax {
                 command: "MAIL",

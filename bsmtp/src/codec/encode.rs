@@ -14,9 +14,19 @@ use super::decode::Command;
 pub fn encode_command(cmd: &Command, out: &mut Vec<u8>) {
     out.extend_from_slice(cmd.verb().as_bytes());
     match cmd {
-        Command::Ehlo(domain) | Command::Helo(domain) => {
+        Command::Ehlo(domain) | Command::Helo(domain) | Command::Lhlo(domain) => {
             out.push(b' ');
             out.extend_from_slice(domain.as_bytes());
+        }
+        Command::Xforward(params) => {
+            for param in params {
+                out.push(b' ');
+                out.extend_from_slice(param.keyword.as_bytes());
+                if let Some(value) = &param.value {
+                    out.push(b'=');
+                    out.extend_from_slice(value.as_bytes());
+                }
+            }
         }
         Command::Mail { from: path, params } | Command::Rcpt { to: path, params } => {
             out.extend_from_slice(if matches!(cmd, Command::Mail { .. }) {
