@@ -120,6 +120,7 @@ pub struct ClientSession<S> {
     parser: ReplyParser,
     extensions: Extensions,
     greeting: Reply,
+    open: Option<Open>,
 }
 
 impl<S: Read + Write> ClientSession<S> {
@@ -141,6 +142,7 @@ impl<S: Read + Write> ClientSession<S> {
             parser: ReplyParser::new(),
             extensions: Extensions::default(),
             greeting: Reply::new(250, None, ""),
+            open: None,
         };
         session.send(&Command::Ehlo(helo.to_owned()));
         session.flush()?;
@@ -234,17 +236,55 @@ impl<S: Read + Write> ClientSession<S> {
     }
 
     /// Starts a fully pipelined transaction: MAIL, every RCPT and DATA go
-    /// out at once, the body follows as it comes ([`Transaction::piece`]),
-    /// and all replies are read at the end ([`Transaction::finish`]). For a
-    /// sender that reports each recipient's own fate (the LMTP bridge).
-    pub fn begin(&mut self, envelope: &Envelope) -> Transaction<'_, S> {
+    /// out at once, the body follows as it comes ([`ClientSession::piece`]),
+    /// and all replies are read at the end ([`ClientSession::finish`]). For
+    /// a sender that reports each recipient's own fate (the LMTP bridge).
+    pub fn begin(&mut self, envelope: &Envelope) {
         self.queue_envelope(envelope);
         self.send(&Command::Data);
-        Transaction {
+        self.open = Some(Open {
             recipients: envelope.recipients.len(),
-            session: self,
             at_line_start: true,
+        });
+    }
+
+    /// Adds a piece of a content line to the open transaction (as the
+    /// BSMTP/LMTP decoder gives it: dot-unstuffed, without its terminator),
+    /// dot-stuffed again.
+    pub fn piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Failure> {
+        let Some(open) = self.open.as_mut() else {
+            return Err(no_transaction(&self.relay));
+        };
+        if open.at_line_start && bytes.first() == Some(&b'.') {
+            self.out.push(b'.');
         }
+        self.out.extend_from_slice(bytes);
+        if end_of_line {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        open.at_line_start = end_of_line || (open.at_line_start && bytes.is_empty());
+        self.flush_if_full()
+    }
+
+    /// Ends the open transaction's body (a last line end if it lacked one,
+    /// the dot), sends everything and reads every reply of the transaction.
+    pub fn finish(&mut self) -> Result<Outcome, Failure> {
+        let Some(open) = self.open.take() else {
+            return Err(no_transaction(&self.relay));
+        };
+        if !open.at_line_start {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b".\r\n");
+        self.flush()?;
+        let (mail, recipients) = self.read_envelope_replies(open.recipients)?;
+        let (data, end) = self.read_data_replies()?;
+        Ok(Outcome {
+            mail,
+            recipients,
+            data: Some(data),
+            end,
+        })
     }
 
     /// Ends the session politely (QUIT, its reply) and gives the stream
@@ -427,46 +467,19 @@ impl<S: Read + Write> ClientSession<S> {
     }
 }
 
-/// A pipelined transaction in progress ([`ClientSession::begin`]).
-pub struct Transaction<'a, S> {
-    session: &'a mut ClientSession<S>,
-    recipients: usize,
-    at_line_start: bool,
+fn no_transaction(relay: &str) -> Failure {
+    Failure::new(
+        FailureKind::Internal,
+        format!("{relay}: no transaction is open"),
+    )
 }
 
-impl<S: Read + Write> Transaction<'_, S> {
-    /// Adds a piece of a content line (as the BSMTP/LMTP decoder gives it:
-    /// dot-unstuffed, without its terminator), dot-stuffed again.
-    pub fn piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Failure> {
-        let out = &mut self.session.out;
-        if self.at_line_start && bytes.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(bytes);
-        if end_of_line {
-            out.extend_from_slice(b"\r\n");
-        }
-        self.at_line_start = end_of_line || (self.at_line_start && bytes.is_empty());
-        self.session.flush_if_full()
-    }
-
-    /// Ends the body (a last line end if it lacked one, the dot), sends
-    /// everything and reads every reply of the transaction.
-    pub fn finish(self) -> Result<Outcome, Failure> {
-        if !self.at_line_start {
-            self.session.out.extend_from_slice(b"\r\n");
-        }
-        self.session.out.extend_from_slice(b".\r\n");
-        self.session.flush()?;
-        let (mail, recipients) = self.session.read_envelope_replies(self.recipients)?;
-        let (data, end) = self.session.read_data_replies()?;
-        Ok(Outcome {
-            mail,
-            recipients,
-            data: Some(data),
-            end,
-        })
-    }
+/// The state of a pipelined transaction between [`ClientSession::begin`]
+/// and [`ClientSession::finish`].
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    recipients: usize,
+    at_line_start: bool,
 }
 
 #[cfg(test)]
@@ -520,10 +533,10 @@ mod tests {
         let mut s = session(&format!(
             "{EHLO}250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n354 go\r\n250 2.0.0 Ok: queued as X1\r\n"
         ));
-        let mut t = s.begin(&envelope(&["b@hub.test", "c@hub.test"]));
-        t.piece(b".dot", true).unwrap();
-        t.piece(b"last", false).unwrap();
-        let outcome = t.finish().unwrap();
+        s.begin(&envelope(&["b@hub.test", "c@hub.test"]));
+        s.piece(b".dot", true).unwrap();
+        s.piece(b"last", false).unwrap();
+        let outcome = s.finish().unwrap();
         assert_eq!(outcome.for_recipient(0).code, 250);
         assert_eq!(outcome.for_recipient(1).code, 550);
         let sent = String::from_utf8(s.into_inner().sent).unwrap();

@@ -50,6 +50,9 @@ pub enum Fallback {
     /// Warnings and errors kept in memory until [`flush_buffered`]
     /// (bounded); routine lines dropped.
     Buffer,
+    /// Dropped: for a process whose stderr is its peer's protocol stream
+    /// (spawn(8) connects stderr to the client's socket).
+    Discard,
 }
 
 /// Most fallback bytes kept in memory.
@@ -312,6 +315,7 @@ impl Log for MailLog {
             return;
         }
         match self.fallback {
+            Fallback::Discard => {}
             Fallback::Stderr => {
                 let _ = std::io::stderr().write_all(line.as_bytes());
             }

@@ -84,6 +84,8 @@ pub struct Policy {
     pub peer: String,
     /// Senders it may use; the null sender is always allowed (bounces).
     pub allow_sender: Vec<SenderPattern>,
+    /// Recipients it may send to (same patterns); empty: any.
+    pub allow_recipient: Vec<SenderPattern>,
     /// Largest message in bytes.
     pub max_size: u64,
     /// Most recipients per message.
@@ -100,6 +102,11 @@ impl Policy {
     /// Whether this peer may send as `sender` ("" is the null sender).
     pub fn sender_allowed(&self, sender: &str) -> bool {
         sender.is_empty() || self.allow_sender.iter().any(|p| p.matches(sender))
+    }
+
+    /// Whether this peer may send to `recipient` (internal form).
+    pub fn recipient_allowed(&self, recipient: &str) -> bool {
+        self.allow_recipient.is_empty() || self.allow_recipient.iter().any(|p| p.matches(recipient))
     }
 }
 

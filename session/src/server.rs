@@ -165,7 +165,12 @@ impl Settings {
     pub fn extensions(&self) -> Extensions {
         Extensions {
             pipelining: true,
-            size: Some(self.policy.max_size),
+            // u64::MAX: no limit of our own (a bridge leaves it to the hub).
+            size: Some(if self.policy.max_size == u64::MAX {
+                0
+            } else {
+                self.policy.max_size
+            }),
             eight_bit_mime: true,
             smtputf8: true,
             enhanced_status_codes: true,
@@ -449,6 +454,15 @@ impl<I: Injector> Receiver<I> {
         let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
         let mut start = 0;
         let mut out = Vec::new();
+        if self.settings.dialect == Dialect::Lmtp {
+            // An LMTP client waits for the server to speak first.
+            Reply::new(
+                220,
+                None,
+                format!("{} LMTP bsmtp-ssh", self.settings.hostname),
+            )
+            .encode(&mut out);
+        }
         let mut chunk = vec![0u8; READ_SIZE];
         loop {
             while let Some((used, event)) = decoder.decode(&buf[start..]) {
@@ -685,6 +699,21 @@ impl<I: Injector> Receiver<I> {
         }
         if envelope.recipients.len() >= max {
             return reply(452, (4, 5, 3), "Error: too many recipients");
+        }
+        if !self
+            .settings
+            .policy
+            .recipient_allowed(&bsmtp::address::to_internal(&to))
+        {
+            let peer = self.settings.policy.peer.clone();
+            self.warn(&format!(
+                "reject: RCPT TO:<{to}>: recipient not allowed for this peer"
+            ));
+            return reply(
+                554,
+                (5, 7, 1),
+                format!("<{to}>: Recipient address rejected: not allowed for peer {peer}"),
+            );
         }
         envelope.recipients.push(to);
         reply(250, (2, 1, 5), "Ok")
@@ -1017,6 +1046,7 @@ mod tests {
                 .iter()
                 .map(|s| SenderPattern::parse(s).unwrap())
                 .collect(),
+            allow_recipient: Vec::new(),
             max_size,
             max_size_set: true,
             max_recipients,

@@ -11,6 +11,7 @@
 pub mod binaries;
 pub mod postfix;
 pub mod postlog;
+pub mod proc_tree;
 pub mod sshd;
 pub mod system;
 pub mod util;
@@ -62,6 +63,9 @@ pub struct EnvOptions {
     /// The `/usr/sbin/postlog` both sides' daemons see (default: the
     /// machine's own).
     pub postlog: PostlogMode,
+    /// Route hub.test through the batching transport (spawn(8), lmtp(8),
+    /// `bsmtp-ssh lmtp`) instead of pipe(8).
+    pub batching: bool,
 }
 
 impl Default for EnvOptions {
@@ -76,6 +80,7 @@ impl Default for EnvOptions {
             hub_mailboxes: strings(&["bob", "carol", "dave"]),
             leaf_mailboxes: strings(&["alice", "bob"]),
             hub_aliases: Vec::new(),
+            batching: false,
             postlog: PostlogMode::System,
         }
     }
@@ -114,6 +119,13 @@ impl EnvOptions {
     #[must_use]
     pub fn postlog(mut self, mode: PostlogMode) -> Self {
         self.postlog = mode;
+        self
+    }
+
+    /// Routes hub.test through the batching transport.
+    #[must_use]
+    pub fn batching(mut self) -> Self {
+        self.batching = true;
         self
     }
 
@@ -162,7 +174,36 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// The leaf's pipe(8) entry, from the shipped snippet (the one
 /// `bsmtp-ssh postfix-install` applies), so every test runs what admins get.
 fn leaf_master_cf_entry(program: &Path, config: &Path) -> String {
-    let snippet = include_str!("../../postfix-snippets/leaf/master.cf");
+    snippet_lines(
+        include_str!("../../postfix-snippets/leaf/master.cf"),
+        program,
+        config,
+    )
+}
+
+/// The leaf's batching entries (spawn(8), lmtp(8)) and main.cf lines, from
+/// the shipped snippets, for the peer `hub`.
+fn leaf_batching(program: &Path, config: &Path) -> (String, Vec<(String, String)>) {
+    let master = snippet_lines(
+        include_str!("../../postfix-snippets/leaf/batching-master.cf"),
+        program,
+        config,
+    );
+    let main = snippet_lines(
+        include_str!("../../postfix-snippets/leaf/batching-main.cf"),
+        program,
+        config,
+    )
+    .lines()
+    .filter_map(|l| l.split_once('='))
+    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+    .collect();
+    (master, main)
+}
+
+/// A snippet's non-comment lines with the placeholders filled in the way
+/// postfix-install fills them for this environment.
+fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
     let mut entry = String::new();
     for line in snippet
         .lines()
@@ -170,6 +211,8 @@ fn leaf_master_cf_entry(program: &Path, config: &Path) -> String {
     {
         let line = line
             .replace("@TRANSPORT@", "bsmtp")
+            .replace("@SERVICE@", BATCHING_SERVICE)
+            .replace("@PEER@", HUB_PEER)
             .replace("@USER@", LEAF_USER)
             .replace("@PROGRAM@", &program.display().to_string())
             .replace("@CONFIG@", &config.display().to_string());
@@ -186,6 +229,10 @@ fn leaf_master_cf_entry(program: &Path, config: &Path) -> String {
     );
     entry
 }
+
+/// The batching transport's spawn(8) service on the leaf
+/// (`postfix-install --batching --peer hub`).
+pub const BATCHING_SERVICE: &str = "bsmtp-hub";
 
 impl Env {
     /// Starts an environment with the default options. `name` (the test's name)
@@ -235,12 +282,22 @@ impl Env {
                 "1".to_owned(),
             ),
         ];
+        let program = bin.join("bsmtp-ssh");
+        let config = leaf_dir.join("bsmtp-ssh.conf");
+        let mut master_cf = leaf_master_cf_entry(&program, &config);
+        let route = if options.batching {
+            let (entries, main) = leaf_batching(&program, &config);
+            master_cf.push_str(&entries);
+            leaf_main_cf.extend(main);
+            format!("{BATCHING_SERVICE}-lmtp:unix:private/{BATCHING_SERVICE}")
+        } else {
+            format!("bsmtp:{HUB_PEER}")
+        };
         leaf_main_cf.extend(options.leaf_main_cf.iter().cloned());
-        let pipe = leaf_master_cf_entry(&bin.join("bsmtp-ssh"), &leaf_dir.join("bsmtp-ssh.conf"));
         mkdir(&leaf_dir.join("etc"), 0o755);
         write_file(
             &leaf_dir.join("etc/transport"),
-            format!("hub.test bsmtp:{HUB_PEER}\n"),
+            format!("hub.test {route}\n"),
             0o644,
         );
         let leaf = Postfix::create(
@@ -251,7 +308,7 @@ impl Env {
                 mailboxes: &options.leaf_mailboxes,
                 aliases: &[],
                 main_cf: &leaf_main_cf,
-                master_cf: &pipe,
+                master_cf: &master_cf,
             },
         );
         let sshd = Sshd::create(base.join("ssh"));
@@ -429,6 +486,23 @@ impl Env {
         );
         write_file(&self.transport_config(), conf, 0o644);
         chown_to(&self.transport_config(), LEAF_USER, None);
+    }
+
+    /// Kills every SSH session in progress (the per-connection sshd
+    /// processes below the listener), which drops their TCP connections;
+    /// returns how many processes it signalled.
+    pub fn kill_ssh_sessions(&self) -> usize {
+        let Some(listener) = self.sshd.pid() else {
+            return 0;
+        };
+        let sessions: Vec<i32> = proc_tree::descendants(listener)
+            .into_iter()
+            .filter(|p| proc_tree::comm(*p).as_deref() == Some("sshd"))
+            .collect();
+        for session in &sessions {
+            proc_tree::signal(*session, nix::sys::signal::Signal::SIGKILL);
+        }
+        sessions.len()
     }
 
     /// Stops sshd (the hub is then unreachable; sessions in progress go on).

@@ -73,6 +73,11 @@ impl Sshd {
         read_lossy(&self.log_path())
     }
 
+    /// The listener's process ID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
     /// True while the child runs.
     pub fn is_running(&mut self) -> bool {
         self.child

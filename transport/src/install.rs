@@ -23,6 +23,10 @@ use sysexits::ExitCode;
 pub const LEAF_MASTER_CF: &str = include_str!("../../postfix-snippets/leaf/master.cf");
 /// `postfix-snippets/leaf/main.cf`, with placeholders.
 pub const LEAF_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/main.cf");
+/// `postfix-snippets/leaf/batching-master.cf`: spawn(8) and lmtp(8) entries.
+pub const BATCHING_MASTER_CF: &str = include_str!("../../postfix-snippets/leaf/batching-master.cf");
+/// `postfix-snippets/leaf/batching-main.cf`.
+pub const BATCHING_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/batching-main.cf");
 
 /// Where the Debian package installs the binary: the fallback for `--program`
 /// when the running binary's path is unknown.
@@ -59,6 +63,14 @@ pub struct InstallArgs {
     /// The postfix(1) to run for `postfix check`.
     #[arg(long, value_name = "PATH", default_value = "/usr/sbin/postfix")]
     pub postfix: PathBuf,
+    /// Install the batching transport (spawn(8) and lmtp(8): many messages
+    /// per SSH session) for --peer instead of the pipe(8) transport.
+    #[arg(long, requires = "peer")]
+    pub batching: bool,
+    /// The peer of the batching transport: a [peer.NAME] section of
+    /// --config.
+    #[arg(long, value_name = "NAME", requires = "batching")]
+    pub peer: Option<String>,
 }
 
 /// The values that replace the snippets' placeholders.
@@ -72,12 +84,24 @@ pub struct Values {
     pub transport: String,
     /// `@CONFIG@`: absolute path of bsmtp-ssh.conf.
     pub config: String,
+    /// `@PEER@`: the batching transport's peer (empty for pipe mode).
+    pub peer: String,
 }
 
-/// Every placeholder the snippets may use.
+/// Every placeholder the pipe-mode snippets may use.
 pub const PLACEHOLDERS: [&str; 4] = ["@PROGRAM@", "@USER@", "@TRANSPORT@", "@CONFIG@"];
+/// Every placeholder the batching snippets may use (`@SERVICE@` is
+/// TRANSPORT-PEER).
+pub const BATCHING_PLACEHOLDERS: [&str; 5] =
+    ["@PROGRAM@", "@USER@", "@SERVICE@", "@CONFIG@", "@PEER@"];
 
 impl Values {
+    /// The batching transport's spawn(8) service: `TRANSPORT-PEER`; its
+    /// lmtp(8) transport adds `-lmtp`.
+    pub fn service(&self) -> String {
+        format!("{}-{}", self.transport, self.peer)
+    }
+
     /// Checks each value can stand in master.cf as one pipe(8) argument:
     /// white space would split it, `$` and braces would be expanded or
     /// regrouped by pipe(8).
@@ -98,6 +122,12 @@ impl Values {
                 "--user {:?}: use a login name (letters, digits, '.', '-', '_', \
                  optionally :group)",
                 self.user
+            ));
+        }
+        if !self.peer.is_empty() && !name_ok(&self.peer, ".") {
+            return Err(format!(
+                "--peer {:?}: use letters, digits, '.', '-' and '_' only",
+                self.peer
             ));
         }
         if self.user == "root" || self.user.starts_with("root:") {
@@ -131,6 +161,8 @@ pub fn substitute(template: &str, values: &Values) -> Result<String, String> {
         .replace("@PROGRAM@", &values.program)
         .replace("@USER@", &values.user)
         .replace("@TRANSPORT@", &values.transport)
+        .replace("@SERVICE@", &values.service())
+        .replace("@PEER@", &values.peer)
         .replace("@CONFIG@", &values.config);
     match leftover_placeholder(&text) {
         Some(left) => Err(format!("snippet placeholder {left} has no value")),
@@ -267,10 +299,22 @@ pub fn leaf_items(values: &Values) -> Result<Vec<Item>, String> {
     Ok(items)
 }
 
+/// The batching transport's items for `values.peer`: master.cf first.
+pub fn batching_items(values: &Values) -> Result<Vec<Item>, String> {
+    let mut items = parse_master_cf(&substitute(BATCHING_MASTER_CF, values)?)?;
+    items.extend(parse_main_cf(&substitute(BATCHING_MAIN_CF, values)?)?);
+    Ok(items)
+}
+
 /// The routing suggestion: main.cf's comment block from `# Routing` on,
 /// without the `# `.
 pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
-    let text = substitute(LEAF_MAIN_CF, values)?;
+    let template = if values.peer.is_empty() {
+        LEAF_MAIN_CF
+    } else {
+        BATCHING_MAIN_CF
+    };
+    let text = substitute(template, values)?;
     Ok(text
         .lines()
         .skip_while(|line| !line.starts_with("# Routing"))
@@ -466,6 +510,7 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
         user: args.user.clone(),
         transport: args.transport.clone(),
         config: text("--config", &args.config)?,
+        peer: args.peer.clone().unwrap_or_default(),
     };
     values
         .validate()
@@ -475,7 +520,12 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
 
 fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     let (values, program) = values_from(args)?;
-    let items = leaf_items(&values).map_err(|msg| {
+    let items = if args.batching {
+        batching_items(&values)
+    } else {
+        leaf_items(&values)
+    };
+    let items = items.map_err(|msg| {
         Fatal::new(
             ExitCode::Software,
             format!("built-in snippet: {msg} (a bug; please report it)"),

@@ -5,6 +5,7 @@ pub mod check;
 pub mod config;
 pub mod deliver;
 pub mod install;
+pub mod lmtp;
 pub mod report;
 mod run;
 

@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Action {
     /// Deliver one message from pipe(8): envelope in argv, content on stdin.
     Deliver(DeliverArgs),
+    /// Speak LMTP on stdin/stdout for Postfix's lmtp(8) through spawn(8),
+    /// carrying every transaction over one SSH session (the batching mode).
+    Lmtp(crate::lmtp::LmtpArgs),
     /// Test the config, keys, pinned host keys and a no-op session against
     /// each peer, and say what to fix.
     Check(crate::check::CheckArgs),
@@ -36,10 +39,9 @@ pub enum Action {
     PostfixInstall(crate::install::InstallArgs),
 }
 
-/// `bsmtp-ssh deliver`.
+/// Which peer to reach and how: a config section, or flags alone.
 #[derive(Debug, ClapArgs)]
-#[allow(clippy::struct_excessive_bools)]
-pub struct DeliverArgs {
+pub struct ConnectArgs {
     /// Configuration file naming the peers.
     #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
@@ -61,6 +63,51 @@ pub struct DeliverArgs {
     /// Pinned host keys (with --host).
     #[arg(long = "known-hosts", value_name = "FILE", requires = "host")]
     pub known_hosts: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The peer these flags name.
+    pub fn resolve(&self) -> Result<Peer, Failure> {
+        let config_error = |text: String| Failure::new(FailureKind::Config, text);
+        if let Some(host) = &self.host {
+            let section = PeerSection {
+                host: Some(host.clone()),
+                port: self.port,
+                user: self.user.clone(),
+                identity: self.identity.clone(),
+                known_hosts: self.known_hosts.clone(),
+                ..PeerSection::default()
+            };
+            return section.resolve(host).map_err(config_error);
+        }
+        let Some(name) = &self.peer else {
+            return Err(config_error(
+                "no peer: give --peer NAME (Postfix's ${nexthop}) or --host HOST".into(),
+            ));
+        };
+        ConfigFile::load(&self.config)
+            .and_then(|file| file.peer(name))
+            .map_err(config_error)
+    }
+
+    /// The postlog(1) the config file names, if any (a config that does
+    /// not load is reported where the peer is resolved).
+    pub fn postlog(&self) -> Option<PathBuf> {
+        self.host
+            .is_none()
+            .then(|| ConfigFile::load(&self.config).ok())
+            .flatten()
+            .and_then(|file| file.postlog)
+    }
+}
+
+/// `bsmtp-ssh deliver`.
+#[derive(Debug, ClapArgs)]
+#[allow(clippy::struct_excessive_bools)]
+pub struct DeliverArgs {
+    /// The peer and how to reach it.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Envelope sender (Postfix's ${sender}); empty for the null sender.
     #[arg(
         short = 'f',
@@ -116,17 +163,14 @@ pub fn run(
     };
     match cli.command {
         Action::Deliver(args) => deliver_command(&args, content, out),
+        Action::Lmtp(args) => crate::lmtp::run(&args),
         Action::Check(args) => crate::check::run(&args, out),
         Action::PostfixInstall(args) => crate::install::run(&args, out),
     }
 }
 
 fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl Write) -> u8 {
-    // A config that does not load is reported in the status line below.
-    let postlog = (args.host.is_none())
-        .then(|| ConfigFile::load(&args.config).ok())
-        .flatten()
-        .and_then(|file| file.postlog);
+    let postlog = args.connect.postlog();
     bsmtp_session::logging::init(
         "bsmtp-ssh",
         args.verbose,
@@ -139,7 +183,7 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
     // Whoever prints pipe(8)'s status line first (this flow or the
     // deadline watchdog) sets this; the other then prints nothing.
     let answered = Arc::new(Mutex::new(false));
-    let result = resolve_peer(args).and_then(|peer| {
+    let result = args.connect.resolve().and_then(|peer| {
         let deadline = args.deadline.map_or(peer.deadline, Duration::from_secs);
         let _watchdog = Watchdog::start(deadline, &peer.name, Arc::clone(&answered));
         let envelope = Envelope {
@@ -178,29 +222,6 @@ fn catch_panic<T>(deliver: impl FnOnce() -> Result<T, Failure>) -> Result<T, Fai
             format!("bsmtp-ssh internal error ({what}); please report it"),
         ))
     })
-}
-
-fn resolve_peer(args: &DeliverArgs) -> Result<Peer, Failure> {
-    let config_error = |text: String| Failure::new(FailureKind::Config, text);
-    if let Some(host) = &args.host {
-        let section = PeerSection {
-            host: Some(host.clone()),
-            port: args.port,
-            user: args.user.clone(),
-            identity: args.identity.clone(),
-            known_hosts: args.known_hosts.clone(),
-            ..PeerSection::default()
-        };
-        return section.resolve(host).map_err(config_error);
-    }
-    let Some(name) = &args.peer else {
-        return Err(config_error(
-            "no peer: give --peer NAME (Postfix's ${nexthop}) or --host HOST".into(),
-        ));
-    };
-    ConfigFile::load(&args.config)
-        .and_then(|file| file.peer(name))
-        .map_err(config_error)
 }
 
 /// Answers Postfix and ends the process if the whole delivery overruns its

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bsmtp_ssh::install::{
-    leaf_items, leftover_placeholder, parse_main_cf, parse_master_cf, routing_hint, substitute,
-    Item, Values, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
+    batching_items, leaf_items, leftover_placeholder, parse_main_cf, parse_master_cf, routing_hint,
+    substitute, Item, Values, BATCHING_MAIN_CF, BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS,
+    LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -20,6 +21,7 @@ fn values(transport: &str) -> Values {
         user: "mailpipe".to_owned(),
         transport: transport.to_owned(),
         config: "/etc/bsmtp-ssh/leaf.conf".to_owned(),
+        peer: String::new(),
     }
 }
 
@@ -334,4 +336,69 @@ fn missing_config_directory_says_so() {
         text.contains("/nonexistent/postfix/main.cf: No such file"),
         "{text}"
     );
+}
+
+fn batching_values() -> Values {
+    Values {
+        peer: "hub".to_owned(),
+        ..values("bsmtp")
+    }
+}
+
+#[test]
+fn batching_snippets_use_every_placeholder() {
+    let both = format!("{BATCHING_MASTER_CF}{BATCHING_MAIN_CF}");
+    for placeholder in BATCHING_PLACEHOLDERS {
+        assert!(both.contains(placeholder), "{placeholder} unused");
+    }
+    for template in [BATCHING_MASTER_CF, BATCHING_MAIN_CF] {
+        let text = substitute(template, &batching_values()).unwrap();
+        assert_eq!(leftover_placeholder(&text), None, "{text}");
+    }
+}
+
+/// The spawn service runs `bsmtp-ssh lmtp` for the peer, the lmtp
+/// transport caches connections to that socket (path without `unix:`) and
+/// sends XFORWARD; the hint names the value to route with.
+#[test]
+fn batching_items_name_the_peer() {
+    let items = batching_items(&batching_values()).unwrap();
+    let keys: Vec<String> = items.iter().map(Item::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "master.cf: bsmtp-hub/unix",
+            "master.cf: bsmtp-hub-lmtp/unix",
+            "main.cf: bsmtp-hub-lmtp_destination_concurrency_limit",
+        ]
+    );
+    assert_eq!(
+        items[0].wanted(),
+        "bsmtp-hub unix - n n - - spawn user=mailpipe argv=/opt/bin/bsmtp-ssh lmtp --config /etc/bsmtp-ssh/leaf.conf --peer hub"
+    );
+    assert!(items[1]
+        .wanted()
+        .contains("-o lmtp_connection_cache_destinations=private/bsmtp-hub"));
+    assert!(items[1]
+        .wanted()
+        .contains("-o lmtp_send_xforward_command=yes"));
+    let hint = routing_hint(&batching_values()).unwrap().join("\n");
+    assert!(
+        hint.contains("default_transport = bsmtp-hub-lmtp:unix:private/bsmtp-hub"),
+        "{hint}"
+    );
+}
+
+/// The argv the spawn entry runs parses with the real command line.
+#[test]
+fn batching_argv_parses() {
+    let items = batching_items(&batching_values()).unwrap();
+    let entry = items[0].wanted();
+    let argv: Vec<&str> = entry
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with("argv="))
+        .collect();
+    let mut words = vec!["bsmtp-ssh"];
+    words.extend(argv.iter().skip(1));
+    bsmtp_ssh::Cli::try_parse_from(words).unwrap();
 }

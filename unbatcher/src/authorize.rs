@@ -226,15 +226,17 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
         )));
     };
     let mut words = vec![program.to_owned(), "--peer".into(), args.peer.clone()];
-    for pattern in &args.policy.allow_sender {
+    let patterns = (args.policy.allow_sender.iter().map(|p| ("sender", p)))
+        .chain(args.policy.allow_recipient.iter().map(|p| ("recipient", p)));
+    for (what, pattern) in patterns {
         SenderPattern::parse(pattern).map_err(refused)?;
         if pattern.contains(['"', '\\']) || pattern.chars().any(char::is_whitespace) {
             return Err(refused(format!(
-                "sender pattern \"{}\": quotes, backslashes and spaces cannot go into a forced command",
+                "{what} pattern \"{}\": quotes, backslashes and spaces cannot go into a forced command",
                 bsmtp::text::printable(pattern.as_bytes())
             )));
         }
-        words.extend(["--allow-sender".into(), pattern.clone()]);
+        words.extend([format!("--allow-{what}"), pattern.clone()]);
     }
     if let Some(size) = args.policy.max_size {
         words.extend(["--max-size".into(), size.to_string()]);

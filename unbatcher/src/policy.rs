@@ -26,6 +26,10 @@ pub struct PolicyArgs {
     /// config file's list.
     #[arg(long = "allow-sender", value_name = "PATTERN")]
     pub allow_sender: Vec<String>,
+    /// Allow only recipients matching PATTERN (same forms as senders);
+    /// repeat for more; adds to the config file's list; none given: any.
+    #[arg(long = "allow-recipient", value_name = "PATTERN")]
+    pub allow_recipient: Vec<String>,
     /// Largest message in bytes (overrides the config file).
     #[arg(long, value_name = "BYTES")]
     pub max_size: Option<u64>,
@@ -72,6 +76,9 @@ pub struct PeerConfig {
     /// Allowed sender patterns.
     #[serde(default)]
     pub allow_sender: Vec<String>,
+    /// Allowed recipient patterns (none: any).
+    #[serde(default)]
+    pub allow_recipient: Vec<String>,
     /// Largest message in bytes.
     pub max_size: Option<u64>,
     /// Most recipients per message.
@@ -112,10 +119,17 @@ impl ConfigFile {
             .chain(&args.allow_sender)
             .map(|p| SenderPattern::parse(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let allow_recipient = section
+            .allow_recipient
+            .iter()
+            .chain(&args.allow_recipient)
+            .map(|p| SenderPattern::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
         let max_size = args.max_size.or(section.max_size);
         Ok(Policy {
             peer: peer.to_owned(),
             allow_sender,
+            allow_recipient,
             max_size: max_size.unwrap_or(DEFAULT_MAX_SIZE),
             max_size_set: max_size.is_some(),
             max_recipients: args
