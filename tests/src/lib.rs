@@ -9,6 +9,7 @@
 //! missing prerequisite panics with the command that installs it.
 
 pub mod binaries;
+pub mod lost_ack;
 pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;
@@ -66,6 +67,10 @@ pub struct EnvOptions {
     /// Route hub.test through the batching transport (spawn(8), lmtp(8),
     /// `bsmtp-ssh lmtp`) instead of pipe(8).
     pub batching: bool,
+    /// More rsmtp.conf lines (top level; `{base}` is expanded).
+    pub rsmtp_conf: Vec<String>,
+    /// More lines for the leaf's `[peer.hub]` section of bsmtp-ssh.conf.
+    pub peer_conf: Vec<String>,
 }
 
 impl Default for EnvOptions {
@@ -81,6 +86,8 @@ impl Default for EnvOptions {
             leaf_mailboxes: strings(&["alice", "bob"]),
             hub_aliases: Vec::new(),
             batching: false,
+            rsmtp_conf: Vec::new(),
+            peer_conf: Vec::new(),
             postlog: PostlogMode::System,
         }
     }
@@ -119,6 +126,20 @@ impl EnvOptions {
     #[must_use]
     pub fn postlog(mut self, mode: PostlogMode) -> Self {
         self.postlog = mode;
+        self
+    }
+
+    /// Adds a top-level rsmtp.conf line (`{base}` is expanded).
+    #[must_use]
+    pub fn rsmtp_conf(mut self, line: &str) -> Self {
+        self.rsmtp_conf.push(line.to_owned());
+        self
+    }
+
+    /// Adds a line to the leaf's `[peer.hub]` section.
+    #[must_use]
+    pub fn peer_conf(mut self, line: &str) -> Self {
+        self.peer_conf.push(line.to_owned());
         self
     }
 
@@ -472,18 +493,27 @@ impl Env {
         write_file(
             &self.rsmtp_config(),
             format!(
-                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\n",
-                tags.display()
+                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\n{}",
+                tags.display(),
+                self.options
+                    .rsmtp_conf
+                    .iter()
+                    .map(|l| format!("{}\n", self.expand(l)))
+                    .collect::<String>()
             ),
             0o644,
         );
-        let conf = format!(
+        let mut conf = format!(
             "# Written by bsmtp-ssh-tests.\n{postlog}[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
              user = \"{HUB_USER}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
             self.sshd_port(),
             self.leaf_key().display(),
             self.known_hosts().display()
         );
+        for line in &self.options.peer_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
         write_file(&self.transport_config(), conf, 0o644);
         chown_to(&self.transport_config(), LEAF_USER, None);
     }

@@ -154,3 +154,25 @@ fn session_killed_mid_stream_loses_and_doubles_nothing() {
     assert_exactly_once(&env, &["bob"], &ids);
     assert!(killed > 0, "no SSH session was running to be cut");
 }
+
+/// (SPEC invariant 3) The hub commits, the leaf's patience ends before the
+/// 250: Postfix retries through the batching transport and the message is
+/// on the hub once, the retry answered with the first queue ID.
+#[test]
+fn lost_acknowledgement_after_a_slow_commit_is_not_queued_twice() {
+    use bsmtp_ssh_tests::lost_ack::{env, run, Loss};
+    run(
+        &env("batching_slow_ack", true, Loss::SlowCommit),
+        Loss::SlowCommit,
+    );
+}
+
+/// The same when the session is cut after the commit.
+#[test]
+fn lost_acknowledgement_after_a_killed_session_is_not_queued_twice() {
+    use bsmtp_ssh_tests::lost_ack::{env, run, Loss};
+    run(
+        &env("batching_killed_ack", true, Loss::SessionKilled),
+        Loss::SessionKilled,
+    );
+}

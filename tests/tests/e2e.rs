@@ -693,3 +693,25 @@ fn peer_that_never_reads_replies_is_dropped() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
 }
+
+/// (SPEC invariant 3, audit) The hub commits, the leaf's deadline ends
+/// before the 250: Postfix retries and the message is on the hub once, the
+/// retry answered with the first queue ID (pipe mode).
+#[test]
+fn lost_acknowledgement_after_a_slow_commit_is_not_queued_twice() {
+    use bsmtp_ssh_tests::lost_ack::{env, run, Loss};
+    run(
+        &env("pipe_slow_ack", false, Loss::SlowCommit),
+        Loss::SlowCommit,
+    );
+}
+
+/// The same when the session is cut after the commit (pipe mode).
+#[test]
+fn lost_acknowledgement_after_a_killed_session_is_not_queued_twice() {
+    use bsmtp_ssh_tests::lost_ack::{env, run, Loss};
+    run(
+        &env("pipe_killed_ack", false, Loss::SessionKilled),
+        Loss::SessionKilled,
+    );
+}

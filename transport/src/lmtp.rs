@@ -163,39 +163,78 @@ fn refusal(failure: &Failure) -> Refusal {
 impl Injector for Hub {
     type Message = Message;
 
+    /// Connects if needed; the transaction itself starts on the hub once
+    /// the message's first header field is known (see [`Message`]).
     fn start(&mut self, envelope: &Envelope) -> Result<Message, Refusal> {
         self.connect().map_err(|f| refusal(&f))?;
-        let queue_id = envelope.xforward("IDENT").map(str::to_owned);
-        let forwarded = client::Envelope {
-            sender: envelope.sender.clone(),
-            recipients: envelope.recipients.clone(),
-            size: envelope.size,
-            eight_bit: envelope.eight_bit,
-            tag: queue_id.as_deref().and_then(|id| {
-                transaction_tag(id, &envelope.sender, &envelope.recipients, envelope.size)
-            }),
-        };
-        if let Some(link) = self.link.borrow_mut().as_mut() {
-            link.hub.begin(&forwarded);
-        }
         Ok(Message {
             link: Rc::clone(&self.link),
-            queue_id: queue_id.unwrap_or_else(|| "NOQUEUE".into()),
-            recipients: envelope.recipients.clone(),
+            envelope: client::Envelope {
+                sender: envelope.sender.clone(),
+                recipients: envelope.recipients.clone(),
+                size: envelope.size,
+                eight_bit: envelope.eight_bit,
+                tag: None,
+            },
+            queue_id: envelope.xforward("IDENT").map(str::to_owned),
+            held: Some(Vec::new()),
             started: Instant::now(),
         })
     }
 }
 
+/// Most bytes held back while the first header field is read.
+const MAX_HELD: usize = 16 * 1024;
+
 /// A transaction on its way to the hub.
+///
+/// Its exactly-once tag is built from the leaf's queue ID, and lmtp(8)
+/// does not send that for local mail (XFORWARD IDENT names an upstream
+/// queue ID, when there is one). The leaf's Postfix writes it into the
+/// message's first header, though: `Received: by leaf (Postfix, ...) id
+/// QUEUEID; date` (`... with ESMTP id QUEUEID; date` for mail from smtpd).
+/// So the first header field is held back until it is complete, then the
+/// transaction starts on the hub with its tag, and the held lines follow.
 struct Message {
     link: Link,
-    queue_id: String,
-    recipients: Vec<String>,
+    envelope: client::Envelope,
+    queue_id: Option<String>,
+    /// Body pieces held back while the first header field is read; `None`
+    /// once the transaction is on its way to the hub.
+    held: Option<Vec<(Vec<u8>, bool)>>,
     started: Instant,
 }
 
 impl Message {
+    /// Starts the transaction on the hub, tagged, and sends what was held.
+    fn release(&mut self) -> Result<(), Failure> {
+        let Some(held) = self.held.take() else {
+            return Ok(());
+        };
+        if let Some(id) = leaf_queue_id(&held) {
+            self.queue_id = Some(id);
+        }
+        self.envelope.tag = self.queue_id.as_deref().and_then(|id| {
+            let e = &self.envelope;
+            transaction_tag(id, &e.sender, &e.recipients, e.size)
+        });
+        let envelope = self.envelope.clone();
+        self.with_hub(|hub| {
+            hub.begin(&envelope);
+            held.iter()
+                .try_for_each(|(bytes, end_of_line)| hub.piece(bytes, *end_of_line))
+        })
+    }
+
+    /// Whether the first header field is complete with this piece: the
+    /// next line starts a field of its own, or the header ends.
+    fn first_field_complete(held: &[(Vec<u8>, bool)], bytes: &[u8]) -> bool {
+        let lines_done = held.iter().filter(|(_, eol)| *eol).count();
+        let at_line_start = held.last().is_none_or(|(_, eol)| *eol);
+        lines_done >= 1
+            && at_line_start
+            && !bytes.first().is_some_and(|b| *b == b' ' || *b == b'\t')
+    }
     /// Runs `step` on the hub session; a failure ends the session (the hub
     /// drops a message cut inside DATA), so the next transaction reconnects.
     fn with_hub<T>(
@@ -230,20 +269,32 @@ impl Delivery for Message {
     }
 
     fn write_piece(&mut self, bytes: &[u8], end_of_line: bool) -> Result<(), Refusal> {
+        if let Some(held) = self.held.as_mut() {
+            let size: usize = held.iter().map(|(b, _)| b.len()).sum();
+            if !Self::first_field_complete(held, bytes) && size + bytes.len() <= MAX_HELD {
+                held.push((bytes.to_vec(), end_of_line));
+                return Ok(());
+            }
+            self.release().map_err(|f| refusal(&f))?;
+        }
         self.with_hub(|hub| hub.piece(bytes, end_of_line))
             .map_err(|f| refusal(&f))
     }
 
-    fn commit(self) -> Result<Committed, Refusal> {
+    fn commit(mut self) -> Result<Committed, Refusal> {
         let relay = self.relay();
-        let outcome = self.with_hub(ClientSession::finish);
+        let outcome = self
+            .release()
+            .and_then(|()| self.with_hub(ClientSession::finish));
+        let queue_id = self.queue_id.as_deref().unwrap_or("NOQUEUE");
+        let recipients = &self.envelope.recipients;
         let delay = self.started.elapsed().as_secs_f64();
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(failure) => {
-                for recipient in &self.recipients {
+                for recipient in recipients {
                     crate::report::delivery(
-                        &self.queue_id,
+                        queue_id,
                         recipient,
                         &relay,
                         delay,
@@ -253,10 +304,10 @@ impl Delivery for Message {
                 return Err(refusal(&failure));
             }
         };
-        let replies: Vec<Reply> = (0..self.recipients.len())
+        let replies: Vec<Reply> = (0..recipients.len())
             .map(|i| outcome.for_recipient(i).clone())
             .collect();
-        for (recipient, reply) in self.recipients.iter().zip(&replies) {
+        for (recipient, reply) in recipients.iter().zip(&replies) {
             let result = if reply.code / 100 == 2 {
                 Ok(reply.clone())
             } else {
@@ -265,13 +316,74 @@ impl Delivery for Message {
                     format!("{relay} said: {}", reply.one_line()),
                 ))
             };
-            crate::report::delivery(&self.queue_id, recipient, &relay, delay, &result);
+            crate::report::delivery(queue_id, recipient, &relay, delay, &result);
         }
         Ok(Committed::PerRecipient(replies))
     }
 
     fn abort(self) {
-        // Ending the session is the only way to take back a body half sent.
-        *self.link.borrow_mut() = None;
+        // Nothing of it reached the hub yet: the session stays good.
+        // Otherwise ending the session is the only way to take back a body
+        // half sent.
+        if self.held.is_none() {
+            *self.link.borrow_mut() = None;
+        }
+    }
+}
+
+/// The leaf's queue ID in the message's first header field, when that is
+/// the Received: header the leaf's Postfix wrote: the word after ` id `.
+fn leaf_queue_id(held: &[(Vec<u8>, bool)]) -> Option<String> {
+    let field: Vec<u8> = held
+        .iter()
+        .flat_map(|(bytes, eol)| bytes.iter().copied().chain(eol.then_some(b' ')))
+        .collect();
+    let field = String::from_utf8_lossy(&field);
+    let (name, value) = field.split_once(':')?;
+    if !name.eq_ignore_ascii_case("Received") || !value.contains("(Postfix") {
+        return None;
+    }
+    let mut words = value.split_whitespace();
+    words.find(|w| *w == "id")?;
+    let id = words.next()?.trim_end_matches(';');
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(lines: &[&str]) -> Vec<(Vec<u8>, bool)> {
+        lines
+            .iter()
+            .map(|l| (l.as_bytes().to_vec(), true))
+            .collect()
+    }
+
+    #[test]
+    fn the_leafs_queue_id_comes_from_its_received_header() {
+        for (lines, id) in [
+            (
+                &["Received: by leaf.test (Postfix, from userid 0)", "\tid 44F2EE82A4; Wed,  2 Dec 2026 01:43:39 +0000 (UTC)"][..],
+                Some("44F2EE82A4"),
+            ),
+            (
+                &["Received: from x (x [10.0.0.1]) by leaf.test (Postfix) with ESMTPS id 4Xq1LongId9z for <b@c>; Wed, 2 Dec"][..],
+                Some("4Xq1LongId9z"),
+            ),
+            (&["Received: from x by other (Exim) id 1abc"][..], None),
+            (&["Subject: id 4XYZ (Postfix"][..], None),
+        ] {
+            assert_eq!(leaf_queue_id(&held(lines)).as_deref(), id, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_field_ends_where_the_next_begins() {
+        let first = held(&["Received: by leaf.test (Postfix)"]);
+        assert!(!Message::first_field_complete(&first, b"\tid 1; date"));
+        assert!(Message::first_field_complete(&first, b"From: a@b"));
+        assert!(Message::first_field_complete(&first, b""));
+        assert!(!Message::first_field_complete(&[], b"Received: x"));
     }
 }

@@ -47,4 +47,10 @@ fn bsmtp_hardening() {
         }
     }
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // A client that vanishes must not stop us between postdrop's commit
+    // and the record of the transaction's tag: that would leave a message
+    // queued that the retry queues again. So a hangup is held off (the
+    // session then ends at its next write). Blocking, not ignoring: this
+    // program has no unsafe code to install a handler with.
+    let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGHUP).thread_block();
 }
