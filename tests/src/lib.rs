@@ -498,7 +498,7 @@ impl Env {
                 self.options
                     .rsmtp_conf
                     .iter()
-                    .map(|l| format!("{}\n", self.expand(l)))
+                    .map(|l| self.expand(l) + "\n")
                     .collect::<String>()
             ),
             0o644,

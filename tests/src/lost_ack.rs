@@ -48,7 +48,7 @@ pub fn env(name: &str, batching: bool, loss: Loss) -> Env {
 /// Sends one message, loses its acknowledgement, and checks that the
 /// retries end with exactly one copy on the hub and the leaf's queue empty.
 pub fn run(env: &Env, loss: Loss) {
-    let delivery = Duration::from_secs(120);
+    let delivery = Duration::from_mins(2);
     env.leaf_sendmail(
         "alice@leaf.test",
         &["bob@hub.test"],
