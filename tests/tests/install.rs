@@ -135,3 +135,56 @@ fn postfix_install_is_idempotent_and_delivers() {
         .expect("the null-sender message");
     assert!(bounce.contains("Return-Path: <>\n"), "{bounce}");
 }
+
+/// `postfix-install --batching --peer hub` on a real leaf: the spawn(8)
+/// service and the lmtp(8) transport are added, a second run changes
+/// nothing, `postfix check` passes, and mail routed to the printed value
+/// flows through the installed entries to the hub.
+#[test]
+fn postfix_install_batching_is_idempotent_and_delivers() {
+    let env = Env::start("install_batching");
+    let etc = env.leaf_config_dir();
+    let first = install(&env, &["--batching", "--peer", "hub"]);
+    let first_text = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{first_text}");
+    for added in [
+        "master.cf: bsmtp-hub/unix = bsmtp-hub unix - n n - - spawn ",
+        "master.cf: bsmtp-hub-lmtp/unix = bsmtp-hub-lmtp unix - - n - - lmtp ",
+        "main.cf: bsmtp-hub-lmtp_destination_concurrency_limit = 4 (was: unset)",
+    ] {
+        assert!(first_text.contains(added), "{added}\n{first_text}");
+    }
+    assert!(first_text.contains("postfix check: ok"), "{first_text}");
+    let route = "bsmtp-hub-lmtp:unix:private/bsmtp-hub";
+    assert!(
+        first_text.contains(&format!("hint:   default_transport = {route}")),
+        "{first_text}"
+    );
+    let after_first = (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
+
+    let second = install(&env, &["--batching", "--peer", "hub"]);
+    let second_text = text(&second);
+    assert_eq!(second.status.code(), Some(0), "{second_text}");
+    assert!(
+        second_text.contains("\nnothing to change\n"),
+        "{second_text}"
+    );
+    assert_eq!(
+        (read(&etc.join("main.cf")), read(&etc.join("master.cf"))),
+        after_first,
+        "the second run changed the files"
+    );
+
+    // Route hub.test to the printed value: mail goes over the batching path.
+    std::fs::write(etc.join("transport"), format!("hub.test {route}\n")).unwrap();
+    env.leaf().postfix(&["reload"]);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test", "carol@hub.test"],
+        b"Subject: batching\n\nthrough the installed batching transport\n",
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("carol", 1, DELIVERY);
+    let line = env.wait_log(bsmtp_ssh_tests::Log::Leaf, "status=sent", DELIVERY);
+    assert!(line.contains("postfix-leaf/lmtp["), "{line}");
+}
