@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use bsmtp::text::printable;
+
 /// Longest `SSH_ORIGINAL_COMMAND` we look at.
 pub const MAX_ORIGINAL_COMMAND: usize = 1024;
 /// Most words in it.
@@ -88,22 +90,6 @@ pub fn parse(original: Option<&[u8]>) -> Result<Verb, Refused> {
 /// addresses and options; nothing a shell would act on.
 fn allowed_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b" ._@+=:,/-".contains(&b)
-}
-
-/// Shows hostile bytes safely: printable ASCII as is, the rest escaped, at
-/// most 100 characters.
-pub fn printable(bytes: &[u8]) -> String {
-    const SHOWN: usize = 100;
-    let mut out: String = bytes
-        .iter()
-        .take(SHOWN)
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect();
-    if bytes.len() > SHOWN {
-        out.push_str("...");
-    }
-    out
 }
 
 #[cfg(test)]

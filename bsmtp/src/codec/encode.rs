@@ -18,16 +18,7 @@ pub fn encode_command(cmd: &Command, out: &mut Vec<u8>) {
             out.push(b' ');
             out.extend_from_slice(domain.as_bytes());
         }
-        Command::Xforward(params) => {
-            for param in params {
-                out.push(b' ');
-                out.extend_from_slice(param.keyword.as_bytes());
-                if let Some(value) = &param.value {
-                    out.push(b'=');
-                    out.extend_from_slice(value.as_bytes());
-                }
-            }
-        }
+        Command::Xforward(params) => encode_params(params, out),
         Command::Mail { from: path, params } | Command::Rcpt { to: path, params } => {
             out.extend_from_slice(if matches!(cmd, Command::Mail { .. }) {
                 b" FROM:<"
@@ -36,18 +27,23 @@ pub fn encode_command(cmd: &Command, out: &mut Vec<u8>) {
             });
             out.extend_from_slice(path.as_bytes());
             out.push(b'>');
-            for param in params {
-                out.push(b' ');
-                out.extend_from_slice(param.keyword.as_bytes());
-                if let Some(value) = &param.value {
-                    out.push(b'=');
-                    out.extend_from_slice(value.as_bytes());
-                }
-            }
+            encode_params(params, out);
         }
         Command::Data | Command::Rset | Command::Noop | Command::Quit => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// ` KEYWORD[=VALUE]` for each parameter.
+fn encode_params(params: &[super::Param], out: &mut Vec<u8>) {
+    for param in params {
+        out.push(b' ');
+        out.extend_from_slice(param.keyword.as_bytes());
+        if let Some(value) = &param.value {
+            out.push(b'=');
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
 }
 
 /// Turns raw message content (lines ending LF or CRLF, as pipe(8) or
