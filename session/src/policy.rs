@@ -28,7 +28,7 @@ impl SenderPattern {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let bad =
-            || format!("bad sender pattern \"{text}\": use user@domain, @domain, @.domain or *");
+            || format!("bad address pattern \"{text}\": use user@domain, @domain, @.domain or *");
         if text == "*" {
             return Ok(SenderPattern::Any);
         }
@@ -39,7 +39,7 @@ impl SenderPattern {
         // would read it as an option and refuse to start: a dead key.
         if text.starts_with('-') {
             return Err(format!(
-                "bad sender pattern \"{text}\": a pattern must not start with '-'"
+                "bad address pattern \"{text}\": a pattern must not start with '-'"
             ));
         }
         if let Some(domain) = text.strip_prefix("@.") {

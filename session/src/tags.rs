@@ -35,6 +35,9 @@ pub const DEFAULT_DIRECTORY: &str = "/var/lib/bsmtp-ssh/tags";
 pub const DEFAULT_LIFETIME: Duration = Duration::from_hours(7 * 24);
 /// Default most entries per peer.
 pub const DEFAULT_LIMIT: usize = 100_000;
+/// How long a claim file may stay unreadable before it is taken over (it
+/// is written right after it is created).
+const CLAIM_GRACE: Duration = Duration::from_mins(1);
 /// How often a store is swept at most.
 const SWEEP_EVERY: Duration = Duration::from_hours(1);
 /// The sweep's marker file (a tag never starts with a dot).
@@ -109,8 +112,12 @@ impl TagStore {
                     // Not synced: a claim that a crash loses was never
                     // committed, so there is nothing to remember.
                     let me = std::process::id();
-                    writeln!(file, "pending {me} {}", start_time(me).unwrap_or(0))
-                        .map_err(|e| at(&path, &e))?;
+                    if let Err(err) = writeln!(file, "pending {me} {}", start_time(me).unwrap_or(0))
+                    {
+                        // Not left behind as a claim nobody holds.
+                        let _ = fs::remove_file(&path);
+                        return Err(at(&path, &err));
+                    }
                     return Ok(Claim::New(TagClaim {
                         dir: self.dir.clone(),
                         name: tag.to_owned(),
@@ -139,8 +146,14 @@ impl TagStore {
                     );
                     let _ = fs::remove_file(&path);
                 }
-                // A live claim, or one being written right now.
-                _ => return Ok(Claim::Busy),
+                (Some("pending"), Some(_), Some(_)) => return Ok(Claim::Busy),
+                // Being written right now, or left unreadable (a full disk
+                // at the wrong moment): wait a little, then take it over.
+                _ if !older_than(&path, CLAIM_GRACE) => return Ok(Claim::Busy),
+                _ => {
+                    log::warn!("transaction tag {tag}: taking over an unreadable claim");
+                    let _ = fs::remove_file(&path);
+                }
             }
         }
         Ok(Claim::Busy)
@@ -221,6 +234,12 @@ impl Drop for TagClaim {
     }
 }
 
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| SystemTime::now().duration_since(at).unwrap_or_default() > age)
+}
+
 fn at(path: &Path, err: &io::Error) -> io::Error {
     io::Error::new(err.kind(), format!("{}: {err}", path.display()))
 }
@@ -282,6 +301,18 @@ mod tests {
         // A claim left by a process that no longer runs.
         std::fs::write(tags.dir().join("Q3.ab"), "pending 999999999 5\n").unwrap();
         assert!(matches!(tags.claim("Q3.ab").unwrap(), Claim::New(_)));
+        // An unreadable one: busy while it may be being written, taken over
+        // after the grace time.
+        let empty = tags.dir().join("Q4.ab");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(tags.claim("Q4.ab").unwrap(), Claim::Busy));
+        File::options()
+            .write(true)
+            .open(&empty)
+            .unwrap()
+            .set_modified(SystemTime::now() - CLAIM_GRACE * 2)
+            .unwrap();
+        assert!(matches!(tags.claim("Q4.ab").unwrap(), Claim::New(_)));
     }
 
     #[test]

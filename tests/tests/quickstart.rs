@@ -75,6 +75,8 @@ struct Places {
     etc: PathBuf,
     /// Stands for /usr/sbin.
     sbin: PathBuf,
+    /// Stands for /var/lib/bsmtp-ssh.
+    var: PathBuf,
 }
 
 impl Places {
@@ -127,7 +129,10 @@ fn substitute(env: &Env, places: &Places, side: Side, line: &str) -> String {
 /// System paths and example names replaced by this environment's.
 fn substitute_paths(env: &Env, places: &Places, line: &str) -> String {
     let sbin = places.sbin.display().to_string();
-    line.replace("/etc/bsmtp-ssh", &places.etc.display().to_string())
+    // First, while the line holds only the README's own paths: the test
+    // root itself starts with /var/lib/bsmtp-ssh.
+    line.replace("/var/lib/bsmtp-ssh", &places.var.display().to_string())
+        .replace("/etc/bsmtp-ssh", &places.etc.display().to_string())
         .replace("/usr/sbin/rsmtp", &format!("{sbin}/rsmtp"))
         .replace("/usr/sbin/bsmtp-ssh", &format!("{sbin}/bsmtp-ssh"))
         .replace("target/release/", &format!("{}/", env.bin_dir().display()))
@@ -195,7 +200,9 @@ fn edit_transport_config(env: &Env, places: &Places) {
 
 /// The hub here is a private Postfix instance: the line `rsmtp authorize`
 /// wrote gets `--postfix-config` so that postdrop writes into it (a real hub
-/// uses the system's instance and needs nothing).
+/// uses the system's instance and needs nothing), and an rsmtp.conf that
+/// puts the tag store where the README's /var/lib/bsmtp-ssh stands (a real
+/// hub uses that default).
 fn point_authorized_keys_at_hub_instance(env: &Env, places: &Places) {
     let rsmtp = format!("{}/rsmtp --peer leaf1", places.sbin.display());
     let keys = std::fs::read_to_string(env.authorized_keys()).unwrap();
@@ -203,11 +210,18 @@ fn point_authorized_keys_at_hub_instance(env: &Env, places: &Places) {
         keys.contains(&rsmtp),
         "rsmtp authorize wrote no line for leaf1:\n{keys}"
     );
+    let conf = places.etc.join("rsmtp.conf");
+    write_file(
+        &conf,
+        format!("tag_directory = \"{}/tags\"\n", places.var.display()),
+        0o644,
+    );
     let keys = keys.replace(
         &rsmtp,
         &format!(
-            "{rsmtp} --postfix-config {}",
-            env.hub_config_dir().display()
+            "{rsmtp} --postfix-config {} --config {}",
+            env.hub_config_dir().display(),
+            conf.display()
         ),
     );
     write_file(&env.authorized_keys(), keys, 0o644);
@@ -227,6 +241,7 @@ fn readme_quick_start_delivers_to_the_hub() {
     let places = Places {
         etc: env.base().join("quickstart/etc-bsmtp-ssh"),
         sbin: env.base().join("quickstart/sbin"),
+        var: env.base().join("quickstart/var-lib-bsmtp-ssh"),
     };
     // /usr/sbin exists on any machine; its stand-in must too.
     mkdir(&env.base().join("quickstart"), 0o755);
@@ -299,6 +314,13 @@ fn readme_quick_start_delivers_to_the_hub() {
             .any(|m| String::from_utf8_lossy(m).contains("Subject: quick start")),
         "the sendmail message must arrive at the hub"
     );
+    // The README's tag store (its stand-in here) holds the message's tag.
+    let tags = std::fs::read_dir(places.var.join("tags/leaf1")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    });
+    assert!(tags >= 1, "no transaction tag in {}", places.var.display());
     // Logged as the README's "Logs" section says, whatever the machine's
     // postlog: the outcome, the relay and the hub's queue ID are in
     // pipe(8)'s own line.

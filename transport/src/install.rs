@@ -44,7 +44,8 @@ pub struct InstallArgs {
     /// The master.cf service name, also the prefix of its main.cf settings.
     #[arg(long, value_name = "NAME", default_value = "bsmtp")]
     pub transport: String,
-    /// The account pipe(8) runs bsmtp-ssh as (never root or the `mail_owner`).
+    /// The account pipe(8) (or spawn(8), with --batching) runs bsmtp-ssh
+    /// as (never root or the `mail_owner`).
     #[arg(long, value_name = "USER", default_value = "bsmtp")]
     pub user: String,
     /// The bsmtp-ssh binary named in master.cf (default: this binary).

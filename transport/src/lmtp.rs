@@ -32,7 +32,8 @@ use clap::Args;
 
 use crate::run::ConnectArgs;
 
-/// The XFORWARD attributes we take from lmtp(8) (`IDENT` is its queue ID).
+/// The XFORWARD attributes we take from lmtp(8) (`IDENT`, when sent,
+/// names an upstream queue ID: our fallback for the leaf's).
 const XFORWARD: [&str; 7] = ["NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE"];
 
 /// Refused commands before the session ends: as Postfix's smtpd.

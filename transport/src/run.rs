@@ -45,7 +45,8 @@ pub struct ConnectArgs {
     /// Configuration file naming the peers.
     #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// The peer to deliver to (Postfix's ${nexthop}): a [peer.NAME] section.
+    /// The peer: a [peer.NAME] section of the config (in the pipe(8)
+    /// entry, Postfix's ${nexthop}).
     #[arg(long, value_name = "NAME", conflicts_with = "host")]
     pub peer: Option<String>,
     /// Deliver to this host without a config file.

@@ -244,7 +244,7 @@ fn open_tags(file: &ConfigFile, peer: &str) -> Option<TagStore> {
     TagStore::open(&dir, peer, lifetime, limit)
         .inspect_err(|err| {
             log::warn!(
-                "peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account (rsmtp authorize does), or set tag_directory in rsmtp.conf",
+                "peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account (install -d -o USER -m 700 DIR), or set tag_directory in rsmtp.conf",
                 dir.display()
             );
         })

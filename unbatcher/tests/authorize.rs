@@ -226,7 +226,7 @@ fn refusal_cases() -> Vec<Case> {
             ED25519.into(),
             vec!["--peer", "leaf1", "--allow-sender", "alice"],
             65,
-            "bad sender pattern",
+            "bad address pattern",
         ),
         (
             // Regression (audit 2.9): the pattern became its own word in

@@ -28,7 +28,8 @@ pub enum Command {
     /// `LHLO domain` (RFC 2033, LMTP's EHLO).
     Lhlo(String),
     /// Postfix's `XFORWARD NAME=value ...`: facts about the original
-    /// client, for logs (`IDENT` is the sender's queue ID).
+    /// client, for logs (`IDENT` names the queue ID of an upstream
+    /// Postfix, when there is one).
     Xforward(Vec<Param>),
     /// `MAIL FROM:<from> params`; `from` is empty for the null sender `<>`.
     /// A source route is removed; a quoted local part keeps its quotes.
