@@ -14,10 +14,18 @@
 //!   pickup/cleanup of earlier runs do not compete (postdrop still commits
 //!   each message to the maildrop queue). Target: >= 0.8 x.
 //! - peak RSS of each side while moving 100 MB. Target: under 32 MB.
+//! - throughput (msg/s) through a real leaf Postfix at concurrency 4, 4 KiB
+//!   and 100 KiB messages, 200 a figure: batching mode against raw
+//!   `postdrop -r` on the hub (target: at least 0.9 x), against rsendmail
+//!   (target: at least 25 x), and beside SMTP straight to the hub's smtpd,
+//!   an `ssh -L` tunnel to it, and pipe mode. See
+//!   `tests/src/bench/throughput.rs`.
 //!
 //! Timings come from hyperfine (warm-up runs, then a fixed number of runs;
-//! the mean and standard deviation are printed). Nothing here asserts: the
-//! numbers are for people to read next to their anchors.
+//! the mean and standard deviation are printed). Nothing here asserts on a
+//! figure: the numbers are for people to read next to their anchors. A
+//! throughput route that did not deliver exactly its messages has no
+//! figure; the bench then says why and exits 1.
 
 // Sizes here are far below 2^52: the float conversions lose nothing.
 #![allow(clippy::cast_precision_loss)]
@@ -25,8 +33,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use bsmtp_ssh_tests::{Env, EnvOptions};
+
+#[path = "../bench/throughput.rs"]
+mod throughput;
 
 /// Bytes of the "big" message.
 const BIG: usize = 100 * 1024 * 1024;
@@ -35,10 +47,14 @@ const RUNS_SMALL: u32 = 30;
 const RUNS_BIG: u32 = 5;
 
 fn main() {
+    let started = Instant::now();
     let limit = (2 * BIG).to_string();
     let env = Env::start_with(
         "bench",
         EnvOptions::default()
+            // The spawn(8) and lmtp(8) entries for the throughput rows'
+            // batching route; the other routes are set up beside them.
+            .batching()
             .rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", &limit])
             .hub_param("message_size_limit", &limit)
             // Keep the hub's local delivery out of the measurement: accepted
@@ -131,8 +147,7 @@ fn main() {
     );
     let sender_rss = peak_rss_kib(&format!("{deliver} < {}", big.display()));
     let receiver_rss = receiver_rss(&env, &rss_key, &big, &rss_file);
-    restart_hub_empty(&env);
-    report(&Figures {
+    let figures = Figures {
         handshake,
         handshake_curve25519,
         check,
@@ -141,7 +156,29 @@ fn main() {
         bulk,
         sender_rss,
         receiver_rss,
-    });
+    };
+    finish(env, &work, started, &figures);
+}
+
+/// The hub back up, the throughput rows, then both tables and the wall
+/// time; exits 1 (after tearing the environment down) when a throughput
+/// route has no figure.
+fn finish(env: Env, work: &Path, started: Instant, figures: &Figures) {
+    restart_hub_empty(&env);
+    let progress = |line: &str| println!("[+{:.0} s] {line}", started.elapsed().as_secs_f64());
+    let throughput = throughput::run(&env, work, &progress);
+    report(figures);
+    throughput::report(&throughput);
+    let failed = !throughput.failures().is_empty();
+    drop(env);
+    println!(
+        "\nbench wall time: {:.0} s (after the build)",
+        started.elapsed().as_secs_f64()
+    );
+    if failed {
+        eprintln!("bench: some throughput routes were not measured (see above)");
+        std::process::exit(1);
+    }
 }
 
 /// Means and standard deviations in seconds, peak RSS in KiB.
@@ -242,12 +279,7 @@ fn restart_hub_empty(env: &Env) {
 
 /// Writes a message with headers and `size` bytes of base64-like body lines.
 fn write_message(path: &Path, size: usize) -> PathBuf {
-    let mut text = b"From: alice@leaf.test\nTo: bob@hub.test\nSubject: bench\n\n".to_vec();
-    let line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
-    while text.len() < size {
-        text.extend_from_slice(line);
-    }
-    fs::write(path, &text).expect("write message");
+    fs::write(path, throughput::message_text(size, None, false)).expect("write message");
     path.to_path_buf()
 }
 
