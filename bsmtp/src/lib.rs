@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod codec;
+pub mod dsn;
 pub mod extensions;
 pub mod known_hosts;
 pub mod records;

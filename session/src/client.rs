@@ -14,6 +14,7 @@
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{encode_command, BodyEncoder, Command, Param};
+use bsmtp::dsn::{xtext_encode, MailDsn, RcptDsn};
 use bsmtp::extensions::{Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{Reply, ReplyParser};
 use bsmtp::status::{Failure, FailureKind};
@@ -40,9 +41,17 @@ pub struct Envelope {
     pub size: Option<u64>,
     /// The body is 8-bit (`BODY=8BITMIME`).
     pub eight_bit: bool,
+    /// The sender asked for SMTPUTF8. It is sent anyway when an address is
+    /// not ASCII.
+    pub smtputf8: bool,
     /// The exactly-once tag, sent when the receiver announces
     /// [`TRANSACTION_TAG`].
     pub tag: Option<String>,
+    /// The message's DSN request, sent when the receiver announces DSN.
+    pub dsn: MailDsn,
+    /// Each recipient's DSN request, in the order of `recipients` (may be
+    /// shorter: the rest have none).
+    pub recipient_dsn: Vec<RcptDsn>,
 }
 
 /// What became of one transaction: every reply the receiver gave.
@@ -347,10 +356,14 @@ impl<S: Read + Write> ClientSession<S> {
             from: envelope.sender.clone(),
             params,
         });
-        for recipient in &envelope.recipients {
+        for (i, recipient) in envelope.recipients.iter().enumerate() {
+            let params = match (self.extensions.dsn, envelope.recipient_dsn.get(i)) {
+                (true, Some(dsn)) => rcpt_dsn_params(dsn),
+                _ => Vec::new(),
+            };
             self.send(&Command::Rcpt {
                 to: recipient.clone(),
-                params: Vec::new(),
+                params,
             });
         }
     }
@@ -369,12 +382,22 @@ impl<S: Read + Write> ClientSession<S> {
         if envelope.eight_bit && ext.eight_bit_mime {
             params.push(param("BODY", Some("8BITMIME".into())));
         }
-        let utf8 = !envelope.sender.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
+        let utf8 = envelope.smtputf8
+            || !envelope.sender.is_ascii()
+            || envelope.recipients.iter().any(|r| !r.is_ascii());
         if utf8 && ext.smtputf8 {
             params.push(param("SMTPUTF8", None));
         }
         if let (Some(tag), true) = (&envelope.tag, ext.transaction_tag) {
             params.push(param(TRANSACTION_TAG, Some(tag.clone())));
+        }
+        if ext.dsn {
+            if let Some(ret) = envelope.dsn.ret {
+                params.push(param("RET", Some(ret.keyword().to_owned())));
+            }
+            if let Some(envid) = &envelope.dsn.envid {
+                params.push(param("ENVID", Some(xtext_encode(envid))));
+            }
         }
         params
     }
@@ -493,6 +516,24 @@ impl<S: Read + Write> ClientSession<S> {
     }
 }
 
+/// `NOTIFY=` and `ORCPT=` for a recipient.
+fn rcpt_dsn_params(dsn: &RcptDsn) -> Vec<Param> {
+    let mut params = Vec::new();
+    if let Some(notify) = &dsn.notify {
+        params.push(Param {
+            keyword: "NOTIFY".into(),
+            value: Some(notify.clone()),
+        });
+    }
+    if let Some((kind, address)) = &dsn.orcpt {
+        params.push(Param {
+            keyword: "ORCPT".into(),
+            value: Some(format!("{kind};{}", xtext_encode(address))),
+        });
+    }
+    params
+}
+
 fn no_transaction(relay: &str) -> Failure {
     Failure::new(
         FailureKind::Internal,
@@ -511,6 +552,7 @@ struct Open {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bsmtp::dsn::Ret;
 
     /// A receiver that replies from a script and records what it got.
     struct Scripted {
@@ -570,6 +612,40 @@ mod tests {
             sent.ends_with(
                 "MAIL FROM:<a@leaf.test> SIZE=10 XTXID=Q1.abc\r\nRCPT TO:<b@hub.test>\r\nRCPT TO:<c@hub.test>\r\nDATA\r\n..dot\r\nlast\r\n.\r\n"
             ),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn dsn_and_mime_parameters_go_only_to_a_receiver_that_announced_them() {
+        let mut envelope = envelope(&["b@hub.test"]);
+        envelope.eight_bit = true;
+        envelope.smtputf8 = true;
+        envelope.dsn = MailDsn {
+            ret: Some(Ret::Full),
+            envid: Some("id 1+2".into()),
+        };
+        envelope.recipient_dsn = vec![RcptDsn {
+            notify: Some("SUCCESS,DELAY".into()),
+            orcpt: Some(("rfc822".into(), "B=@hub.test".into())),
+        }];
+        let done = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n250 2.0.0 Ok\r\n";
+        let full = "250-hub\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 DSN\r\n";
+        let mut s = session(&format!("{full}{done}"));
+        s.send_message(&envelope, &mut &b"x\n"[..]).unwrap();
+        let sent = String::from_utf8(s.into_inner().sent).unwrap();
+        assert!(
+            sent.contains(
+                "MAIL FROM:<a@leaf.test> BODY=8BITMIME SMTPUTF8 RET=FULL ENVID=id+201+2B2\r\n\
+                 RCPT TO:<b@hub.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;B+3D@hub.test\r\n"
+            ),
+            "{sent}"
+        );
+        let mut s = session(&format!("250 hub\r\n{done}"));
+        s.send_message(&envelope, &mut &b"x\n"[..]).unwrap();
+        let sent = String::from_utf8(s.into_inner().sent).unwrap();
+        assert!(
+            sent.contains("MAIL FROM:<a@leaf.test>\r\nRCPT TO:<b@hub.test>\r\n"),
             "{sent}"
         );
     }

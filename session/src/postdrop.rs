@@ -22,9 +22,10 @@ use std::thread::JoinHandle;
 
 use bsmtp::reply::{EnhancedCode, Reply};
 
+use bsmtp::dsn::{notify_mask, RcptDsn};
 use bsmtp::records::{
     put_line_piece, put_record, MAX_RECORD, REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_RCPT,
-    REC_XTRA,
+    REC_SIZE, REC_XTRA,
 };
 
 use crate::server::{self, Committed, Delivery, Injector, Refusal};
@@ -32,12 +33,18 @@ use crate::server::{self, Committed, Delivery, Injector, Refusal};
 /// How the envelope is handed over.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
-    /// Envelope sender; empty for the null sender.
+    /// Envelope sender, internal form; empty for the null sender.
     pub sender: &'a str,
-    /// Envelope recipients, at least one.
-    pub recipients: &'a [String],
-    /// Extra `name=value` attributes postdrop accepts (e.g. `encoding=8bit`).
+    /// Envelope recipients, internal form, at least one, each with the
+    /// attributes that go before it (`notify=`, `dsn_orcpt=`).
+    pub recipients: &'a [(String, Vec<String>)],
+    /// Attributes of the message before the sender (`envid=`, `ret=`).
+    pub message: &'a [String],
+    /// Attributes after the sender (`encoding=`).
     pub attributes: &'a [String],
+    /// Postfix's "sendopts" bits (`SOPT_SMTPUTF8_REQUESTED` = 1), carried
+    /// in the size record as Postfix's sendmail writes it; 0 for none.
+    pub sendopts: u32,
 }
 
 /// Where postdrop lives and which Postfix instance it writes into.
@@ -316,15 +323,31 @@ impl Postdrop {
         &self.queue_id
     }
 
+    /// The envelope in the order Postfix's sendmail writes it.
     fn write_envelope(&mut self, envelope: &Envelope<'_>) {
+        if envelope.sendopts != 0 {
+            // Only its last field counts: cleanup reads the sender options
+            // from it and ignores the rest (cleanup_envelope.c).
+            let size = format!(
+                "{:>15} {:>15} {:>15} {:>15} {:>15} {:>15}",
+                -1, -1, -1, -1, -1, envelope.sendopts
+            );
+            put_record(&mut self.buf, REC_SIZE, size.as_bytes());
+        }
+        for attribute in envelope.message {
+            put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
+        }
         // "remote": do not append our own domain to what a peer sent, as
         // `sendmail -G` does for mail that is being relayed.
         put_record(&mut self.buf, REC_ATTR, b"rewrite_context=remote");
+        put_record(&mut self.buf, REC_FROM, envelope.sender.as_bytes());
         for attribute in envelope.attributes {
             put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
         }
-        put_record(&mut self.buf, REC_FROM, envelope.sender.as_bytes());
-        for recipient in envelope.recipients {
+        for (recipient, attributes) in envelope.recipients {
+            for attribute in attributes {
+                put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
+            }
             put_record(&mut self.buf, REC_RCPT, recipient.as_bytes());
         }
         put_record(&mut self.buf, REC_MESG, b"");
@@ -458,27 +481,59 @@ impl Injector for PostdropInjector {
     /// Writes the envelope in Postfix's internal form, as its own sendmail
     /// does: the queue file holds `john doe@x`, never `"john doe"@x`.
     fn start(&mut self, envelope: &server::Envelope) -> Result<Postdrop, Refusal> {
+        let mut message = Vec::new();
+        if let Some(envid) = &envelope.dsn.envid {
+            message.push(format!("envid={envid}"));
+        }
+        if let Some(ret) = envelope.dsn.ret {
+            message.push(format!("ret={}", ret.postfix()));
+        }
         let attributes: Vec<String> = if envelope.eight_bit {
             vec!["encoding=8bit".into()]
         } else {
             Vec::new()
         };
         let sender = bsmtp::address::to_internal(&envelope.sender);
-        let recipients: Vec<String> = envelope
+        let recipients: Vec<(String, Vec<String>)> = envelope
             .recipients
             .iter()
-            .map(|r| bsmtp::address::to_internal(r))
+            .enumerate()
+            .map(|(i, external)| {
+                let dsn = envelope.recipient_dsn.get(i).cloned().unwrap_or_default();
+                (
+                    bsmtp::address::to_internal(external),
+                    recipient_attributes(external, &dsn),
+                )
+            })
             .collect();
         Postdrop::start(
             &self.command,
             &Envelope {
                 sender: &sender,
                 recipients: &recipients,
+                message: &message,
                 attributes: &attributes,
+                sendopts: u32::from(envelope.smtputf8),
             },
         )
         .map_err(Refusal::from)
     }
+}
+
+/// A recipient's DSN attributes, as Postfix's smtpd writes them: `notify`
+/// when asked for, and always the original recipient (`dsn_orcpt`), which
+/// is the address as the sender wrote it when ORCPT did not say.
+fn recipient_attributes(external: &str, dsn: &RcptDsn) -> Vec<String> {
+    let mut attributes = Vec::new();
+    if let Some(notify) = &dsn.notify {
+        attributes.push(format!("notify={}", notify_mask(notify)));
+    }
+    let (kind, address) = dsn
+        .orcpt
+        .clone()
+        .unwrap_or_else(|| ("rfc822".into(), external.to_owned()));
+    attributes.push(format!("dsn_orcpt={kind};{address}"));
+    attributes
 }
 
 /// Checks that `dir` looks like a Postfix config directory before we hand

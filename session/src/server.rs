@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{Command, CommandError, Decoder, Event, Param};
+use bsmtp::dsn::{parse_envid, parse_notify, parse_orcpt, MailDsn, RcptDsn, Ret};
 use bsmtp::extensions::{valid_tag, Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{EnhancedCode, Reply};
 use log::{info, warn};
@@ -97,6 +98,11 @@ pub struct Envelope {
     pub size: Option<u64>,
     /// The exactly-once tag (`XTXID=`).
     pub tag: Option<String>,
+    /// The DSN request of the message (`RET=`, `ENVID=`).
+    pub dsn: MailDsn,
+    /// The DSN request of each recipient (`NOTIFY=`, `ORCPT=`), in the
+    /// order of `recipients`.
+    pub recipient_dsn: Vec<RcptDsn>,
     /// The name the client gave in EHLO/HELO/LHLO.
     pub helo: Option<String>,
     /// What the client forwarded with XFORWARD (`IDENT` is the sender's
@@ -174,7 +180,7 @@ impl Settings {
             eight_bit_mime: true,
             smtputf8: true,
             enhanced_status_codes: true,
-            dsn: false,
+            dsn: true,
             xforward: self.xforward.clone(),
             transaction_tag: self.tags.is_some(),
         }
@@ -651,6 +657,14 @@ impl<I: Injector> Receiver<I> {
                 }
                 ("BODY", Some(body)) if body.eq_ignore_ascii_case("7BIT") => {}
                 ("SMTPUTF8", None) => envelope.smtputf8 = true,
+                ("RET", Some(ret)) => match Ret::parse(ret) {
+                    Some(ret) if envelope.dsn.ret.is_none() => envelope.dsn.ret = Some(ret),
+                    _ => return reply(501, (5, 5, 4), "Bad RET parameter"),
+                },
+                ("ENVID", Some(envid)) => match parse_envid(envid) {
+                    Some(envid) if envelope.dsn.envid.is_none() => envelope.dsn.envid = Some(envid),
+                    _ => return reply(501, (5, 5, 4), "Bad ENVID parameter"),
+                },
                 _ => {
                     return reply(
                         555,
@@ -683,12 +697,25 @@ impl<I: Injector> Receiver<I> {
         let Some(envelope) = self.envelope.as_mut() else {
             return reply(503, (5, 5, 1), "Error: need MAIL command");
         };
-        if let Some(param) = params.first() {
-            return reply(
-                555,
-                (5, 5, 4),
-                format!("Unsupported RCPT parameter {}", param.keyword),
-            );
+        let mut dsn = RcptDsn::default();
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                ("NOTIFY", Some(notify)) if dsn.notify.is_none() => match parse_notify(notify) {
+                    Some(notify) => dsn.notify = Some(notify),
+                    None => return reply(501, (5, 5, 4), "Bad NOTIFY parameter"),
+                },
+                ("ORCPT", Some(orcpt)) if dsn.orcpt.is_none() => match parse_orcpt(orcpt) {
+                    Some(orcpt) => dsn.orcpt = Some(orcpt),
+                    None => return reply(501, (5, 5, 4), "Bad ORCPT parameter syntax"),
+                },
+                _ => {
+                    return reply(
+                        555,
+                        (5, 5, 4),
+                        format!("Unsupported RCPT parameter {}", param.keyword),
+                    )
+                }
+            }
         }
         if to.is_empty() || !to.contains('@') {
             return reply(
@@ -716,6 +743,7 @@ impl<I: Injector> Receiver<I> {
             );
         }
         envelope.recipients.push(to);
+        envelope.recipient_dsn.push(dsn);
         reply(250, (2, 1, 5), "Ok")
     }
 
@@ -1190,6 +1218,36 @@ mod tests {
         assert!(
             out.trim_end().lines().last().unwrap().starts_with('5'),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn dsn_requests_reach_the_injector_decoded() {
+        let input = b"MAIL FROM:<a@leaf.test> RET=HDRS ENVID=env+2B42 BODY=8BITMIME SMTPUTF8\n\
+                      RCPT TO:<b@hub.test> NOTIFY=success,FAILURE ORCPT=rfc822;B+40hub.test\n\
+                      RCPT TO:<c@hub.test> NOTIFY=SUCCESS,NEVER\n\
+                      RCPT TO:<c@hub.test> ORCPT=rfc822\n\
+                      RCPT TO:<c@hub.test>\nDATA\nhi\n.\n";
+        let (out, hop, _) = session(input, false);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "501", "501", "250", "354", "250"],
+            "{out}"
+        );
+        let hop = hop.borrow();
+        let envelope = &hop.committed[0].0;
+        assert_eq!(envelope.dsn.ret, Some(Ret::Hdrs));
+        assert_eq!(envelope.dsn.envid.as_deref(), Some("env+42"));
+        assert!(envelope.eight_bit && envelope.smtputf8);
+        assert_eq!(
+            envelope.recipient_dsn,
+            [
+                RcptDsn {
+                    notify: Some("SUCCESS,FAILURE".into()),
+                    orcpt: Some(("rfc822".into(), "B@hub.test".into())),
+                },
+                RcptDsn::default(),
+            ]
         );
     }
 

@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use bsmtp::codec::{encode_command, Command, MAX_ADDRESS};
+use bsmtp::dsn::{valid_envid, MailDsn};
 use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
@@ -31,6 +32,10 @@ pub struct Envelope {
     pub queue_id: Option<String>,
     /// `${size}`, announced with SIZE when the hub supports it.
     pub size: Option<u64>,
+    /// `${envid}` (Postfix 3.9 and later): the sender's DSN envelope ID,
+    /// passed on as `ENVID=` so the hub's DSNs carry it. pipe(8) has no
+    /// macros for `RET`, `NOTIFY` or `ORCPT`; those stay on the leaf.
+    pub envid: Option<String>,
 }
 
 /// A delivery the hub took.
@@ -62,9 +67,22 @@ impl Envelope {
             .iter()
             .map(|r| wire_address("recipient", r))
             .collect::<Result<_, _>>()?;
+        // Postfix checked the ID when it took the message; one that is not
+        // valid anyway is dropped rather than failing the delivery.
+        let envid = self.envid.clone().filter(|id| !id.is_empty()).filter(|id| {
+            let valid = valid_envid(id);
+            if !valid {
+                log::warn!(
+                    "envelope ID is not valid, not passed on: {}",
+                    bsmtp::text::one_line(id)
+                );
+            }
+            valid
+        });
         Ok(Envelope {
             sender,
             recipients,
+            envid,
             ..self.clone()
         })
     }
@@ -141,6 +159,12 @@ impl Envelope {
             recipients: self.recipients.clone(),
             size: self.size,
             eight_bit: false,
+            smtputf8: false,
+            dsn: MailDsn {
+                ret: None,
+                envid: self.envid.clone(),
+            },
+            recipient_dsn: Vec::new(),
             tag: self
                 .queue_id
                 .as_deref()

@@ -123,6 +123,10 @@ pub struct DeliverArgs {
     /// Message size in bytes, announced to the hub.
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
+    /// The DSN envelope ID (Postfix 3.9's ${envid}; empty for none),
+    /// passed on to the hub as ENVID.
+    #[arg(long, value_name = "ENVID", allow_hyphen_values = true)]
+    pub envid: Option<String>,
     /// Give up after this many seconds in all (default 900, below Postfix's
     /// 1000 s time limit).
     #[arg(long, value_name = "SECONDS")]
@@ -192,6 +196,7 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
             recipients: args.recipients.clone(),
             queue_id: args.queue_id.clone(),
             size: args.size,
+            envid: args.envid.clone(),
         };
         catch_panic(|| deliver::deliver(&peer, &envelope, content))
     });
