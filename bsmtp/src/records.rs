@@ -25,6 +25,23 @@ pub const REC_XTRA: u8 = b'X';
 /// End of the submission: from here postdrop commits.
 pub const REC_END: u8 = b'E';
 
+/// Attribute names postdrop passes on to cleanup (`src/global/mail_proto.h`,
+/// `MAIL_ATTR_*`); it drops others with a warning.
+pub mod attr {
+    /// The DSN envelope ID (`ENVID=`, `sendmail -V`).
+    pub const DSN_ENVID: &str = "envelope_id";
+    /// What a DSN returns (`RET=`): 1 full, 2 headers.
+    pub const DSN_RET: &str = "ret_flags";
+    /// The next recipient's `NOTIFY=` bit mask.
+    pub const DSN_NOTIFY: &str = "notify_flags";
+    /// The next recipient's `ORCPT=`: `type;address`.
+    pub const DSN_ORCPT: &str = "dsn_orig_rcpt";
+    /// The body's encoding: `7bit` or `8bit` (`BODY=`).
+    pub const ENCODING: &str = "encoding";
+    /// Address rewriting context: `local` or `remote`.
+    pub const REWRITE_CONTEXT: &str = "rewrite_context";
+}
+
 /// Longest record data we write. postdrop refuses records longer than its
 /// `line_limit` (2048 by default), so long lines go as `L` continuations.
 pub const MAX_RECORD: usize = 1024;

@@ -24,7 +24,7 @@ use bsmtp::reply::{EnhancedCode, Reply};
 
 use bsmtp::dsn::{notify_mask, RcptDsn};
 use bsmtp::records::{
-    put_line_piece, put_record, MAX_RECORD, REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_RCPT,
+    attr, put_line_piece, put_record, MAX_RECORD, REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_RCPT,
     REC_SIZE, REC_XTRA,
 };
 
@@ -36,7 +36,7 @@ pub struct Envelope<'a> {
     /// Envelope sender, internal form; empty for the null sender.
     pub sender: &'a str,
     /// Envelope recipients, internal form, at least one, each with the
-    /// attributes that go before it (`notify=`, `dsn_orcpt=`).
+    /// attributes that go before it (`notify_flags=`, `dsn_orig_rcpt=`).
     pub recipients: &'a [(String, Vec<String>)],
     /// Attributes of the message before the sender (`envid=`, `ret=`).
     pub message: &'a [String],
@@ -339,7 +339,11 @@ impl Postdrop {
         }
         // "remote": do not append our own domain to what a peer sent, as
         // `sendmail -G` does for mail that is being relayed.
-        put_record(&mut self.buf, REC_ATTR, b"rewrite_context=remote");
+        put_record(
+            &mut self.buf,
+            REC_ATTR,
+            format!("{}=remote", attr::REWRITE_CONTEXT).as_bytes(),
+        );
         put_record(&mut self.buf, REC_FROM, envelope.sender.as_bytes());
         for attribute in envelope.attributes {
             put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
@@ -483,13 +487,13 @@ impl Injector for PostdropInjector {
     fn start(&mut self, envelope: &server::Envelope) -> Result<Postdrop, Refusal> {
         let mut message = Vec::new();
         if let Some(envid) = &envelope.dsn.envid {
-            message.push(format!("envid={envid}"));
+            message.push(format!("{}={envid}", attr::DSN_ENVID));
         }
         if let Some(ret) = envelope.dsn.ret {
-            message.push(format!("ret={}", ret.postfix()));
+            message.push(format!("{}={}", attr::DSN_RET, ret.postfix()));
         }
         let attributes: Vec<String> = if envelope.eight_bit {
-            vec!["encoding=8bit".into()]
+            vec![format!("{}=8bit", attr::ENCODING)]
         } else {
             Vec::new()
         };
@@ -526,13 +530,13 @@ impl Injector for PostdropInjector {
 fn recipient_attributes(external: &str, dsn: &RcptDsn) -> Vec<String> {
     let mut attributes = Vec::new();
     if let Some(notify) = &dsn.notify {
-        attributes.push(format!("notify={}", notify_mask(notify)));
+        attributes.push(format!("{}={}", attr::DSN_NOTIFY, notify_mask(notify)));
     }
     let (kind, address) = dsn
         .orcpt
         .clone()
         .unwrap_or_else(|| ("rfc822".into(), external.to_owned()));
-    attributes.push(format!("dsn_orcpt={kind};{address}"));
+    attributes.push(format!("{}={kind};{address}", attr::DSN_ORCPT));
     attributes
 }
 

@@ -71,6 +71,10 @@ pub struct EnvOptions {
     pub rsmtp_conf: Vec<String>,
     /// More lines for the leaf's `[peer.hub]` section of bsmtp-ssh.conf.
     pub peer_conf: Vec<String>,
+    /// Route mail for leaf.test on the hub back to the leaf (a pipe(8)
+    /// transport running the leaf's sendmail), so the hub's DSNs reach
+    /// leaf senders. Off by default: nothing leaves the hub.
+    pub hub_returns_to_leaf: bool,
 }
 
 impl Default for EnvOptions {
@@ -88,6 +92,7 @@ impl Default for EnvOptions {
             batching: false,
             rsmtp_conf: Vec::new(),
             peer_conf: Vec::new(),
+            hub_returns_to_leaf: false,
             postlog: PostlogMode::System,
         }
     }
@@ -155,6 +160,13 @@ impl EnvOptions {
     pub fn hub_alias(mut self, alias: &str, mailbox: &str) -> Self {
         self.hub_aliases
             .push((alias.to_owned(), mailbox.to_owned()));
+        self
+    }
+
+    /// Routes leaf.test on the hub back to the leaf, for the hub's DSNs.
+    #[must_use]
+    pub fn hub_returns_to_leaf(mut self) -> Self {
+        self.hub_returns_to_leaf = true;
         self
     }
 
@@ -236,7 +248,15 @@ fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
             .replace("@PEER@", HUB_PEER)
             .replace("@USER@", LEAF_USER)
             .replace("@PROGRAM@", &program.display().to_string())
-            .replace("@CONFIG@", &config.display().to_string());
+            .replace("@CONFIG@", &config.display().to_string())
+            .replace(
+                "@ENVID@",
+                if system::postfix_has_envid_macro() {
+                    bsmtp_ssh::install::ENVID_ARGS
+                } else {
+                    ""
+                },
+            );
         entry.push_str(&line);
         entry.push('\n');
     }
@@ -249,6 +269,33 @@ fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
         "unfilled snippet placeholder: {entry}"
     );
     entry
+}
+
+/// The hub's main.cf lines and master.cf entries: the options' own, and
+/// with `hub_returns_to_leaf` a transport `toleaf` that hands leaf.test mail
+/// to the leaf's sendmail (as `nobody`; `null_sender=` keeps bounces' `<>`).
+fn hub_return_route(
+    options: &EnvOptions,
+    hub_dir: &Path,
+    leaf_dir: &Path,
+) -> (Vec<(String, String)>, String) {
+    let mut main_cf = options.hub_main_cf.clone();
+    if !options.hub_returns_to_leaf {
+        return (main_cf, String::new());
+    }
+    mkdir(&hub_dir.join("etc"), 0o755);
+    let table = hub_dir.join("etc/transport");
+    write_file(&table, "leaf.test toleaf:\n", 0o644);
+    main_cf.push((
+        "transport_maps".to_owned(),
+        format!("texthash:{}", table.display()),
+    ));
+    let master_cf = format!(
+        "toleaf unix - n n - - pipe\n  flags= null_sender= user=nobody\n  \
+         argv=/usr/sbin/sendmail -C {}/etc -i -f ${{sender}} -- ${{recipient}}\n",
+        leaf_dir.display()
+    );
+    (main_cf, master_cf)
 }
 
 /// The batching transport's spawn(8) service on the leaf
@@ -281,6 +328,8 @@ impl Env {
             }
         }
 
+        let leaf_dir = base.join("leaf");
+        let (hub_main_cf, hub_master_cf) = hub_return_route(&options, &base.join("hub"), &leaf_dir);
         let hub = Postfix::create(
             "hub",
             base.join("hub"),
@@ -288,11 +337,10 @@ impl Env {
                 hostname: "hub.test",
                 mailboxes: &options.hub_mailboxes,
                 aliases: &options.hub_aliases,
-                main_cf: &options.hub_main_cf,
-                master_cf: "",
+                main_cf: &hub_main_cf,
+                master_cf: &hub_master_cf,
             },
         );
-        let leaf_dir = base.join("leaf");
         let mut leaf_main_cf = vec![
             (
                 "transport_maps".to_owned(),
@@ -557,6 +605,16 @@ impl Env {
     /// panics unless sendmail exits 0.
     pub fn leaf_sendmail(&self, from: &str, to: &[&str], message: &[u8]) {
         let out = self.leaf.sendmail(from, to, message);
+        assert!(
+            out.status.success(),
+            "{}",
+            explain("leaf sendmail", out.status, &out.stdout, &out.stderr)
+        );
+    }
+
+    /// [`Env::leaf_sendmail`] with more sendmail options before `-f`.
+    pub fn leaf_sendmail_with(&self, options: &[&str], from: &str, to: &[&str], message: &[u8]) {
+        let out = self.leaf.sendmail_with(options, from, to, message);
         assert!(
             out.status.success(),
             "{}",

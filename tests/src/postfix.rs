@@ -182,12 +182,37 @@ impl Postfix {
 
     /// `sendmail -C DIR -i -f FROM -- TO...` with the message on stdin.
     pub fn sendmail(&self, from: &str, to: &[&str], message: &[u8]) -> Output {
+        self.sendmail_with(&[], from, to, message)
+    }
+
+    /// `sendmail -C DIR -i OPTIONS... -f FROM -- TO...` with the message on
+    /// stdin (options such as `-N success` or `-B 8BITMIME`).
+    pub fn sendmail_with(
+        &self,
+        options: &[&str],
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> Output {
         let mut cmd = self.command("sendmail");
         cmd.arg("-C")
             .arg(self.config_dir())
-            .args(["-i", "-f", from, "--"])
+            .arg("-i")
+            .args(options)
+            .args(["-f", from, "--"])
             .args(to);
         run_timeout(&mut cmd, message, COMMAND_TIMEOUT)
+    }
+
+    /// `postcat -c DIR -q QUEUE_ID`: a queued message's records.
+    pub fn postcat(&self, queue_id: &str) -> String {
+        let out = run_ok(
+            self.command("postcat")
+                .arg("-c")
+                .arg(self.config_dir())
+                .args(["-q", queue_id]),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `postqueue -c DIR -p` output.

@@ -218,3 +218,16 @@ fn reap(dir: &Path) {
         write_alternates(&after);
     }
 }
+
+/// True when this machine's Postfix has pipe(8)'s `${envid}` (3.9 on), so
+/// the pipe-mode snippet passes the DSN envelope ID on.
+pub fn postfix_has_envid_macro() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let out = std::process::Command::new("/usr/sbin/postconf")
+            .args(["-d", "-h", "mail_version"])
+            .output()
+            .expect("run postconf -d mail_version");
+        bsmtp_ssh::install::has_envid_macro(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}

@@ -87,10 +87,13 @@ pub struct Values {
     pub config: String,
     /// `@PEER@`: the batching transport's peer (empty for pipe mode).
     pub peer: String,
+    /// `@ENVID@` becomes `--envid ${envid}`: pipe(8) has that macro from
+    /// Postfix 3.9 on (and defers every message on an unknown one before).
+    pub envid: bool,
 }
 
 /// Every placeholder the pipe-mode snippets may use.
-pub const PLACEHOLDERS: [&str; 4] = ["@PROGRAM@", "@USER@", "@TRANSPORT@", "@CONFIG@"];
+pub const PLACEHOLDERS: [&str; 5] = ["@PROGRAM@", "@USER@", "@TRANSPORT@", "@CONFIG@", "@ENVID@"];
 /// Every placeholder the batching snippets may use (`@SERVICE@` is
 /// TRANSPORT-PEER).
 pub const BATCHING_PLACEHOLDERS: [&str; 5] =
@@ -154,6 +157,19 @@ impl Values {
     }
 }
 
+/// What `@ENVID@` stands for on Postfix 3.9 and later.
+pub const ENVID_ARGS: &str = "--envid ${envid}";
+
+/// True when pipe(8) of Postfix `mail_version` knows `${envid}` (3.9 on).
+pub fn has_envid_macro(mail_version: &str) -> bool {
+    let mut numbers = mail_version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (3, 9)
+}
+
 /// Replaces every placeholder in `template`; fails if anything that looks
 /// like a placeholder (`@NAME@`) is left, so a new one in a snippet cannot
 /// reach a Postfix config unreplaced.
@@ -164,7 +180,8 @@ pub fn substitute(template: &str, values: &Values) -> Result<String, String> {
         .replace("@TRANSPORT@", &values.transport)
         .replace("@SERVICE@", &values.service())
         .replace("@PEER@", &values.peer)
-        .replace("@CONFIG@", &values.config);
+        .replace("@CONFIG@", &values.config)
+        .replace("@ENVID@", if values.envid { ENVID_ARGS } else { "" });
     match leftover_placeholder(&text) {
         Some(left) => Err(format!("snippet placeholder {left} has no value")),
         None => Ok(text),
@@ -512,6 +529,7 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
         transport: args.transport.clone(),
         config: text("--config", &args.config)?,
         peer: args.peer.clone().unwrap_or_default(),
+        envid: false,
     };
     values
         .validate()
@@ -520,7 +538,11 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
 }
 
 fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
-    let (values, program) = values_from(args)?;
+    let (mut values, program) = values_from(args)?;
+    let postfix = Postfix { args };
+    values.envid = postfix
+        .query(&["-h", "mail_version"])?
+        .is_some_and(|version| has_envid_macro(&version));
     let items = if args.batching {
         batching_items(&values)
     } else {
@@ -532,7 +554,6 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
             format!("built-in snippet: {msg} (a bug; please report it)"),
         )
     })?;
-    let postfix = Postfix { args };
 
     if let Some(owner) = postfix.query(&["-h", "mail_owner"])? {
         if owner == values.user {

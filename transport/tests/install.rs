@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bsmtp_ssh::install::{
-    batching_items, leaf_items, leftover_placeholder, parse_main_cf, parse_master_cf, routing_hint,
-    substitute, Item, Values, BATCHING_MAIN_CF, BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS,
-    LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
+    batching_items, has_envid_macro, leaf_items, leftover_placeholder, parse_main_cf,
+    parse_master_cf, routing_hint, substitute, Item, Values, BATCHING_MAIN_CF, BATCHING_MASTER_CF,
+    BATCHING_PLACEHOLDERS, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -22,6 +22,7 @@ fn values(transport: &str) -> Values {
         transport: transport.to_owned(),
         config: "/etc/bsmtp-ssh/leaf.conf".to_owned(),
         peer: String::new(),
+        envid: false,
     }
 }
 
@@ -36,6 +37,41 @@ fn every_placeholder_is_used_and_substituted() {
         let text = substitute(template, &values("bsmtp")).unwrap();
         assert_eq!(leftover_placeholder(&text), None, "{text}");
     }
+}
+
+/// pipe(8) defers every message on a macro it does not know, so
+/// `${envid}` goes into the entry only for Postfix 3.9 and later.
+#[test]
+fn envid_is_passed_only_where_pipe_knows_the_macro() {
+    for (version, known) in [
+        ("3.7.11", false),
+        ("3.8.6", false),
+        ("3.9.0", true),
+        ("3.10-20240101", true),
+        ("4.0", true),
+        ("2.11.3", false),
+        ("", false),
+    ] {
+        assert_eq!(has_envid_macro(version), known, "{version}");
+    }
+    let argv = |envid: bool| {
+        let items = leaf_items(&Values {
+            envid,
+            ..values("bsmtp")
+        })
+        .unwrap();
+        items[0].wanted()
+    };
+    assert!(
+        argv(true).ends_with("--size ${size} --envid ${envid} -- ${recipient}"),
+        "{}",
+        argv(true)
+    );
+    assert!(
+        argv(false).ends_with("--size ${size} -- ${recipient}"),
+        "{}",
+        argv(false)
+    );
 }
 
 #[test]
