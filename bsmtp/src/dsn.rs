@@ -90,12 +90,20 @@ pub fn notify_mask(notify: &str) -> u8 {
     })
 }
 
-/// Parses an `ORCPT=` value (`type;xtext`).
+/// Parses an `ORCPT=` value: `type;xtext`, or for the `utf-8` type
+/// RFC 6533's `\x{HEX}` form (Postfix's lmtp(8) and smtp(8) send that for
+/// a non-ASCII original recipient).
 pub fn parse_orcpt(value: &str) -> Option<(String, String)> {
     let (kind, coded) = value.split_once(';')?;
-    let address = xtext_decode(coded)?;
+    let address = if kind.eq_ignore_ascii_case("utf-8") {
+        uxtext_decode(coded)?
+    } else {
+        xtext_decode(coded)?
+    };
     let kind_ok = !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    (kind_ok && !address.is_empty()).then(|| (kind.to_ascii_lowercase(), address))
+    // Control characters would break the queue file record it goes into.
+    let address_ok = !address.is_empty() && !address.chars().any(char::is_control);
+    (kind_ok && address_ok).then(|| (kind.to_ascii_lowercase(), address))
 }
 
 /// Parses an `ENVID=` value: xtext of printable ASCII, at most
@@ -110,6 +118,50 @@ pub fn valid_envid(envid: &str) -> bool {
     !envid.is_empty()
         && envid.len() <= MAX_ENVID
         && envid.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// An `ORCPT=` value for `kind` and `address`, in the encoding that type
+/// takes (see [`parse_orcpt`]).
+pub fn orcpt_value(kind: &str, address: &str) -> String {
+    if kind.eq_ignore_ascii_case("utf-8") {
+        format!("{kind};{}", uxtext_encode(address))
+    } else {
+        format!("{kind};{}", xtext_encode(address))
+    }
+}
+
+/// RFC 6533 utf-8-addr-xtext: printable ASCII but `\`, `+` and `=` as
+/// is, every other character `\x{HEX}` of its code point.
+pub fn uxtext_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_ascii_graphic() && !matches!(ch, '\\' | '+' | '=') {
+            out.push(ch);
+        } else {
+            let _ = write!(out, "\\x{{{:X}}}", u32::from(ch));
+        }
+    }
+    out
+}
+
+/// Decodes RFC 6533 `\x{HEX}` sequences (1 to 6 hex digits, any case);
+/// `None` when one is malformed or names no character.
+pub fn uxtext_decode(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let tail = rest[at..].strip_prefix("\\x{")?;
+        let end = tail.find('}')?;
+        let hex = &tail[..end];
+        if hex.is_empty() || hex.len() > 6 {
+            return None;
+        }
+        out.push(char::from_u32(u32::from_str_radix(hex, 16).ok()?)?);
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// RFC 3461 xtext: printable ASCII but `+` and `=` as is, all else `+HH`.
@@ -182,6 +234,24 @@ mod tests {
             Some(("rfc822".into(), "bob@hub.test".into()))
         );
         assert_eq!(parse_orcpt("rfc822bob"), None);
+        assert_eq!(parse_orcpt("rfc822;a+0D+0Ab@x"), None, "no line breaks");
+        // What Postfix's lmtp(8) sends for ü@hub.test.
+        assert_eq!(
+            parse_orcpt("utf-8;\\x{FC}@hub.test"),
+            Some(("utf-8".into(), "\u{fc}@hub.test".into()))
+        );
+        assert_eq!(
+            orcpt_value("utf-8", "\u{fc}+x@hub.test"),
+            "utf-8;\\x{FC}\\x{2B}x@hub.test"
+        );
+        assert_eq!(
+            orcpt_value("rfc822", "b+x@hub.test"),
+            "rfc822;b+2Bx@hub.test"
+        );
+        for bad in ["\\x{}", "\\x{FC", "\\y", "\\x{D800}", "\\x{1234567}"] {
+            assert_eq!(uxtext_decode(bad), None, "{bad}");
+        }
+        assert_eq!(uxtext_decode("\\x{65e5}"), Some("\u{65e5}".into()));
         assert_eq!(parse_envid("envid42").as_deref(), Some("envid42"));
         assert_eq!(parse_envid(&"x".repeat(MAX_ENVID + 1)), None);
         assert_eq!(parse_envid("a+0Ab"), None, "no control characters");

@@ -5,9 +5,6 @@
 //!
 //! Sans I/O: these append to a caller's buffer.
 
-/// Size record (first in a queue file); sendmail uses its last field for
-/// the sender options (SMTPUTF8).
-pub const REC_SIZE: u8 = b'C';
 /// Envelope sender record.
 pub const REC_FROM: u8 = b'S';
 /// Envelope recipient record.

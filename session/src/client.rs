@@ -14,7 +14,7 @@
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{encode_command, BodyEncoder, Command, Param};
-use bsmtp::dsn::{xtext_encode, MailDsn, RcptDsn};
+use bsmtp::dsn::{orcpt_value, xtext_encode, MailDsn, RcptDsn};
 use bsmtp::extensions::{Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{Reply, ReplyParser};
 use bsmtp::status::{Failure, FailureKind};
@@ -528,7 +528,7 @@ fn rcpt_dsn_params(dsn: &RcptDsn) -> Vec<Param> {
     if let Some((kind, address)) = &dsn.orcpt {
         params.push(Param {
             keyword: "ORCPT".into(),
-            value: Some(format!("{kind};{}", xtext_encode(address))),
+            value: Some(orcpt_value(kind, address)),
         });
     }
     params

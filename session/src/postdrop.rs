@@ -25,7 +25,7 @@ use bsmtp::reply::{EnhancedCode, Reply};
 use bsmtp::dsn::{notify_mask, RcptDsn};
 use bsmtp::records::{
     attr, put_line_piece, put_record, MAX_RECORD, REC_ATTR, REC_END, REC_FROM, REC_MESG, REC_RCPT,
-    REC_SIZE, REC_XTRA,
+    REC_XTRA,
 };
 
 use crate::server::{self, Committed, Delivery, Injector, Refusal};
@@ -38,13 +38,11 @@ pub struct Envelope<'a> {
     /// Envelope recipients, internal form, at least one, each with the
     /// attributes that go before it (`notify_flags=`, `dsn_orig_rcpt=`).
     pub recipients: &'a [(String, Vec<String>)],
-    /// Attributes of the message before the sender (`envid=`, `ret=`).
+    /// Attributes of the message before the sender (`envelope_id=`,
+    /// `ret_flags=`).
     pub message: &'a [String],
     /// Attributes after the sender (`encoding=`).
     pub attributes: &'a [String],
-    /// Postfix's "sendopts" bits (`SOPT_SMTPUTF8_REQUESTED` = 1), carried
-    /// in the size record as Postfix's sendmail writes it; 0 for none.
-    pub sendopts: u32,
 }
 
 /// Where postdrop lives and which Postfix instance it writes into.
@@ -325,15 +323,10 @@ impl Postdrop {
 
     /// The envelope in the order Postfix's sendmail writes it.
     fn write_envelope(&mut self, envelope: &Envelope<'_>) {
-        if envelope.sendopts != 0 {
-            // Only its last field counts: cleanup reads the sender options
-            // from it and ignores the rest (cleanup_envelope.c).
-            let size = format!(
-                "{:>15} {:>15} {:>15} {:>15} {:>15} {:>15}",
-                -1, -1, -1, -1, -1, envelope.sendopts
-            );
-            put_record(&mut self.buf, REC_SIZE, size.as_bytes());
-        }
+        // No size record for SMTPUTF8: postdrop before Postfix 3.10 refuses
+        // it ("unexpected record type") and defers the message for good.
+        // The hub's cleanup flags SMTPUTF8 itself when an address or header
+        // is UTF-8 (smtputf8_autodetect_classes names sendmail by default).
         for attribute in envelope.message {
             put_record(&mut self.buf, REC_ATTR, attribute.as_bytes());
         }
@@ -517,7 +510,6 @@ impl Injector for PostdropInjector {
                 recipients: &recipients,
                 message: &message,
                 attributes: &attributes,
-                sendopts: u32::from(envelope.smtputf8),
             },
         )
         .map_err(Refusal::from)

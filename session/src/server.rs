@@ -1035,7 +1035,10 @@ fn write_replies(output: &mut impl Write, replies: &[u8]) -> io::Result<()> {
 /// message a new queue ID; this is what correlates the two).
 fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> String {
     let helo = envelope.helo.as_deref().unwrap_or(&settings.policy.peer);
-    let with = if envelope.helo.is_some() {
+    // As Postfix's smtpd: UTF8SMTP (RFC 6531) when the sender asked for it.
+    let with = if envelope.smtputf8 {
+        "UTF8SMTP"
+    } else if envelope.helo.is_some() {
         "ESMTP"
     } else {
         "BSMTP"

@@ -79,7 +79,10 @@ fn settled_notices(env: &Env, count: usize) -> Vec<String> {
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .collect();
     let ignored = env.log_lines(Log::Hub, "ignoring attribute record");
-    assert!(ignored.is_empty(), "postdrop dropped attributes: {ignored:?}");
+    assert!(
+        ignored.is_empty(),
+        "postdrop dropped attributes: {ignored:?}"
+    );
     if notices.len() != count {
         env.fail(&format!(
             "alice got {} notices, expected {count}:\n{}",
@@ -177,4 +180,154 @@ fn pipe_mode_carries_what_pipe_gives() {
             "ENVID is carried exactly when pipe(8) has ${{envid}}:\n{failure}"
         );
     }
+}
+
+/// `bsmtp-ssh deliver --envid` (what the pipe snippet passes from Postfix
+/// 3.9's `${envid}`) reaches the hub: its bounce names the envelope ID.
+#[test]
+fn deliver_passes_the_envelope_id_on() {
+    let env = env("dsn_deliver_envid", false);
+    let out = env.deliver_by_hand(
+        "alice@leaf.test",
+        &["--envid", "by+hand 7"],
+        &["nosuch@hub.test"],
+        &message("by-hand", "nosuch@hub.test"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let notices = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let notice = String::from_utf8_lossy(&notices[0]);
+    assert!(
+        notice.contains("Original-Envelope-Id: by+hand 7"),
+        "{notice}"
+    );
+}
+
+/// An 8-bit body with a UTF-8 header field, every 8-bit byte value, and a
+/// non-ASCII recipient.
+fn eight_bit_message() -> Vec<u8> {
+    let mut message = "From: alice@leaf.test\nTo: ü@hub.test\nMessage-ID: <utf8@leaf.test>\n\
+         Date: Wed, 2 Dec 2026 00:00:00 +0000\nSubject: Grüße\nMIME-Version: 1.0\n\
+         Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\
+         Grüße aus 日本\n"
+        .as_bytes()
+        .to_vec();
+    message.extend(0x80..=0xff_u8);
+    message.push(b'\n');
+    message
+}
+
+/// Sends [`eight_bit_message`] to ü@hub.test while the hub defers local
+/// delivery; returns the hub's queue file (postcat), then lets it go and
+/// checks it arrived byte for byte.
+fn eight_bit_through(env: &Env, sendmail_options: &[&str]) -> String {
+    let message = eight_bit_message();
+    env.leaf_sendmail_with(
+        sendmail_options,
+        "alice@leaf.test",
+        &["ü@hub.test"],
+        &message,
+    );
+    let deferred = env.wait_log(Log::Hub, "status=deferred (deferred transport)", DELIVERY);
+    let queue_id = deferred
+        .split("]: ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| env.fail(&format!("no queue ID in {deferred}")))
+        .to_owned();
+    let queue_file = env.hub().postcat(&queue_id);
+    env.hub().postconf(&[("defer_transports", "")]);
+    env.hub().postfix(&["reload"]);
+    env.hub().flush();
+    let arrived = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(
+        arrived[0].ends_with(&message),
+        "not byte-identical:\n{}",
+        String::from_utf8_lossy(&arrived[0])
+    );
+    queue_file
+}
+
+fn eight_bit_env(name: &str, batching: bool) -> Env {
+    let options = EnvOptions::default()
+        .hub_alias("ü", "bob")
+        .hub_param("defer_transports", "local");
+    Env::start_with(
+        name,
+        if batching {
+            options.batching()
+        } else {
+            options
+        },
+    )
+}
+
+/// The envelope part of a postcat listing (the message's own attributes,
+/// before the headers; cleanup adds more it finds in the headers later).
+fn envelope_records(queue_file: &str) -> &str {
+    queue_file
+        .split("*** MESSAGE CONTENTS")
+        .next()
+        .unwrap_or_default()
+}
+
+/// Postfix's SMTPUTF8 flags: the last field of the size record.
+fn smtputf8_flags(queue_file: &str) -> u32 {
+    queue_file
+        .lines()
+        .find_map(|l| l.strip_prefix("message_size:"))
+        .and_then(|fields| fields.split_whitespace().last())
+        .and_then(|flags| flags.parse().ok())
+        .unwrap_or_else(|| panic!("no size record in\n{queue_file}"))
+}
+
+/// The batching transport declares what the leaf's sender declared:
+/// `BODY=8BITMIME` becomes the queue file's envelope encoding, `SMTPUTF8`
+/// reaches rsmtp (its Received header says UTF8SMTP, as smtpd's would),
+/// the UTF-8 original recipient arrives decoded, and the hub flags the
+/// message SMTPUTF8.
+#[test]
+fn batching_declares_8bitmime_and_smtputf8() {
+    let env = eight_bit_env("utf8_batching", true);
+    let queue_file = eight_bit_through(&env, &["-B", "8BITMIME"]);
+    let envelope = envelope_records(&queue_file);
+    for expected in [
+        "named_attribute: encoding=8bit",
+        "named_attribute: dsn_orig_rcpt=utf-8;\u{fc}@hub.test",
+        "recipient: \u{fc}@hub.test",
+    ] {
+        assert!(
+            envelope.contains(expected),
+            "no {expected:?} in\n{queue_file}"
+        );
+    }
+    assert!(
+        queue_file.contains("(rsmtp) with UTF8SMTP id"),
+        "{queue_file}"
+    );
+    assert_eq!(smtputf8_flags(&queue_file) & 1, 1, "{queue_file}");
+}
+
+/// Pipe mode passes 8-bit mail unchanged but cannot declare it (pipe(8)
+/// does not say): the hub's envelope has no encoding, and its cleanup
+/// marks the message 8bit from the Content-Transfer-Encoding header, as
+/// for mail from sendmail. A non-ASCII address makes bsmtp-ssh declare
+/// SMTPUTF8.
+#[test]
+fn pipe_mode_passes_8bit_and_declares_smtputf8_for_utf8_addresses() {
+    let env = eight_bit_env("utf8_pipe", false);
+    let queue_file = eight_bit_through(&env, &["-B", "8BITMIME"]);
+    assert!(
+        !envelope_records(&queue_file).contains("encoding="),
+        "{queue_file}"
+    );
+    assert!(
+        queue_file.contains("*** HEADER EXTRACTED")
+            && queue_file.contains("named_attribute: encoding=8bit"),
+        "{queue_file}"
+    );
+    assert!(
+        queue_file.contains("(rsmtp) with UTF8SMTP id"),
+        "{queue_file}"
+    );
+    assert_eq!(smtputf8_flags(&queue_file) & 1, 1, "{queue_file}");
 }
