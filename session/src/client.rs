@@ -11,6 +11,7 @@
 //! the receiver is out of step with us, and nothing it says after that can
 //! be trusted.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{encode_command, BodyEncoder, Command, Param};
@@ -135,6 +136,9 @@ pub struct ClientSession<S> {
     extensions: Extensions,
     greeting: Reply,
     open: Option<Open>,
+    /// Recipient counts of ended transactions whose replies are unread,
+    /// oldest first.
+    pending: VecDeque<usize>,
 }
 
 impl<S: Read + Write> ClientSession<S> {
@@ -157,6 +161,7 @@ impl<S: Read + Write> ClientSession<S> {
             extensions: Extensions::default(),
             greeting: Reply::new(250, None, ""),
             open: None,
+            pending: VecDeque::new(),
         };
         session.send(&Command::Ehlo(helo.to_owned()));
         session.flush()?;
@@ -304,6 +309,17 @@ impl<S: Read + Write> ClientSession<S> {
     /// Ends the open transaction's body (a last line end if it lacked one,
     /// the dot), sends everything and reads every reply of the transaction.
     pub fn finish(&mut self) -> Result<Outcome, Failure> {
+        self.end()?;
+        self.collect()
+    }
+
+    /// Ends the open transaction's body without waiting for its replies,
+    /// so the next transaction can follow at once (RFC 2920 across
+    /// messages); [`ClientSession::collect`] reads them later, in order.
+    /// Keep the number of unread transactions small (see
+    /// [`ClientSession::unread`]): the receiver stops reading when its
+    /// replies are not read.
+    pub fn end(&mut self) -> Result<(), Failure> {
         let Some(open) = self.open.take() else {
             return Err(no_transaction(&self.relay));
         };
@@ -311,12 +327,27 @@ impl<S: Read + Write> ClientSession<S> {
             self.out.extend_from_slice(b"\r\n");
         }
         self.out.extend_from_slice(b".\r\n");
+        self.pending.push_back(open.recipients);
+        self.flush_if_full()
+    }
+
+    /// How many ended transactions still await their replies.
+    pub fn unread(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sends what is queued and reads the replies of the oldest ended
+    /// transaction.
+    pub fn collect(&mut self) -> Result<Outcome, Failure> {
+        let Some(recipients) = self.pending.pop_front() else {
+            return Err(no_transaction(&self.relay));
+        };
         self.flush()?;
-        let (mail, recipients) = self.read_envelope_replies(open.recipients)?;
+        let (mail, replies) = self.read_envelope_replies(recipients)?;
         let (data, end) = self.read_data_replies()?;
         Ok(Outcome {
             mail,
-            recipients,
+            recipients: replies,
             data: Some(data),
             end,
         })

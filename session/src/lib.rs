@@ -23,5 +23,6 @@ pub mod main_cf;
 pub mod policy;
 pub mod postdrop;
 pub mod server;
+pub mod spool;
 pub mod ssh;
 pub mod tags;
