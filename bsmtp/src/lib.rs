@@ -8,6 +8,7 @@
 //! `bsmtp-session` crate.
 
 pub mod address;
+pub mod bounce;
 pub mod codec;
 pub mod dsn;
 pub mod extensions;
