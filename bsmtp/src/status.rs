@@ -38,6 +38,9 @@ pub enum FailureKind {
     Config,
     /// A local resource failed (reading the message, memory, a file).
     Local,
+    /// A file system is below its free-space floor (`min_free`): nothing
+    /// was written; retry once space is freed.
+    Storage,
     /// The envelope handed to us cannot be delivered anywhere (bad address).
     BadEnvelope,
     /// A bug in this program; never lose mail over it.
@@ -77,6 +80,7 @@ impl Failure {
             FailureKind::Remote(_) | FailureKind::PeerProtocol => EnhancedCode::new(4, 5, 0),
             FailureKind::Config => EnhancedCode::new(4, 3, 5),
             FailureKind::Local | FailureKind::Internal => EnhancedCode::new(4, 3, 0),
+            FailureKind::Storage => EnhancedCode::new(4, 3, 1),
             FailureKind::BadEnvelope => EnhancedCode::new(5, 1, 3),
         }
     }
@@ -94,6 +98,7 @@ impl Failure {
             | FailureKind::PeerProtocol
             | FailureKind::Config
             | FailureKind::Local
+            | FailureKind::Storage
             | FailureKind::Internal => ExitCode::TempFail,
         }
     }

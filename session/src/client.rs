@@ -87,6 +87,22 @@ impl Outcome {
         }
     }
 
+    /// The command whose reply [`Outcome::for_recipient`] gives for
+    /// recipient `i`, as Postfix names it in bounces.
+    pub fn stage_for(&self, i: usize) -> &'static str {
+        if !is_success(&self.mail) {
+            return "MAIL FROM";
+        }
+        if !is_success(&self.recipients[i]) {
+            return "RCPT TO";
+        }
+        match (&self.data, &self.end) {
+            (Some(data), _) if data.code != 354 => "DATA",
+            (_, Some(_)) => "end of DATA",
+            _ => "RCPT TO",
+        }
+    }
+
     /// Pipe mode's rule: one status for all recipients. The final reply when
     /// every recipient was taken; else the worst refusal (a 4xx defers them
     /// all, else the 5xx bounces them all), named with its stage.

@@ -17,9 +17,11 @@
 pub mod atomic;
 pub mod child;
 pub mod client;
+pub mod forward;
 pub mod idle;
 pub mod logging;
 pub mod main_cf;
+pub mod notice;
 pub mod policy;
 pub mod postdrop;
 pub mod server;

@@ -24,6 +24,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("postlog_service_name", "postlog"),
     ("message_size_limit", "10240000"),
     ("smtpd_hard_error_limit", "20"),
+    ("maximal_queue_lifetime", "5d"),
 ];
 
 /// Most `$name` expansions followed for one value: main.cf may not loop,
@@ -217,6 +218,36 @@ impl MainCf {
     }
 }
 
+impl MainCf {
+    /// `maximal_queue_lifetime` (default 5 days): how long the spool keeps
+    /// a message it cannot deliver, as Postfix keeps its own queue's.
+    pub fn maximal_queue_lifetime(&self) -> std::time::Duration {
+        self.value("maximal_queue_lifetime")
+            .and_then(|v| parse_time(&v, 'd'))
+            .unwrap_or(std::time::Duration::from_hours(5 * 24))
+    }
+}
+
+/// A Postfix time value: a number with an optional unit (`s`, `m`, `h`,
+/// `d`, `w`), `default_unit` when it has none.
+pub fn parse_time(value: &str, default_unit: char) -> Option<std::time::Duration> {
+    let value = value.trim();
+    let (number, unit) = match value.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => (&value[..at], unit),
+        _ => (value, default_unit),
+    };
+    let seconds = match unit.to_ascii_lowercase() {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return None,
+    };
+    let number: u64 = number.parse().ok()?;
+    Some(std::time::Duration::from_secs(number.checked_mul(seconds)?))
+}
+
 fn is_name(text: &str) -> bool {
     !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
@@ -262,6 +293,25 @@ mod tests {
         );
         assert_eq!(empty.maillog_file(), None);
         assert_eq!(empty.message_size_limit(), 10_240_000);
+    }
+
+    #[test]
+    fn time_values_in_postfix_units() {
+        use std::time::Duration;
+        assert_eq!(parse_time("5d", 'd'), Some(Duration::from_hours(120)));
+        assert_eq!(parse_time("3", 'd'), Some(Duration::from_hours(72)));
+        assert_eq!(parse_time("90s", 'd'), Some(Duration::from_secs(90)));
+        assert_eq!(parse_time("2w", 's'), Some(Duration::from_hours(336)));
+        assert_eq!(parse_time("5x", 'd'), None);
+        assert_eq!(parse_time("", 'd'), None);
+        assert_eq!(
+            MainCf::parse("maximal_queue_lifetime = 1h\n").maximal_queue_lifetime(),
+            Duration::from_hours(1)
+        );
+        assert_eq!(
+            MainCf::parse("").maximal_queue_lifetime(),
+            Duration::from_hours(120)
+        );
     }
 
     #[test]

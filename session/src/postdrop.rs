@@ -453,6 +453,45 @@ impl From<PostdropError> for Refusal {
 pub struct PostdropInjector {
     /// How to run postdrop.
     pub command: PostdropCommand,
+    /// The free-space floor of the queue's file system, if any.
+    pub min_free: Option<MinFree>,
+}
+
+/// Space a receiver keeps free on the file system of Postfix's queue.
+#[derive(Debug, Clone)]
+pub struct MinFree {
+    /// Postfix's `queue_directory`.
+    pub queue_directory: PathBuf,
+    /// Bytes that must stay free.
+    pub bytes: u64,
+}
+
+impl MinFree {
+    /// Refuses a message of `size` bytes (when known) that would leave
+    /// less than the floor, reckoning 1.5 times its size as Postfix's
+    /// smtpd does (the queue file and its overhead).
+    pub fn check(&self, size: Option<u64>) -> Result<(), Refusal> {
+        let free = crate::spool::free_space(&self.queue_directory)
+            .map_err(|err| Refusal::temporary(format!("cannot check free space: {err}")))?;
+        let need = self
+            .bytes
+            .saturating_add(size.unwrap_or(0).saturating_mul(3) / 2);
+        if free >= need {
+            return Ok(());
+        }
+        Err(Refusal {
+            reply: Reply::new(
+                452,
+                Some(EnhancedCode::new(4, 3, 1)),
+                "Insufficient system storage",
+            ),
+            detail: format!(
+                "{}: {free} bytes free, below min_free {} plus the message",
+                self.queue_directory.display(),
+                self.bytes
+            ),
+        })
+    }
 }
 
 impl Delivery for Postdrop {
@@ -474,6 +513,12 @@ impl Delivery for Postdrop {
 
 impl Injector for PostdropInjector {
     type Message = Postdrop;
+
+    fn room(&self, size: Option<u64>) -> Result<(), Refusal> {
+        self.min_free
+            .as_ref()
+            .map_or(Ok(()), |floor| floor.check(size))
+    }
 
     /// Writes the envelope in Postfix's internal form, as its own sendmail
     /// does: the queue file holds `john doe@x`, never `"john doe"@x`.

@@ -81,6 +81,14 @@ pub trait Injector {
     /// Starts handing over a message with this envelope (addresses in
     /// their SMTP form, as received; see [`bsmtp::address`]).
     fn start(&mut self, envelope: &Envelope) -> Result<Self::Message, Refusal>;
+
+    /// Whether the next hop has room for a message of `size` bytes (when
+    /// the sender said); a refusal answers MAIL FROM, before any content
+    /// is sent. By default there is always room.
+    fn room(&self, size: Option<u64>) -> Result<(), Refusal> {
+        let _ = size;
+        Ok(())
+    }
 }
 
 /// The envelope of one accepted transaction.
@@ -686,6 +694,10 @@ impl<I: Injector> Receiver<I> {
                 (5, 7, 1),
                 format!("<{from}>: Sender address not allowed for peer {peer}"),
             );
+        }
+        if let Err(refusal) = self.injector.room(envelope.size) {
+            self.warn(&format!("reject: MAIL FROM:<{from}>: {}", refusal.detail));
+            return refusal.reply;
         }
         envelope.sender = from;
         self.envelope = Some(envelope);

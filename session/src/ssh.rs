@@ -189,6 +189,23 @@ pub fn connect_host(
 /// nothing to flush.
 pub struct ChannelStream(pub ssh2::Channel);
 
+impl ChannelStream {
+    /// A second handle that reads the same channel, for a reader and a
+    /// writer held apart (a server session on the channel).
+    pub fn reader(&self) -> ChannelReader {
+        ChannelReader(self.0.stream(0))
+    }
+}
+
+/// The reading half of a [`ChannelStream`] (see [`ChannelStream::reader`]).
+pub struct ChannelReader(ssh2::Stream);
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 impl std::io::Read for ChannelStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.read(buf)

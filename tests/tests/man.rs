@@ -147,6 +147,7 @@ fn table_row(kind: &FailureKind) -> &'static str {
         FailureKind::Remote(_) | FailureKind::PeerProtocol => "hub broke the protocol",
         FailureKind::Config => "our config",
         FailureKind::Local => "a local error",
+        FailureKind::Storage => "below min_free",
         FailureKind::BadEnvelope => "malformed envelope",
         FailureKind::Internal => "internal error",
     }
@@ -172,6 +173,7 @@ fn every_kind() -> Vec<FailureKind> {
         FailureKind::PeerProtocol,
         FailureKind::Config,
         FailureKind::Local,
+        FailureKind::Storage,
         FailureKind::BadEnvelope,
         FailureKind::Internal,
     ]

@@ -1,6 +1,8 @@
 //! `bsmtp-ssh.conf`: the peers this host sends to, and how to reach them.
 //!
 //! ```toml
+//! spool_directory = "/var/spool/bsmtp-ssh"   # store-and-forward (enqueue, flush)
+//!
 //! [peer.hub]
 //! host = "hub.example.com"          # or hosts = ["hub1", "hub2"]: failover in order
 //! port = 22
@@ -69,12 +71,47 @@ pub struct ConfigFile {
     /// The postlog(1) to log through when Postfix logs to a `maillog_file`
     /// (default /usr/sbin/postlog).
     pub postlog: Option<PathBuf>,
+    /// Where `enqueue` spools mail, a directory per peer (default
+    /// /var/spool/bsmtp-ssh).
+    pub spool_directory: Option<PathBuf>,
+    /// Bytes kept free on the spool's file system, and on the local
+    /// queue's for `pull` (default 64 MiB).
+    pub min_free: Option<u64>,
+    /// Seconds a spooled message may wait before it bounces (default: the
+    /// local Postfix's `maximal_queue_lifetime`).
+    pub spool_lifetime: Option<u64>,
+    /// The local Postfix instance: where bounces and pulled mail go
+    /// (default /etc/postfix).
+    pub postfix_config: Option<PathBuf>,
+    /// Where `pull` keeps the exactly-once tags of pulled mail (default
+    /// /var/lib/bsmtp-ssh/tags; empty: none).
+    pub tag_directory: Option<PathBuf>,
     /// Peers by name.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerSection>,
 }
 
 impl ConfigFile {
+    /// `spool_directory`, or its default.
+    pub fn spool_directory(&self) -> PathBuf {
+        self.spool_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(bsmtp_session::spool::DEFAULT_DIRECTORY))
+    }
+
+    /// `min_free`, or its default.
+    pub fn min_free(&self) -> u64 {
+        self.min_free
+            .unwrap_or(bsmtp_session::spool::DEFAULT_MIN_FREE)
+    }
+
+    /// `postfix_config`, or the directory Postfix programs use by default.
+    pub fn postfix_config(&self) -> PathBuf {
+        self.postfix_config
+            .clone()
+            .unwrap_or_else(bsmtp_session::main_cf::MainCf::default_dir)
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)

@@ -4,8 +4,11 @@
 pub mod check;
 pub mod config;
 pub mod deliver;
+pub mod enqueue;
+pub mod flush;
 pub mod install;
 pub mod lmtp;
+pub mod pull;
 pub mod report;
 mod run;
 

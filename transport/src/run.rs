@@ -37,6 +37,15 @@ pub enum Action {
     Check(crate::check::CheckArgs),
     /// Add the bsmtp transport to a Postfix instance with postconf.
     PostfixInstall(crate::install::InstallArgs),
+    /// Spool one message from pipe(8) for a peer that is reached later
+    /// (flush) or fetches its own mail (pull).
+    Enqueue(crate::enqueue::EnqueueArgs),
+    /// Send what is spooled, one SSH session per peer.
+    Flush(crate::flush::FlushArgs),
+    /// List what is spooled, like mailq.
+    Queue(crate::flush::QueueArgs),
+    /// Fetch the mail a hub spooled for us, into the local Postfix.
+    Pull(crate::pull::PullArgs),
 }
 
 /// Which peer to reach and how: a config section, or flags alone.
@@ -171,6 +180,10 @@ pub fn run(
         Action::Lmtp(args) => crate::lmtp::run(&args),
         Action::Check(args) => crate::check::run(&args, out),
         Action::PostfixInstall(args) => crate::install::run(&args, out),
+        Action::Enqueue(args) => crate::enqueue::run(&args, content, out),
+        Action::Flush(args) => crate::flush::run(&args, out),
+        Action::Queue(args) => crate::flush::run_queue(&args, out),
+        Action::Pull(args) => crate::pull::run(&args, out),
     }
 }
 

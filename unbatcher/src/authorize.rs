@@ -250,6 +250,16 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
     if let Some(n) = args.policy.hard_error_limit {
         words.extend(["--hard-error-limit".into(), n.to_string()]);
     }
+    for verb in &args.policy.allow_verb {
+        if !crate::policy::GRANTABLE_VERBS.contains(&verb.as_str()) {
+            return Err(refused(format!(
+                "--allow-verb \"{}\": known verbs are {}",
+                bsmtp::text::printable(verb.as_bytes()),
+                crate::policy::GRANTABLE_VERBS.join(", ")
+            )));
+        }
+        words.extend(["--allow-verb".into(), verb.clone()]);
+    }
     let quoted = words
         .iter()
         .map(|w| {

@@ -20,6 +20,9 @@ pub const MAX_WORDS: usize = 32;
 pub enum Verb {
     /// Read a BSMTP stream on stdin, answer each command on stdout.
     Receive,
+    /// Send the peer the mail spooled for it: we are the client, on
+    /// stdout, and read its replies on stdin. Only when granted.
+    Pull,
 }
 
 impl Verb {
@@ -27,6 +30,7 @@ impl Verb {
     pub fn name(&self) -> &'static str {
         match self {
             Verb::Receive => "receive",
+            Verb::Pull => "pull",
         }
     }
 }
@@ -82,6 +86,10 @@ pub fn parse(original: Option<&[u8]>) -> Result<Verb, Refused> {
     match words.as_slice() {
         [] | ["receive" | "rsmtp"] => Ok(Verb::Receive),
         ["receive" | "rsmtp", ..] => Err(refuse("\"receive\" takes no arguments")),
+        ["pull"] => Ok(Verb::Pull),
+        ["pull", ..] => Err(refuse(
+            "\"pull\" takes no arguments: a peer pulls only its own spool",
+        )),
         [verb, ..] => Err(refuse(&format!("unknown verb \"{verb}\""))),
     }
 }
@@ -102,6 +110,7 @@ mod tests {
         assert_eq!(parse(Some(b"receive")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"rsmtp")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"  receive ")), Ok(Verb::Receive));
+        assert_eq!(parse(Some(b"pull")), Ok(Verb::Pull));
     }
 
     #[test]

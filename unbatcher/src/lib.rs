@@ -8,6 +8,7 @@
 pub mod authorize;
 pub mod command;
 pub mod policy;
+mod pull;
 mod run;
 
 pub use run::{run, AdminCommand, Args, RunError};

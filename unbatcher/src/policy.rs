@@ -45,6 +45,10 @@ pub struct PolicyArgs {
     /// 20 unless its main.cf says otherwise).
     #[arg(long, value_name = "N")]
     pub hard_error_limit: Option<usize>,
+    /// Grant the peer an SSH verb besides `receive`: `pull` (fetch the
+    /// mail spooled for it); repeat for more; adds to the config file's.
+    #[arg(long = "allow-verb", value_name = "VERB")]
+    pub allow_verb: Vec<String>,
 }
 
 /// `rsmtp.conf` as written by the admin.
@@ -64,6 +68,15 @@ pub struct ConfigFile {
     pub tag_lifetime: Option<u64>,
     /// Most tags kept per peer.
     pub tag_limit: Option<usize>,
+    /// Where the hub's `bsmtp-ssh enqueue` spools mail for pulling peers,
+    /// a directory per peer (default /var/spool/bsmtp-ssh).
+    pub spool_directory: Option<PathBuf>,
+    /// Seconds spooled mail for a pulling peer may wait before it bounces
+    /// (default: the hub's `maximal_queue_lifetime`).
+    pub spool_lifetime: Option<u64>,
+    /// Bytes kept free on the file system of the hub's queue; below it
+    /// MAIL FROM gets `452 4.3.1` (default 64 MiB; 0: no floor).
+    pub min_free: Option<u64>,
     /// Per-peer rules.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerConfig>,
@@ -87,6 +100,9 @@ pub struct PeerConfig {
     pub hard_error_limit: Option<usize>,
     /// Check From: header addresses against `allow_sender` too.
     pub check_header_from: Option<bool>,
+    /// SSH verbs granted besides `receive` (`pull`).
+    #[serde(default)]
+    pub allow_verb: Vec<String>,
 }
 
 impl ConfigFile {
@@ -139,6 +155,32 @@ impl ConfigFile {
             hard_error_limit: args.hard_error_limit.or(section.hard_error_limit),
             check_header_from: args.check_header_from || section.check_header_from.unwrap_or(false),
         })
+    }
+}
+
+/// SSH verbs a peer may be granted besides `receive`.
+pub const GRANTABLE_VERBS: [&str; 1] = ["pull"];
+
+impl ConfigFile {
+    /// The verbs granted to `peer` besides `receive`: the file's and the
+    /// command line's. An unknown verb is an error, so a typo cannot
+    /// silently grant nothing.
+    pub fn verbs(&self, peer: &str, args: &PolicyArgs) -> Result<Vec<String>, String> {
+        let section = self.peer.get(peer).cloned().unwrap_or_default();
+        let mut verbs = Vec::new();
+        for verb in section.allow_verb.iter().chain(&args.allow_verb) {
+            if !GRANTABLE_VERBS.contains(&verb.as_str()) {
+                return Err(format!(
+                    "unknown verb \"{}\" in allow_verb/--allow-verb (known: {})",
+                    bsmtp::text::printable(verb.as_bytes()),
+                    GRANTABLE_VERBS.join(", ")
+                ));
+            }
+            if !verbs.contains(verb) {
+                verbs.push(verb.clone());
+            }
+        }
+        Ok(verbs)
     }
 }
 

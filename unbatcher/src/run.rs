@@ -13,7 +13,7 @@ use crate::command::{self, Verb};
 use crate::policy::{self, ConfigFile, PolicyArgs};
 use bsmtp_session::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
 use bsmtp_session::policy::Policy;
-use bsmtp_session::postdrop::{self, PostdropCommand, PostdropInjector};
+use bsmtp_session::postdrop::{self, MinFree, PostdropCommand, PostdropInjector};
 use bsmtp_session::server::{Receiver, Settings};
 use bsmtp_session::tags::{self, TagStore};
 
@@ -97,6 +97,9 @@ pub enum RunError {
     /// `rsmtp authorize` added nothing.
     #[error("authorize: {0}")]
     Authorize(#[from] crate::authorize::AuthorizeError),
+    /// A pull session failed; what was not acknowledged stays spooled.
+    #[error("pull: {0}")]
+    Pull(String),
 }
 
 impl RunError {
@@ -108,7 +111,7 @@ impl RunError {
             RunError::Io(_) => ExitCode::IoErr,
             RunError::Truncated => ExitCode::DataErr,
             // A UUCP-style `rsmtp < f && rm f` must keep the file.
-            RunError::NotAccepted { .. } => ExitCode::TempFail,
+            RunError::NotAccepted { .. } | RunError::Pull(_) => ExitCode::TempFail,
             RunError::Authorize(err) => err.exit_code(),
         }
     }
@@ -150,29 +153,67 @@ pub fn run(
     );
     let session = load(&args, &file)?;
     let verb = command::parse(original_command).map_err(|refused| {
-        // Also on stdout as an SMTP reply: that is what a sender reads. A
-        // refused command is a configuration fault (a verb this key is not
-        // granted, a leaf asking for the wrong one), never the fault of the
-        // mail waiting on the leaf: 421 defers it instead of bouncing it.
-        let mut out = Vec::new();
-        Reply::new(421, Some(EnhancedCode::new(4, 7, 0)), refused.to_string()).encode(&mut out);
-        let _ = output.write_all(&out);
-        let _ = output.flush();
+        refuse_session(output, &refused);
         RunError::Refused {
             peer: session.settings.policy.peer.clone(),
             refused,
         }
     })?;
+    let idle = args
+        .idle_timeout
+        .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs);
+    input.set_idle_timeout(idle);
+    output.set_idle_timeout(idle);
     match verb {
-        Verb::Receive => {
-            let idle = args
-                .idle_timeout
-                .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs);
-            input.set_idle_timeout(idle);
-            output.set_idle_timeout(idle);
-            receive(session, input, output)
+        Verb::Receive => receive(session, input, output),
+        Verb::Pull if session.verbs.iter().any(|v| v == "pull") => {
+            let postfix_config = session
+                .postdrop
+                .config_dir
+                .clone()
+                .unwrap_or_else(MainCf::default_dir);
+            let spool_directory = file
+                .spool_directory
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(bsmtp_session::spool::DEFAULT_DIRECTORY));
+            crate::pull::pull(
+                &crate::pull::PullSettings {
+                    peer: &session.settings.policy.peer,
+                    spool_directory: &spool_directory,
+                    postfix_config: &postfix_config,
+                    lifetime: file.spool_lifetime.map(std::time::Duration::from_secs),
+                    hostname: &session.settings.hostname,
+                },
+                input,
+                output,
+            )
+        }
+        Verb::Pull => {
+            let refused = command::Refused {
+                request: "pull".into(),
+                reason: format!(
+                    "not granted to peer {} (grant it with --allow-verb pull in the key's forced command, or allow_verb in rsmtp.conf)",
+                    session.settings.policy.peer
+                ),
+            };
+            refuse_session(output, &refused);
+            Err(RunError::Refused {
+                peer: session.settings.policy.peer.clone(),
+                refused,
+            })
         }
     }
+}
+
+/// Tells a client why its session does not start: as an SMTP reply, the
+/// only thing a sender reads. 421, not 5xx: a refused command is a
+/// configuration fault (a verb this key is not granted, a leaf asking for
+/// the wrong one), never the fault of the mail waiting on the leaf.
+fn refuse_session(output: &mut impl Output, refused: &command::Refused) {
+    let mut out = Vec::new();
+    Reply::new(421, Some(EnhancedCode::new(4, 7, 0)), refused.to_string()).encode(&mut out);
+    let _ = output.write_all(&out);
+    let _ = output.flush();
 }
 
 /// What a session needs, from the command line, rsmtp.conf and the hub's
@@ -180,6 +221,10 @@ pub fn run(
 struct Session {
     settings: Settings,
     postdrop: PostdropCommand,
+    /// Verbs granted besides `receive`.
+    verbs: Vec<String>,
+    /// The queue file system's floor.
+    min_free: Option<MinFree>,
 }
 
 /// rsmtp.conf: the file `--config` names, else the default one if it exists.
@@ -221,9 +266,27 @@ fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
     let tags = open_tags(file, &policy.peer);
+    let verbs = file
+        .verbs(&policy.peer, &args.policy)
+        .map_err(RunError::Config)?;
+    let min_free = match file
+        .min_free
+        .unwrap_or(bsmtp_session::spool::DEFAULT_MIN_FREE)
+    {
+        0 => None,
+        bytes => Some(MinFree {
+            queue_directory: main_cf.queue_directory(),
+            bytes,
+        }),
+    };
     let mut settings = Settings::new(hostname, policy, error_limit);
     settings.tags = tags;
-    Ok(Session { settings, postdrop })
+    Ok(Session {
+        settings,
+        postdrop,
+        verbs,
+        min_free,
+    })
 }
 
 /// The peer's exactly-once tag store, unless rsmtp.conf turns it off.
@@ -277,6 +340,7 @@ fn receive(
     let peer = session.settings.policy.peer.clone();
     let injector = PostdropInjector {
         command: session.postdrop,
+        min_free: session.min_free,
     };
     let receiver = Receiver::new(session.settings, injector);
     let summary = receiver.run(input, output).inspect_err(|err| {

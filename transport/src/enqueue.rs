@@ -1,0 +1,130 @@
+//! `bsmtp-ssh enqueue`: pipe(8) hands over a message for a peer that is
+//! not reached now; it goes into the peer's spool, for `flush` (we connect
+//! later) or the peer's `pull` (it fetches its own mail).
+//!
+//! Exit 0 means the spool file is on disk: written, fsynced, renamed into
+//! place and its directory entry fsynced. Everything else defers, so
+//! Postfix keeps the message (a malformed address bounces, as in deliver).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use bsmtp::dsn::MailDsn;
+use bsmtp::status::{Failure, FailureKind};
+use bsmtp_session::policy::check_peer_name;
+use bsmtp_session::spool::{NewMessage, Spool, SpoolError};
+use clap::Args as ClapArgs;
+
+use crate::config::ConfigFile;
+use crate::deliver::Envelope;
+
+/// `bsmtp-ssh enqueue`.
+#[derive(Debug, ClapArgs)]
+pub struct EnqueueArgs {
+    /// Configuration file (its `spool_directory`, `min_free`).
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The peer whose spool takes the message (Postfix's ${nexthop}); it
+    /// needs no [peer.NAME] section when the peer pulls.
+    #[arg(long, value_name = "NAME")]
+    pub peer: String,
+    /// Envelope sender (Postfix's ${sender}); empty for the null sender.
+    #[arg(
+        short = 'f',
+        long = "sender",
+        value_name = "SENDER",
+        allow_hyphen_values = true
+    )]
+    pub sender: String,
+    /// Postfix queue ID, for logs and the exactly-once tag.
+    #[arg(long = "queue-id", value_name = "ID")]
+    pub queue_id: Option<String>,
+    /// Message size in bytes (Postfix's ${size}), checked against the
+    /// free-space floor before anything is written.
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u64>,
+    /// The DSN envelope ID (Postfix 3.9's ${envid}), kept with the message.
+    #[arg(long, value_name = "ENVID", allow_hyphen_values = true)]
+    pub envid: Option<String>,
+    /// Log debug lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Envelope recipients (Postfix's ${recipient}), after `--`.
+    #[arg(last = true, required = true, value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+}
+
+/// Runs `enqueue`; prints pipe(8)'s status line; returns the exit status.
+pub fn run(args: &EnqueueArgs, content: &mut impl Read, out: &mut impl Write) -> u8 {
+    let file = ConfigFile::load(&args.config);
+    bsmtp_session::logging::init(
+        "bsmtp-ssh",
+        args.verbose,
+        bsmtp_session::logging::Fallback::Buffer,
+        &bsmtp_session::logging::Target {
+            postfix_config: None,
+            postlog: file.as_ref().ok().and_then(|f| f.postlog.clone()),
+        },
+    );
+    let result = file
+        .map_err(|text| Failure::new(FailureKind::Config, text))
+        .and_then(|file| enqueue(args, &file, content));
+    let line = match &result {
+        Ok((spool, id)) => format!("2.0.0 spooled for {} as {id}", spool.peer()),
+        Err(failure) => failure.to_string(),
+    };
+    let _ = writeln!(out, "{}", bsmtp::text::one_line(&line));
+    let _ = out.flush();
+    bsmtp_session::logging::flush_buffered();
+    match result {
+        Ok(_) => 0,
+        Err(failure) => failure.exit_code() as u8,
+    }
+}
+
+fn enqueue(
+    args: &EnqueueArgs,
+    file: &ConfigFile,
+    content: &mut impl Read,
+) -> Result<(Spool, String), Failure> {
+    check_peer_name(&args.peer).map_err(|text| Failure::new(FailureKind::Config, text))?;
+    let envelope = Envelope {
+        sender: args.sender.clone(),
+        recipients: args.recipients.clone(),
+        queue_id: args.queue_id.clone(),
+        size: args.size,
+        envid: args.envid.clone(),
+    }
+    .check()?;
+    let spool = Spool::new(&file.spool_directory(), &args.peer);
+    let message = NewMessage {
+        sender: envelope.sender.clone(),
+        recipients: envelope.recipients.clone(),
+        queue_id: envelope.queue_id.clone(),
+        dsn: MailDsn {
+            ret: None,
+            envid: envelope.envid.clone(),
+        },
+        recipient_dsn: Vec::new(),
+    };
+    let id = spool
+        .enqueue(&message, content, file.min_free(), args.size.unwrap_or(0))
+        .map_err(|err| match err {
+            SpoolError::NoRoom { .. } => Failure::new(FailureKind::Storage, err.to_string()),
+            SpoolError::Io(_) => Failure::new(
+                FailureKind::Local,
+                format!(
+                    "cannot spool for peer {}: {err} (spool_directory must exist and be writable by this account)",
+                    args.peer
+                ),
+            ),
+        })?;
+    let queue_id = envelope.queue_id.as_deref().unwrap_or("NOQUEUE");
+    for recipient in &envelope.recipients {
+        log::info!(
+            "{queue_id}: to=<{recipient}>, relay=spool:{}, status=spooled ({id})",
+            args.peer
+        );
+    }
+    Ok((spool, id))
+}

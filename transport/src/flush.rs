@@ -1,0 +1,282 @@
+//! `bsmtp-ssh flush`: send what `enqueue` spooled, one SSH session per
+//! peer; and `bsmtp-ssh queue`: list what waits, like mailq(1).
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bsmtp::status::{Failure, FailureKind};
+use bsmtp_session::client::ClientSession;
+use bsmtp_session::forward::{self, Report, Settings};
+use bsmtp_session::main_cf::MainCf;
+use bsmtp_session::notice::PostdropBouncer;
+use bsmtp_session::spool::{Entry, Spool};
+use bsmtp_session::ssh;
+use clap::Args as ClapArgs;
+use sysexits::ExitCode;
+
+use crate::config::ConfigFile;
+
+/// `bsmtp-ssh flush`.
+#[derive(Debug, ClapArgs)]
+pub struct FlushArgs {
+    /// Configuration file naming the peers and the spool.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Log debug lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The peers to flush ([peer.NAME] sections); default: every peer.
+    #[arg(value_name = "PEER")]
+    pub peers: Vec<String>,
+}
+
+/// `bsmtp-ssh queue`.
+#[derive(Debug, ClapArgs)]
+pub struct QueueArgs {
+    /// Configuration file naming the spool.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Only this peer's spool; default: every peer's.
+    #[arg(value_name = "PEER")]
+    pub peer: Option<String>,
+}
+
+/// Runs `flush`; returns the exit status: 0 when every peer was reached
+/// (what a peer deferred waits for the next flush), 75 when one was not,
+/// 78 for a config error.
+pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
+    let file = match ConfigFile::load(&args.config) {
+        Ok(file) => file,
+        Err(text) => {
+            let _ = writeln!(out, "bsmtp-ssh flush: {text}");
+            return ExitCode::Config as u8;
+        }
+    };
+    bsmtp_session::logging::init(
+        "bsmtp-ssh",
+        args.verbose,
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
+            postfix_config: Some(file.postfix_config()),
+            postlog: file.postlog.clone(),
+        },
+    );
+    let peers: Vec<String> = if args.peers.is_empty() {
+        file.peer.keys().cloned().collect()
+    } else {
+        args.peers.clone()
+    };
+    let mut status = 0;
+    for name in &peers {
+        match flush_peer(&file, name) {
+            Ok(report) if report != Report::default() => {
+                let _ = writeln!(
+                    out,
+                    "{name}: {} delivered, {} bounced, {} deferred",
+                    report.delivered, report.bounced, report.deferred
+                );
+            }
+            Ok(_) => {}
+            Err(failure) => {
+                log::warn!("flush {name}: {failure}");
+                let _ = writeln!(out, "{name}: {failure}");
+                status = match failure.kind {
+                    FailureKind::Config if status == 0 => ExitCode::Config as u8,
+                    _ => ExitCode::TempFail as u8,
+                };
+            }
+        }
+    }
+    status
+}
+
+/// Flushes one peer's spool.
+fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
+    let local = |text: String| Failure::new(FailureKind::Local, text);
+    let spool = Spool::new(&file.spool_directory(), name);
+    if spool.ids().map_err(|e| local(e.to_string()))?.is_empty() {
+        return Ok(Report::default());
+    }
+    let Some(_lock) = spool.lock().map_err(|e| local(e.to_string()))? else {
+        log::info!("flush {name}: another flush of this spool is running; leaving it to that one");
+        return Ok(Report::default());
+    };
+    let main_cf = MainCf::load(&file.postfix_config());
+    let mut bouncer = PostdropBouncer::new(&file.postfix_config(), &crate::deliver::helo_name());
+    let lifetime = file
+        .spool_lifetime
+        .map_or_else(|| main_cf.maximal_queue_lifetime(), Duration::from_secs);
+    let ids = spool.ids().map_err(|e| local(e.to_string()))?;
+    let (ids, mut report) = forward::expire(&spool, ids, lifetime, &mut bouncer, SystemTime::now());
+    if ids.is_empty() {
+        return Ok(report);
+    }
+    let peer = file
+        .peer(name)
+        .map_err(|text| Failure::new(FailureKind::Config, text))?;
+    let sent = ssh::connect(&peer, &peer.command).and_then(|connection| {
+        let mut session = ClientSession::start(
+            connection.channel,
+            connection.relay.clone(),
+            &crate::deliver::helo_name(),
+        )?;
+        let settings = Settings {
+            lifetime,
+            window: forward::DEFAULT_WINDOW,
+        };
+        let shown = std::io::stderr().is_terminal();
+        let mut progress = |done: usize, total: usize| {
+            if shown {
+                eprint!("\rflush {name}: {done}/{total} messages");
+                if done == total {
+                    eprintln!();
+                }
+            }
+        };
+        let result = forward::send(
+            &spool,
+            &ids,
+            &mut session,
+            &mut bouncer,
+            &settings,
+            &mut progress,
+        );
+        let _ = session.quit();
+        let _ = connection.session.disconnect(None, "done", None);
+        result.map_err(|(partial, failure)| {
+            report_add(&mut report, &partial);
+            failure
+        })
+    });
+    match sent {
+        Ok(done) => {
+            report_add(&mut report, &done);
+            Ok(report)
+        }
+        Err(failure) => {
+            let left = spool.ids().unwrap_or_default();
+            forward::note_failure(&spool, &left, &failure);
+            Err(failure)
+        }
+    }
+}
+
+fn report_add(total: &mut Report, more: &Report) {
+    total.delivered += more.delivered;
+    total.bounced += more.bounced;
+    total.deferred += more.deferred;
+}
+
+/// Runs `queue`: every waiting message with its peer, IDs, age, size,
+/// sender, the recipients still to go and the last error, then a count
+/// line. Exit 0, or 78 for a config error.
+pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
+    let file = match ConfigFile::load(&args.config) {
+        Ok(file) => file,
+        Err(text) => {
+            let _ = writeln!(out, "bsmtp-ssh queue: {text}");
+            return ExitCode::Config as u8;
+        }
+    };
+    let base = file.spool_directory();
+    let peers: Vec<String> = match &args.peer {
+        Some(peer) => vec![peer.clone()],
+        None => std::fs::read_dir(&base)
+            .map(|dir| {
+                let mut names: Vec<String> = dir
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect();
+                names.sort();
+                names
+            })
+            .unwrap_or_default(),
+    };
+    let now = SystemTime::now();
+    let (mut messages, mut recipients, mut bytes, mut with_mail) = (0, 0, 0, 0);
+    for peer in &peers {
+        let spool = Spool::new(&base, peer);
+        let ids = match spool.ids() {
+            Ok(ids) => ids,
+            Err(err) => {
+                let _ = writeln!(out, "{peer}: cannot list: {err}");
+                continue;
+            }
+        };
+        if !ids.is_empty() {
+            with_mail += 1;
+        }
+        for id in ids {
+            match spool.load(&id) {
+                Ok(entry) => {
+                    messages += 1;
+                    recipients += entry.pending().len();
+                    bytes += entry.meta.size;
+                    let _ = write!(out, "{}", listing(peer, &entry, now));
+                }
+                Err(err) => {
+                    let _ = writeln!(out, "{peer}  {id}  unreadable: {err}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "-- {messages} message{} ({recipients} recipient{}, {bytes} bytes) waiting for {with_mail} peer{}",
+        plural(messages),
+        plural(recipients),
+        plural(with_mail)
+    );
+    0
+}
+
+/// One message's lines in the `queue` listing.
+fn listing(peer: &str, entry: &Entry, now: SystemTime) -> String {
+    let queue_id = entry.meta.queue_id.as_deref().unwrap_or("-");
+    let sender = if entry.sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        &entry.sender
+    };
+    let mut text = format!(
+        "{peer}  {queue_id}  {}  {}  {} bytes  <{sender}>\n",
+        entry.id,
+        age(entry.age(now)),
+        entry.meta.size
+    );
+    if let Some(error) = &entry.meta.last_error {
+        let _ = writeln!(
+            text,
+            "        ({} after {} attempt{})",
+            bsmtp::text::one_line(error),
+            entry.meta.attempts,
+            plural(entry.meta.attempts as usize)
+        );
+    }
+    for index in entry.pending() {
+        let _ = writeln!(text, "        <{}>", entry.recipients[index]);
+    }
+    text
+}
+
+/// `3d4h`, `2h13m`, `5m`, `12s`.
+fn age(age: Duration) -> String {
+    let secs = age.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,160 @@
+//! `bsmtp-ssh pull PEER`: a leaf that accepts no inbound connection logs in
+//! to its hub and fetches the mail the hub spooled for it. The roles turn
+//! over on the channel: the hub's rsmtp sends BSMTP transactions, and we
+//! are the server that injects each into the local Postfix (the same
+//! server session and postdrop injector as rsmtp) and acknowledges it. The
+//! hub removes a message only after our `250`, and our tag store
+//! recognises a message sent again after a lost `250`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use bsmtp::status::{Failure, FailureKind};
+use bsmtp_session::main_cf::MainCf;
+use bsmtp_session::policy::{Policy, SenderPattern};
+use bsmtp_session::postdrop::{MinFree, PostdropCommand, PostdropInjector};
+use bsmtp_session::server::{Receiver, Settings};
+use bsmtp_session::ssh;
+use bsmtp_session::tags::{self, TagStore};
+use clap::Args as ClapArgs;
+use sysexits::ExitCode;
+
+use crate::config::ConfigFile;
+
+/// `bsmtp-ssh pull`.
+#[derive(Debug, ClapArgs)]
+pub struct PullArgs {
+    /// Configuration file naming the peer.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Log debug lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The hub to pull from: a [peer.NAME] section.
+    #[arg(value_name = "PEER")]
+    pub peer: String,
+}
+
+/// Runs `pull`; returns the exit status: 0 when the hub's session ended
+/// cleanly, 75 when it could not be reached or was cut (what was not
+/// acknowledged stays on the hub), 78 for a config error.
+pub fn run(args: &PullArgs, out: &mut impl Write) -> u8 {
+    let file = match ConfigFile::load(&args.config) {
+        Ok(file) => file,
+        Err(text) => {
+            let _ = writeln!(out, "bsmtp-ssh pull: {text}");
+            return ExitCode::Config as u8;
+        }
+    };
+    bsmtp_session::logging::init(
+        "bsmtp-ssh",
+        args.verbose,
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
+            postfix_config: Some(file.postfix_config()),
+            postlog: file.postlog.clone(),
+        },
+    );
+    match pull(&file, &args.peer) {
+        Ok(accepted) => {
+            if accepted > 0 {
+                let _ = writeln!(out, "{}: {accepted} message(s) pulled", args.peer);
+            }
+            0
+        }
+        Err(failure) => {
+            log::warn!("pull {}: {failure}", args.peer);
+            let _ = writeln!(out, "{}: {failure}", args.peer);
+            if failure.kind == FailureKind::Config {
+                ExitCode::Config as u8
+            } else {
+                ExitCode::TempFail as u8
+            }
+        }
+    }
+}
+
+/// Pulls from `name`; returns how many messages were queued locally.
+fn pull(file: &ConfigFile, name: &str) -> Result<usize, Failure> {
+    let peer = file
+        .peer(name)
+        .map_err(|text| Failure::new(FailureKind::Config, text))?;
+    let postfix_config = file.postfix_config();
+    let main_cf = MainCf::load(&postfix_config);
+    let settings = receiver_settings(file, name, &main_cf);
+    let injector = PostdropInjector {
+        command: PostdropCommand {
+            config_dir: Some(postfix_config),
+            ..PostdropCommand::default()
+        },
+        min_free: match file.min_free() {
+            0 => None,
+            bytes => Some(MinFree {
+                queue_directory: main_cf.queue_directory(),
+                bytes,
+            }),
+        },
+    };
+    let mut connection = ssh::connect(&peer, "pull")?;
+    let mut reader = connection.channel.reader();
+    let summary = Receiver::new(settings, injector)
+        .run(&mut reader, &mut connection.channel)
+        .map_err(|err| {
+            Failure::new(
+                FailureKind::PeerProtocol,
+                format!("session with {} broke: {err}", connection.relay),
+            )
+        })?;
+    let _ = connection.session.disconnect(None, "done", None);
+    log::info!(
+        "pull from {}: accepted={} rejected={} refused_commands={}",
+        connection.relay,
+        summary.accepted,
+        summary.rejected,
+        summary.refused
+    );
+    if summary.truncated {
+        return Err(Failure::new(
+            FailureKind::PeerProtocol,
+            format!(
+                "{} ended the session inside a message; it stays on the hub for the next pull",
+                connection.relay
+            ),
+        ));
+    }
+    Ok(summary.accepted)
+}
+
+/// The server session's settings: the hub is trusted with any sender and
+/// recipient (it routed the mail here), within the local Postfix's size
+/// limit; committed tags are kept so that a resend is recognised.
+fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Settings {
+    let limit = main_cf.message_size_limit();
+    let policy = Policy {
+        peer: name.to_owned(),
+        allow_sender: vec![SenderPattern::Any],
+        allow_recipient: Vec::new(),
+        max_size: if limit == 0 { u64::MAX } else { limit },
+        max_recipients: usize::MAX,
+        max_size_set: false,
+        hard_error_limit: None,
+        check_header_from: false,
+    };
+    let error_limit = usize::try_from(main_cf.number("smtpd_hard_error_limit", 20)).unwrap_or(20);
+    let mut settings = Settings::new(crate::deliver::helo_name(), policy, error_limit.max(1));
+    let dir = file
+        .tag_directory
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(tags::DEFAULT_DIRECTORY));
+    if !dir.as_os_str().is_empty() {
+        settings.tags = TagStore::open(&dir, name, tags::DEFAULT_LIFETIME, tags::DEFAULT_LIMIT)
+            .inspect_err(|err| {
+                log::warn!(
+                    "pull {name}: transaction tags off ({err}): a message sent again after a lost acknowledgement could be queued twice; create {} writable by this account, or set tag_directory",
+                    dir.display()
+                );
+            })
+            .ok();
+    }
+    settings
+}
