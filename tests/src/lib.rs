@@ -9,6 +9,7 @@
 //! missing prerequisite panics with the command that installs it.
 
 pub mod binaries;
+pub mod exim;
 pub mod lost_ack;
 pub mod postfix;
 pub mod postlog;
