@@ -736,9 +736,8 @@ impl<I: Injector> Receiver<I> {
                 format!("<{to}>: Recipient address must be user@domain"),
             );
         }
-        if envelope.recipients.len() >= max {
-            return reply(452, (4, 5, 3), "Error: too many recipients");
-        }
+        // The permanent refusal first: a recipient that is never allowed
+        // must bounce now, not be deferred for the count and tried again.
         if !self
             .settings
             .policy
@@ -753,6 +752,9 @@ impl<I: Injector> Receiver<I> {
                 (5, 7, 1),
                 format!("<{to}>: Recipient address rejected: not allowed for peer {peer}"),
             );
+        }
+        if envelope.recipients.len() >= max {
+            return reply(452, (4, 5, 3), "Error: too many recipients");
         }
         envelope.recipients.push(to);
         envelope.recipient_dsn.push(dsn);

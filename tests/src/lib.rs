@@ -72,10 +72,19 @@ pub struct EnvOptions {
     pub rsmtp_conf: Vec<String>,
     /// More lines for the leaf's `[peer.hub]` section of bsmtp-ssh.conf.
     pub peer_conf: Vec<String>,
+    /// More top-level lines for the leaf's bsmtp-ssh.conf (`{base}` is
+    /// expanded).
+    pub leaf_conf: Vec<String>,
     /// Route mail for leaf.test on the hub back to the leaf (a pipe(8)
     /// transport running the leaf's sendmail), so the hub's DSNs reach
     /// leaf senders. Off by default: nothing leaves the hub.
     pub hub_returns_to_leaf: bool,
+    /// Route hub.test on the leaf into the spool (`bsmtp-ssh enqueue`),
+    /// sent by `bsmtp-ssh flush` ([`Env::flush`]).
+    pub spool: bool,
+    /// Route leaf.test on the hub into the hub's spool for leaf1, and
+    /// grant leaf1's key `pull` ([`Env::pull`]).
+    pub pull: bool,
 }
 
 impl Default for EnvOptions {
@@ -93,7 +102,10 @@ impl Default for EnvOptions {
             batching: false,
             rsmtp_conf: Vec::new(),
             peer_conf: Vec::new(),
+            leaf_conf: Vec::new(),
             hub_returns_to_leaf: false,
+            spool: false,
+            pull: false,
             postlog: PostlogMode::System,
         }
     }
@@ -164,6 +176,27 @@ impl EnvOptions {
         self
     }
 
+    /// Adds a top-level line to the leaf's bsmtp-ssh.conf.
+    #[must_use]
+    pub fn leaf_conf(mut self, line: &str) -> Self {
+        self.leaf_conf.push(line.to_owned());
+        self
+    }
+
+    /// Routes hub.test on the leaf into the spool, for `flush`.
+    #[must_use]
+    pub fn spool(mut self) -> Self {
+        self.spool = true;
+        self
+    }
+
+    /// Spools leaf.test on the hub for leaf1, which may `pull`.
+    #[must_use]
+    pub fn pull(mut self) -> Self {
+        self.pull = true;
+        self
+    }
+
     /// Routes leaf.test on the hub back to the leaf, for the hub's DSNs.
     #[must_use]
     pub fn hub_returns_to_leaf(mut self) -> Self {
@@ -210,23 +243,21 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 fn leaf_master_cf_entry(program: &Path, config: &Path) -> String {
     snippet_lines(
         include_str!("../../postfix-snippets/leaf/master.cf"),
-        program,
-        config,
+        &Fill::leaf(program, config, BATCHING_SERVICE),
     )
 }
 
 /// The leaf's batching entries (spawn(8), lmtp(8)) and main.cf lines, from
 /// the shipped snippets, for the peer `hub`.
 fn leaf_batching(program: &Path, config: &Path) -> (String, Vec<(String, String)>) {
+    let fill = Fill::leaf(program, config, BATCHING_SERVICE);
     let master = snippet_lines(
         include_str!("../../postfix-snippets/leaf/batching-master.cf"),
-        program,
-        config,
+        &fill,
     );
     let main = snippet_lines(
         include_str!("../../postfix-snippets/leaf/batching-main.cf"),
-        program,
-        config,
+        &fill,
     )
     .lines()
     .filter_map(|l| l.split_once('='))
@@ -235,9 +266,40 @@ fn leaf_batching(program: &Path, config: &Path) -> (String, Vec<(String, String)
     (master, main)
 }
 
+/// The spool transport's entry (`bsmtp-ssh enqueue`), for the leaf (user
+/// [`LEAF_USER`]) or the hub (the peers' login, [`HUB_USER`]).
+fn spool_master_cf_entry(program: &Path, config: &Path, user: &str) -> String {
+    snippet_lines(
+        include_str!("../../postfix-snippets/spool/master.cf"),
+        &Fill {
+            user,
+            ..Fill::leaf(program, config, SPOOL_SERVICE)
+        },
+    )
+}
+
+/// What replaces a snippet's placeholders.
+struct Fill<'a> {
+    program: &'a Path,
+    config: &'a Path,
+    user: &'a str,
+    service: &'a str,
+}
+
+impl<'a> Fill<'a> {
+    fn leaf(program: &'a Path, config: &'a Path, service: &'a str) -> Self {
+        Fill {
+            program,
+            config,
+            user: LEAF_USER,
+            service,
+        }
+    }
+}
+
 /// A snippet's non-comment lines with the placeholders filled in the way
 /// postfix-install fills them for this environment.
-fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
+fn snippet_lines(snippet: &str, fill: &Fill<'_>) -> String {
     let mut entry = String::new();
     for line in snippet
         .lines()
@@ -245,11 +307,11 @@ fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
     {
         let line = line
             .replace("@TRANSPORT@", "bsmtp")
-            .replace("@SERVICE@", BATCHING_SERVICE)
+            .replace("@SERVICE@", fill.service)
             .replace("@PEER@", HUB_PEER)
-            .replace("@USER@", LEAF_USER)
-            .replace("@PROGRAM@", &program.display().to_string())
-            .replace("@CONFIG@", &config.display().to_string())
+            .replace("@USER@", fill.user)
+            .replace("@PROGRAM@", &fill.program.display().to_string())
+            .replace("@CONFIG@", &fill.config.display().to_string())
             .replace(
                 "@ENVID@",
                 if system::postfix_has_envid_macro() {
@@ -273,35 +335,51 @@ fn snippet_lines(snippet: &str, program: &Path, config: &Path) -> String {
 }
 
 /// The hub's main.cf lines and master.cf entries: the options' own, and
-/// with `hub_returns_to_leaf` a transport `toleaf` that hands leaf.test mail
-/// to the leaf's sendmail (as `nobody`; `null_sender=` keeps bounces' `<>`).
-fn hub_return_route(
-    options: &EnvOptions,
-    hub_dir: &Path,
-    leaf_dir: &Path,
-) -> (Vec<(String, String)>, String) {
+/// routes for leaf.test: with `pull`, the spool transport for leaf1 (run as
+/// the peers' login, whose rsmtp serves the spool); else with
+/// `hub_returns_to_leaf`, a transport `toleaf` that hands leaf.test mail to
+/// the leaf's sendmail (as `nobody`; `null_sender=` keeps bounces' `<>`).
+fn hub_routes(options: &EnvOptions, base: &Path) -> (Vec<(String, String)>, String) {
+    let (hub_dir, leaf_dir) = (base.join("hub"), base.join("leaf"));
     let mut main_cf = options.hub_main_cf.clone();
-    if !options.hub_returns_to_leaf {
+    let (route, master_cf) = if options.pull {
+        let entry = spool_master_cf_entry(
+            &base.join("bin/bsmtp-ssh"),
+            &hub_dir.join("bsmtp-ssh.conf"),
+            HUB_USER,
+        );
+        (format!("{SPOOL_SERVICE}:{LEAF_PEER}"), entry)
+    } else if options.hub_returns_to_leaf {
+        let entry = format!(
+            "toleaf unix - n n - - pipe\n  flags= null_sender= user=nobody\n  \
+             argv=/usr/sbin/sendmail -C {}/etc -i -f ${{sender}} -- ${{recipient}}\n",
+            leaf_dir.display()
+        );
+        ("toleaf:".to_owned(), entry)
+    } else {
         return (main_cf, String::new());
-    }
+    };
     mkdir(&hub_dir.join("etc"), 0o755);
     let table = hub_dir.join("etc/transport");
-    write_file(&table, "leaf.test toleaf:\n", 0o644);
+    write_file(&table, format!("leaf.test {route}\n"), 0o644);
     main_cf.push((
         "transport_maps".to_owned(),
         format!("texthash:{}", table.display()),
     ));
-    let master_cf = format!(
-        "toleaf unix - n n - - pipe\n  flags= null_sender= user=nobody\n  \
-         argv=/usr/sbin/sendmail -C {}/etc -i -f ${{sender}} -- ${{recipient}}\n",
-        leaf_dir.display()
-    );
     (main_cf, master_cf)
 }
 
 /// The batching transport's spawn(8) service on the leaf
 /// (`postfix-install --batching --peer hub`).
 pub const BATCHING_SERVICE: &str = "bsmtp-hub";
+
+/// `min_free` in the tests' configs: low, so that a nearly full disk on
+/// the test machine does not fail tests that are not about it.
+pub const TEST_MIN_FREE: u64 = 1024 * 1024;
+
+/// The spool transport's pipe(8) service (`postfix-install --spool`), on
+/// the leaf (for `flush`) and the hub (for `pull`).
+pub const SPOOL_SERVICE: &str = "bsmtp-spool";
 
 impl Env {
     /// Starts an environment with the default options. `name` (the test's name)
@@ -330,7 +408,7 @@ impl Env {
         }
 
         let leaf_dir = base.join("leaf");
-        let (hub_main_cf, hub_master_cf) = hub_return_route(&options, &base.join("hub"), &leaf_dir);
+        let (hub_main_cf, hub_master_cf) = hub_routes(&options, &base);
         let hub = Postfix::create(
             "hub",
             base.join("hub"),
@@ -355,7 +433,10 @@ impl Env {
         let program = bin.join("bsmtp-ssh");
         let config = leaf_dir.join("bsmtp-ssh.conf");
         let mut master_cf = leaf_master_cf_entry(&program, &config);
-        let route = if options.batching {
+        let route = if options.spool {
+            master_cf.push_str(&spool_master_cf_entry(&program, &config, LEAF_USER));
+            format!("{SPOOL_SERVICE}:{HUB_PEER}")
+        } else if options.batching {
             let (entries, main) = leaf_batching(&program, &config);
             master_cf.push_str(&entries);
             leaf_main_cf.extend(main);
@@ -482,6 +563,9 @@ impl Env {
         words.push("--config".to_owned());
         words.push(self.rsmtp_config().to_string_lossy().into_owned());
         words.extend(self.options.rsmtp_args.iter().map(|a| self.expand(a)));
+        if self.options.pull {
+            words.extend(["--allow-verb".to_owned(), "pull".to_owned()]);
+        }
         words
             .iter()
             .map(|w| shell_quote(w))
@@ -535,15 +619,35 @@ impl Env {
             .as_ref()
             .map(|p| format!("postlog = \"{}\"\n", p.display()))
             .unwrap_or_default();
-        // rsmtp runs as the hub user: its tag store must be that user's.
+        // rsmtp runs as the hub user: its tag store and the spools it
+        // serves to pulling peers must be that user's; bsmtp-ssh (flush,
+        // pull, bounces) runs as the leaf user.
         let tags = self.tag_directory();
-        mkdir(&tags, 0o700);
-        chown_to(&tags, HUB_USER, None);
+        for (dir, user) in [
+            (tags.clone(), HUB_USER),
+            (self.hub_spool_directory(), HUB_USER),
+            (self.leaf_spool_directory(), LEAF_USER),
+            (self.base.join("leaf-tags"), LEAF_USER),
+        ] {
+            mkdir(&dir, 0o700);
+            chown_to(&dir, user, None);
+        }
+        write_file(
+            &self.base.join("hub/bsmtp-ssh.conf"),
+            format!(
+                "# Written by bsmtp-ssh-tests: the hub's enqueue for pulling peers.\n{postlog}\
+                 spool_directory = \"{}\"\npostfix_config = \"{}\"\nmin_free = {TEST_MIN_FREE}\n",
+                self.hub_spool_directory().display(),
+                self.hub_config_dir().display()
+            ),
+            0o644,
+        );
         write_file(
             &self.rsmtp_config(),
             format!(
-                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\n{}",
+                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n{}",
                 tags.display(),
+                self.hub_spool_directory().display(),
                 self.options
                     .rsmtp_conf
                     .iter()
@@ -553,8 +657,18 @@ impl Env {
             0o644,
         );
         let mut conf = format!(
-            "# Written by bsmtp-ssh-tests.\n{postlog}[peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
+            "# Written by bsmtp-ssh-tests.\n{postlog}spool_directory = \"{}\"\n\
+             postfix_config = \"{}\"\ntag_directory = \"{}\"\nmin_free = {TEST_MIN_FREE}\n{}\
+             [peer.{HUB_PEER}]\nhost = \"127.0.0.1\"\nport = {}\n\
              user = \"{HUB_USER}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\n",
+            self.leaf_spool_directory().display(),
+            self.leaf_config_dir().display(),
+            self.base.join("leaf-tags").display(),
+            self.options
+                .leaf_conf
+                .iter()
+                .map(|l| self.expand(l) + "\n")
+                .collect::<String>(),
             self.sshd_port(),
             self.leaf_key().display(),
             self.known_hosts().display()
@@ -745,7 +859,72 @@ impl Env {
         command
     }
 
-    /// The hub's rsmtp.conf: the tag store, and postlog when pinned.
+    /// The leaf's `spool_directory` (its enqueue, flush and queue).
+    pub fn leaf_spool_directory(&self) -> PathBuf {
+        self.base.join("leaf-spool")
+    }
+
+    /// The hub's `spool_directory` (its enqueue for pulling peers, and
+    /// rsmtp's pull).
+    pub fn hub_spool_directory(&self) -> PathBuf {
+        self.base.join("hub-spool")
+    }
+
+    /// The IDs of the messages spooled under `dir` for `peer`.
+    pub fn spooled(dir: &Path, peer: &str) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(dir.join(peer))
+            .map(|list| {
+                list.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter_map(|n| n.strip_suffix(".bsmtp").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// `bsmtp-ssh ARGS` as the leaf's account (the one its pipe(8) and
+    /// timers run it as), with the leaf's config.
+    pub fn bsmtp_ssh_as_leaf(&self, args: &[&str]) -> Output {
+        let user = util::lookup_user(LEAF_USER);
+        let config = self.transport_config().display().to_string();
+        // setpriv drops root's supplementary groups too, as a timer's
+        // service for that account would have none of them.
+        util::run_timeout(
+            Command::new("/usr/bin/setpriv")
+                .arg(format!("--reuid={}", user.uid))
+                .arg(format!("--regid={}", user.gid))
+                .args(["--clear-groups", "--"])
+                .arg(self.bin_dir().join("bsmtp-ssh"))
+                .arg(args[0])
+                .args(["--config", &config])
+                .args(&args[1..])
+                .current_dir("/"),
+            b"",
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// `bsmtp-ssh flush` on the leaf.
+    pub fn flush(&self) -> Output {
+        self.bsmtp_ssh_as_leaf(&["flush"])
+    }
+
+    /// `bsmtp-ssh pull hub` on the leaf.
+    pub fn pull(&self) -> Output {
+        self.bsmtp_ssh_as_leaf(&["pull", HUB_PEER])
+    }
+
+    /// `bsmtp-ssh queue` on the leaf, its output.
+    pub fn spool_listing(&self) -> String {
+        let out = self.bsmtp_ssh_as_leaf(&["queue"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The hub's rsmtp.conf: the tag store, the spool for pulling peers,
+    /// and postlog when pinned.
     pub fn rsmtp_config(&self) -> PathBuf {
         self.base.join("hub/rsmtp.conf")
     }

@@ -1,0 +1,272 @@
+//! Store-and-forward end to end: the leaf's Postfix hands mail for the hub
+//! to `bsmtp-ssh enqueue` (pipe(8)), which spools it; `bsmtp-ssh flush`
+//! sends the spool over one SSH session; `bsmtp-ssh queue` lists it. And
+//! the other way round: the hub spools mail for a leaf that `pull`s it.
+
+use std::time::Duration;
+
+use bsmtp_ssh_tests::util::poll;
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_PEER, LEAF_PEER};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_mins(2);
+
+fn message(id: &str, to: &str) -> Vec<u8> {
+    format!(
+        "From: alice@leaf.test\nTo: {to}\nMessage-ID: <{id}@leaf.test>\nSubject: {id}\n\n\
+         body of {id}\n.\n..two dots\n"
+    )
+    .into_bytes()
+}
+
+/// Waits until the leaf's Postfix handed `count` messages to the spool
+/// transport, and returns the spooled IDs.
+fn wait_spooled(env: &Env, count: usize) -> Vec<String> {
+    // One line per recipient, each naming the spool ID of its message.
+    let named = poll(DELIVERY, || {
+        let lines = env.log_lines(Log::Leaf, "relay=bsmtp-spool, ");
+        assert!(
+            lines.iter().all(|l| l.contains(
+                "status=sent (delivered via bsmtp-spool service (2.0.0 spooled for hub as "
+            )),
+            "{lines:?}"
+        );
+        let mut ids: Vec<String> = lines
+            .iter()
+            .filter_map(|l| l.split("spooled for hub as ").nth(1))
+            .map(|rest| rest.trim_end_matches(')').to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        (ids.len() >= count).then_some(ids)
+    })
+    .unwrap_or_else(|| env.fail(&format!("{count} messages were not spooled")));
+    let ids = Env::spooled(&env.leaf_spool_directory(), HUB_PEER);
+    assert_eq!(ids, named);
+    ids
+}
+
+/// How many copies of each Message-ID a Maildir holds.
+fn copies(env: &Env, maildir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for message in Env::read_maildir(maildir) {
+        let text = String::from_utf8_lossy(&message);
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap_or("(none)")
+            .to_owned();
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    let _ = env;
+    seen
+}
+
+fn output(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The hub is unreachable for a while: mail waits in the spool (listed,
+/// with the reason); once the hub is back, one flush delivers each message
+/// exactly once over one SSH session, and a second flush has nothing to do.
+#[test]
+fn spooled_mail_waits_for_the_hub_and_one_flush_delivers_it_once() {
+    let mut env = Env::start_with("spool_flush", EnvOptions::default().spool());
+    env.stop_sshd();
+    for i in 0..3 {
+        env.leaf_sendmail(
+            "alice@leaf.test",
+            &["bob@hub.test", "carol@hub.test"],
+            &message(&format!("m{i}"), "bob@hub.test"),
+        );
+    }
+    wait_spooled(&env, 3);
+    assert!(env.leaf_queue_is_empty(), "{}", env.leaf_queue());
+    let down = env.flush();
+    assert_eq!(down.status.code(), Some(75), "{}", output(&down));
+    let listing = env.spool_listing();
+    assert!(
+        listing.contains("-- 3 messages (6 recipients,") && listing.contains("4.4.1 "),
+        "{listing}"
+    );
+    assert_eq!(listing.matches("<carol@hub.test>").count(), 3, "{listing}");
+
+    env.start_sshd();
+    let logins_before = env.log_lines(Log::Sshd, "Accepted publickey").len();
+    let up = env.flush();
+    assert!(up.status.success(), "{}", output(&up));
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("hub: 6 delivered, 0 bounced, 0 deferred"),
+        "{}",
+        output(&up)
+    );
+    assert_eq!(
+        env.log_lines(Log::Sshd, "Accepted publickey").len(),
+        logins_before + 1,
+        "one SSH session for the whole spool"
+    );
+    for user in ["bob", "carol"] {
+        env.wait_maildir(user, 3, DELIVERY);
+        let seen = copies(&env, &env.hub_maildir(user));
+        assert_eq!(seen.len(), 3, "{user}: {seen:?}");
+        assert!(seen.values().all(|&n| n == 1), "{user}: {seen:?}");
+    }
+    let arrived = &Env::read_maildir(&env.hub_maildir("bob"))[0];
+    assert!(
+        arrived.ends_with(b"\n.\n..two dots\n"),
+        "{}",
+        String::from_utf8_lossy(arrived)
+    );
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+    let again = env.flush();
+    assert!(
+        again.status.success() && again.stdout.is_empty(),
+        "{}",
+        output(&again)
+    );
+    assert!(env.spool_listing().contains("-- 0 messages"));
+}
+
+/// Each recipient gets its own fate at flush: the hub refuses carol for
+/// good (a bounce reaches alice on the leaf, naming carol and the hub's
+/// reply), and defers dave (too many recipients for one transaction):
+/// dave stays spooled alone and goes with the next flush.
+#[test]
+fn flush_bounces_what_the_hub_refuses_and_keeps_what_it_defers() {
+    let env = Env::start_with(
+        "spool_fates",
+        EnvOptions::default().spool().rsmtp_args([
+            "--allow-sender",
+            "@leaf.test",
+            "--allow-recipient",
+            "bob@hub.test",
+            "--allow-recipient",
+            "dave@hub.test",
+            "--max-recipients",
+            "1",
+        ]),
+    );
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test", "carol@hub.test", "dave@hub.test"],
+        &message("fates", "bob@hub.test"),
+    );
+    wait_spooled(&env, 1);
+    let first = env.flush();
+    assert!(first.status.success(), "{}", output(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("1 delivered, 1 bounced, 1 deferred"),
+        "{}",
+        output(&first)
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    let bounce = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let bounce = String::from_utf8_lossy(&bounce[0]);
+    for expected in [
+        "Final-Recipient: rfc822; carol@hub.test",
+        "Action: failed",
+        "Status: 5.7.1",
+        "not allowed for peer leaf1",
+        "Message-ID: <fates@leaf.test>",
+    ] {
+        assert!(bounce.contains(expected), "no {expected:?} in\n{bounce}");
+    }
+    assert!(!bounce.contains("dave@hub.test"), "{bounce}");
+    let listing = env.spool_listing();
+    assert!(
+        listing.contains("<dave@hub.test>")
+            && !listing.contains("<bob@hub.test>")
+            && listing.contains("452 4.5.3"),
+        "{listing}"
+    );
+    let second = env.flush();
+    assert!(second.status.success(), "{}", output(&second));
+    env.wait_maildir("dave", 1, DELIVERY);
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+    assert!(Env::read_maildir(&env.hub_maildir("carol")).is_empty());
+}
+
+/// A message that waited past `spool_lifetime` bounces at the next flush,
+/// even with the hub still down, with the last error in the notice.
+#[test]
+fn expired_mail_bounces_with_its_last_error() {
+    let mut env = Env::start_with(
+        "spool_expiry",
+        EnvOptions::default()
+            .spool()
+            .leaf_conf("spool_lifetime = 2"),
+    );
+    env.stop_sshd();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("old", "bob@hub.test"),
+    );
+    wait_spooled(&env, 1);
+    assert_eq!(env.flush().status.code(), Some(75));
+    std::thread::sleep(Duration::from_secs(3));
+    let out = env.flush();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 delivered, 1 bounced"),
+        "{}",
+        output(&out)
+    );
+    let bounce = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let bounce = String::from_utf8_lossy(&bounce[0]);
+    for expected in [
+        "Final-Recipient: rfc822; bob@hub.test",
+        "Action: failed",
+        "Status: 4.4.1",
+        "expired",
+    ] {
+        assert!(bounce.contains(expected), "no {expected:?} in\n{bounce}");
+    }
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}
+
+/// A leaf with no sshd of its own pulls the mail the hub spooled for it:
+/// it lands in the leaf's Maildir once; a second pull brings nothing; a
+/// pull with another peer's key gets nothing of it, and a key not granted
+/// `pull` is refused.
+#[test]
+fn pull_fetches_the_leafs_own_mail_once() {
+    let env = Env::start_with("spool_pull", EnvOptions::default().pull());
+    for i in 0..2 {
+        env.hub_sendmail(
+            "bob@hub.test",
+            &["alice@leaf.test"],
+            &format!(
+                "From: bob@hub.test\nTo: alice@leaf.test\nMessage-ID: <p{i}@hub.test>\nSubject: p{i}\n\nfor the leaf\n"
+            )
+            .into_bytes(),
+        );
+    }
+    let spooled = poll(DELIVERY, || {
+        let ids = Env::spooled(&env.hub_spool_directory(), LEAF_PEER);
+        (ids.len() == 2).then_some(ids)
+    });
+    if spooled.is_none() {
+        env.fail("the hub did not spool 2 messages for leaf1");
+    }
+    let first = env.pull();
+    assert!(first.status.success(), "{}", output(&first));
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("2 message(s) pulled"),
+        "{}",
+        output(&first)
+    );
+    let got = env.wait_leaf_maildir("alice", 2, DELIVERY);
+    assert_eq!(got.len(), 2);
+    assert!(Env::spooled(&env.hub_spool_directory(), LEAF_PEER).is_empty());
+    let second = env.pull();
+    assert!(second.status.success(), "{}", output(&second));
+    assert!(second.stdout.is_empty(), "{}", output(&second));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(Env::read_maildir(&env.leaf_maildir("alice")).len(), 2);
+}
