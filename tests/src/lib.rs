@@ -887,8 +887,14 @@ impl Env {
     /// `bsmtp-ssh ARGS` as the leaf's account (the one its pipe(8) and
     /// timers run it as), with the leaf's config.
     pub fn bsmtp_ssh_as_leaf(&self, args: &[&str]) -> Output {
+        self.bsmtp_ssh_as_leaf_with(&self.transport_config(), args)
+    }
+
+    /// [`Env::bsmtp_ssh_as_leaf`] with another config file (see
+    /// [`Env::add_peer_key`]).
+    pub fn bsmtp_ssh_as_leaf_with(&self, config: &Path, args: &[&str]) -> Output {
         let user = util::lookup_user(LEAF_USER);
-        let config = self.transport_config().display().to_string();
+        let config = config.display().to_string();
         // setpriv drops root's supplementary groups too, as a timer's
         // service for that account would have none of them.
         util::run_timeout(
@@ -904,6 +910,48 @@ impl Env {
             b"",
             COMMAND_TIMEOUT,
         )
+    }
+
+    /// Gives another peer `name` a key of its own on the hub, whose forced
+    /// command is rsmtp `--peer name` plus `rsmtp_args`, and returns a copy
+    /// of the leaf's bsmtp-ssh.conf that logs in with it.
+    pub fn add_peer_key(&self, name: &str, rsmtp_args: &[&str]) -> PathBuf {
+        let key = self.base.join("ssh").join(format!("{name}_ed25519"));
+        util::run_ok(
+            Command::new("/usr/bin/ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(&key),
+        );
+        chown_to(&key, LEAF_USER, None);
+        util::set_mode(&key, 0o600);
+        let public = util::read_lossy(&key.with_extension("pub"));
+        let public: Vec<&str> = public.split_whitespace().take(2).collect();
+        let mut words = vec![
+            self.bin_dir().join("rsmtp").display().to_string(),
+            "--peer".to_owned(),
+            name.to_owned(),
+            "--postfix-config".to_owned(),
+            self.hub_config_dir().display().to_string(),
+            "--config".to_owned(),
+            self.rsmtp_config().display().to_string(),
+        ];
+        words.extend(rsmtp_args.iter().map(|a| (*a).to_owned()));
+        let command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
+        let mut keys = util::read_lossy(&self.authorized_keys());
+        keys.push_str(&format!(
+            "restrict,command=\"{}\" {} {name}\n",
+            command.join(" ").replace('"', "\\\""),
+            public.join(" ")
+        ));
+        write_file(&self.authorized_keys(), keys, 0o644);
+        let config = self.base.join(format!("{name}.conf"));
+        let text = util::read_lossy(&self.transport_config()).replace(
+            &format!("identity = \"{}\"", self.leaf_key().display()),
+            &format!("identity = \"{}\"", key.display()),
+        );
+        write_file(&config, text, 0o644);
+        chown_to(&config, LEAF_USER, None);
+        config
     }
 
     /// `bsmtp-ssh flush` on the leaf.

@@ -254,6 +254,25 @@ fn pull_fetches_the_leafs_own_mail_once() {
     if spooled.is_none() {
         env.fail("the hub did not spool 2 messages for leaf1");
     }
+    // Another peer, granted pull, pulls its own (empty) spool, never
+    // leaf1's; a key not granted pull is told so, and gets nothing.
+    let leaf2 = env.add_peer_key("leaf2", &["--allow-verb", "pull"]);
+    let other = env.bsmtp_ssh_as_leaf_with(&leaf2, &["pull", HUB_PEER]);
+    assert!(
+        other.status.success() && other.stdout.is_empty(),
+        "{}",
+        output(&other)
+    );
+    let leaf3 = env.add_peer_key("leaf3", &[]);
+    let refused = env.bsmtp_ssh_as_leaf_with(&leaf3, &["pull", HUB_PEER]);
+    assert_eq!(refused.status.code(), Some(78), "{}", output(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("not granted to peer leaf3"),
+        "{}",
+        output(&refused)
+    );
+    assert_eq!(Env::spooled(&env.hub_spool_directory(), LEAF_PEER).len(), 2);
+    assert!(Env::read_maildir(&env.leaf_maildir("alice")).is_empty());
     let first = env.pull();
     assert!(first.status.success(), "{}", output(&first));
     assert!(

@@ -6,7 +6,7 @@
 //! hub removes a message only after our `250`, and our tag store
 //! recognises a message sent again after a lost `250`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use bsmtp::status::{Failure, FailureKind};
@@ -97,8 +97,16 @@ fn pull(file: &ConfigFile, name: &str) -> Result<usize, Failure> {
     };
     let mut connection = ssh::connect(&peer, "pull")?;
     let mut reader = connection.channel.reader();
+    let first = first_line(&mut reader).map_err(|err| {
+        Failure::new(
+            FailureKind::PeerProtocol,
+            format!("{} said nothing: {err}", connection.relay),
+        )
+    })?;
+    refused(&first, &connection.relay)?;
+    let mut input = std::io::Cursor::new(first).chain(reader);
     let summary = Receiver::new(settings, injector)
-        .run(&mut reader, &mut connection.channel)
+        .run(&mut input, &mut connection.channel)
         .map_err(|err| {
             Failure::new(
                 FailureKind::PeerProtocol,
@@ -123,6 +131,41 @@ fn pull(file: &ConfigFile, name: &str) -> Result<usize, Failure> {
         ));
     }
     Ok(summary.accepted)
+}
+
+/// The hub's first line, read byte by byte (nothing past it is consumed).
+fn first_line(reader: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        if reader.read(&mut byte)? == 0 {
+            break;
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    Ok(line)
+}
+
+/// A pull session starts with the hub's EHLO. A reply instead is rsmtp
+/// refusing the verb (not granted to this key, or a hub that knows no
+/// pull): an admin must fix the key's forced command, so say so.
+fn refused(first: &[u8], relay: &str) -> Result<(), Failure> {
+    let is_reply = first.len() >= 4
+        && first[..3].iter().all(u8::is_ascii_digit)
+        && matches!(first[3], b' ' | b'-');
+    if !is_reply {
+        return Ok(());
+    }
+    Err(Failure::new(
+        FailureKind::Config,
+        format!(
+            "{relay} refused the pull: {}; grant it on the hub with --allow-verb pull in this key's forced command (or allow_verb in rsmtp.conf)",
+            bsmtp::text::printable(first.trim_ascii_end())
+        ),
+    ))
 }
 
 /// The server session's settings: the hub is trusted with any sender and
