@@ -492,42 +492,39 @@ fn domain_argument(command: &'static str, arg: &str) -> Result<String, CommandEr
     Ok(arg.to_owned())
 }
 
-/// Parses `<path> KEY=VALUE ...` (after `FROM:` or `TO:`), tolerating spaces
-/// before the `<`.
+/// Parses `<path> KEY=VALUE ...` (after `FROM:` or `TO:`), with the
+/// leniency of Postfix's smtpd under its default `strict_rfc821_envelopes =
+/// no`: spaces before the path (`MAIL FROM: <a@b>`), and a path without
+/// angle brackets (`MAIL FROM:a@b`, `RCPT TO: a@b NOTIFY=NEVER`), which
+/// ends at the first space outside a quoted string. Either way the address
+/// must be qualified (`user@domain`; see [`check_mailbox`]).
 fn path_and_params(command: &'static str, arg: &str) -> Result<(String, Vec<Param>), CommandError> {
     let bad = |detail| CommandError::BadAddress { command, detail };
     let arg = arg.trim_start_matches(' ');
-    let Some(inner) = arg.strip_prefix('<') else {
-        return Err(CommandError::Syntax {
-            command,
-            detail: "address must be in <...>",
-        });
-    };
-    // Find the closing '>' outside a quoted string: a quoted local part may
-    // hold '>' itself.
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut close = None;
-    for (i, c) in inner.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '>' if !quoted => {
-                close = Some(i);
-                break;
-            }
-            _ => {}
+    let (path, rest) = if let Some(inner) = arg.strip_prefix('<') {
+        // A quoted local part may hold '>' itself.
+        let close = find_unquoted(inner, |c| c == '>').ok_or(bad("missing >"))?;
+        let rest = &inner[close + 1..];
+        if !rest.is_empty() && !rest.starts_with(' ') {
+            return Err(bad("junk after >"));
         }
-    }
-    let close = close.ok_or(bad("missing >"))?;
-    let path = &inner[..close];
-    let rest = &inner[close + 1..];
+        (&inner[..close], rest)
+    } else {
+        let end = find_unquoted(arg, |c| c == ' ').unwrap_or(arg.len());
+        if end == 0 {
+            return Err(CommandError::Syntax {
+                command,
+                detail: if command == "MAIL" {
+                    "FROM:<address> expected"
+                } else {
+                    "TO:<address> expected"
+                },
+            });
+        }
+        arg.split_at(end)
+    };
     if path.len() > MAX_ADDRESS {
         return Err(CommandError::AddressTooLong { command });
-    }
-    if !rest.is_empty() && !rest.starts_with(' ') {
-        return Err(bad("junk after >"));
     }
     let mailbox = strip_source_route(path).ok_or(bad("bad source route"))?;
     if mailbox.is_empty() {
@@ -545,6 +542,23 @@ fn path_and_params(command: &'static str, arg: &str) -> Result<(String, Vec<Para
     Ok((mailbox.to_owned(), params))
 }
 
+/// The byte offset of the first character outside a quoted string (where
+/// a backslash escapes the next character) for which `stop` holds.
+fn find_unquoted(text: &str, stop: impl Fn(char) -> bool) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if !quoted && stop(c) => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Removes an RFC 5321 source route (`@a,@b:`), which RFC 5321 says to
 /// accept and ignore. `None` when the route is malformed.
 fn strip_source_route(path: &str) -> Option<&str> {
@@ -558,7 +572,12 @@ fn strip_source_route(path: &str) -> Option<&str> {
         .then_some(mailbox)
 }
 
-/// Checks `local@domain` (or a bare `postmaster` recipient).
+/// Checks `local@domain` (or a bare `postmaster` recipient, which RFC 5321
+/// makes every server accept; rsmtp's session refuses it all the same).
+///
+/// An unqualified address (no `@domain`) is refused, not completed: the
+/// receiver would qualify it with its own domain (Postfix's `myorigin`), so
+/// a peer's `alice` would become the hub's local `alice`.
 fn check_mailbox(command: &str, mailbox: &str) -> Result<(), &'static str> {
     let (local, domain) = if let Some(quoted) = mailbox.strip_prefix('"') {
         let mut escaped = false;
@@ -600,9 +619,12 @@ fn check_mailbox(command: &str, mailbox: &str) -> Result<(), &'static str> {
         Some(_) => Err("bad domain"),
         // RFC 5321 section 4.1.1.3: <Postmaster> needs no domain.
         None if command == "RCPT" && local.eq_ignore_ascii_case("postmaster") => Ok(()),
-        None => Err("domain required"),
+        None => Err(UNQUALIFIED),
     }
 }
+
+/// The detail of the refusal of an address without `@domain`.
+const UNQUALIFIED: &str = "unqualified address (user@domain required)";
 
 /// RFC 5322 atext, dots, and any non-ASCII character (SMTPUTF8, RFC 6531).
 fn is_atext_or_dot(c: char) -> bool {
@@ -759,6 +781,130 @@ mod tests {
         assert!(parse("RCPT TO:<user>").is_err());
     }
 
+    /// What Postfix's smtpd takes by default (`strict_rfc821_envelopes =
+    /// no`): a space after the colon, and no angle brackets, parameters
+    /// still after the address.
+    #[test]
+    fn postfix_envelope_forms_without_brackets_or_with_a_space() {
+        for line in [
+            "MAIL FROM:a@b.example",
+            "MAIL FROM: a@b.example",
+            "MAIL FROM: <a@b.example>",
+            "MAIL FROM:  a@b.example  ",
+            "mail from:@r.example:a@b.example",
+        ] {
+            assert_eq!(parse(line), Ok(mail("a@b.example")), "{line:?}");
+        }
+        for line in [
+            "RCPT TO:c@d.example",
+            "RCPT TO: c@d.example",
+            "RCPT TO: <c@d.example>",
+            "rcpt to:  c@d.example ",
+        ] {
+            assert_eq!(parse(line), Ok(rcpt("c@d.example")), "{line:?}");
+        }
+        assert_eq!(
+            parse("MAIL FROM: a@b.example SIZE=10"),
+            Ok(Command::Mail {
+                from: "a@b.example".into(),
+                params: vec![Param {
+                    keyword: "SIZE".into(),
+                    value: Some("10".into())
+                }],
+            })
+        );
+        assert_eq!(
+            parse("RCPT TO:c@d.example NOTIFY=NEVER"),
+            Ok(Command::Rcpt {
+                to: "c@d.example".into(),
+                params: vec![Param {
+                    keyword: "NOTIFY".into(),
+                    value: Some("NEVER".into())
+                }],
+            })
+        );
+        // A space inside a quoted local part does not end the address.
+        assert_eq!(
+            parse(r#"RCPT TO:"john smith"@d.example NOTIFY=NEVER"#).map(|c| match c {
+                Command::Rcpt { to, .. } => to,
+                other => panic!("{other:?}"),
+            }),
+            Ok(r#""john smith"@d.example"#.to_owned())
+        );
+        let long = format!("RCPT TO:{}@d", "a".repeat(MAX_ADDRESS));
+        assert_eq!(
+            parse(&long),
+            Err(CommandError::AddressTooLong { command: "RCPT" })
+        );
+    }
+
+    #[test]
+    fn malformed_addresses_without_brackets() {
+        let bad = |command, detail| CommandError::BadAddress { command, detail };
+        let cases = [
+            ("MAIL FROM:a@b>", bad("MAIL", "bad domain")),
+            ("RCPT TO:a<b@c>", bad("RCPT", "bad character in local part")),
+            (
+                r#"RCPT TO:"a b@c"#,
+                bad("RCPT", "unterminated quoted string"),
+            ),
+        ];
+        for (line, err) in cases {
+            assert_eq!(parse(line), Err(err), "{line:?}");
+        }
+    }
+
+    /// A peer's address without a domain is refused, never qualified with
+    /// the receiver's own domain (where it would become a local address):
+    /// 501 5.1.7 for senders, 501 5.1.3 for recipients, in every form.
+    #[test]
+    fn unqualified_addresses_are_refused() {
+        for line in [
+            "MAIL FROM:<alice>",
+            "MAIL FROM:alice",
+            "MAIL FROM: alice SIZE=10",
+            "MAIL FROM:<postmaster>",
+            "MAIL FROM:@r.example:alice",
+        ] {
+            let err = parse(line).unwrap_err();
+            assert_eq!(
+                err,
+                CommandError::BadAddress {
+                    command: "MAIL",
+                    detail: UNQUALIFIED
+                },
+                "{line:?}"
+            );
+            assert_eq!(
+                err.reply().one_line(),
+                "501 5.1.7 Bad address syntax: unqualified address (user@domain required)"
+            );
+        }
+        for line in [
+            "RCPT TO:<bob>",
+            "RCPT TO:bob",
+            "RCPT TO: bob",
+            r#"RCPT TO:"b b""#,
+        ] {
+            let err = parse(line).unwrap_err();
+            assert_eq!(
+                err,
+                CommandError::BadAddress {
+                    command: "RCPT",
+                    detail: UNQUALIFIED
+                },
+                "{line:?}"
+            );
+            assert_eq!(
+                err.reply().one_line(),
+                "501 5.1.3 Bad address syntax: unqualified address (user@domain required)"
+            );
+        }
+        // RFC 5321's one exception passes the codec in both forms; the
+        // session refuses it (a peer's postmaster is not the hub's).
+        assert_eq!(parse("RCPT TO:Postmaster"), Ok(rcpt("Postmaster")));
+    }
+
     #[test]
     fn address_length_limit() {
         let local = "a".repeat(MAX_ADDRESS - 2);
@@ -804,10 +950,17 @@ mod tests {
                 },
             ),
             (
-                "MAIL FROM:a@b",
+                "MAIL FROM:",
                 CommandError::Syntax {
                     command: "MAIL",
-                    detail: "address must be in <...>",
+                    detail: "FROM:<address> expected",
+                },
+            ),
+            (
+                "RCPT TO:  ",
+                CommandError::Syntax {
+                    command: "RCPT",
+                    detail: "TO:<address> expected",
                 },
             ),
             (
