@@ -5,7 +5,9 @@
 //! offline (`rsmtp --peer leaf1 < batch`), and every message reaches the
 //! hub's Maildirs exactly once with its body byte for byte. exim comes from
 //! `scripts/test` (see the harness's `exim` module); without it these
-//! tests fail and say so.
+//! tests fail and say so. Also here, for writers other than exim: the
+//! looser envelope forms Postfix's smtpd takes, and the refusal of
+//! unqualified addresses, through the real rsmtp.
 
 use std::time::Duration;
 
@@ -342,4 +344,93 @@ fn exim_batches_are_accepted_offline() {
         }
     }
     check_arrived_once(&env, &batches);
+}
+
+/// The envelope forms Postfix's smtpd takes by default (a space after the
+/// colon, no angle brackets) are accepted by the real rsmtp; unqualified
+/// addresses are refused, a bare `<Postmaster>` too, so none of them can
+/// reach a hub mailbox as a local address.
+#[test]
+fn postfix_envelope_forms_accepted_and_unqualified_addresses_refused() {
+    let env = Env::start("envelope_forms");
+    let batch = b"EHLO leaf.test\r\n\
+        MAIL FROM: <alice@leaf.test>\r\n\
+        RCPT TO: <bob@hub.test>\r\n\
+        RCPT TO:carol@hub.test\r\n\
+        RCPT TO: dave@hub.test NOTIFY=NEVER\r\n\
+        RCPT TO:bob\r\n\
+        RCPT TO:<Postmaster>\r\n\
+        DATA\r\nSubject: lenient 1\r\n\r\none\r\n.\r\n\
+        MAIL FROM:alice@leaf.test BODY=8BITMIME\r\n\
+        RCPT TO:bob@hub.test\r\n\
+        DATA\r\nSubject: lenient 2\r\n\r\ntwo\r\n.\r\n\
+        MAIL FROM:alice\r\n\
+        RCPT TO:bob@hub.test\r\n\
+        DATA\r\nSubject: unqualified sender\r\n\r\nthree\r\n.\r\n\
+        QUIT\r\n";
+    // The replies are what a client goes by; the exit status (75 when
+    // anything was refused) is the offline reader's business.
+    let out = env.ssh_exec("receive", batch);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = format!(
+        "{stdout}\n({}; stderr: {})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<&str> = stdout
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| !l.starts_with("250-"))
+        .collect();
+    let expected_starts = [
+        "250 ",       // EHLO
+        "250 2.1.0 ", // MAIL FROM: <alice@leaf.test>
+        "250 2.1.5 ", // RCPT TO: <bob@hub.test>
+        "250 2.1.5 ", // RCPT TO:carol@hub.test
+        "250 2.1.5 ", // RCPT TO: dave@hub.test NOTIFY=NEVER
+        "501 5.1.3 Bad address syntax: unqualified address (user@domain required)",
+        "501 5.1.3 <Postmaster>: Recipient address must be user@domain",
+        "354 ",
+        "250 2.0.0 Ok: queued as ",
+        "250 2.1.0 ", // MAIL FROM:alice@leaf.test BODY=8BITMIME
+        "250 2.1.5 ",
+        "354 ",
+        "250 2.0.0 Ok: queued as ",
+        "501 5.1.7 Bad address syntax: unqualified address (user@domain required)",
+        "503 5.5.1 ", // RCPT without MAIL
+        "503 5.5.1 ", // DATA without MAIL: its content is read and dropped
+        "221 ",
+    ];
+    assert_eq!(replies.len(), expected_starts.len(), "{stdout}");
+    for (reply, start) in replies.iter().zip(expected_starts) {
+        assert!(
+            reply.starts_with(start),
+            "{reply:?} should start {start:?}:\n{stdout}"
+        );
+    }
+    for (mailbox, subjects) in [
+        ("bob", &["lenient 1", "lenient 2"][..]),
+        ("carol", &["lenient 1"][..]),
+        ("dave", &["lenient 1"][..]),
+    ] {
+        env.wait_maildir(mailbox, subjects.len(), DELIVERY);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (mailbox, subjects) in [
+        ("bob", &["lenient 1", "lenient 2"][..]),
+        ("carol", &["lenient 1"][..]),
+        ("dave", &["lenient 1"][..]),
+    ] {
+        let delivered = Env::read_maildir(&env.hub_maildir(mailbox));
+        let mut got: Vec<String> = delivered
+            .iter()
+            .filter_map(|d| {
+                String::from_utf8_lossy(d)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, subjects, "{mailbox}");
+    }
 }
