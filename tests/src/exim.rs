@@ -238,6 +238,7 @@ impl Exim {
     /// exim writes it, messages in the given order. Panics with exim's
     /// output and logs unless every delivery completed.
     pub fn write_bsmtp(&self, style: BsmtpStyle, messages: &[Message<'_>]) -> Vec<u8> {
+        assert!(!messages.is_empty(), "write_bsmtp: no messages to write");
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let batch = self.dir.join(format!("out/batch-{n}"));
         let config = self.dir.join(format!("write-{n}.conf"));
@@ -344,10 +345,7 @@ impl Exim {
                 }
             })
             .collect();
-        // IDs are time, process and sub-second in base 62 with digits <
-        // upper < lower case, as in ASCII: sorting them sorts one
-        // process's messages by arrival.
-        queued.sort_by(|a, b| a.id.cmp(&b.id));
+        queued.sort_by(|a, b| arrival_key(&a.id).cmp(&arrival_key(&b.id)));
         queued
     }
 
@@ -388,6 +386,19 @@ fn write_config(path: &Path, dir: &Path, spool: &str, style: BsmtpStyle, batch: 
         options = style.transport_options(),
     );
     write_file(path, text, 0o644);
+}
+
+/// Sorts exim 4.96 message IDs (`TTTTTT-PPPPPP-FF`: arrival second,
+/// process ID, fraction of the second, each in base 62 whose digits sort
+/// as ASCII does) by arrival: second, then fraction, then process.
+fn arrival_key(id: &str) -> (&str, &str, &str) {
+    let mut parts = id.splitn(3, '-');
+    let (second, process, fraction) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    (second, fraction, process)
 }
 
 /// Parses `exim -bp`: per message a line `AGE SIZE ID <SENDER>` (maybe
@@ -444,6 +455,16 @@ mod tests {
                     vec!["dave@hub.test".to_owned()]
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn ids_sort_by_arrival_across_processes() {
+        let mut ids = vec!["1xYaB5-00075z-2V", "1xYaB5-00075y-2W", "1xYaB4-00075z-3a"];
+        ids.sort_by_key(|id| arrival_key(id));
+        assert_eq!(
+            ids,
+            ["1xYaB4-00075z-3a", "1xYaB5-00075z-2V", "1xYaB5-00075y-2W"]
         );
     }
 
