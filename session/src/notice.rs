@@ -4,7 +4,6 @@
 //! Used by `flush` and the hub's `pull` (a spooled message refused or
 //! expired) and by offline rsmtp (a refused transaction in a batch).
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bsmtp::bounce::{self, Composed, Notice, RecipientReport};
@@ -41,14 +40,11 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Notices from `hostname`, queued into the instance at
-    /// `postfix_config`.
-    pub fn new(postfix_config: &Path, hostname: &str) -> Self {
+    /// Notices from `hostname`, queued with `command` (its
+    /// `config_dir` names the Postfix instance).
+    pub fn new(command: PostdropCommand, hostname: &str) -> Self {
         Notifier {
-            command: PostdropCommand {
-                config_dir: Some(postfix_config.to_path_buf()),
-                ..PostdropCommand::default()
-            },
+            command,
             hostname: hostname.to_owned(),
         }
     }
@@ -168,11 +164,10 @@ pub struct PostdropBouncer {
 }
 
 impl PostdropBouncer {
-    /// Notices from `hostname`, queued into the instance at
-    /// `postfix_config`.
-    pub fn new(postfix_config: &Path, hostname: &str) -> Self {
+    /// Notices from `hostname`, queued with `command`.
+    pub fn new(command: PostdropCommand, hostname: &str) -> Self {
         PostdropBouncer {
-            notifier: Notifier::new(postfix_config, hostname),
+            notifier: Notifier::new(command, hostname),
         }
     }
 }

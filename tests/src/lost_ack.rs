@@ -33,6 +33,14 @@ pub fn env(name: &str, batching: bool, loss: Loss) -> Env {
             .peer_conf("idle_timeout = 3");
     }
     let env = Env::start_with(name, options);
+    install_slow_postdrop(&env);
+    env
+}
+
+/// Writes `{base}/slow-postdrop`: postdrop, then a pause of [`PAUSE`]
+/// seconds after its commit, so the 250 comes too late. Name it with
+/// `postdrop = "{base}/slow-postdrop"` in a config.
+pub fn install_slow_postdrop(env: &Env) {
     write_file(
         &env.base().join("slow-postdrop"),
         format!(
@@ -42,7 +50,6 @@ pub fn env(name: &str, batching: bool, loss: Loss) -> Env {
         0o755,
     );
     set_mode(&env.base().join("slow-postdrop"), 0o755);
-    env
 }
 
 /// Sends one message, loses its acknowledgement, and checks that the

@@ -289,3 +289,110 @@ fn pull_fetches_the_leafs_own_mail_once() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(Env::read_maildir(&env.leaf_maildir("alice")).len(), 2);
 }
+
+/// Exactly one copy on `maildir` of the Message-ID `id`, after giving a
+/// duplicate time to show.
+fn assert_one_copy(env: &Env, maildir: &std::path::Path, id: &str) {
+    std::thread::sleep(Duration::from_secs(bsmtp_ssh_tests::lost_ack::PAUSE + 2));
+    let seen = copies(env, maildir);
+    if seen.get(id) != Some(&1) || seen.len() != 1 {
+        env.fail(&format!("after a lost acknowledgement: {seen:?}"));
+    }
+}
+
+/// Flushes again until the spool is empty (a retry may first find the
+/// earlier transaction's claim still held: 451, kept for the next flush).
+fn flush_until_empty(env: &Env) {
+    let emptied = poll(DELIVERY, || {
+        let _ = env.flush();
+        Env::spooled(&env.leaf_spool_directory(), HUB_PEER)
+            .is_empty()
+            .then_some(())
+    });
+    if emptied.is_none() {
+        env.fail("the spool never emptied");
+    }
+}
+
+/// The hub commits a flushed message, but its 250 comes after the leaf
+/// stopped waiting: the message stays spooled, and the next flush is
+/// recognised by its tag, so the hub queues it once.
+#[test]
+fn flush_after_a_lost_acknowledgement_queues_once() {
+    let env = Env::start_with(
+        "spool_lost_ack",
+        EnvOptions::default()
+            .spool()
+            .rsmtp_conf("postdrop = \"{base}/slow-postdrop\"")
+            .peer_conf("idle_timeout = 3"),
+    );
+    bsmtp_ssh_tests::lost_ack::install_slow_postdrop(&env);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("lost", "bob@hub.test"),
+    );
+    wait_spooled(&env, 1);
+    let first = env.flush();
+    assert_eq!(first.status.code(), Some(75), "{}", output(&first));
+    assert_eq!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).len(), 1);
+    env.wait_maildir("bob", 1, DELIVERY);
+    flush_until_empty(&env);
+    assert_one_copy(&env, &env.hub_maildir("bob"), "<lost@leaf.test>");
+    let pickups = env
+        .log_lines(Log::Hub, "from=<alice@leaf.test>")
+        .iter()
+        .filter(|l| l.contains("/pickup["))
+        .count();
+    assert_eq!(pickups, 1, "{}", env.hub_log());
+}
+
+/// The same with the roles turned: the leaf commits a pulled message but
+/// the hub stops waiting for its 250; the message stays in the hub's
+/// spool, and the next pull is recognised by the leaf's tag store.
+#[test]
+fn pull_after_a_lost_acknowledgement_queues_once() {
+    let env = Env::start_with(
+        "spool_pull_lost_ack",
+        EnvOptions::default()
+            .pull()
+            .rsmtp_args(["--allow-sender", "@leaf.test", "--idle-timeout", "3"])
+            .leaf_conf("postdrop = \"{base}/slow-postdrop\""),
+    );
+    bsmtp_ssh_tests::lost_ack::install_slow_postdrop(&env);
+    env.hub_sendmail(
+        "bob@hub.test",
+        &["alice@leaf.test"],
+        b"From: bob@hub.test\nTo: alice@leaf.test\nMessage-ID: <pulled@hub.test>\nSubject: once\n\nonce\n",
+    );
+    let spooled = poll(DELIVERY, || {
+        (Env::spooled(&env.hub_spool_directory(), LEAF_PEER).len() == 1).then_some(())
+    });
+    if spooled.is_none() {
+        env.fail("nothing spooled for leaf1");
+    }
+    // The leaf may not notice (its late 250 can still be written into
+    // the closing channel); the hub did not hear it, and keeps the mail.
+    let _ = env.pull();
+    let base = env.base().to_string_lossy().into_owned();
+    let ended = poll(DELIVERY, || {
+        bsmtp_ssh_tests::proc_tree::find_by_cmdline(&base, "rsmtp")
+            .is_none()
+            .then_some(())
+    });
+    if ended.is_none() {
+        env.fail("the hub's rsmtp did not end");
+    }
+    assert_eq!(Env::spooled(&env.hub_spool_directory(), LEAF_PEER).len(), 1);
+    env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let emptied = poll(DELIVERY, || {
+        let _ = env.pull();
+        Env::spooled(&env.hub_spool_directory(), LEAF_PEER)
+            .is_empty()
+            .then_some(())
+    });
+    if emptied.is_none() {
+        env.fail("the hub's spool never emptied");
+    }
+    assert_one_copy(&env, &env.leaf_maildir("alice"), "<pulled@hub.test>");
+}

@@ -86,6 +86,9 @@ pub struct ConfigFile {
     /// Where `pull` keeps the exactly-once tags of pulled mail (default
     /// /var/lib/bsmtp-ssh/tags; empty: none).
     pub tag_directory: Option<PathBuf>,
+    /// The postdrop(1) that queues pulled mail and bounces (default
+    /// /usr/sbin/postdrop).
+    pub postdrop: Option<PathBuf>,
     /// Peers by name.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerSection>,
@@ -103,6 +106,19 @@ impl ConfigFile {
     pub fn min_free(&self) -> u64 {
         self.min_free
             .unwrap_or(bsmtp_session::spool::DEFAULT_MIN_FREE)
+    }
+
+    /// How to run postdrop for the local Postfix: `postdrop` and
+    /// `postfix_config`.
+    pub fn postdrop_command(&self) -> bsmtp_session::postdrop::PostdropCommand {
+        let mut command = bsmtp_session::postdrop::PostdropCommand {
+            config_dir: Some(self.postfix_config()),
+            ..bsmtp_session::postdrop::PostdropCommand::default()
+        };
+        if let Some(program) = &self.postdrop {
+            command.program.clone_from(program);
+        }
+        command
     }
 
     /// `postfix_config`, or the directory Postfix programs use by default.

@@ -104,7 +104,7 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
         return Ok(Report::default());
     };
     let main_cf = MainCf::load(&file.postfix_config());
-    let mut bouncer = PostdropBouncer::new(&file.postfix_config(), &crate::deliver::helo_name());
+    let mut bouncer = PostdropBouncer::new(file.postdrop_command(), &crate::deliver::helo_name());
     let lifetime = file
         .spool_lifetime
         .map_or_else(|| main_cf.maximal_queue_lifetime(), Duration::from_secs);

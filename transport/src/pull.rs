@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::main_cf::MainCf;
 use bsmtp_session::policy::{Policy, SenderPattern};
-use bsmtp_session::postdrop::{MinFree, PostdropCommand, PostdropInjector};
+use bsmtp_session::postdrop::{MinFree, PostdropInjector};
 use bsmtp_session::server::{Receiver, Settings};
 use bsmtp_session::ssh;
 use bsmtp_session::tags::{self, TagStore};
@@ -83,10 +83,7 @@ fn pull(file: &ConfigFile, name: &str) -> Result<usize, Failure> {
     let main_cf = MainCf::load(&postfix_config);
     let settings = receiver_settings(file, name, &main_cf);
     let injector = PostdropInjector {
-        command: PostdropCommand {
-            config_dir: Some(postfix_config),
-            ..PostdropCommand::default()
-        },
+        command: file.postdrop_command(),
         min_free: match file.min_free() {
             0 => None,
             bytes => Some(MinFree {

@@ -18,6 +18,7 @@ use bsmtp_session::forward::{self, Settings};
 use bsmtp_session::idle::{Input, Output};
 use bsmtp_session::main_cf::MainCf;
 use bsmtp_session::notice::PostdropBouncer;
+use bsmtp_session::postdrop::PostdropCommand;
 use bsmtp_session::spool::Spool;
 use log::info;
 
@@ -29,8 +30,10 @@ pub struct PullSettings<'a> {
     pub peer: &'a str,
     /// The spools' base directory.
     pub spool_directory: &'a Path,
-    /// The hub's Postfix config directory (bounces go there).
+    /// The hub's Postfix config directory.
     pub postfix_config: &'a Path,
+    /// How bounces are queued into the hub's Postfix.
+    pub postdrop: &'a PostdropCommand,
     /// How long mail may wait before it bounces.
     pub lifetime: Option<Duration>,
     /// Our name in EHLO and in bounces.
@@ -75,7 +78,7 @@ pub fn pull(
         return Ok(());
     };
     let ids = spool.ids()?;
-    let mut bouncer = PostdropBouncer::new(settings.postfix_config, settings.hostname);
+    let mut bouncer = PostdropBouncer::new(settings.postdrop.clone(), settings.hostname);
     let lifetime = settings
         .lifetime
         .unwrap_or_else(|| MainCf::load(settings.postfix_config).maximal_queue_lifetime());

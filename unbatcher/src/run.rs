@@ -181,6 +181,7 @@ pub fn run(
                     peer: &session.settings.policy.peer,
                     spool_directory: &spool_directory,
                     postfix_config: &postfix_config,
+                    postdrop: &session.postdrop,
                     lifetime: file.spool_lifetime.map(std::time::Duration::from_secs),
                     hostname: &session.settings.hostname,
                 },
