@@ -18,6 +18,7 @@ pub mod sshd;
 pub mod system;
 pub mod util;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +44,7 @@ pub const LEAF_PEER: &str = "leaf1";
 /// `forced_command` may use `{base}`, `{bin}` and `{hub_etc}`, replaced by the
 /// environment's directories.
 #[derive(Clone, Debug)]
+#[allow(clippy::struct_excessive_bools)]
 pub struct EnvOptions {
     /// Arguments after `rsmtp --peer leaf1 --postfix-config <hub etc>` in the
     /// forced command; default `--allow-sender @leaf.test`.
@@ -938,11 +940,12 @@ impl Env {
         words.extend(rsmtp_args.iter().map(|a| (*a).to_owned()));
         let command: Vec<String> = words.iter().map(|w| shell_quote(w)).collect();
         let mut keys = util::read_lossy(&self.authorized_keys());
-        keys.push_str(&format!(
-            "restrict,command=\"{}\" {} {name}\n",
+        let _ = writeln!(
+            keys,
+            "restrict,command=\"{}\" {} {name}",
             command.join(" ").replace('"', "\\\""),
             public.join(" ")
-        ));
+        );
         write_file(&self.authorized_keys(), keys, 0o644);
         let config = self.base.join(format!("{name}.conf"));
         let text = util::read_lossy(&self.transport_config()).replace(
