@@ -87,6 +87,10 @@ pub struct EnvOptions {
     /// Route leaf.test on the hub into the hub's spool for leaf1, and
     /// grant leaf1's key `pull` ([`Env::pull`]).
     pub pull: bool,
+    /// Put the leaf's spool on a tmpfs of this many bytes.
+    pub leaf_spool_size: Option<u64>,
+    /// Put the hub's Postfix queue on a tmpfs of this many bytes.
+    pub hub_queue_size: Option<u64>,
 }
 
 impl Default for EnvOptions {
@@ -108,6 +112,8 @@ impl Default for EnvOptions {
             hub_returns_to_leaf: false,
             spool: false,
             pull: false,
+            leaf_spool_size: None,
+            hub_queue_size: None,
             postlog: PostlogMode::System,
         }
     }
@@ -189,6 +195,20 @@ impl EnvOptions {
     #[must_use]
     pub fn spool(mut self) -> Self {
         self.spool = true;
+        self
+    }
+
+    /// Puts the leaf's spool on a tmpfs of `bytes`.
+    #[must_use]
+    pub fn leaf_spool_size(mut self, bytes: u64) -> Self {
+        self.leaf_spool_size = Some(bytes);
+        self
+    }
+
+    /// Puts the hub's Postfix queue on a tmpfs of `bytes`.
+    #[must_use]
+    pub fn hub_queue_size(mut self, bytes: u64) -> Self {
+        self.hub_queue_size = Some(bytes);
         self
     }
 
@@ -420,6 +440,7 @@ impl Env {
                 aliases: &options.hub_aliases,
                 main_cf: &hub_main_cf,
                 master_cf: &hub_master_cf,
+                queue_size: options.hub_queue_size,
             },
         );
         let mut leaf_main_cf = vec![
@@ -462,6 +483,7 @@ impl Env {
                 aliases: &[],
                 main_cf: &leaf_main_cf,
                 master_cf: &master_cf,
+                queue_size: None,
             },
         );
         let sshd = Sshd::create(base.join("ssh"));
@@ -625,6 +647,9 @@ impl Env {
         // serves to pulling peers must be that user's; bsmtp-ssh (flush,
         // pull, bounces) runs as the leaf user.
         let tags = self.tag_directory();
+        if let Some(bytes) = self.options.leaf_spool_size {
+            system::mount_tmpfs(&self.leaf_spool_directory(), bytes, LEAF_USER);
+        }
         for (dir, user) in [
             (tags.clone(), HUB_USER),
             (self.hub_spool_directory(), HUB_USER),
@@ -1150,6 +1175,7 @@ impl Drop for Env {
         if self.registered {
             system::update_alternates(&[], &[&self.hub.config_dir(), &self.leaf.config_dir()]);
         }
+        system::unmount_under(&self.base);
         if keep {
             // Tells a later run's reaper to leave this directory in place.
             write_file(&self.base.join(".keep"), "BSMTP_KEEP=1\n", 0o644);

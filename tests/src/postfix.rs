@@ -61,6 +61,8 @@ pub struct PostfixSetup<'a> {
     pub main_cf: &'a [(String, String)],
     /// Extra master.cf entries.
     pub master_cf: &'a str,
+    /// Put the queue on a tmpfs of this many bytes, for tests that fill it.
+    pub queue_size: Option<u64>,
 }
 
 impl Postfix {
@@ -73,6 +75,10 @@ impl Postfix {
         };
         for sub in ["", "etc", "mail"] {
             mkdir(&pf.dir.join(sub), 0o755);
+        }
+        if let Some(bytes) = setup.queue_size {
+            crate::system::mount_tmpfs(&pf.dir.join("spool"), bytes, "root");
+            crate::util::set_mode(&pf.dir.join("spool"), 0o755);
         }
         pf.make_queue_tree();
         pf.write_aliases(setup.mailboxes, setup.aliases);

@@ -204,6 +204,7 @@ fn reap(dir: &Path) {
     }
     let hub = dir.join("hub/etc");
     let leaf = dir.join("leaf/etc");
+    unmount_under(dir);
     if !dir.join(".keep").exists() {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -230,4 +231,42 @@ pub fn postfix_has_envid_macro() -> bool {
             .expect("run postconf -d mail_version");
         bsmtp_ssh::install::has_envid_macro(String::from_utf8_lossy(&out.stdout).trim())
     })
+}
+
+/// Mounts a tmpfs of `bytes` on `dir` (created if missing), owned by
+/// `owner` with mode 0700 at its root: a small file system a test can fill.
+/// [`unmount_under`] takes it away.
+pub fn mount_tmpfs(dir: &Path, bytes: u64, owner: &str) {
+    crate::util::mkdir(dir, 0o700);
+    let user = crate::util::lookup_user(owner);
+    run_ok(
+        Command::new("/usr/bin/mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700,uid={},gid={}", user.uid, user.gid),
+                "tmpfs",
+            ])
+            .arg(dir),
+    );
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first, so that
+/// removing `dir` never leaves a mount behind.
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let _ = crate::util::run_timeout(
+            Command::new("/usr/bin/umount").args(["-l", point]),
+            b"",
+            crate::util::COMMAND_TIMEOUT,
+        );
+    }
 }

@@ -24,11 +24,15 @@ fn message(id: &str, to: &str) -> Vec<u8> {
 fn wait_spooled(env: &Env, count: usize) -> Vec<String> {
     // One line per recipient, each naming the spool ID of its message.
     let named = poll(DELIVERY, || {
-        let lines = env.log_lines(Log::Leaf, "relay=bsmtp-spool, ");
+        let lines: Vec<String> = env
+            .log_lines(Log::Leaf, "relay=bsmtp-spool, ")
+            .into_iter()
+            .filter(|l| l.contains("status=sent"))
+            .collect();
         assert!(
-            lines.iter().all(|l| l.contains(
-                "status=sent (delivered via bsmtp-spool service (2.0.0 spooled for hub as "
-            )),
+            lines.iter().all(
+                |l| l.contains("(delivered via bsmtp-spool service (2.0.0 spooled for hub as ")
+            ),
             "{lines:?}"
         );
         let mut ids: Vec<String> = lines
@@ -395,4 +399,79 @@ fn pull_after_a_lost_acknowledgement_queues_once() {
         env.fail("the hub's spool never emptied");
     }
     assert_one_copy(&env, &env.leaf_maildir("alice"), "<pulled@hub.test>");
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Fills a file system to leave about `left` bytes free, with a file at
+/// `path`; returns it, for removing later.
+fn fill(path: &std::path::Path, left: u64) -> std::path::PathBuf {
+    let dir = path.parent().unwrap();
+    let stat = nix::sys::statvfs::statvfs(dir).unwrap();
+    let free = stat.blocks_available() * stat.fragment_size();
+    let size = usize::try_from(free.saturating_sub(left)).unwrap();
+    std::fs::write(path, vec![b'x'; size]).unwrap();
+    path.to_path_buf()
+}
+
+/// The spool's file system below `min_free`: enqueue refuses (4.3.1, exit
+/// 75) and writes nothing, the leaf's Postfix keeps the message, and once
+/// space is freed it is spooled and delivered once.
+#[test]
+fn a_full_spool_refuses_and_loses_nothing() {
+    let env = Env::start_with(
+        "spool_full",
+        EnvOptions::default().spool().leaf_spool_size(4 * MIB),
+    );
+    let filler = fill(&env.leaf_spool_directory().join("filler"), MIB / 2);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("full", "bob@hub.test"),
+    );
+    let deferred = env.wait_log(Log::Leaf, "relay=bsmtp-spool, ", DELIVERY);
+    assert!(
+        deferred.contains("dsn=4.3.1, status=deferred") && deferred.contains("below min_free"),
+        "{deferred}"
+    );
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+    assert!(!env.leaf_queue_is_empty());
+    std::fs::remove_file(filler).unwrap();
+    env.leaf_flush();
+    wait_spooled(&env, 1);
+    let out = env.flush();
+    assert!(out.status.success(), "{}", output(&out));
+    env.wait_maildir("bob", 1, DELIVERY);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+}
+
+/// The hub's queue file system below rsmtp's `min_free`: MAIL FROM gets
+/// `452 4.3.1`, the leaf keeps the message; once space is freed it
+/// arrives once.
+#[test]
+fn a_full_hub_queue_answers_452_and_loses_nothing() {
+    let env = Env::start_with(
+        "queue_full",
+        EnvOptions::default()
+            .hub_queue_size(32 * MIB)
+            .rsmtp_conf(&format!("min_free = {}", 8 * MIB)),
+    );
+    let filler = fill(&env.base().join("hub/spool/filler"), 4 * MIB);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("qfull", "bob@hub.test"),
+    );
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
+    assert!(
+        deferred.contains("452 4.3.1 Insufficient system storage"),
+        "{deferred}"
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+    std::fs::remove_file(filler).unwrap();
+    env.leaf_flush();
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_leaf_queue_empty(DELIVERY);
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
 }
