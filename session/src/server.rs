@@ -24,6 +24,7 @@ use bsmtp::dsn::{parse_envid, parse_notify, parse_orcpt, MailDsn, RcptDsn, Ret};
 use bsmtp::extensions::{valid_tag, Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{EnhancedCode, Reply};
 use log::{info, warn};
+use sha1::{Digest, Sha1};
 
 use crate::policy::Policy;
 use crate::tags::{Claim, TagClaim, TagStore};
@@ -158,6 +159,10 @@ pub struct Settings {
     /// Remember committed transaction tags here (and announce
     /// [`TRANSACTION_TAG`]).
     pub tags: Option<TagStore>,
+    /// Tag a message that comes without a tag by its content (sender,
+    /// recipients, body) at the dot: a batch read again after a failure
+    /// then queues nothing twice (offline rsmtp). Needs `tags`.
+    pub content_tags: bool,
 }
 
 impl Settings {
@@ -172,6 +177,7 @@ impl Settings {
             received_header: true,
             xforward: Vec::new(),
             tags: None,
+            content_tags: false,
         }
     }
 
@@ -208,6 +214,8 @@ enum Body<M> {
         trace: Trace,
         recipients: usize,
         claim: Option<TagClaim>,
+        /// The content hash, when the message is tagged by its content.
+        content: Option<Box<Sha1>>,
     },
     /// Content is read and dropped. `reply` is the answer due at the dot,
     /// if the DATA command itself was accepted (for each recipient in LMTP).
@@ -825,15 +833,69 @@ impl<I: Injector> Receiver<I> {
                         }
                     }
                 }
+                let content =
+                    (claim.is_none() && self.settings.content_tags && self.settings.tags.is_some())
+                        .then(|| Box::new(content_hash(&envelope)));
                 self.body = Body::Accepting {
                     message,
                     trace,
                     recipients,
                     claim,
+                    content,
                 };
                 reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
             Err(refusal) => self.data_failed(refusal, recipients),
+        }
+    }
+
+    /// The claim of a message tagged by its content (see
+    /// [`Settings::content_tags`]), or the envelope tag's `claim`: a
+    /// content seen before is answered as then, with nothing queued.
+    fn content_claim(
+        &mut self,
+        content: Option<Box<Sha1>>,
+        claim: Option<TagClaim>,
+    ) -> Result<Option<TagClaim>, Reply> {
+        let (Some(hash), Some(tags)) = (content, &self.settings.tags) else {
+            return Ok(claim);
+        };
+        let digest = hash.finalize();
+        let mut tag = String::from("c");
+        for byte in &digest[..12] {
+            let _ = write!(tag, "{byte:02x}");
+        }
+        match tags.claim(&tag) {
+            Ok(Claim::New(claim)) => Ok(Some(claim)),
+            Ok(Claim::Duplicate(queue_id)) => {
+                info!(
+                    "peer {}: this message was queued before as {queue_id} (same sender, recipients and content): queuing nothing",
+                    self.settings.policy.peer
+                );
+                self.summary.accepted += 1;
+                self.errors = 0;
+                Err(queued(&queue_id))
+            }
+            Ok(Claim::Busy) => {
+                self.summary.rejected += 1;
+                Err(reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: this message is being committed by another session; try again later",
+                ))
+            }
+            Err(err) => {
+                warn!(
+                    "peer {}: transaction tag store: {err}",
+                    self.settings.policy.peer
+                );
+                self.summary.rejected += 1;
+                Err(reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: transaction tag store unavailable; try again later",
+                ))
+            }
         }
     }
 
@@ -862,10 +924,22 @@ impl<I: Injector> Receiver<I> {
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
         let max_size = self.settings.policy.max_size;
-        let Body::Accepting { message, trace, .. } = &mut self.body else {
+        let Body::Accepting {
+            message,
+            trace,
+            content,
+            ..
+        } = &mut self.body
+        else {
             return;
         };
         trace.observe(bytes, end_of_line);
+        if let Some(hash) = content {
+            hash.update(bytes);
+            if end_of_line {
+                hash.update(b"\n");
+            }
+        }
         let failure = if trace.size > max_size {
             Some(too_big(&self.settings.policy.peer))
         } else {
@@ -916,7 +990,14 @@ impl<I: Injector> Receiver<I> {
                 trace,
                 recipients,
                 claim,
-            } => (self.commit(message, &trace, claim), recipients),
+                content,
+            } => match self.content_claim(content, claim) {
+                Ok(claim) => (self.commit(message, &trace, claim), recipients),
+                Err(answer) => {
+                    message.abort();
+                    (vec![answer], recipients)
+                }
+            },
         };
         match (self.settings.dialect, replies.as_slice()) {
             (Dialect::Lmtp, [one]) => vec![one.clone(); recipients],
@@ -1000,6 +1081,18 @@ impl<I: Injector> Receiver<I> {
             }
         }
     }
+}
+
+/// The start of a content hash: the envelope, each field ended by a NUL.
+fn content_hash(envelope: &Envelope) -> Sha1 {
+    let mut hash = Sha1::new();
+    hash.update(envelope.sender.as_bytes());
+    hash.update(b"\0");
+    for recipient in &envelope.recipients {
+        hash.update(recipient.as_bytes());
+        hash.update(b"\0");
+    }
+    hash
 }
 
 /// The 250 after a committed message.

@@ -575,39 +575,6 @@ fn quoted_local_parts_reach_their_mailboxes() {
     assert_eq!(env.pipe_lines("sent").len(), 2, "{}", env.leaf_log());
 }
 
-/// Regression (audit 2.5): `rsmtp --peer X < batch` exited 0 after refusing
-/// a message, so a UUCP-style `rsmtp < f && rm f` lost it. Now it exits 75
-/// (`EX_TEMPFAIL`) and says why; what it accepted is queued.
-#[test]
-fn offline_batch_with_a_refused_message_exits_75() {
-    let env = Env::start("offline_refused");
-    let batch = b"MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: ok\n\nfine\n.\n\
-                  MAIL FROM:<mallory@evil.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: no\n\nrefused\n.\n";
-    let out = env.rsmtp_offline(&["--allow-sender", "@leaf.test"], batch);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
-    assert!(
-        stderr.contains("not everything in this batch was accepted")
-            && stderr.contains("keep the batch"),
-        "{stderr}"
-    );
-    let delivered = env.wait_maildir("bob", 1, DELIVERY);
-    assert!(String::from_utf8_lossy(&delivered[0]).contains("Subject: ok"));
-
-    // All accepted: exit 0, as before.
-    let out = env.rsmtp_offline(
-        &["--allow-sender", "@leaf.test"],
-        b"MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\nSubject: two\n\nfine\n.\n",
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.wait_maildir("bob", 2, DELIVERY);
-}
-
 /// Regression (audit 2.6): 200,000 empty lines over one session got
 /// 200,000 replies and 9.4 MB of hub log. As Postfix's smtpd
 /// (`smtpd_hard_error_limit`, 20): 421 after 20 errors, the session ends,

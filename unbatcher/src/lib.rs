@@ -7,6 +7,7 @@
 
 pub mod authorize;
 pub mod command;
+mod offline;
 pub mod policy;
 mod pull;
 mod run;

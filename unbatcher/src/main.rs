@@ -16,9 +16,13 @@ fn main() -> ExitCode {
             return ExitCode::from(sysexits::ExitCode::OsErr as u8);
         }
     };
+    // sshd sets SSH_CONNECTION for every session it runs, forced command
+    // or not; without it the input is a batch read offline.
+    let over_ssh = std::env::var_os("SSH_CONNECTION").is_some();
     match rsmtp::run(
         std::env::args_os(),
         original.as_deref(),
+        over_ssh,
         &mut stdin,
         &mut stdout,
     ) {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use bsmtp::reply::{EnhancedCode, Reply};
 use bsmtp_session::main_cf::MainCf;
+use bsmtp_session::notice::Notifier;
 use clap::Parser;
 use log::info;
 use sysexits::ExitCode;
@@ -100,6 +101,19 @@ pub enum RunError {
     /// A pull session failed; what was not acknowledged stays spooled.
     #[error("pull: {0}")]
     Pull(String),
+    /// Offline: something in the batch was deferred, or a refusal could
+    /// not be reported; the batch must be read again.
+    #[error(
+        "{retry} recipient(s) deferred or not reported ({accepted} message(s) queued, {bounced} refused and reported): keep the batch and feed it again later; what was queued or reported will not be doubled"
+    )]
+    Retry {
+        /// Recipients to try again.
+        retry: usize,
+        /// Messages queued.
+        accepted: usize,
+        /// Recipients refused and reported.
+        bounced: usize,
+    },
 }
 
 impl RunError {
@@ -111,17 +125,21 @@ impl RunError {
             RunError::Io(_) => ExitCode::IoErr,
             RunError::Truncated => ExitCode::DataErr,
             // A UUCP-style `rsmtp < f && rm f` must keep the file.
-            RunError::NotAccepted { .. } | RunError::Pull(_) => ExitCode::TempFail,
+            RunError::NotAccepted { .. } | RunError::Pull(_) | RunError::Retry { .. } => {
+                ExitCode::TempFail
+            }
             RunError::Authorize(err) => err.exit_code(),
         }
     }
 }
 
 /// Runs one rsmtp invocation: `command_line` as given, `original_command` from
-/// `SSH_ORIGINAL_COMMAND`, the session on `input`/`output`.
+/// `SSH_ORIGINAL_COMMAND`, the session on `input`/`output`. Not
+/// `over_ssh`, the input is a batch read offline (see [`crate::offline`]).
 pub fn run(
     command_line: impl IntoIterator<Item = OsString>,
     original_command: Option<&[u8]>,
+    over_ssh: bool,
     input: &mut impl Input,
     output: &mut impl Output,
 ) -> Result<(), RunError> {
@@ -165,6 +183,7 @@ pub fn run(
     input.set_idle_timeout(idle);
     output.set_idle_timeout(idle);
     match verb {
+        Verb::Receive if !over_ssh => offline(session, &file, input),
         Verb::Receive => receive(session, input, output),
         Verb::Pull if session.verbs.iter().any(|v| v == "pull") => {
             let postfix_config = session
@@ -331,6 +350,46 @@ fn clamp_max_size(policy: &mut Policy, message_size_limit: u64) {
         );
     }
     policy.max_size = message_size_limit;
+}
+
+/// A batch on stdin with nobody to answer: see [`crate::offline`].
+fn offline(session: Session, file: &ConfigFile, input: &mut impl Input) -> Result<(), RunError> {
+    let peer = session.settings.policy.peer.clone();
+    let notifier = Notifier::new(session.postdrop.clone(), &session.settings.hostname);
+    let notices = open_tags(file, &peer);
+    let injector = PostdropInjector {
+        command: session.postdrop,
+        min_free: session.min_free,
+    };
+    let outcome = crate::offline::receive(
+        session.settings,
+        injector,
+        &notifier,
+        notices.as_ref(),
+        input,
+    )?;
+    info!(
+        "batch from peer {peer}: accepted={} refused_and_reported={} to_retry={}{}",
+        outcome.summary.accepted,
+        outcome.bounced,
+        outcome.retry,
+        if outcome.summary.truncated {
+            " truncated=1"
+        } else {
+            ""
+        }
+    );
+    if outcome.summary.truncated {
+        return Err(RunError::Truncated);
+    }
+    if outcome.retry > 0 {
+        return Err(RunError::Retry {
+            retry: outcome.retry,
+            accepted: outcome.summary.accepted,
+            bounced: outcome.bounced,
+        });
+    }
+    Ok(())
 }
 
 fn receive(

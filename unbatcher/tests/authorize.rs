@@ -48,7 +48,7 @@ impl Setup {
 
 fn run(argv: Vec<OsString>) -> (u8, String) {
     let mut out = Vec::new();
-    let code = match rsmtp::run(argv, None, &mut std::io::empty(), &mut out) {
+    let code = match rsmtp::run(argv, None, false, &mut std::io::empty(), &mut out) {
         Ok(()) => 0,
         Err(err) => err.exit_code() as u8,
     };
@@ -291,7 +291,7 @@ fn refusals_leave_the_file_untouched() {
         }
         argv.extend(extra.iter().map(OsString::from));
         let mut out = Vec::new();
-        let err = rsmtp::run(argv, None, &mut std::io::empty(), &mut out).expect_err(what);
+        let err = rsmtp::run(argv, None, false, &mut std::io::empty(), &mut out).expect_err(what);
         assert_eq!(err.exit_code() as u8, code, "{what}: {err}");
         assert!(err.to_string().contains(message), "{what}: {err}");
         assert!(err.to_string().is_ascii(), "{what}: {err}");
@@ -363,7 +363,7 @@ fn unknown_user_is_refused_with_how_to_create_it() {
     .chain([setup.key().into()])
     .collect();
     let mut out = Vec::new();
-    let err = rsmtp::run(argv, None, &mut std::io::empty(), &mut out).unwrap_err();
+    let err = rsmtp::run(argv, None, false, &mut std::io::empty(), &mut out).unwrap_err();
     assert_eq!(err.exit_code() as u8, 67, "{err}");
     assert!(err.to_string().contains("useradd"), "{err}");
 }

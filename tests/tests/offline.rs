@@ -1,0 +1,163 @@
+//! Offline rsmtp (`rsmtp --peer NAME < batch`, no SSH, nobody reading the
+//! replies), as UUCP's rsmtp and `exim -bS` are used: the whole batch is
+//! read, a refused transaction is reported to its sender through Postfix,
+//! the exit status says "done" (0) or "read it again" (75), and reading a
+//! batch again doubles nothing. So `rsmtp < f && rm f` loses nothing.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bsmtp_ssh_tests::util::{poll, set_mode, write_file};
+use bsmtp_ssh_tests::{Env, EnvOptions, Log};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_mins(2);
+
+fn transaction(from: &str, to: &[&str], id: &str) -> String {
+    let mut text = format!("MAIL FROM:<{from}>\n");
+    for rcpt in to {
+        let _ = writeln!(text, "RCPT TO:<{rcpt}>");
+    }
+    let _ = write!(
+        text,
+        "DATA\nFrom: {from}\nMessage-ID: <{id}@leaf.test>\nSubject: {id}\n\nbody of {id}\n.\n"
+    );
+    text
+}
+
+/// The peer's policy, on the command line as in its forced command.
+const POLICY: [&str; 6] = [
+    "--allow-sender",
+    "@leaf.test",
+    "--allow-recipient",
+    "bob@hub.test",
+    "--allow-recipient",
+    "dave@hub.test",
+];
+
+fn env(name: &str) -> Env {
+    Env::start_with(
+        name,
+        EnvOptions::default()
+            .hub_returns_to_leaf()
+            .rsmtp_args(POLICY),
+    )
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A batch with one refused transaction: the others are queued, the
+/// refused one is reported to its sender (a notice with its headers and
+/// the hub's reply), and the batch is done: exit 0, so `&& rm f` is safe.
+#[test]
+fn a_refused_transaction_is_reported_and_the_batch_is_done() {
+    let env = env("offline_refused");
+    let batch = [
+        transaction("alice@leaf.test", &["bob@hub.test"], "first"),
+        transaction("alice@leaf.test", &["carol@hub.test"], "refused"),
+        transaction("alice@leaf.test", &["dave@hub.test"], "third"),
+    ]
+    .concat();
+    let out = env.rsmtp_offline(&POLICY, batch.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "offline, no replies on stdout");
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("dave", 1, DELIVERY);
+    let notice = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    let notice = String::from_utf8_lossy(&notice[0]);
+    for expected in [
+        "Subject: Undelivered Mail Returned to Sender",
+        "Final-Recipient: rfc822; carol@hub.test",
+        "Action: failed",
+        "Status: 5.7.1",
+        "not allowed for peer leaf1",
+        "Message-ID: <refused@leaf.test>",
+    ] {
+        assert!(notice.contains(expected), "no {expected:?} in\n{notice}");
+    }
+    assert!(Env::read_maildir(&env.hub_maildir("carol")).is_empty());
+}
+
+/// A batch that hits a temporary failure exits 75 ("read it again"); read
+/// again, it queues only what was not queued the first time, and reports
+/// its refused transaction only once.
+#[test]
+fn a_batch_read_again_after_a_temporary_failure_doubles_nothing() {
+    let env = Env::start_with(
+        "offline_again",
+        EnvOptions::default()
+            .hub_returns_to_leaf()
+            .rsmtp_args(POLICY)
+            .rsmtp_conf("postdrop = \"{base}/flaky-postdrop\""),
+    );
+    // postdrop fails once, on its second run, before it says anything: a
+    // queue file write error.
+    let base = env.base().display().to_string();
+    write_file(
+        &env.base().join("flaky-postdrop"),
+        format!(
+            "#!/bin/sh\nn=$(cat {base}/postdrop-runs 2>/dev/null || echo 0)\nn=$((n+1))\n\
+             echo $n > {base}/postdrop-runs\n\
+             if [ $n = 2 ]; then exit 75; fi\nexec /usr/sbin/postdrop \"$@\"\n"
+        ),
+        0o755,
+    );
+    set_mode(&env.base().join("flaky-postdrop"), 0o755);
+    let batch = [
+        transaction("alice@leaf.test", &["bob@hub.test"], "one"),
+        transaction("alice@leaf.test", &["dave@hub.test"], "two"),
+        transaction("alice@leaf.test", &["carol@hub.test"], "refused"),
+        transaction(
+            "alice@leaf.test",
+            &["bob@hub.test", "dave@hub.test"],
+            "three",
+        ),
+    ]
+    .concat();
+    let first = env.rsmtp_offline(&POLICY, batch.as_bytes());
+    assert_eq!(first.status.code(), Some(75), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("keep the batch and feed it again later"),
+        "{}",
+        stderr(&first)
+    );
+    let again = env.rsmtp_offline(&POLICY, batch.as_bytes());
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let third = env.rsmtp_offline(&POLICY, batch.as_bytes());
+    assert_eq!(third.status.code(), Some(0), "{}", stderr(&third));
+    env.wait_maildir("bob", 2, DELIVERY);
+    env.wait_maildir("dave", 2, DELIVERY);
+    env.wait_leaf_maildir("alice", 1, DELIVERY);
+    // Give a duplicate time to show.
+    let settled = poll(DELIVERY, || {
+        (env.hub_queue().contains("Mail queue is empty")
+            && env.leaf_queue().contains("Mail queue is empty"))
+        .then_some(())
+    });
+    assert!(settled.is_some());
+    std::thread::sleep(Duration::from_secs(2));
+    for (user, want) in [
+        ("bob", ["<one@leaf.test>", "<three@leaf.test>"]),
+        ("dave", ["<three@leaf.test>", "<two@leaf.test>"]),
+    ] {
+        let mut ids: Vec<String> = Env::read_maildir(&env.hub_maildir(user))
+            .iter()
+            .map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want, "{user}");
+    }
+    assert_eq!(Env::read_maildir(&env.leaf_maildir("alice")).len(), 1);
+    assert!(
+        env.log_lines(Log::Hub, "pickup").len() >= 4,
+        "{}",
+        env.hub_log()
+    );
+}
