@@ -475,3 +475,69 @@ fn a_full_hub_queue_answers_452_and_loses_nothing() {
     env.wait_leaf_queue_empty(DELIVERY);
     assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
 }
+
+/// The spool is plain Batch SMTP: exim 4.96's `exim -bS` reads each file
+/// `enqueue` wrote (dot-stuffed lines, 8-bit text, several recipients)
+/// and queues the same envelope and the same message, byte for byte.
+#[test]
+fn spool_files_are_batch_smtp_that_exim_reads() {
+    let mut env = Env::start_with("spool_exim", EnvOptions::default().spool());
+    env.stop_sshd();
+    let sent = [
+        (
+            vec!["bob@hub.test", "carol@hub.test"],
+            b"From: alice@leaf.test\nSubject: dots\n\n.\n..\n.leading dot\nend\n".to_vec(),
+        ),
+        (
+            vec!["bob@hub.test"],
+            "From: alice@leaf.test\nSubject: 8-bit\n\nGr\u{fc}\u{df}e\nno final newline"
+                .as_bytes()
+                .to_vec(),
+        ),
+    ];
+    for (to, content) in &sent {
+        env.leaf_sendmail("alice@leaf.test", to, content);
+    }
+    let ids = wait_spooled(&env, 2);
+    let exim = bsmtp_ssh_tests::exim::Exim::new(&env.base().join("exim"));
+    let mut read = Vec::new();
+    for id in &ids {
+        let bytes = std::fs::read(
+            env.leaf_spool_directory()
+                .join(HUB_PEER)
+                .join(format!("{id}.bsmtp")),
+        )
+        .unwrap();
+        let result = exim.read_bsmtp(&bytes);
+        assert!(result.status.success(), "{id}: {}", result.explain());
+        assert_eq!(result.queued.len(), 1, "{id}: {}", result.explain());
+        read.extend(result.queued);
+    }
+    for (to, content) in &sent {
+        let subject = String::from_utf8_lossy(content)
+            .lines()
+            .find(|l| l.starts_with("Subject: "))
+            .unwrap()
+            .to_owned();
+        let queued = read
+            .iter()
+            .find(|q| String::from_utf8_lossy(&q.message).contains(&subject))
+            .unwrap_or_else(|| panic!("exim did not queue {subject}"));
+        assert_eq!(queued.sender, "alice@leaf.test");
+        assert_eq!(queued.recipients, *to);
+        let mut body = content
+            .split(|&b| b == b'\n')
+            .skip_while(|l| !l.is_empty())
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(&b'\n');
+        if !body.ends_with(b"\n") {
+            body.push(b'\n');
+        }
+        assert_eq!(
+            String::from_utf8_lossy(queued.body()),
+            String::from_utf8_lossy(&body),
+            "{subject}"
+        );
+    }
+}
