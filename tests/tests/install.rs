@@ -188,3 +188,46 @@ fn postfix_install_batching_is_idempotent_and_delivers() {
     let line = env.wait_log(bsmtp_ssh_tests::Log::Leaf, "status=sent", DELIVERY);
     assert!(line.contains("postfix-leaf/lmtp["), "{line}");
 }
+
+/// `postfix-install --spool` on a real leaf: the spool transport is added
+/// (the harness's own entry is the same snippet, so it is unchanged), and
+/// mail routed to the printed value is spooled, then sent by `flush`.
+#[test]
+fn postfix_install_spool_is_idempotent_and_spools() {
+    let env = Env::start("install_spool");
+    let etc = env.leaf_config_dir();
+    let first = install(&env, &["--spool"]);
+    let first_text = text(&first);
+    assert_eq!(first.status.code(), Some(0), "{first_text}");
+    assert!(
+        first_text.contains("master.cf: bsmtp-spool/unix = bsmtp-spool unix - n n - - pipe "),
+        "{first_text}"
+    );
+    assert!(first_text.contains("postfix check: ok"), "{first_text}");
+    let route = "bsmtp-spool:hub";
+    assert!(
+        first_text.contains(&format!("hint:   default_transport = {route}")),
+        "{first_text}"
+    );
+    let second = install(&env, &["--spool"]);
+    assert!(
+        text(&second).contains("\nnothing to change\n"),
+        "{}",
+        text(&second)
+    );
+    std::fs::write(etc.join("transport"), format!("hub.test {route}\n")).unwrap();
+    env.leaf().postfix(&["reload"]);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: spool\n\nthrough the installed spool transport\n",
+    );
+    let line = env.wait_log(bsmtp_ssh_tests::Log::Leaf, "relay=bsmtp-spool", DELIVERY);
+    assert!(
+        line.contains("status=sent") && line.contains("spooled for hub as"),
+        "{line}"
+    );
+    let flushed = env.flush();
+    assert!(flushed.status.success(), "{}", text(&flushed));
+    env.wait_maildir("bob", 1, DELIVERY);
+}

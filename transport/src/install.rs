@@ -27,6 +27,10 @@ pub const LEAF_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/main.cf
 pub const BATCHING_MASTER_CF: &str = include_str!("../../postfix-snippets/leaf/batching-master.cf");
 /// `postfix-snippets/leaf/batching-main.cf`.
 pub const BATCHING_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/batching-main.cf");
+/// `postfix-snippets/spool/master.cf`: the spool transport (enqueue).
+pub const SPOOL_MASTER_CF: &str = include_str!("../../postfix-snippets/spool/master.cf");
+/// `postfix-snippets/spool/main.cf`: its routing suggestion.
+pub const SPOOL_MAIN_CF: &str = include_str!("../../postfix-snippets/spool/main.cf");
 
 /// Where the Debian package installs the binary: the fallback for `--program`
 /// when the running binary's path is unknown.
@@ -72,6 +76,12 @@ pub struct InstallArgs {
     /// --config.
     #[arg(long, value_name = "NAME", requires = "batching")]
     pub peer: Option<String>,
+    /// Install the spool transport (`bsmtp-ssh enqueue`, service
+    /// TRANSPORT-spool) for store-and-forward: on a leaf, sent later by
+    /// `bsmtp-ssh flush`; on a hub, for leaves that `pull` (then --user is
+    /// the account their keys log in as).
+    #[arg(long, conflicts_with = "batching")]
+    pub spool: bool,
 }
 
 /// The values that replace the snippets' placeholders.
@@ -87,6 +97,8 @@ pub struct Values {
     pub config: String,
     /// `@PEER@`: the batching transport's peer (empty for pipe mode).
     pub peer: String,
+    /// The spool transport: `@SERVICE@` is TRANSPORT-spool.
+    pub spool: bool,
     /// `@ENVID@` becomes `--envid ${envid}`: pipe(8) has that macro from
     /// Postfix 3.9 on (and defers every message on an unknown one before).
     pub envid: bool,
@@ -94,6 +106,10 @@ pub struct Values {
 
 /// Every placeholder the pipe-mode snippets may use.
 pub const PLACEHOLDERS: [&str; 5] = ["@PROGRAM@", "@USER@", "@TRANSPORT@", "@CONFIG@", "@ENVID@"];
+/// Every placeholder the spool snippets may use (`@SERVICE@` is
+/// TRANSPORT-spool).
+pub const SPOOL_PLACEHOLDERS: [&str; 5] =
+    ["@PROGRAM@", "@USER@", "@SERVICE@", "@CONFIG@", "@ENVID@"];
 /// Every placeholder the batching snippets may use (`@SERVICE@` is
 /// TRANSPORT-PEER).
 pub const BATCHING_PLACEHOLDERS: [&str; 5] =
@@ -103,7 +119,11 @@ impl Values {
     /// The batching transport's spawn(8) service: `TRANSPORT-PEER`; its
     /// lmtp(8) transport adds `-lmtp`.
     pub fn service(&self) -> String {
-        format!("{}-{}", self.transport, self.peer)
+        if self.spool {
+            format!("{}-spool", self.transport)
+        } else {
+            format!("{}-{}", self.transport, self.peer)
+        }
     }
 
     /// Checks each value can stand in master.cf as one pipe(8) argument:
@@ -324,10 +344,19 @@ pub fn batching_items(values: &Values) -> Result<Vec<Item>, String> {
     Ok(items)
 }
 
+/// The spool transport's items: its master.cf entry.
+pub fn spool_items(values: &Values) -> Result<Vec<Item>, String> {
+    let mut items = parse_master_cf(&substitute(SPOOL_MASTER_CF, values)?)?;
+    items.extend(parse_main_cf(&substitute(SPOOL_MAIN_CF, values)?)?);
+    Ok(items)
+}
+
 /// The routing suggestion: main.cf's comment block from `# Routing` on,
 /// without the `# `.
 pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
-    let template = if values.peer.is_empty() {
+    let template = if values.spool {
+        SPOOL_MAIN_CF
+    } else if values.peer.is_empty() {
         LEAF_MAIN_CF
     } else {
         BATCHING_MAIN_CF
@@ -530,6 +559,7 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
         config: text("--config", &args.config)?,
         peer: args.peer.clone().unwrap_or_default(),
         envid: false,
+        spool: args.spool,
     };
     values
         .validate()
@@ -543,7 +573,9 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     values.envid = postfix
         .query(&["-h", "mail_version"])?
         .is_some_and(|version| has_envid_macro(&version));
-    let items = if args.batching {
+    let items = if args.spool {
+        spool_items(&values)
+    } else if args.batching {
         batching_items(&values)
     } else {
         leaf_items(&values)

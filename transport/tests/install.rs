@@ -8,8 +8,9 @@ use std::process::Command;
 
 use bsmtp_ssh::install::{
     batching_items, has_envid_macro, leaf_items, leftover_placeholder, parse_main_cf,
-    parse_master_cf, routing_hint, substitute, Item, Values, BATCHING_MAIN_CF, BATCHING_MASTER_CF,
-    BATCHING_PLACEHOLDERS, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
+    parse_master_cf, routing_hint, spool_items, substitute, Item, Values, BATCHING_MAIN_CF,
+    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
+    SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -23,6 +24,7 @@ fn values(transport: &str) -> Values {
         config: "/etc/bsmtp-ssh/leaf.conf".to_owned(),
         peer: String::new(),
         envid: false,
+        spool: false,
     }
 }
 
@@ -437,4 +439,40 @@ fn batching_argv_parses() {
     let mut words = vec!["bsmtp-ssh"];
     words.extend(argv.iter().skip(1));
     bsmtp_ssh::Cli::try_parse_from(words).unwrap();
+}
+
+fn spool_values() -> Values {
+    Values {
+        spool: true,
+        ..values("bsmtp")
+    }
+}
+
+/// The spool transport: one pipe(8) entry, service TRANSPORT-spool, that
+/// runs `bsmtp-ssh enqueue` for ${nexthop} with the real CLI; the hint
+/// shows both ends of store-and-forward.
+#[test]
+fn spool_items_run_enqueue_for_the_nexthop() {
+    let both = format!("{SPOOL_MASTER_CF}{SPOOL_MAIN_CF}");
+    for placeholder in SPOOL_PLACEHOLDERS {
+        assert!(both.contains(placeholder), "{placeholder} unused");
+    }
+    let items = spool_items(&spool_values()).unwrap();
+    let keys: Vec<String> = items.iter().map(Item::key).collect();
+    assert_eq!(keys, ["master.cf: bsmtp-spool/unix"]);
+    let entry = items[0].wanted();
+    assert!(entry.contains("user=mailpipe"), "{entry}");
+    let argv = pipe_argv(&entry, "alice@leaf.test");
+    assert_eq!(argv[1], "enqueue");
+    let cli = bsmtp_ssh::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let shown = format!("{cli:?}");
+    assert!(
+        shown.contains("Enqueue(") && shown.contains("peer: \"hub\""),
+        "{shown}"
+    );
+    let hint = routing_hint(&spool_values()).unwrap().join("\n");
+    assert!(
+        hint.contains("default_transport = bsmtp-spool:hub") && hint.contains("bsmtp-spool:leaf1"),
+        "{hint}"
+    );
 }
