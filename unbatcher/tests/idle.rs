@@ -15,6 +15,9 @@ fn quiet_client_is_dropped_after_the_idle_timeout() {
             "--idle-timeout",
             "1",
         ])
+        // As under sshd: a session whose replies a client reads (offline,
+        // rsmtp writes none).
+        .env("SSH_CONNECTION", "127.0.0.1 50000 127.0.0.1 22")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
