@@ -90,6 +90,58 @@ fn is_dot_atom(local: &str) -> bool {
         })
 }
 
+/// The addresses in an address header's value (From:, To:, Cc:...): comments dropped, each
+/// `name <addr>` or bare `addr`, group names (`team: a@b, c@d;`) skipped.
+pub fn header_addresses(value: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(value.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for c in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                plain.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    plain.push(c);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                plain.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            // Outside quotes, a separator becomes one we can split on.
+            ',' | ';' if !quoted && depth == 0 => plain.push('\0'),
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+        .split('\0')
+        .filter_map(|part| {
+            let part = match (part.find(':'), part.find(['@', '<'])) {
+                // "team: first@x": the group's name goes.
+                (Some(colon), at) if at.is_none_or(|at| colon < at) && !part.contains('"') => {
+                    &part[colon + 1..]
+                }
+                _ => part,
+            };
+            let address = match (part.rfind('<'), part.rfind('>')) {
+                (Some(open), Some(close)) if open < close => &part[open + 1..close],
+                _ => part,
+            };
+            let address = address.trim();
+            (!address.is_empty()).then(|| address.to_owned())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

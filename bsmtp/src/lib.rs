@@ -2,7 +2,8 @@
 //! receiver (rsmtp): the Batch SMTP codec, SMTP replies with enhanced status
 //! codes, the typed EHLO extensions, the one table that maps outcomes to
 //! exit codes, Postfix's queue-file records, envelope address forms, the
-//! OpenSSH `known_hosts` reader and text made safe for a log line. Nothing
+//! OpenSSH `known_hosts` reader, delivery status notifications, the
+//! sendmail(1) command line, and text made safe for a log line. Nothing
 //! here reads, writes, spawns or looks at a clock (except
 //! `KnownHosts::load`, one file read kept apart); the I/O lives in the
 //! `bsmtp-session` crate.
@@ -15,5 +16,6 @@ pub mod extensions;
 pub mod known_hosts;
 pub mod records;
 pub mod reply;
+pub mod sendmail;
 pub mod status;
 pub mod text;

@@ -317,7 +317,7 @@ impl Trace {
             return None;
         }
         for header in &self.from {
-            let addresses = header_addresses(header);
+            let addresses = bsmtp::address::header_addresses(header);
             if addresses.is_empty() {
                 return Some(bsmtp::text::one_line(header.trim()));
             }
@@ -330,58 +330,6 @@ impl Trace {
         }
         None
     }
-}
-
-/// The addresses in a From: header value: comments dropped, each
-/// `name <addr>` or bare `addr`, group names (`team: a@b, c@d;`) skipped.
-fn header_addresses(value: &str) -> Vec<String> {
-    let mut plain = String::with_capacity(value.len());
-    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-            if depth == 0 {
-                plain.push(c);
-            }
-            continue;
-        }
-        match c {
-            '\\' => {
-                escaped = true;
-                if depth == 0 {
-                    plain.push(c);
-                }
-            }
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                plain.push(c);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
-            // Outside quotes, a separator becomes one we can split on.
-            ',' | ';' if !quoted && depth == 0 => plain.push('\0'),
-            _ if depth == 0 => plain.push(c),
-            _ => {}
-        }
-    }
-    plain
-        .split('\0')
-        .filter_map(|part| {
-            let part = match (part.find(':'), part.find(['@', '<'])) {
-                // "team: first@x": the group's name goes.
-                (Some(colon), at) if at.is_none_or(|at| colon < at) && !part.contains('"') => {
-                    &part[colon + 1..]
-                }
-                _ => part,
-            };
-            let address = match (part.rfind('<'), part.rfind('>')) {
-                (Some(open), Some(close)) if open < close => &part[open + 1..close],
-                _ => part,
-            };
-            let address = address.trim();
-            (!address.is_empty()).then(|| address.to_owned())
-        })
-        .collect()
 }
 
 /// Bytes read from the session at a time: large reads keep a 100 MB body
@@ -1462,7 +1410,11 @@ mod tests {
             (" \"al ice\"@leaf.test", vec!["\"al ice\"@leaf.test"]),
             (" (only a comment)", vec![]),
         ] {
-            assert_eq!(header_addresses(value), addresses, "{value}");
+            assert_eq!(
+                bsmtp::address::header_addresses(value),
+                addresses,
+                "{value}"
+            );
         }
     }
 
