@@ -18,4 +18,5 @@ pub mod records;
 pub mod reply;
 pub mod sendmail;
 pub mod status;
+pub mod table;
 pub mod text;
