@@ -21,6 +21,7 @@ pub mod forward;
 pub mod idle;
 pub mod logging;
 pub mod main_cf;
+pub mod message;
 pub mod notice;
 pub mod policy;
 pub mod postdrop;

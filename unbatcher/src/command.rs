@@ -23,6 +23,9 @@ pub enum Verb {
     /// Send the peer the mail spooled for it: we are the client, on
     /// stdout, and read its replies on stdin. Only when granted.
     Pull,
+    /// `sendmail ARGS...` or `rsendmail ARGS...`: one message on stdin,
+    /// the sendmail way (see [`crate::sendmail`]). Only when granted.
+    Sendmail(Vec<String>),
 }
 
 impl Verb {
@@ -31,6 +34,7 @@ impl Verb {
         match self {
             Verb::Receive => "receive",
             Verb::Pull => "pull",
+            Verb::Sendmail(_) => "sendmail",
         }
     }
 }
@@ -87,6 +91,9 @@ pub fn parse(original: Option<&[u8]>) -> Result<Verb, Refused> {
         [] | ["receive" | "rsmtp"] => Ok(Verb::Receive),
         ["receive" | "rsmtp", ..] => Err(refuse("\"receive\" takes no arguments")),
         ["pull"] => Ok(Verb::Pull),
+        ["sendmail" | "rsendmail", args @ ..] => Ok(Verb::Sendmail(
+            args.iter().map(|w| (*w).to_owned()).collect(),
+        )),
         ["pull", ..] => Err(refuse(
             "\"pull\" takes no arguments: a peer pulls only its own spool",
         )),

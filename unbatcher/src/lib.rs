@@ -11,5 +11,6 @@ mod offline;
 pub mod policy;
 mod pull;
 mod run;
+mod sendmail;
 
 pub use run::{run, AdminCommand, Args, RunError};

@@ -159,7 +159,8 @@ impl ConfigFile {
 }
 
 /// SSH verbs a peer may be granted besides `receive`.
-pub const GRANTABLE_VERBS: [&str; 1] = ["pull"];
+/// (`sendmail` also grants `rsendmail`, the same verb by rsendmail's name.)
+pub const GRANTABLE_VERBS: [&str; 2] = ["pull", "sendmail"];
 
 impl ConfigFile {
     /// The verbs granted to `peer` besides `receive`: the file's and the

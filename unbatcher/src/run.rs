@@ -101,6 +101,14 @@ pub enum RunError {
     /// A pull session failed; what was not acknowledged stays spooled.
     #[error("pull: {0}")]
     Pull(String),
+    /// The sendmail verb: a refused command line or message.
+    #[error("sendmail: {text}")]
+    Sendmail {
+        /// The exit status sendmail's callers understand.
+        status: ExitCode,
+        /// What happened, one line.
+        text: String,
+    },
     /// Offline: something in the batch was deferred, or a refusal could
     /// not be reported; the batch must be read again.
     #[error(
@@ -129,6 +137,7 @@ impl RunError {
                 ExitCode::TempFail
             }
             RunError::Authorize(err) => err.exit_code(),
+            RunError::Sendmail { status, .. } => *status,
         }
     }
 }
@@ -208,6 +217,23 @@ pub fn run(
                 output,
             )
         }
+        Verb::Sendmail(words) if session.verbs.iter().any(|v| v == "sendmail") => {
+            let injector = PostdropInjector {
+                command: session.postdrop,
+                min_free: session.min_free,
+            };
+            crate::sendmail::run(session.settings, injector, &words, input, output)
+        }
+        // A sendmail client reads no reply, only the exit status: 75, so
+        // that a Postfix pipe(8) behind it defers while the admin grants
+        // the verb, instead of bouncing.
+        Verb::Sendmail(_) => Err(RunError::Sendmail {
+            status: ExitCode::TempFail,
+            text: format!(
+                "verb not granted to peer {} (grant it with --allow-verb sendmail in the key's forced command, or allow_verb in rsmtp.conf)",
+                session.settings.policy.peer
+            ),
+        }),
         Verb::Pull => {
             let refused = command::Refused {
                 request: "pull".into(),
