@@ -260,6 +260,11 @@ pub fn forced_command(args: &AuthorizeArgs, rsmtp: &Path) -> Result<String, Auth
         }
         words.extend(["--allow-verb".into(), verb.clone()]);
     }
+    for table in &args.policy.allow_table {
+        // A plain name is also a plain shell word.
+        bsmtp::table::check_name(table).map_err(|err| refused(format!("--allow-table: {err}")))?;
+        words.extend(["--allow-table".into(), table.clone()]);
+    }
     let quoted = words
         .iter()
         .map(|w| {

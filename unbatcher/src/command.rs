@@ -23,6 +23,10 @@ pub enum Verb {
     /// Send the peer the mail spooled for it: we are the client, on
     /// stdout, and read its replies on stdin. Only when granted.
     Pull,
+    /// Replace one of the hub's lookup tables with the source on stdin:
+    /// the words after the verb (`NAME [BYTES SHA256]`), checked by
+    /// [`crate::table`].
+    PutTable(Vec<String>),
     /// `sendmail ARGS...` or `rsendmail ARGS...`: one message on stdin,
     /// the sendmail way (see [`crate::sendmail`]). Only when granted.
     Sendmail(Vec<String>),
@@ -34,6 +38,7 @@ impl Verb {
         match self {
             Verb::Receive => "receive",
             Verb::Pull => "pull",
+            Verb::PutTable(_) => bsmtp::table::VERB,
             Verb::Sendmail(_) => "sendmail",
         }
     }
@@ -97,6 +102,9 @@ pub fn parse(original: Option<&[u8]>) -> Result<Verb, Refused> {
         ["pull", ..] => Err(refuse(
             "\"pull\" takes no arguments: a peer pulls only its own spool",
         )),
+        [bsmtp::table::VERB, args @ ..] => Ok(Verb::PutTable(
+            args.iter().map(|&word| word.to_owned()).collect(),
+        )),
         [verb, ..] => Err(refuse(&format!("unknown verb \"{verb}\""))),
     }
 }
@@ -118,6 +126,14 @@ mod tests {
         assert_eq!(parse(Some(b"rsmtp")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"  receive ")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"pull")), Ok(Verb::Pull));
+        assert_eq!(
+            parse(Some(b"put-table relay_recipients 12 0a")),
+            Ok(Verb::PutTable(vec![
+                "relay_recipients".into(),
+                "12".into(),
+                "0a".into()
+            ]))
+        );
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod policy;
 mod pull;
 mod run;
 mod sendmail;
+mod table;
 
 pub use run::{run, AdminCommand, Args, RunError};

@@ -49,6 +49,11 @@ pub struct PolicyArgs {
     /// mail spooled for it); repeat for more; adds to the config file's.
     #[arg(long = "allow-verb", value_name = "VERB")]
     pub allow_verb: Vec<String>,
+    /// Let the peer replace the hub's lookup table NAME with `put-table
+    /// NAME` (a plain name: letters, digits, `_`, `-`, `.`); repeat for
+    /// more; adds to the config file's.
+    #[arg(long = "allow-table", value_name = "NAME")]
+    pub allow_table: Vec<String>,
 }
 
 /// `rsmtp.conf` as written by the admin.
@@ -77,6 +82,13 @@ pub struct ConfigFile {
     /// Bytes kept free on the file system of the hub's queue; below it
     /// MAIL FROM gets `452 4.3.1` (default 64 MiB; 0: no floor).
     pub min_free: Option<u64>,
+    /// Where `put-table` installs pushed tables (default
+    /// /etc/postfix/bsmtp-tables).
+    pub table_directory: Option<PathBuf>,
+    /// The Postfix table type pushed tables are built as (default hash).
+    pub table_type: Option<String>,
+    /// Largest table source `put-table` takes, in bytes (default 64 MiB).
+    pub table_max_size: Option<u64>,
     /// Per-peer rules.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerConfig>,
@@ -103,6 +115,9 @@ pub struct PeerConfig {
     /// SSH verbs granted besides `receive` (`pull`).
     #[serde(default)]
     pub allow_verb: Vec<String>,
+    /// Tables the peer may replace with `put-table`.
+    #[serde(default)]
+    pub allow_table: Vec<String>,
 }
 
 impl ConfigFile {
@@ -185,6 +200,24 @@ impl ConfigFile {
     }
 }
 
+impl ConfigFile {
+    /// The tables `peer` may replace with `put-table`: the file's and the
+    /// command line's. A name that is not a plain table name is an error,
+    /// so a grant can never reach outside `table_directory`.
+    pub fn tables(&self, peer: &str, args: &PolicyArgs) -> Result<Vec<String>, String> {
+        let section = self.peer.get(peer).cloned().unwrap_or_default();
+        let mut tables = Vec::new();
+        for name in section.allow_table.iter().chain(&args.allow_table) {
+            bsmtp::table::check_name(name)
+                .map_err(|err| format!("allow_table/--allow-table: {err}"))?;
+            if !tables.contains(name) {
+                tables.push(name.clone());
+            }
+        }
+        Ok(tables)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +245,28 @@ mod tests {
         assert!(policy.sender_allowed("x@leaf1.test"));
         assert!(policy.sender_allowed("bob@other.test"));
         assert_eq!((policy.max_size, policy.max_recipients), (5, 3));
+    }
+
+    #[test]
+    fn table_grants_add_up_and_bad_names_are_config_errors() {
+        let file: ConfigFile =
+            toml::from_str("[peer.leaf1]\nallow_table = [\"relay_recipients\"]\n").unwrap();
+        let args = PolicyArgs {
+            allow_table: vec!["transport".into(), "relay_recipients".into()],
+            ..PolicyArgs::default()
+        };
+        assert_eq!(
+            file.tables("leaf1", &args).unwrap(),
+            ["relay_recipients", "transport"]
+        );
+        assert!(file
+            .tables("leaf2", &PolicyArgs::default())
+            .unwrap()
+            .is_empty());
+        let bad = PolicyArgs {
+            allow_table: vec!["../main.cf".into()],
+            ..PolicyArgs::default()
+        };
+        assert!(file.tables("leaf1", &bad).is_err());
     }
 }

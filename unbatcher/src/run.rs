@@ -101,6 +101,14 @@ pub enum RunError {
     /// A pull session failed; what was not acknowledged stays spooled.
     #[error("pull: {0}")]
     Pull(String),
+    /// `put-table` installed nothing; the client has the reply.
+    #[error("put-table: {text}")]
+    Table {
+        /// The reply sent, on one line.
+        text: String,
+        /// The exit status that agrees with it.
+        exit: ExitCode,
+    },
     /// The sendmail verb: a refused command line or message.
     #[error("sendmail: {text}")]
     Sendmail {
@@ -137,6 +145,7 @@ impl RunError {
                 ExitCode::TempFail
             }
             RunError::Authorize(err) => err.exit_code(),
+            RunError::Table { exit, .. } => *exit,
             RunError::Sendmail { status, .. } => *status,
         }
     }
@@ -234,6 +243,7 @@ pub fn run(
                 session.settings.policy.peer
             ),
         }),
+        Verb::PutTable(words) => put_table(&args, &file, &session, &words, input, output),
         Verb::Pull => {
             let refused = command::Refused {
                 request: "pull".into(),
@@ -249,6 +259,20 @@ pub fn run(
             })
         }
     }
+}
+
+/// `put-table NAME [BYTES SHA256]`: see [`crate::table`].
+fn put_table(
+    args: &Args,
+    file: &ConfigFile,
+    session: &Session,
+    words: &[String],
+    input: &mut impl Input,
+    output: &mut impl Output,
+) -> Result<(), RunError> {
+    let peer = &session.settings.policy.peer;
+    let config_dir = session.postdrop.config_dir.clone();
+    crate::table::put(file, &args.policy, peer, config_dir, words, input, output)
 }
 
 /// Tells a client why its session does not start: as an SMTP reply, the

@@ -259,6 +259,13 @@ fn refusal_cases() -> Vec<Case> {
             "cannot be quoted",
         ),
         (
+            "table name climbing out of the table directory",
+            ED25519.into(),
+            vec!["--peer", "leaf1", "--allow-table", "../main.cf"],
+            65,
+            "bad table name",
+        ),
+        (
             "relative rsmtp",
             ED25519.into(),
             vec!["--peer", "leaf1", "--rsmtp", "rsmtp"],
@@ -388,6 +395,8 @@ fn written_forced_command_parses_with_rsmtp_args() {
         "1000",
         "--max-recipients",
         "7",
+        "--allow-table",
+        "relay_recipients",
     ]);
     assert_eq!(code, 0, "{stdout}");
     let line = std::fs::read_to_string(setup.authorized_keys()).unwrap();
@@ -420,6 +429,7 @@ fn written_forced_command_parses_with_rsmtp_args() {
         (args.policy.max_size, args.policy.max_recipients),
         (Some(1000), Some(7))
     );
+    assert_eq!(args.policy.allow_table, ["relay_recipients"]);
     assert!(args.command.is_none());
 }
 
