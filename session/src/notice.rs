@@ -2,7 +2,9 @@
 //! composed by [`bsmtp::bounce`], queued into the local Postfix with the
 //! null sender through postdrop, so Postfix delivers them like its own.
 //! Used by `flush` and the hub's `pull` (a spooled message refused or
-//! expired) and by offline rsmtp (a refused transaction in a batch).
+//! expired) and by offline rsmtp (a refused transaction in a batch). A
+//! satellite with no Postfix spools its notices for the hub instead
+//! ([`Sink::Spool`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,10 +34,21 @@ pub struct About<'a> {
     pub original: &'a [u8],
 }
 
-/// Queues notices into one Postfix instance.
+/// Where notices go.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    /// Into a Postfix instance, with postdrop (its `config_dir` names the
+    /// instance).
+    Postdrop(PostdropCommand),
+    /// Into a peer's spool, for the next flush: a satellite with no
+    /// Postfix of its own sends its notices through its hub.
+    Spool(Spool),
+}
+
+/// Queues notices.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    command: PostdropCommand,
+    sink: Sink,
     hostname: String,
 }
 
@@ -43,8 +56,13 @@ impl Notifier {
     /// Notices from `hostname`, queued with `command` (its
     /// `config_dir` names the Postfix instance).
     pub fn new(command: PostdropCommand, hostname: &str) -> Self {
+        Self::to(Sink::Postdrop(command), hostname)
+    }
+
+    /// Notices from `hostname`, queued into `sink`.
+    pub fn to(sink: Sink, hostname: &str) -> Self {
         Notifier {
-            command,
+            sink,
             hostname: hostname.to_owned(),
         }
     }
@@ -119,8 +137,25 @@ impl Notifier {
         })
     }
 
-    /// Hands a composed notice to postdrop, from the null sender.
+    /// Queues a composed notice from the null sender.
     fn queue(&self, to: &str, notice: &Composed) -> Result<String, String> {
+        match &self.sink {
+            Sink::Postdrop(command) => Self::postdrop(command, to, notice),
+            Sink::Spool(spool) => {
+                let message = crate::spool::NewMessage {
+                    sender: String::new(),
+                    recipients: vec![to.to_owned()],
+                    ..crate::spool::NewMessage::default()
+                };
+                spool
+                    .enqueue(&message, &mut notice.message.as_slice(), 0, 0)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Hands a composed notice to postdrop, from the null sender.
+    fn postdrop(command: &PostdropCommand, to: &str, notice: &Composed) -> Result<String, String> {
         let to = bsmtp::address::to_internal(to);
         let attributes = if notice.eight_bit {
             vec![format!("{}=8bit", attr::ENCODING)]
@@ -129,7 +164,7 @@ impl Notifier {
         };
         let recipients = [(to, Vec::new())];
         let mut postdrop = Postdrop::start(
-            &self.command,
+            command,
             &Envelope {
                 sender: "",
                 recipients: &recipients,
@@ -158,21 +193,26 @@ fn wants_failure_notice(dsn: Option<&RcptDsn>) -> bool {
 }
 
 /// The [`Bouncer`] of `flush` and `pull`: notices about spooled messages,
-/// queued into the local Postfix.
-pub struct PostdropBouncer {
+/// queued into the local Postfix (or, on a satellite, the spool).
+pub struct NoticeBouncer {
     notifier: Notifier,
 }
 
-impl PostdropBouncer {
+impl NoticeBouncer {
     /// Notices from `hostname`, queued with `command`.
     pub fn new(command: PostdropCommand, hostname: &str) -> Self {
-        PostdropBouncer {
-            notifier: Notifier::new(command, hostname),
+        Self::to(Sink::Postdrop(command), hostname)
+    }
+
+    /// Notices from `hostname`, queued into `sink`.
+    pub fn to(sink: Sink, hostname: &str) -> Self {
+        NoticeBouncer {
+            notifier: Notifier::to(sink, hostname),
         }
     }
 }
 
-impl Bouncer for PostdropBouncer {
+impl Bouncer for NoticeBouncer {
     fn bounce(
         &mut self,
         spool: &Spool,

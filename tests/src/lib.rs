@@ -982,6 +982,32 @@ impl Env {
         config
     }
 
+    /// The leaf as a satellite: `sendmail ARGS` (the bsmtp-ssh binary run by
+    /// that name, as a link `/usr/sbin/sendmail` would run it) as the leaf's
+    /// account, with the leaf's config (`BSMTP_SSH_CONFIG`), the message on
+    /// standard input.
+    pub fn satellite_sendmail(&self, args: &[&str], message: &[u8]) -> Output {
+        let link = self.bin_dir().join("sendmail");
+        if !link.exists() {
+            std::os::unix::fs::symlink(self.bin_dir().join("bsmtp-ssh"), &link)
+                .unwrap_or_else(|err| panic!("link {}: {err}", link.display()));
+        }
+        let user = util::lookup_user(LEAF_USER);
+        util::run_timeout(
+            Command::new("/usr/bin/setpriv")
+                .arg(format!("--reuid={}", user.uid))
+                .arg(format!("--regid={}", user.gid))
+                .args(["--clear-groups", "--"])
+                .arg(&link)
+                .args(args)
+                .env("BSMTP_SSH_CONFIG", self.transport_config())
+                .env("LOGNAME", "alice")
+                .current_dir("/"),
+            message,
+            COMMAND_TIMEOUT,
+        )
+    }
+
     /// `bsmtp-ssh flush` on the leaf.
     pub fn flush(&self) -> Output {
         self.bsmtp_ssh_as_leaf(&["flush"])

@@ -89,6 +89,12 @@ pub struct ConfigFile {
     /// The postdrop(1) that queues pulled mail and bounces (default
     /// /usr/sbin/postdrop).
     pub postdrop: Option<PathBuf>,
+    /// `bsmtp-ssh sendmail` (a satellite): the [peer.NAME] that takes this
+    /// host's mail (default: the only peer).
+    pub sendmail_peer: Option<String>,
+    /// `bsmtp-ssh sendmail`: the domain of a sender not given with -f, after
+    /// the login name (default: the host name).
+    pub sender_domain: Option<String>,
     /// Peers by name.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerSection>,

@@ -10,7 +10,7 @@ use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::client::ClientSession;
 use bsmtp_session::forward::{self, Report, Settings};
 use bsmtp_session::main_cf::MainCf;
-use bsmtp_session::notice::PostdropBouncer;
+use bsmtp_session::notice::{NoticeBouncer, Sink};
 use bsmtp_session::spool::{Entry, Spool};
 use bsmtp_session::ssh;
 use clap::Args as ClapArgs;
@@ -104,7 +104,7 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
         return Ok(Report::default());
     };
     let main_cf = MainCf::load(&file.postfix_config());
-    let mut bouncer = PostdropBouncer::new(file.postdrop_command(), &crate::deliver::helo_name());
+    let mut bouncer = bouncer(file, &spool);
     let lifetime = file
         .spool_lifetime
         .map_or_else(|| main_cf.maximal_queue_lifetime(), Duration::from_secs);
@@ -160,6 +160,19 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
             forward::note_failure(&spool, &left, &failure);
             Err(failure)
         }
+    }
+}
+
+/// Notices go into the local Postfix; a satellite without one (no
+/// postdrop) sends them through the peer: into the same spool, for the
+/// flush to carry.
+fn bouncer(file: &ConfigFile, spool: &Spool) -> NoticeBouncer {
+    let command = file.postdrop_command();
+    let host = crate::deliver::helo_name();
+    if command.program.exists() {
+        NoticeBouncer::new(command, &host)
+    } else {
+        NoticeBouncer::to(Sink::Spool(spool.clone()), &host)
     }
 }
 

@@ -11,5 +11,6 @@ pub mod lmtp;
 pub mod pull;
 pub mod report;
 mod run;
+pub mod sendmail;
 
-pub use run::{install_panic_hook, run, Cli};
+pub use run::{install_panic_hook, run, Action, Cli};

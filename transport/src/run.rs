@@ -46,6 +46,9 @@ pub enum Action {
     Queue(crate::flush::QueueArgs),
     /// Fetch the mail a hub spooled for us, into the local Postfix.
     Pull(crate::pull::PullArgs),
+    /// A satellite's sendmail (also run as `sendmail`): send one message
+    /// to the hub now, or spool it for `flush`.
+    Sendmail(crate::sendmail::SendmailArgs),
 }
 
 /// Which peer to reach and how: a config section, or flags alone.
@@ -155,7 +158,7 @@ pub fn run(
     content: &mut impl Read,
     out: &mut impl Write,
 ) -> u8 {
-    let cli = match Cli::try_parse_from(command_line) {
+    let cli = match Cli::try_parse_from(as_sendmail(command_line)) {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             let _ = write!(out, "{err}");
@@ -184,6 +187,7 @@ pub fn run(
         Action::Flush(args) => crate::flush::run(&args, out),
         Action::Queue(args) => crate::flush::run_queue(&args, out),
         Action::Pull(args) => crate::pull::run(&args, out),
+        Action::Sendmail(args) => crate::sendmail::run(&args, content, &mut std::io::stderr()),
     }
 }
 
@@ -225,6 +229,20 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
         Ok(_) => 0,
         Err(failure) => failure.exit_code() as u8,
     }
+}
+
+/// Run as `sendmail` (a link or copy by that name): `bsmtp-ssh sendmail`
+/// with the same arguments.
+fn as_sendmail(command_line: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut words: Vec<OsString> = command_line.into_iter().collect();
+    let invoked = words
+        .first()
+        .and_then(|program| std::path::Path::new(program).file_name())
+        .is_some_and(|name| name == "sendmail");
+    if invoked {
+        words.insert(1, OsString::from("sendmail"));
+    }
+    words
 }
 
 /// Runs `deliver`, turning a panic into a deferral: a panic's own exit

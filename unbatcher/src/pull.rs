@@ -17,7 +17,7 @@ use bsmtp_session::client::ClientSession;
 use bsmtp_session::forward::{self, Settings};
 use bsmtp_session::idle::{Input, Output};
 use bsmtp_session::main_cf::MainCf;
-use bsmtp_session::notice::PostdropBouncer;
+use bsmtp_session::notice::NoticeBouncer;
 use bsmtp_session::postdrop::PostdropCommand;
 use bsmtp_session::spool::Spool;
 use log::info;
@@ -78,7 +78,7 @@ pub fn pull(
         return Ok(());
     };
     let ids = spool.ids()?;
-    let mut bouncer = PostdropBouncer::new(settings.postdrop.clone(), settings.hostname);
+    let mut bouncer = NoticeBouncer::new(settings.postdrop.clone(), settings.hostname);
     let lifetime = settings
         .lifetime
         .unwrap_or_else(|| MainCf::load(settings.postfix_config).maximal_queue_lifetime());

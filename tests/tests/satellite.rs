@@ -1,0 +1,159 @@
+//! A satellite with no MTA (a laptop, a container): `bsmtp-ssh sendmail`,
+//! run by the name `sendmail` as mail user agents run it, hands each
+//! message to the hub over SSH at once, or spools it when the hub is away
+//! for `flush` to send; it prints nothing when it worked.
+
+use std::time::Duration;
+
+use bsmtp_ssh_tests::util::poll;
+use bsmtp_ssh_tests::{Env, EnvOptions, HUB_PEER};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_secs(90);
+
+fn explain(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Exit 0 and not a byte of output (Emacs's sendmail-send-it takes any
+/// output as a failure).
+fn assert_silent_success(out: &std::process::Output) {
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}",
+        explain(out)
+    );
+}
+
+/// The way mutt, git send-email and Emacs call it: the message reaches the
+/// hub at once, and nothing stays spooled.
+#[test]
+fn satellite_mail_reaches_the_hub() {
+    let env = Env::start_with(
+        "satellite",
+        EnvOptions::default().leaf_conf("sender_domain = \"leaf.test\""),
+    );
+    let mutt = env.satellite_sendmail(
+        &["-oem", "-oi", "-f", "alice@leaf.test", "--", "bob@hub.test"],
+        b"From: alice@leaf.test\nSubject: mutt\n\nfrom mutt\n",
+    );
+    assert_silent_success(&mutt);
+    let emacs = env.satellite_sendmail(
+        &["-oi", "-t"],
+        b"From: alice@leaf.test\nTo: carol@hub.test\nBcc: dave@hub.test\nSubject: emacs\n\n.\nfrom emacs\n",
+    );
+    assert_silent_success(&emacs);
+    env.wait_maildir("bob", 1, DELIVERY);
+    let carol = env.wait_maildir("carol", 1, DELIVERY);
+    let dave = env.wait_maildir("dave", 1, DELIVERY);
+    let text = String::from_utf8_lossy(&carol[0]);
+    assert!(
+        !text.contains("Bcc:") && text.ends_with("\n.\nfrom emacs\n"),
+        "{text}"
+    );
+    // No -f: the login name at sender_domain, as sendmail makes it.
+    let text = String::from_utf8_lossy(&dave[0]);
+    assert!(text.contains("Return-Path: <alice@leaf.test>"), "{text}");
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}
+
+/// The hub is away: the message is spooled (exit 0, silent), and a later
+/// flush delivers it once.
+#[test]
+fn with_the_hub_down_it_spools_and_a_flush_delivers_once() {
+    let mut env = Env::start("satellite_down");
+    env.stop_sshd();
+    let out = env.satellite_sendmail(
+        &["-i", "-f", "alice@leaf.test", "bob@hub.test"],
+        b"From: alice@leaf.test\nMessage-ID: <away@leaf.test>\nSubject: away\n\nlater\n",
+    );
+    assert_silent_success(&out);
+    assert_eq!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).len(), 1);
+    env.start_sshd();
+    let flushed = env.flush();
+    assert!(flushed.status.success(), "{}", explain(&flushed));
+    env.wait_maildir("bob", 1, DELIVERY);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}
+
+/// A refusal while the user waits: the hub's reply on standard error, an
+/// exit status mail user agents understand, nothing kept; bad flags get
+/// `EX_USAGE`.
+#[test]
+fn a_refusal_is_told_to_the_user() {
+    let env = Env::start_with(
+        "satellite_refused",
+        EnvOptions::default().rsmtp_args([
+            "--allow-sender",
+            "@leaf.test",
+            "--allow-recipient",
+            "bob@hub.test",
+        ]),
+    );
+    let out = env.satellite_sendmail(
+        &["-i", "-f", "alice@leaf.test", "carol@hub.test"],
+        b"Subject: no\n\nx\n",
+    );
+    assert_eq!(out.status.code(), Some(77), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("<carol@hub.test>") && stderr.contains("5.7.1") && out.stdout.is_empty(),
+        "{}",
+        explain(&out)
+    );
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+    let usage = env.satellite_sendmail(&["-bp"], b"");
+    assert_eq!(usage.status.code(), Some(64), "{}", explain(&usage));
+}
+
+/// A satellite has no Postfix to bounce into: what the hub refuses at a
+/// later flush comes back to the sender as a notice sent through the hub.
+#[test]
+fn a_later_refusal_comes_back_through_the_hub() {
+    let mut env = Env::start_with(
+        "satellite_notice",
+        EnvOptions::default()
+            .hub_returns_to_leaf()
+            .leaf_conf("postdrop = \"/nonexistent/postdrop\"")
+            .rsmtp_args([
+                "--allow-sender",
+                "@leaf.test",
+                "--allow-recipient",
+                "@leaf.test",
+                "--allow-recipient",
+                "bob@hub.test",
+            ]),
+    );
+    env.stop_sshd();
+    let out = env.satellite_sendmail(
+        &["-i", "-f", "alice@leaf.test", "carol@hub.test"],
+        b"From: alice@leaf.test\nMessage-ID: <refused-later@leaf.test>\nSubject: later\n\nx\n",
+    );
+    assert_silent_success(&out);
+    env.start_sshd();
+    // The first flush gets the refusal and spools the notice; the next
+    // one carries the notice to the hub, which routes it to alice.
+    let delivered = poll(DELIVERY, || {
+        let _ = env.flush();
+        let got = Env::read_maildir(&env.leaf_maildir("alice"));
+        (!got.is_empty()).then_some(got)
+    })
+    .unwrap_or_else(|| env.fail("no notice reached alice"));
+    let notice = String::from_utf8_lossy(&delivered[0]);
+    for expected in [
+        "Final-Recipient: rfc822; carol@hub.test",
+        "Action: failed",
+        "Status: 5.7.1",
+        "Message-ID: <refused-later@leaf.test>",
+    ] {
+        assert!(notice.contains(expected), "no {expected:?} in\n{notice}");
+    }
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}

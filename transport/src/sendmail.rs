@@ -1,0 +1,286 @@
+//! `bsmtp-ssh sendmail`, also run as `sendmail` (a link or a copy named
+//! `/usr/sbin/sendmail`): the sendmail of a satellite with no MTA, a laptop
+//! or a container. It takes sendmail's flags for sending mail and the no-op
+//! ones mail user agents pass, spools the message (durably, in the spool of
+//! store and forward), then tries to hand it to the hub at once over SSH
+//! with the Batch SMTP verb and its exactly-once tag.
+//!
+//! - The hub took it: exit 0, nothing printed (Emacs's `sendmail-send-it`
+//!   takes any output as a failure).
+//! - The hub refused it for good: the reply on standard error and an exit
+//!   status mail user agents understand (`EX_NOUSER`, `EX_NOPERM`,
+//!   `EX_UNAVAILABLE`), nothing kept.
+//! - The hub is not reachable, or deferred it: it stays spooled, exit 0,
+//!   nothing printed; `bsmtp-ssh flush` (a timer) sends it later, and what
+//!   the hub then refuses comes back to the sender as a notice through the
+//!   hub.
+//!
+//! The configuration is the first of `$BSMTP_SSH_CONFIG`,
+//! `~/.config/bsmtp-ssh/bsmtp-ssh.conf` and `/etc/bsmtp-ssh/bsmtp-ssh.conf`.
+//! Each user with a key of their own (readable by them alone) is the safe
+//! setup: see bsmtp-ssh(8), "Satellites".
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use bsmtp::dsn::{parse_notify, MailDsn, RcptDsn};
+use bsmtp::reply::EnhancedCode;
+use bsmtp::sendmail::{self, Flags};
+use bsmtp_session::client::ClientSession;
+use bsmtp_session::forward::{self, Bouncer, Settings, Undeliverable};
+use bsmtp_session::message::Submission;
+use bsmtp_session::spool::{Entry, NewMessage, Spool, SpoolError};
+use bsmtp_session::ssh;
+use clap::Args as ClapArgs;
+use sysexits::ExitCode;
+
+use crate::config::ConfigFile;
+
+/// `bsmtp-ssh sendmail`.
+#[derive(Debug, ClapArgs)]
+#[command(disable_help_flag = true)]
+pub struct SendmailArgs {
+    /// sendmail's own flags (-f SENDER, -r SENDER, -F NAME, -t, -i, -oi,
+    /// -N NOTIFY, -V ENVID, --, and the no-op -oem, -odi, -v...) and the
+    /// recipients.
+    #[arg(
+        value_name = "ARG",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
+}
+
+/// Where the config is: `$BSMTP_SSH_CONFIG`, else the user's own, else
+/// the system's.
+pub fn config_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BSMTP_SSH_CONFIG") {
+        return PathBuf::from(path);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let own = PathBuf::from(home).join(".config/bsmtp-ssh/bsmtp-ssh.conf");
+        if own.is_file() {
+            return own;
+        }
+    }
+    PathBuf::from(crate::config::DEFAULT_CONFIG)
+}
+
+/// Runs sendmail; messages for the user go to `err`; returns the exit
+/// status.
+pub fn run(args: &SendmailArgs, input: &mut impl Read, err: &mut impl Write) -> u8 {
+    let invocation = match sendmail::parse(&args.args, Flags::Satellite) {
+        Ok(invocation) => invocation,
+        Err(e) => return say(err, ExitCode::Usage, &e.to_string()),
+    };
+    let path = config_path();
+    let file = match ConfigFile::load(&path) {
+        Ok(file) => file,
+        Err(text) => return say(err, ExitCode::Config, &text),
+    };
+    // Logs go to syslog only: a mail user agent takes any output as failure.
+    bsmtp_session::logging::init(
+        "bsmtp-ssh",
+        false,
+        bsmtp_session::logging::Fallback::Discard,
+        &bsmtp_session::logging::Target {
+            postfix_config: None,
+            postlog: None,
+        },
+    );
+    match send(&file, &invocation, input) {
+        Ok(()) => 0,
+        Err((status, text)) => say(err, status, &text),
+    }
+}
+
+fn say(err: &mut impl Write, status: ExitCode, text: &str) -> u8 {
+    let _ = writeln!(err, "sendmail: {}", bsmtp::text::one_line(text));
+    status as u8
+}
+
+/// The peer satellites send to: `sendmail_peer`, else the only one.
+fn peer_name(file: &ConfigFile) -> Result<String, String> {
+    if let Some(name) = &file.sendmail_peer {
+        return Ok(name.clone());
+    }
+    let mut names = file.peer.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Ok(only.clone()),
+        _ => {
+            Err("set sendmail_peer in the config: which [peer.NAME] takes this host's mail".into())
+        }
+    }
+}
+
+/// The sender when `-f` is not given: the login name at `sender_domain`
+/// (default: the host name).
+fn default_sender(file: &ConfigFile) -> String {
+    let login = std::env::var("LOGNAME")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "nobody".into());
+    let domain = file
+        .sender_domain
+        .clone()
+        .unwrap_or_else(crate::deliver::helo_name);
+    format!("{login}@{domain}")
+}
+
+/// Spools the message, then tries the hub.
+fn send(
+    file: &ConfigFile,
+    invocation: &sendmail::Invocation,
+    input: &mut impl Read,
+) -> Result<(), (ExitCode, String)> {
+    let config = |text: String| (ExitCode::Config, text);
+    let name = peer_name(file).map_err(config)?;
+    let submission = Submission::read(invocation, &default_sender(file), input)
+        .map_err(|e| (ExitCode::IoErr, format!("reading the message: {e}")))?;
+    let notify = match &invocation.notify {
+        Some(value) => Some(parse_notify(value).ok_or_else(|| {
+            (
+                ExitCode::Usage,
+                format!("-N {value}: use never, or some of success,delay,failure"),
+            )
+        })?),
+        None => None,
+    };
+    let recipients: Vec<String> = submission.recipients.clone();
+    if recipients.is_empty() {
+        return Err((
+            ExitCode::Usage,
+            "no recipients (none on the command line, none in the headers with -t)".into(),
+        ));
+    }
+    let message = NewMessage {
+        sender: submission.sender.clone(),
+        queue_id: Some(unique_id()),
+        dsn: MailDsn {
+            ret: None,
+            envid: invocation.envid.clone(),
+        },
+        recipient_dsn: recipients
+            .iter()
+            .map(|_| RcptDsn {
+                notify: notify.clone(),
+                orcpt: None,
+            })
+            .collect(),
+        recipients,
+    };
+    let spool = Spool::new(&file.spool_directory(), &name);
+    let id = spool
+        .enqueue(&message, &mut submission.content(), file.min_free(), 0)
+        .map_err(|e| match e {
+            SpoolError::NoRoom { .. } => (ExitCode::TempFail, e.to_string()),
+            SpoolError::Io(_) => (
+                ExitCode::CantCreat,
+                format!("cannot spool the message ({e}); set spool_directory to a directory this user can write"),
+            ),
+        })?;
+    deliver_now(file, &name, &spool, &id)
+}
+
+/// Tries the hub once; what it does not take stays spooled.
+fn deliver_now(
+    file: &ConfigFile,
+    name: &str,
+    spool: &Spool,
+    id: &str,
+) -> Result<(), (ExitCode, String)> {
+    let Ok(Some(_lock)) = spool.lock() else {
+        // A flush is running: it takes the message along.
+        return Ok(());
+    };
+    let peer = file.peer(name).map_err(|text| (ExitCode::Config, text))?;
+    let mut refusals = Refusals::default();
+    let sent = ssh::connect(&peer, &peer.command).and_then(|connection| {
+        let mut session = ClientSession::start(
+            connection.channel,
+            connection.relay.clone(),
+            &crate::deliver::helo_name(),
+        )?;
+        let settings = Settings {
+            lifetime: std::time::Duration::MAX,
+            window: 1,
+        };
+        let result = forward::send(
+            spool,
+            &[id.to_owned()],
+            &mut session,
+            &mut refusals,
+            &settings,
+            &mut |_, _| {},
+        );
+        let _ = session.quit();
+        let _ = connection.session.disconnect(None, "done", None);
+        result.map_err(|(_, failure)| failure)
+    });
+    if let Err(failure) = sent {
+        // Queued: the next flush sends it.
+        log::info!("{id}: hub not reached, spooled for flush: {failure}");
+        forward::note_failure(spool, &[id.to_owned()], &failure);
+        return Ok(());
+    }
+    match refusals.first {
+        None => Ok(()),
+        Some((to, status, text)) => Err((exit_status(status), format!("<{to}>: {text}"))),
+    }
+}
+
+/// The exit status a mail user agent understands for a refusal for good:
+/// about the address `EX_NOUSER`, about policy `EX_NOPERM`, else
+/// `EX_UNAVAILABLE`.
+fn exit_status(status: EnhancedCode) -> ExitCode {
+    match status.subject {
+        1 => ExitCode::NoUser,
+        7 => ExitCode::NoPerm,
+        _ => ExitCode::Unavailable,
+    }
+}
+
+/// Collects the hub's refusals for the user instead of sending notices:
+/// the user is there to read them.
+#[derive(Default)]
+struct Refusals {
+    first: Option<(String, EnhancedCode, String)>,
+}
+
+impl Bouncer for Refusals {
+    fn bounce(&mut self, _: &Spool, entry: &Entry, failed: &[Undeliverable]) -> Result<(), String> {
+        for failure in failed {
+            let report = &failure.report;
+            let text = report
+                .diagnostic
+                .as_ref()
+                .map_or_else(|| report.reason.clone(), |(_, text)| text.clone());
+            self.first.get_or_insert((
+                entry.recipients[failure.index].clone(),
+                report.status,
+                text,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An ID for the exactly-once tag, letters and digits: unique per host
+/// (time and process).
+fn unique_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "S{:x}{:08x}{:x}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    )
+}
