@@ -62,6 +62,9 @@ pub struct PeerSection {
     pub idle_timeout: Option<u64>,
     /// Seconds.
     pub deadline: Option<u64>,
+    /// Tables `push-table --all` sends to this peer: name -> source file.
+    #[serde(default)]
+    pub tables: BTreeMap<String, PathBuf>,
 }
 
 /// The whole file.

@@ -9,6 +9,7 @@ pub mod flush;
 pub mod install;
 pub mod lmtp;
 pub mod pull;
+pub mod push;
 pub mod report;
 mod run;
 pub mod sendmail;

@@ -49,6 +49,9 @@ pub enum Action {
     /// A satellite's sendmail (also run as `sendmail`): send one message
     /// to the hub now, or spool it for `flush`.
     Sendmail(crate::sendmail::SendmailArgs),
+    /// Send a Postfix lookup-table source to a hub (`put-table`), which
+    /// builds it with postmap and installs it.
+    PushTable(crate::push::PushArgs),
 }
 
 /// Which peer to reach and how: a config section, or flags alone.
@@ -187,6 +190,7 @@ pub fn run(
         Action::Flush(args) => crate::flush::run(&args, out),
         Action::Queue(args) => crate::flush::run_queue(&args, out),
         Action::Pull(args) => crate::pull::run(&args, out),
+        Action::PushTable(args) => crate::push::run(&args, out),
         Action::Sendmail(args) => crate::sendmail::run(&args, content, &mut std::io::stderr()),
     }
 }

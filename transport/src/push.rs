@@ -1,0 +1,353 @@
+//! `bsmtp-ssh push-table`: keep a hub's Postfix lookup tables current from
+//! here (the mailhub scenario: a mailbox server pushes its
+//! `relay_recipients` to its MX hubs, so they reject unknown recipients at
+//! the door).
+//!
+//! Each push is one SSH session whose command is `put-table NAME BYTES
+//! SHA256` ([`bsmtp::table::PutTable`]), the table source on the channel,
+//! then EOF. The size and SHA-256 are counted in a first pass over the file
+//! and the same number of bytes is sent in a second: if the link drops, or
+//! the file changes in between, the hub's rsmtp sees the mismatch and keeps
+//! its old table. The hub answers with one SMTP-style line, which is
+//! printed; rsmtp's exit status becomes ours when the push failed.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bsmtp::reply::{Reply, ReplyParser};
+use bsmtp::status::{Failure, FailureKind};
+use bsmtp::table::{Checksum, PutTable};
+use bsmtp_session::ssh;
+use clap::Args as ClapArgs;
+use log::{info, warn};
+use sysexits::ExitCode;
+
+use crate::config::ConfigFile;
+
+/// The longest reply line read from the hub.
+const MAX_REPLY: u64 = 4096;
+/// Bytes per read and write of the source.
+const CHUNK: usize = 64 * 1024;
+
+/// `bsmtp-ssh push-table`.
+#[derive(Debug, ClapArgs)]
+pub struct PushArgs {
+    /// Configuration file naming the peers (and, for --all, their tables).
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Push every table of every peer's `tables` to that peer.
+    #[arg(long, conflicts_with_all = ["peer", "name", "file"])]
+    pub all: bool,
+    /// Log debug lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The hub: a [peer.NAME] section.
+    #[arg(
+        value_name = "PEER",
+        required_unless_present = "all",
+        requires_all = ["name", "file"]
+    )]
+    pub peer: Option<String>,
+    /// The table's name on the hub, e.g. `relay_recipients`.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// The table source, in postmap(1)'s input format.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// Why one push failed: a line to print and the exit status.
+#[derive(Debug)]
+struct PushFailure {
+    text: String,
+    exit: u8,
+}
+
+impl PushFailure {
+    fn new(exit: ExitCode, text: String) -> Self {
+        PushFailure {
+            text,
+            exit: exit as u8,
+        }
+    }
+}
+
+impl From<Failure> for PushFailure {
+    /// A connection failure: a config error is the admin's (78), anything
+    /// else (unreachable, host key, login) may pass (75).
+    fn from(failure: Failure) -> Self {
+        let exit = match failure.kind {
+            FailureKind::Config => ExitCode::Config,
+            _ => ExitCode::TempFail,
+        };
+        PushFailure::new(exit, failure.to_string())
+    }
+}
+
+/// Runs `push-table`: one line per table pushed (`PEER NAME: reply`); exit
+/// 0 when every push was installed, else the status of the first failure
+/// that is not temporary, else 75.
+pub fn run(args: &PushArgs, out: &mut impl Write) -> u8 {
+    let file = match ConfigFile::load(&args.config) {
+        Ok(file) => file,
+        Err(text) => {
+            let _ = writeln!(out, "bsmtp-ssh push-table: {text}");
+            return ExitCode::Config as u8;
+        }
+    };
+    bsmtp_session::logging::init(
+        "bsmtp-ssh",
+        args.verbose,
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
+            postfix_config: Some(file.postfix_config()),
+            postlog: file.postlog.clone(),
+        },
+    );
+    let jobs: Vec<(String, String, PathBuf)> = match (&args.peer, &args.name, &args.file) {
+        (Some(peer), Some(name), Some(source)) => {
+            vec![(peer.clone(), name.clone(), source.clone())]
+        }
+        // --all; clap allows nothing else.
+        _ => file
+            .peer
+            .iter()
+            .flat_map(|(peer, section)| {
+                section
+                    .tables
+                    .iter()
+                    .map(|(name, source)| (peer.clone(), name.clone(), source.clone()))
+            })
+            .collect(),
+    };
+    if jobs.is_empty() {
+        let _ = writeln!(
+            out,
+            "bsmtp-ssh push-table: no tables listed in {} (add tables = {{ NAME = \"FILE\" }} to a [peer.NAME] section)",
+            args.config.display()
+        );
+        return ExitCode::Config as u8;
+    }
+    let mut status = 0;
+    for (peer, name, source) in &jobs {
+        match push(&file, peer, name, source) {
+            Ok(reply) => {
+                info!("push-table {peer} {name}: {reply}");
+                let _ = writeln!(out, "{peer} {name}: {reply}");
+            }
+            Err(failure) => {
+                warn!("push-table {peer} {name}: {}", failure.text);
+                let _ = writeln!(out, "{peer} {name}: {}", failure.text);
+                if status == 0 || status == ExitCode::TempFail as u8 {
+                    status = failure.exit;
+                }
+            }
+        }
+    }
+    status
+}
+
+/// Pushes `source` as table `name` to the peer called `peer`; the hub's
+/// reply when it installed the table.
+fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Reply, PushFailure> {
+    bsmtp::table::check_name(name).map_err(|err| PushFailure::new(ExitCode::Usage, err))?;
+    let peer = file
+        .peer(peer)
+        .map_err(|text| PushFailure::new(ExitCode::Config, text))?;
+    let unreadable = |err: io::Error| {
+        PushFailure::new(
+            ExitCode::NoInput,
+            format!("cannot read {}: {err}", source.display()),
+        )
+    };
+    let expected = checksum(source).map_err(unreadable)?;
+    let request = PutTable {
+        name: name.to_owned(),
+        expected: Some(expected),
+    };
+    let mut connection = ssh::connect(&peer, &request.command())?;
+    let sent = send(source, expected.size, &mut connection.channel);
+    // The hub reads to the end of its input before it answers.
+    let _ = connection.channel.0.send_eof();
+    // postmap on a big table takes a while: wait for the reply as long as
+    // a whole delivery may take.
+    connection
+        .session
+        .set_timeout(u32::try_from(peer.deadline.as_millis()).unwrap_or(u32::MAX));
+    let reply = read_reply(&mut connection.channel);
+    let _ = connection.channel.0.wait_close();
+    let exit = connection.channel.0.exit_status().ok();
+    let _ = connection.session.disconnect(None, "done", None);
+    let relay = &connection.relay;
+    match reply {
+        Ok(reply) if reply.code / 100 == 2 => match sent {
+            Ok(()) => Ok(reply),
+            // Cannot be: the hub checked what it got. Say so anyway.
+            Err(err) => Err(PushFailure::new(
+                ExitCode::Protocol,
+                format!("{relay} said \"{reply}\", but sending failed: {err}"),
+            )),
+        },
+        Ok(reply) => {
+            // rsmtp's exit status says who must act (see rsmtp(8)); a
+            // hub that gave none is judged by the reply's class.
+            let exit = exit
+                .and_then(|code| u8::try_from(code).ok())
+                .filter(|code| (64..=78).contains(code))
+                .unwrap_or(if reply.is_transient() {
+                    ExitCode::TempFail as u8
+                } else {
+                    ExitCode::Unavailable as u8
+                });
+            Err(PushFailure {
+                text: reply.one_line(),
+                exit,
+            })
+        }
+        Err(err) => Err(PushFailure::new(
+            ExitCode::TempFail,
+            format!(
+                "{relay}: no reply to put-table ({err}{}{})",
+                exit.map(|code| format!(", exit status {code}"))
+                    .unwrap_or_default(),
+                sent.err()
+                    .map(|e| format!(", sending failed: {e}"))
+                    .unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// The size and SHA-256 of the file at `path`.
+fn checksum(path: &Path) -> io::Result<bsmtp::table::Expected> {
+    let mut file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut sum = Checksum::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(sum.finish()),
+            Ok(n) => sum.update(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Sends the first `size` bytes of the file at `path` (the bytes that were
+/// counted; a file that shrank since is sent short, and the hub refuses it).
+fn send(path: &Path, size: u64, channel: &mut impl Write) -> io::Result<()> {
+    let mut file = File::open(path)?.take(size);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => channel.write_all(&buf[..n])?,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Reads the hub's one reply (at most [`MAX_REPLY`] bytes).
+fn read_reply(channel: &mut impl Read) -> io::Result<Reply> {
+    let mut bytes = Vec::new();
+    let mut parser = ReplyParser::new();
+    let mut limited = channel.take(MAX_REPLY);
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some((_, reply)) = parser
+            .parse(&bytes)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?
+        {
+            return Ok(reply);
+        }
+        match limited.read(&mut buf) {
+            Ok(0) if bytes.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the channel closed without a reply",
+                ))
+            }
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the channel closed inside a reply: {}",
+                        bsmtp::text::printable(&bytes)
+                    ),
+                ))
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        push: PushArgs,
+    }
+
+    #[test]
+    fn command_line_forms() {
+        let one = Cli::try_parse_from(["x", "hub", "relay_recipients", "/etc/postfix/r"]).unwrap();
+        assert_eq!(one.push.peer.as_deref(), Some("hub"));
+        assert!(!one.push.all);
+        assert!(Cli::try_parse_from(["x", "--all"]).unwrap().push.all);
+        for bad in [
+            &["x"][..],
+            &["x", "hub"],
+            &["x", "hub", "relay_recipients"],
+            &["x", "--all", "hub", "t", "f"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tables_are_listed_per_peer() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.hub]\nhost = \"a\"\ntables = { relay_recipients = \"/etc/postfix/relay_recipients\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.peer["hub"].tables["relay_recipients"],
+            Path::new("/etc/postfix/relay_recipients")
+        );
+    }
+
+    #[test]
+    fn reply_is_read_from_a_stream_in_pieces() {
+        let reply = read_reply(&mut &b"250 2.0.0 table t installed (3 bytes)\r\n"[..]).unwrap();
+        assert_eq!(reply.one_line(), "250 2.0.0 table t installed (3 bytes)");
+        let err = read_reply(&mut &b"250 2.0"[..]).unwrap_err();
+        assert!(err.to_string().contains("inside a reply"), "{err}");
+        assert!(read_reply(&mut &b""[..]).is_err());
+    }
+
+    #[test]
+    fn sends_only_the_bytes_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, b"bob@relay.test OK\n").unwrap();
+        let expected = checksum(&path).unwrap();
+        assert_eq!(expected.size, 18);
+        // The file grew after it was counted: the extra bytes stay home.
+        std::fs::write(&path, b"bob@relay.test OK\neve@relay.test OK\n").unwrap();
+        let mut sent = Vec::new();
+        send(&path, expected.size, &mut sent).unwrap();
+        assert_eq!(sent, b"bob@relay.test OK\n");
+        assert!(checksum(dir.path()).is_err());
+    }
+}
