@@ -1098,6 +1098,33 @@ impl Env {
         self.hub.queue()
     }
 
+    /// Adds an smtpd listener on a free port of 127.0.0.1 to the running
+    /// hub, sets `params` in its main.cf (e.g. `relay_domains` and
+    /// `relay_recipient_maps`), reloads it, and returns the port once it
+    /// accepts connections. The probe's connection starts an smtpd, which
+    /// opens every table main.cf names: they must exist by then.
+    pub fn start_hub_smtpd(&self, params: &[(&str, &str)]) -> u16 {
+        let port = sshd::free_port();
+        let master_cf = self.hub_config_dir().join("master.cf");
+        let mut text = util::read_lossy(&master_cf);
+        let _ = writeln!(text, "127.0.0.1:{port} inet n - n - - smtpd");
+        write_file(&master_cf, text, 0o644);
+        if params.is_empty() {
+            self.hub.postfix(&["reload"]);
+        } else {
+            self.hub.postconf(params);
+        }
+        let listening = poll(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        if listening.is_none() {
+            self.fail(&format!(
+                "the hub's smtpd does not listen on 127.0.0.1:{port}"
+            ));
+        }
+        port
+    }
+
     /// True when the leaf's queue is empty.
     pub fn leaf_queue_is_empty(&self) -> bool {
         self.leaf_queue().contains("Mail queue is empty")

@@ -176,6 +176,9 @@ fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Repl
         .session
         .set_timeout(u32::try_from(peer.deadline.as_millis()).unwrap_or(u32::MAX));
     let reply = read_reply(&mut connection.channel);
+    // libssh2 has the exit status once the channel is closed, and closes
+    // it only after the hub's EOF.
+    let _ = connection.channel.0.wait_eof();
     let _ = connection.channel.0.wait_close();
     let exit = connection.channel.0.exit_status().ok();
     let _ = connection.session.disconnect(None, "done", None);

@@ -1,0 +1,348 @@
+//! Table push end to end (the mailhub scenario): the leaf's `bsmtp-ssh
+//! push-table` sends a `relay_recipients` source over SSH to the hub's
+//! rsmtp (`put-table`, granted with `--allow-table relay_recipients`),
+//! which builds it with the real postmap into `table_directory` (here
+//! `<hub etc>/bsmtp-tables`, as `/etc/postfix/bsmtp-tables` on a real hub).
+//! The hub's own smtpd, on a loopback port, then answers RCPT TO from that
+//! table, driven by a scripted SMTP client.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use bsmtp_ssh_tests::util::{chown_to, lookup_user, mkdir, poll, read_lossy, write_file};
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_SSH_USER, LEAF_PIPE_USER};
+
+/// The table every test pushes, and the only one leaf1 is granted.
+const TABLE: &str = "relay_recipients";
+/// What `table_max_size` is set to here.
+const MAX_SIZE: u64 = 4096;
+/// Reads and writes of the SMTP client.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the hub's smtpd may take to see a new table.
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn start(name: &str) -> Env {
+    let env = Env::start_with(
+        name,
+        EnvOptions::default()
+            .rsmtp_args(["--allow-sender", "@leaf.test", "--allow-table", TABLE])
+            .rsmtp_conf("table_directory = \"{hub_etc}/bsmtp-tables\"")
+            .rsmtp_conf(&format!("table_max_size = {MAX_SIZE}")),
+    );
+    // As the README says: install -d -o bsmtp -m 755 /etc/postfix/bsmtp-tables
+    let dir = table_directory(&env);
+    mkdir(&dir, 0o755);
+    chown_to(&dir, HUB_SSH_USER, None);
+    env
+}
+
+fn table_directory(env: &Env) -> PathBuf {
+    env.hub_config_dir().join("bsmtp-tables")
+}
+
+/// Writes a table source on the leaf, readable by the leaf's account.
+fn source(env: &Env, file: &str, text: &str) -> PathBuf {
+    let path = env.base().join(file);
+    write_file(&path, text, 0o644);
+    path
+}
+
+fn push(env: &Env, name: &str, source: &Path) -> Output {
+    env.bsmtp_ssh_as_leaf(&["push-table", "hub", name, &source.display().to_string()])
+}
+
+fn shown(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every file of the table directory with its bytes.
+fn snapshot(env: &Env) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(table_directory(env))
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().into_string().unwrap(),
+                std::fs::read(entry.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Starts the hub's smtpd with the pushed table as its relay recipients.
+fn start_smtpd(env: &Env) -> u16 {
+    let maps = format!("hash:{}/{TABLE}", table_directory(env).display());
+    env.start_hub_smtpd(&[
+        ("relay_domains", "relay.test"),
+        ("relay_recipient_maps", &maps),
+        // Not the harness's error transport, which smtpd would answer
+        // for every relay recipient; still nothing leaves the machine.
+        ("relay_transport", "discard:bsmtp-ssh-tests"),
+    ])
+}
+
+/// One SMTP session with the hub's smtpd: EHLO, MAIL FROM, one RCPT TO per
+/// recipient, QUIT; returns the last line of each RCPT reply.
+fn rcpt_replies(env: &Env, port: u16, recipients: &[&str]) -> Vec<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|err| env.fail(&format!("connect to the hub's smtpd: {err}")));
+    stream.set_read_timeout(Some(SMTP_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(SMTP_TIMEOUT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut reply = |command: Option<&str>| -> String {
+        if let Some(command) = command {
+            writer
+                .write_all(format!("{command}\r\n").as_bytes())
+                .unwrap_or_else(|err| env.fail(&format!("send {command}: {err}")));
+        }
+        // A multi-line reply ends with "NNN " (bounded: smtpd sends a few).
+        for _ in 0..50 {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => env.fail(&format!("smtpd closed or stalled after {command:?}")),
+                Ok(_) => {}
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_owned();
+            }
+        }
+        env.fail(&format!("endless reply to {command:?}"))
+    };
+    let greeting = reply(None);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    let ehlo = reply(Some("EHLO leaf.test"));
+    assert!(ehlo.starts_with("250 "), "{ehlo}");
+    let mail = reply(Some("MAIL FROM:<alice@leaf.test>"));
+    assert!(mail.starts_with("250 "), "{mail}");
+    let replies = recipients
+        .iter()
+        .map(|r| reply(Some(&format!("RCPT TO:<{r}>"))))
+        .collect();
+    let _ = reply(Some("QUIT"));
+    replies
+}
+
+fn accepted(reply: &str) -> bool {
+    reply.starts_with("250 ")
+}
+
+fn unknown(reply: &str) -> bool {
+    reply.starts_with("550 5.1.1 ") && reply.contains("User unknown in relay recipient table")
+}
+
+/// The mailhub scenario: a pushed `relay_recipients` makes the hub's smtpd
+/// accept a listed recipient and reject an unknown one; a second push (by
+/// `--all`, from the config's `tables`) takes effect without a reload.
+#[test]
+fn pushed_relay_recipients_make_the_hub_reject_unknown_recipients() {
+    let env = start("tables-push");
+    let first = source(&env, "relay_recipients", "bob@relay.test OK\n");
+    let out = push(&env, TABLE, &first);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hub relay_recipients: 250 2.0.0 table relay_recipients installed (18 bytes)\n"
+    );
+    let dir = table_directory(&env);
+    let hub_uid = lookup_user(HUB_SSH_USER).uid.as_raw();
+    for file in [TABLE.to_owned(), format!("{TABLE}.db")] {
+        let meta = std::fs::metadata(dir.join(&file)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777),
+            (hub_uid, 0o644),
+            "{file}"
+        );
+    }
+    assert_eq!(
+        snapshot(&env).keys().collect::<Vec<_>>(),
+        [TABLE, "relay_recipients.db"]
+    );
+
+    let port = start_smtpd(&env);
+    let replies = rcpt_replies(&env, port, &["bob@relay.test", "carol@relay.test"]);
+    assert!(accepted(&replies[0]), "{replies:?}");
+    assert!(unknown(&replies[1]), "{replies:?}");
+
+    // The config lists the table for the hub: push-table --all sends it.
+    let second = source(
+        &env,
+        "relay_recipients",
+        "bob@relay.test OK\ncarol@relay.test OK\n",
+    );
+    let mut conf = read_lossy(&env.transport_config());
+    let _ = writeln!(conf, "tables = {{ {TABLE} = \"{}\" }}", second.display());
+    let conf_path = env.base().join("push.conf");
+    write_file(&conf_path, conf, 0o644);
+    chown_to(&conf_path, LEAF_PIPE_USER, None);
+    let out = env.bsmtp_ssh_as_leaf_with(&conf_path, &["push-table", "--all"]);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hub relay_recipients: 250 2.0.0 table relay_recipients installed (38 bytes)\n"
+    );
+    // No reload: the idle smtpd sees its table replaced and restarts.
+    let replies = poll(SETTLE, || {
+        let replies = rcpt_replies(&env, port, &["carol@relay.test", "eve@relay.test"]);
+        accepted(&replies[0]).then_some(replies)
+    })
+    .unwrap_or_else(|| env.fail("carol@relay.test is still refused after the second push"));
+    assert!(unknown(&replies[1]), "{replies:?}");
+    env.wait_log(Log::Hub, "has changed -- restarting", SETTLE);
+}
+
+/// A table postmap does not take whole (here it only warns about a line
+/// that starts with white space, and would leave it out) is refused with
+/// postmap's words; the previous table stays, byte for byte, and keeps
+/// working.
+#[test]
+fn a_table_postmap_rejects_leaves_the_previous_one_working() {
+    let env = start("tables-postmap");
+    let good = source(&env, "good", "bob@relay.test OK\n");
+    let out = push(&env, TABLE, &good);
+    assert!(out.status.success(), "{}", shown(&out));
+    let before = snapshot(&env);
+    let port = start_smtpd(&env);
+
+    let bad = source(&env, "bad", "  carol@relay.test OK\nbob@relay.test OK\n");
+    let out = push(&env, TABLE, &bad);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(65), "{}", shown(&out));
+    assert!(
+        stdout.starts_with("hub relay_recipients: 554 5.6.0 table relay_recipients refused: postmap warned: postmap: warning: relay_recipients: logical line must not start with whitespace"),
+        "{}",
+        shown(&out)
+    );
+    assert!(
+        stdout.contains("the installed table is unchanged"),
+        "{stdout}"
+    );
+    assert_eq!(snapshot(&env), before, "the table directory changed");
+
+    let replies = rcpt_replies(&env, port, &["bob@relay.test", "carol@relay.test"]);
+    assert!(accepted(&replies[0]), "{replies:?}");
+    assert!(unknown(&replies[1]), "{replies:?}");
+}
+
+/// Pushes the hub must refuse change nothing: a name that climbs out of
+/// the table directory (refused by push-table before it connects, and by
+/// rsmtp when asked directly), a table this peer is not granted, a push
+/// cut short (fewer bytes than announced: a dropped link), and one over
+/// `table_max_size`. The plain `put-table NAME` form, without size and
+/// checksum, still installs.
+#[test]
+fn refused_pushes_change_nothing() {
+    let env = start("tables-refused");
+    let good = source(&env, "good", "bob@relay.test OK\n");
+    let out = push(&env, TABLE, &good);
+    assert!(out.status.success(), "{}", shown(&out));
+    let before = snapshot(&env);
+    let main_cf = env.hub_config_dir().join("main.cf");
+    let main_cf_before = std::fs::read(&main_cf).unwrap();
+    let unchanged = |what: &str| {
+        assert_eq!(
+            snapshot(&env),
+            before,
+            "{what}: the table directory changed"
+        );
+        assert_eq!(
+            std::fs::read(&main_cf).unwrap(),
+            main_cf_before,
+            "{what}: main.cf changed"
+        );
+        assert!(
+            !env.hub_config_dir().join("main.cf.db").exists(),
+            "{what}: main.cf.db"
+        );
+    };
+
+    let out = push(&env, "../main.cf", &good);
+    assert_eq!(out.status.code(), Some(64), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("bad table name \"../main.cf\": character \"/\" is not allowed"),
+        "{}",
+        shown(&out)
+    );
+    unchanged("push-table ../main.cf");
+
+    let out = env.ssh_exec("put-table ../main.cf", b"bob@relay.test OK\n");
+    assert_eq!(out.status.code(), Some(64), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("501 5.5.4 bad table name \"../main.cf\""),
+        "{}",
+        shown(&out)
+    );
+    unchanged("ssh put-table ../main.cf");
+
+    let out = push(&env, "transport", &good);
+    assert_eq!(out.status.code(), Some(77), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("hub transport: 550 5.7.1 table transport is not granted to peer leaf1"),
+        "{}",
+        shown(&out)
+    );
+    unchanged("not granted");
+
+    // Announces 1000 bytes, sends 18, then EOF: what a dropped link
+    // looks like to rsmtp.
+    let mut sum = bsmtp::table::Checksum::new();
+    sum.update(&vec![b'x'; 1000]);
+    let cut = bsmtp::table::PutTable {
+        name: TABLE.into(),
+        expected: Some(sum.finish()),
+    };
+    let out = env.ssh_exec(&cut.command(), b"eve@relay.test OK\n");
+    assert_eq!(out.status.code(), Some(75), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(
+            "451 4.4.2 table relay_recipients: received 18 bytes that do not match the 1000 bytes"
+        ),
+        "{}",
+        shown(&out)
+    );
+    unchanged("truncated");
+
+    let big = source(
+        &env,
+        "big",
+        &"someone@relay.test OK\n".repeat(usize::try_from(MAX_SIZE).unwrap() / 22 + 1),
+    );
+    let out = push(&env, TABLE, &big);
+    assert_eq!(out.status.code(), Some(65), "{}", shown(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "552 5.3.4 table relay_recipients: 4114 bytes is over the hub's limit of 4096"
+        ),
+        "{}",
+        shown(&out)
+    );
+    unchanged("too big");
+
+    // `ssh hub put-table NAME < file`: no size, no checksum, still works.
+    let out = env.ssh_exec(
+        &format!("put-table {TABLE}"),
+        b"bob@relay.test OK\ncarol@relay.test OK\n",
+    );
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "250 2.0.0 table relay_recipients installed (38 bytes)\r\n"
+    );
+    assert_eq!(
+        std::fs::read(table_directory(&env).join(TABLE)).unwrap(),
+        b"bob@relay.test OK\ncarol@relay.test OK\n"
+    );
+}
