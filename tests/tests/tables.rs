@@ -80,16 +80,40 @@ fn snapshot(env: &Env) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Starts the hub's smtpd with the pushed table as its relay recipients.
+/// The shipped main.cf lines for a hub in front of a mailbox server.
+const RELAY_RECIPIENTS_CF: &str = include_str!("../../postfix-snippets/hub/relay-recipients.cf");
+
+/// Starts the hub's smtpd with the shipped snippet's main.cf lines, the
+/// domain and table directory made this test's.
 fn start_smtpd(env: &Env) -> u16 {
-    let maps = format!("hash:{}/{TABLE}", table_directory(env).display());
-    env.start_hub_smtpd(&[
-        ("relay_domains", "relay.test"),
-        ("relay_recipient_maps", &maps),
-        // Not the harness's error transport, which smtpd would answer
-        // for every relay recipient; still nothing leaves the machine.
-        ("relay_transport", "discard:bsmtp-ssh-tests"),
-    ])
+    let dir = table_directory(env).display().to_string();
+    let mut params: Vec<(String, String)> = RELAY_RECIPIENTS_CF
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.split_once('=').expect("name = value");
+            let value = value
+                .trim()
+                .replace("example.com", "relay.test")
+                .replace("/etc/postfix/bsmtp-tables", &dir);
+            (name.trim().to_owned(), value)
+        })
+        .collect();
+    assert_eq!(
+        params.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["relay_domains", "relay_recipient_maps"]
+    );
+    // Not the harness's error transport, which smtpd would answer for
+    // every relay recipient; still nothing leaves the machine.
+    params.push((
+        "relay_transport".to_owned(),
+        "discard:bsmtp-ssh-tests".to_owned(),
+    ));
+    let params: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    env.start_hub_smtpd(&params)
 }
 
 /// One SMTP session with the hub's smtpd: EHLO, MAIL FROM, one RCPT TO per
@@ -345,4 +369,24 @@ fn refused_pushes_change_nothing() {
         std::fs::read(table_directory(&env).join(TABLE)).unwrap(),
         b"bob@relay.test OK\ncarol@relay.test OK\n"
     );
+}
+
+/// The shipped hub `authorized_keys` lines run rsmtp with a command line
+/// rsmtp takes, and the mailbox server's line grants `relay_recipients`.
+#[test]
+fn shipped_authorized_keys_lines_parse() {
+    let snippet = include_str!("../../postfix-snippets/hub/authorized_keys");
+    let mut tables = Vec::new();
+    for line in snippet.lines().filter(|l| l.starts_with("restrict,")) {
+        let Some((command, _)) = line
+            .split_once("command=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+        else {
+            panic!("no forced command: {line}");
+        };
+        let args = <rsmtp::Args as clap::Parser>::try_parse_from(command.split(' '))
+            .unwrap_or_else(|err| panic!("{command}: {err}"));
+        tables.extend(args.policy.allow_table);
+    }
+    assert_eq!(tables, [TABLE]);
 }
