@@ -20,8 +20,12 @@ use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_SSH_USER, LEAF_PIPE_USER};
 
 /// The table every test pushes, and the only one leaf1 is granted.
 const TABLE: &str = "relay_recipients";
-/// What `table_max_size` is set to here.
-const MAX_SIZE: u64 = 4096;
+/// What `table_max_size` is set to here: room for the 200 000
+/// recipients of the big table, which is larger than an SSH channel's
+/// window (2 MiB), as is a source just over the limit.
+const MAX_SIZE: u64 = 8 * 1024 * 1024;
+/// Recipients in the big table.
+const MANY: usize = 200_000;
 /// Reads and writes of the SMTP client.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the hub's smtpd may take to see a new table.
@@ -199,12 +203,13 @@ fn pushed_relay_recipients_make_the_hub_reject_unknown_recipients() {
     assert!(accepted(&replies[0]), "{replies:?}");
     assert!(unknown(&replies[1]), "{replies:?}");
 
-    // The config lists the table for the hub: push-table --all sends it.
-    let second = source(
-        &env,
-        "relay_recipients",
-        "bob@relay.test OK\ncarol@relay.test OK\n",
-    );
+    // The config lists the table for the hub: push-table --all sends it,
+    // now with many more recipients.
+    let mut text = String::from("bob@relay.test OK\ncarol@relay.test OK\n");
+    for n in 0..MANY {
+        let _ = writeln!(text, "user{n}@relay.test OK");
+    }
+    let second = source(&env, "relay_recipients", &text);
     let mut conf = read_lossy(&env.transport_config());
     let _ = writeln!(conf, "tables = {{ {TABLE} = \"{}\" }}", second.display());
     let conf_path = env.base().join("push.conf");
@@ -214,15 +219,27 @@ fn pushed_relay_recipients_make_the_hub_reject_unknown_recipients() {
     assert!(out.status.success(), "{}", shown(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "hub relay_recipients: 250 2.0.0 table relay_recipients installed (38 bytes)\n"
+        format!(
+            "hub relay_recipients: 250 2.0.0 table relay_recipients installed ({} bytes)\n",
+            text.len()
+        )
     );
     // No reload: the idle smtpd sees its table replaced and restarts.
     let replies = poll(SETTLE, || {
-        let replies = rcpt_replies(&env, port, &["carol@relay.test", "eve@relay.test"]);
+        let replies = rcpt_replies(
+            &env,
+            port,
+            &[
+                "carol@relay.test",
+                "user199999@relay.test",
+                "eve@relay.test",
+            ],
+        );
         accepted(&replies[0]).then_some(replies)
     })
     .unwrap_or_else(|| env.fail("carol@relay.test is still refused after the second push"));
-    assert!(unknown(&replies[1]), "{replies:?}");
+    assert!(accepted(&replies[1]), "{replies:?}");
+    assert!(unknown(&replies[2]), "{replies:?}");
     env.wait_log(Log::Hub, "has changed -- restarting", SETTLE);
 }
 
@@ -259,101 +276,97 @@ fn a_table_postmap_rejects_leaves_the_previous_one_working() {
     assert!(unknown(&replies[1]), "{replies:?}");
 }
 
+/// The table directory and the hub's main.cf, to show a refusal changed
+/// neither.
+struct Before {
+    tables: BTreeMap<String, Vec<u8>>,
+    main_cf: Vec<u8>,
+}
+
+impl Before {
+    /// Installs a first table, then takes the picture.
+    fn installed(env: &Env) -> Before {
+        let good = source(env, "good", "bob@relay.test OK\n");
+        let out = push(env, TABLE, &good);
+        assert!(out.status.success(), "{}", shown(&out));
+        Before {
+            tables: snapshot(env),
+            main_cf: std::fs::read(env.hub_config_dir().join("main.cf")).unwrap(),
+        }
+    }
+
+    fn unchanged(&self, env: &Env, what: &str) {
+        assert_eq!(
+            snapshot(env),
+            self.tables,
+            "{what}: the table directory changed"
+        );
+        let etc = env.hub_config_dir();
+        assert_eq!(
+            std::fs::read(etc.join("main.cf")).unwrap(),
+            self.main_cf,
+            "{what}: main.cf changed"
+        );
+        assert!(!etc.join("main.cf.db").exists(), "{what}: main.cf.db");
+    }
+}
+
+/// Asserts the exit status and that stdout starts with `reply`.
+fn assert_refused(out: &Output, status: i32, reply: &str) {
+    assert_eq!(out.status.code(), Some(status), "{}", shown(out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with(reply),
+        "{}",
+        shown(out)
+    );
+}
+
 /// Pushes the hub must refuse change nothing: a name that climbs out of
 /// the table directory (refused by push-table before it connects, and by
-/// rsmtp when asked directly), a table this peer is not granted, a push
-/// cut short (fewer bytes than announced: a dropped link), and one over
-/// `table_max_size`. The plain `put-table NAME` form, without size and
-/// checksum, still installs.
+/// rsmtp when asked directly), a table this peer is not granted, and a
+/// push cut short (fewer bytes than announced: a dropped link). The plain
+/// `put-table NAME` form, without size and checksum, still installs.
 #[test]
 fn refused_pushes_change_nothing() {
     let env = start("tables-refused");
-    let good = source(&env, "good", "bob@relay.test OK\n");
-    let out = push(&env, TABLE, &good);
-    assert!(out.status.success(), "{}", shown(&out));
-    let before = snapshot(&env);
-    let main_cf = env.hub_config_dir().join("main.cf");
-    let main_cf_before = std::fs::read(&main_cf).unwrap();
-    let unchanged = |what: &str| {
-        assert_eq!(
-            snapshot(&env),
-            before,
-            "{what}: the table directory changed"
-        );
-        assert_eq!(
-            std::fs::read(&main_cf).unwrap(),
-            main_cf_before,
-            "{what}: main.cf changed"
-        );
-        assert!(
-            !env.hub_config_dir().join("main.cf.db").exists(),
-            "{what}: main.cf.db"
-        );
-    };
+    let before = Before::installed(&env);
+    let good = env.base().join("good");
 
     let out = push(&env, "../main.cf", &good);
-    assert_eq!(out.status.code(), Some(64), "{}", shown(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("bad table name \"../main.cf\": character \"/\" is not allowed"),
-        "{}",
-        shown(&out)
+    assert_refused(
+        &out,
+        64,
+        "hub ../main.cf: bad table name \"../main.cf\": character \"/\" is not allowed",
     );
-    unchanged("push-table ../main.cf");
+    before.unchanged(&env, "push-table ../main.cf");
 
     let out = env.ssh_exec("put-table ../main.cf", b"bob@relay.test OK\n");
-    assert_eq!(out.status.code(), Some(64), "{}", shown(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("501 5.5.4 bad table name \"../main.cf\""),
-        "{}",
-        shown(&out)
-    );
-    unchanged("ssh put-table ../main.cf");
+    assert_refused(&out, 64, "501 5.5.4 bad table name \"../main.cf\"");
+    before.unchanged(&env, "ssh put-table ../main.cf");
 
     let out = push(&env, "transport", &good);
-    assert_eq!(out.status.code(), Some(77), "{}", shown(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .starts_with("hub transport: 550 5.7.1 table transport is not granted to peer leaf1"),
-        "{}",
-        shown(&out)
+    assert_refused(
+        &out,
+        77,
+        "hub transport: 550 5.7.1 table transport is not granted to peer leaf1",
     );
-    unchanged("not granted");
+    before.unchanged(&env, "not granted");
 
     // Announces 1000 bytes, sends 18, then EOF: what a dropped link
     // looks like to rsmtp.
     let mut sum = bsmtp::table::Checksum::new();
-    sum.update(&vec![b'x'; 1000]);
+    sum.update(&[b'x'; 1000]);
     let cut = bsmtp::table::PutTable {
         name: TABLE.into(),
         expected: Some(sum.finish()),
     };
     let out = env.ssh_exec(&cut.command(), b"eve@relay.test OK\n");
-    assert_eq!(out.status.code(), Some(75), "{}", shown(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with(
-            "451 4.4.2 table relay_recipients: received 18 bytes that do not match the 1000 bytes"
-        ),
-        "{}",
-        shown(&out)
+    assert_refused(
+        &out,
+        75,
+        "451 4.4.2 table relay_recipients: received 18 bytes that do not match the 1000 bytes",
     );
-    unchanged("truncated");
-
-    let big = source(
-        &env,
-        "big",
-        &"someone@relay.test OK\n".repeat(usize::try_from(MAX_SIZE).unwrap() / 22 + 1),
-    );
-    let out = push(&env, TABLE, &big);
-    assert_eq!(out.status.code(), Some(65), "{}", shown(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(
-            "552 5.3.4 table relay_recipients: 4114 bytes is over the hub's limit of 4096"
-        ),
-        "{}",
-        shown(&out)
-    );
-    unchanged("too big");
+    before.unchanged(&env, "truncated");
 
     // `ssh hub put-table NAME < file`: no size, no checksum, still works.
     let out = env.ssh_exec(
@@ -369,6 +382,39 @@ fn refused_pushes_change_nothing() {
         std::fs::read(table_directory(&env).join(TABLE)).unwrap(),
         b"bob@relay.test OK\ncarol@relay.test OK\n"
     );
+}
+
+/// A source over `table_max_size` changes nothing. Just over the limit is
+/// also larger than the SSH channel's window: the hub answers from the
+/// announced size without reading, and push-table, stalled in its writes,
+/// still gets the answer at once (it used to wait for its idle timeout).
+/// Without an announced size the hub stops reading at the limit.
+#[test]
+fn a_table_over_the_limit_changes_nothing() {
+    let env = start("tables-limit");
+    let before = Before::installed(&env);
+    let lines = usize::try_from(MAX_SIZE).unwrap() / 22 + 1;
+    let big = source(&env, "big", &"someone@relay.test OK\n".repeat(lines));
+    let out = push(&env, TABLE, &big);
+    assert_refused(
+        &out,
+        65,
+        &format!(
+            "hub relay_recipients: 552 5.3.4 table relay_recipients: {} bytes is over the hub's limit of {MAX_SIZE}",
+            lines * 22
+        ),
+    );
+    before.unchanged(&env, "too big");
+
+    let out = env.ssh_exec(&format!("put-table {TABLE}"), &std::fs::read(&big).unwrap());
+    assert_refused(
+        &out,
+        65,
+        &format!(
+            "552 5.3.4 table relay_recipients: more than {MAX_SIZE} bytes is over the hub's limit"
+        ),
+    );
+    before.unchanged(&env, "too big, unannounced");
 }
 
 /// The shipped hub `authorized_keys` lines run rsmtp with a command line

@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bsmtp::reply::{Reply, ReplyParser};
 use bsmtp::status::{Failure, FailureKind};
@@ -167,7 +168,14 @@ fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Repl
         expected: Some(expected),
     };
     let mut connection = ssh::connect(&peer, &request.command())?;
-    let sent = send(source, expected.size, &mut connection.channel);
+    connection.session.set_blocking(false);
+    let (sent, early) = send(
+        source,
+        expected.size,
+        &mut connection.channel.0,
+        peer.idle_timeout,
+    );
+    connection.session.set_blocking(true);
     // The hub reads to the end of its input before it answers.
     let _ = connection.channel.0.send_eof();
     // postmap on a big table takes a while: wait for the reply as long as
@@ -175,7 +183,7 @@ fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Repl
     connection
         .session
         .set_timeout(u32::try_from(peer.deadline.as_millis()).unwrap_or(u32::MAX));
-    let reply = read_reply(&mut connection.channel);
+    let reply = read_reply(&mut connection.channel, early);
     // libssh2 has the exit status once the channel is closed, and closes
     // it only after the hub's EOF.
     let _ = connection.channel.0.wait_eof();
@@ -240,24 +248,93 @@ fn checksum(path: &Path) -> io::Result<bsmtp::table::Expected> {
     }
 }
 
-/// Sends the first `size` bytes of the file at `path` (the bytes that were
-/// counted; a file that shrank since is sent short, and the hub refuses it).
-fn send(path: &Path, size: u64, channel: &mut impl Write) -> io::Result<()> {
-    let mut file = File::open(path)?.take(size);
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => channel.write_all(&buf[..n])?,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
+/// The channel as `send` sees it: a byte stream that can say whether the
+/// other side has ended its output.
+trait Link: Read + Write {
+    /// True once the hub sent EOF (it answered and exited).
+    fn ended(&self) -> bool;
+}
+
+impl Link for ssh2::Channel {
+    fn ended(&self) -> bool {
+        self.eof()
     }
 }
 
-/// Reads the hub's one reply (at most [`MAX_REPLY`] bytes).
-fn read_reply(channel: &mut impl Read) -> io::Result<Reply> {
-    let mut bytes = Vec::new();
+/// Sends the first `size` bytes of the file at `path` (the bytes that were
+/// counted; a file that shrank since is sent short, and the hub refuses it)
+/// on a channel of a session in non-blocking mode. Returns how sending
+/// ended, and what the hub said meanwhile.
+///
+/// Non-blocking because a hub that refuses early (a table too big or not
+/// granted) answers and exits without reading the rest: a blocking libssh2
+/// write then waits for window space that never comes, without noticing
+/// that the channel closed, until the idle timeout. Here a stalled write
+/// looks for the hub's answer instead. `idle` bounds a stall.
+fn send(
+    path: &Path,
+    size: u64,
+    channel: &mut impl Link,
+    idle: Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    let mut answer = Vec::new();
+    let mut file = match File::open(path) {
+        Ok(file) => file.take(size),
+        Err(err) => return (Err(err), answer),
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let (mut start, mut end) = (0, 0);
+    let mut progress = Instant::now();
+    let result = loop {
+        if start == end {
+            match file.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => (start, end) = (0, n),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => break Err(err),
+            }
+            continue;
+        }
+        match channel.write(&buf[start..end]) {
+            Ok(n) if n > 0 => {
+                start += n;
+                progress = Instant::now();
+                continue;
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => break Err(err),
+        }
+        // Stalled: has the hub answered? Then it reads no more.
+        let mut small = [0u8; 512];
+        match channel.read(&mut small) {
+            Ok(n) if n > 0 => {
+                answer.extend_from_slice(&small[..n]);
+                break Err(io::Error::other(
+                    "the hub answered before it had the whole table",
+                ));
+            }
+            Ok(_) if channel.ended() => {
+                break Err(io::Error::other("the hub closed the channel"));
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => break Err(err),
+        }
+        if progress.elapsed() > idle {
+            break Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the hub took nothing for {}s", idle.as_secs()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (result, answer)
+}
+
+/// Reads the hub's one reply (at most [`MAX_REPLY`] bytes), the first
+/// `bytes` of it already read.
+fn read_reply(channel: &mut impl Read, mut bytes: Vec<u8>) -> io::Result<Reply> {
     let mut parser = ReplyParser::new();
     let mut limited = channel.take(MAX_REPLY);
     let mut buf = [0u8; 512];
@@ -332,11 +409,55 @@ mod tests {
 
     #[test]
     fn reply_is_read_from_a_stream_in_pieces() {
-        let reply = read_reply(&mut &b"250 2.0.0 table t installed (3 bytes)\r\n"[..]).unwrap();
+        let reply = read_reply(
+            &mut &b"250 2.0.0 table t installed (3 bytes)\r\n"[..],
+            Vec::new(),
+        )
+        .unwrap();
         assert_eq!(reply.one_line(), "250 2.0.0 table t installed (3 bytes)");
-        let err = read_reply(&mut &b"250 2.0"[..]).unwrap_err();
+        let err = read_reply(&mut &b"250 2.0"[..], Vec::new()).unwrap_err();
         assert!(err.to_string().contains("inside a reply"), "{err}");
-        assert!(read_reply(&mut &b""[..]).is_err());
+        assert!(read_reply(&mut &b""[..], Vec::new()).is_err());
+        let reply = read_reply(&mut &b"bytes)\r\n"[..], b"552 5.3.4 too many ".to_vec()).unwrap();
+        assert_eq!(reply.code, 552);
+    }
+
+    /// A channel that takes `room` bytes and then stalls, as an SSH
+    /// channel whose window the hub stopped opening; `answer` is what the
+    /// hub said.
+    struct Stalling {
+        taken: Vec<u8>,
+        room: usize,
+        answer: &'static [u8],
+    }
+
+    impl Read for Stalling {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.answer.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.answer.read(buf)
+        }
+    }
+
+    impl Write for Stalling {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room - self.taken.len());
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Link for Stalling {
+        fn ended(&self) -> bool {
+            false
+        }
     }
 
     #[test]
@@ -348,9 +469,41 @@ mod tests {
         assert_eq!(expected.size, 18);
         // The file grew after it was counted: the extra bytes stay home.
         std::fs::write(&path, b"bob@relay.test OK\neve@relay.test OK\n").unwrap();
-        let mut sent = Vec::new();
-        send(&path, expected.size, &mut sent).unwrap();
-        assert_eq!(sent, b"bob@relay.test OK\n");
+        let mut channel = Stalling {
+            taken: Vec::new(),
+            room: 1000,
+            answer: b"",
+        };
+        let (sent, answer) = send(&path, expected.size, &mut channel, Duration::from_secs(5));
+        sent.unwrap();
+        assert!(answer.is_empty());
+        assert_eq!(channel.taken, b"bob@relay.test OK\n");
         assert!(checksum(dir.path()).is_err());
+    }
+
+    /// Regression: a hub that refused early (table too big) left push-table
+    /// blocked in a write until the idle timeout.
+    #[test]
+    fn a_stalled_send_stops_at_the_hubs_early_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, vec![b'x'; 100_000]).unwrap();
+        let mut channel = Stalling {
+            taken: Vec::new(),
+            room: 10,
+            answer: b"552 5.3.4 too big\r\n",
+        };
+        let (sent, answer) = send(&path, 100_000, &mut channel, Duration::from_secs(30));
+        assert!(sent.unwrap_err().to_string().contains("answered"));
+        let reply = read_reply(&mut &b""[..], answer).unwrap();
+        assert_eq!(reply.code, 552);
+        // No answer, no progress: the idle limit ends it.
+        let mut silent = Stalling {
+            taken: Vec::new(),
+            room: 10,
+            answer: b"",
+        };
+        let (sent, _) = send(&path, 100_000, &mut silent, Duration::from_millis(50));
+        assert_eq!(sent.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -348,7 +348,7 @@ fn install(
         )));
     }
     if let Some(expected) = request.expected.filter(|e| e.size > settings.max_size) {
-        return Err(too_big(name, expected.size, settings.max_size));
+        return Err(too_big(name, Some(expected.size), settings.max_size));
     }
     let dir_path = &settings.directory;
     let dir = bsmtp_session::atomic::open_dir(dir_path).map_err(|err| {
@@ -466,7 +466,10 @@ fn write_temp(
     Ok(received)
 }
 
-fn too_big(name: &str, size: u64, max: u64) -> Refusal {
+/// Over the limit: `size` as announced, or None when the source was cut
+/// off at the limit while it was read.
+fn too_big(name: &str, size: Option<u64>, max: u64) -> Refusal {
+    let size = size.map_or_else(|| format!("more than {max}"), |n| n.to_string());
     Refusal::too_big(format!(
         "table {name}: {size} bytes is over the hub's limit of {max} (table_max_size in rsmtp.conf)"
     ))
@@ -497,7 +500,7 @@ fn receive(
         };
         sum.update(&buf[..n]);
         if sum.size() > max {
-            return Err(too_big(name, sum.size(), max));
+            return Err(too_big(name, None, max));
         }
         file.write_all(&buf[..n]).map_err(|err| {
             Refusal::local(
