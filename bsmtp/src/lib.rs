@@ -3,7 +3,8 @@
 //! codes, the typed EHLO extensions, the one table that maps outcomes to
 //! exit codes, Postfix's queue-file records, envelope address forms, the
 //! OpenSSH `known_hosts` reader, delivery status notifications, the
-//! sendmail(1) command line, and text made safe for a log line. Nothing
+//! sendmail(1) command line, the table-push request and table names, and
+//! text made safe for a log line. Nothing
 //! here reads, writes, spawns or looks at a clock (except
 //! `KnownHosts::load`, one file read kept apart); the I/O lives in the
 //! `bsmtp-session` crate.
