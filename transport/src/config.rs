@@ -137,6 +137,33 @@ impl ConfigFile {
             .unwrap_or_else(bsmtp_session::main_cf::MainCf::default_dir)
     }
 
+    /// What a command run by an admin or a timer (`flush`, `pull`,
+    /// `push-table`) does first: loads `path`, then logs the way the local
+    /// Postfix does (its `maillog_file` or syslog) and to stderr. A config
+    /// that cannot be loaded is said on `out` as `bsmtp-ssh COMMAND: ...`
+    /// and gives the exit status to return.
+    pub fn load_for_command(
+        command: &str,
+        path: &Path,
+        verbose: bool,
+        out: &mut impl std::io::Write,
+    ) -> Result<Self, u8> {
+        let file = Self::load(path).map_err(|text| {
+            let _ = writeln!(out, "bsmtp-ssh {command}: {text}");
+            sysexits::ExitCode::Config as u8
+        })?;
+        bsmtp_session::logging::init(
+            "bsmtp-ssh",
+            verbose,
+            bsmtp_session::logging::Fallback::Stderr,
+            &bsmtp_session::logging::Target {
+                postfix_config: Some(file.postfix_config()),
+                postlog: file.postlog.clone(),
+            },
+        );
+        Ok(file)
+    }
+
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)

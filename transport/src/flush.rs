@@ -47,22 +47,10 @@ pub struct QueueArgs {
 /// (what a peer deferred waits for the next flush), 75 when one was not,
 /// 78 for a config error.
 pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
-    let file = match ConfigFile::load(&args.config) {
+    let file = match ConfigFile::load_for_command("flush", &args.config, args.verbose, out) {
         Ok(file) => file,
-        Err(text) => {
-            let _ = writeln!(out, "bsmtp-ssh flush: {text}");
-            return ExitCode::Config as u8;
-        }
+        Err(status) => return status,
     };
-    bsmtp_session::logging::init(
-        "bsmtp-ssh",
-        args.verbose,
-        bsmtp_session::logging::Fallback::Stderr,
-        &bsmtp_session::logging::Target {
-            postfix_config: Some(file.postfix_config()),
-            postlog: file.postlog.clone(),
-        },
-    );
     let peers: Vec<String> = if args.peers.is_empty() {
         file.peer.keys().cloned().collect()
     } else {

@@ -39,22 +39,10 @@ pub struct PullArgs {
 /// cleanly, 75 when it could not be reached or was cut (what was not
 /// acknowledged stays on the hub), 78 for a config error.
 pub fn run(args: &PullArgs, out: &mut impl Write) -> u8 {
-    let file = match ConfigFile::load(&args.config) {
+    let file = match ConfigFile::load_for_command("pull", &args.config, args.verbose, out) {
         Ok(file) => file,
-        Err(text) => {
-            let _ = writeln!(out, "bsmtp-ssh pull: {text}");
-            return ExitCode::Config as u8;
-        }
+        Err(status) => return status,
     };
-    bsmtp_session::logging::init(
-        "bsmtp-ssh",
-        args.verbose,
-        bsmtp_session::logging::Fallback::Stderr,
-        &bsmtp_session::logging::Target {
-            postfix_config: Some(file.postfix_config()),
-            postlog: file.postlog.clone(),
-        },
-    );
     match pull(&file, &args.peer) {
         Ok(accepted) => {
             if accepted > 0 {

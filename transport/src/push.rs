@@ -90,22 +90,10 @@ impl From<Failure> for PushFailure {
 /// 0 when every push was installed, else the status of the first failure
 /// that is not temporary, else 75.
 pub fn run(args: &PushArgs, out: &mut impl Write) -> u8 {
-    let file = match ConfigFile::load(&args.config) {
+    let file = match ConfigFile::load_for_command("push-table", &args.config, args.verbose, out) {
         Ok(file) => file,
-        Err(text) => {
-            let _ = writeln!(out, "bsmtp-ssh push-table: {text}");
-            return ExitCode::Config as u8;
-        }
+        Err(status) => return status,
     };
-    bsmtp_session::logging::init(
-        "bsmtp-ssh",
-        args.verbose,
-        bsmtp_session::logging::Fallback::Stderr,
-        &bsmtp_session::logging::Target {
-            postfix_config: Some(file.postfix_config()),
-            postlog: file.postlog.clone(),
-        },
-    );
     let jobs: Vec<(String, String, PathBuf)> = match (&args.peer, &args.name, &args.file) {
         (Some(peer), Some(name), Some(source)) => {
             vec![(peer.clone(), name.clone(), source.clone())]
