@@ -256,6 +256,22 @@ pub struct Env {
     registered: bool,
     /// The postlog copy both sides' configs name, if the options pinned one.
     postlog: Option<PathBuf>,
+    /// Where `bsmtp-ssh` and `rsmtp` are: this environment's `bin/` with
+    /// fresh copies, or the installed package's directory.
+    programs: PathBuf,
+}
+
+/// Names the directory of installed `bsmtp-ssh` and `rsmtp` (the Debian
+/// package's `/usr/sbin`) for an environment to run instead of the
+/// workspace's build: how `scripts/test-package` runs the demo against the
+/// package.
+pub const INSTALLED_ENV: &str = "BSMTP_TEST_INSTALLED";
+
+/// The directory [`INSTALLED_ENV`] names, if set.
+fn installed_programs() -> Option<PathBuf> {
+    std::env::var_os(INSTALLED_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -415,10 +431,12 @@ impl Env {
         system::check_prerequisites();
         system::ensure_users();
         system::reap_stale_environments();
-        let binaries = options.build_binaries.then(binaries::binaries);
+        let installed = installed_programs();
+        let binaries = (options.build_binaries && installed.is_none()).then(binaries::binaries);
         let base = new_base_dir(name);
         let bin = base.join("bin");
         mkdir(&bin, 0o755);
+        let programs = installed.unwrap_or_else(|| bin.clone());
         if let Some(b) = &binaries {
             for (from, name) in [(&b.bsmtp_ssh, "bsmtp-ssh"), (&b.rsmtp, "rsmtp")] {
                 let to = bin.join(name);
@@ -453,7 +471,7 @@ impl Env {
                 "1".to_owned(),
             ),
         ];
-        let program = bin.join("bsmtp-ssh");
+        let program = programs.join("bsmtp-ssh");
         let config = leaf_dir.join("bsmtp-ssh.conf");
         let mut master_cf = leaf_master_cf_entry(&program, &config);
         let route = if options.spool {
@@ -496,6 +514,7 @@ impl Env {
             leaf,
             hub,
             registered: false,
+            programs,
         };
 
         system::update_alternates(&[&env.hub.config_dir(), &env.leaf.config_dir()], &[]);
@@ -516,9 +535,10 @@ impl Env {
         &self.base
     }
 
-    /// The directory holding the installed `bsmtp-ssh` and `rsmtp`.
+    /// The directory holding the `bsmtp-ssh` and `rsmtp` this environment
+    /// runs (see [`INSTALLED_ENV`]).
     pub fn bin_dir(&self) -> PathBuf {
-        self.base.join("bin")
+        self.programs.clone()
     }
 
     /// The hub Postfix instance (config dir, queue, log, postconf...).
@@ -987,7 +1007,7 @@ impl Env {
     /// account, with the leaf's config (`BSMTP_SSH_CONFIG`), the message on
     /// standard input.
     pub fn satellite_sendmail(&self, args: &[&str], message: &[u8]) -> Output {
-        let link = self.bin_dir().join("sendmail");
+        let link = self.base.join("bin").join("sendmail");
         if !link.exists() {
             std::os::unix::fs::symlink(self.bin_dir().join("bsmtp-ssh"), &link)
                 .unwrap_or_else(|err| panic!("link {}: {err}", link.display()));

@@ -20,6 +20,7 @@ fn main() {
     println!("== starting a leaf Postfix, a hub Postfix and the hub's sshd");
     let env = Env::start("demo");
     println!("   environment: {}", env.base().display());
+    println!("   programs: {}", env.bin_dir().display());
     println!("   sshd on 127.0.0.1:{}", env.sshd_port());
 
     println!("== leaf: sendmail -f alice@leaf.test bob@hub.test");
