@@ -1,4 +1,6 @@
-//! README.md's "Quick start (by hand)", followed literally in a harness
+//! README.md's "Quick start (by hand)" and the Debian package's quick start
+//! (in "Debian package", run by scripts/test-package with the package
+//! installed), each followed literally in a harness
 //! environment: the shell lines of the section's code blocks are read from
 //! README.md and run one by one, with only what must differ here
 //! substituted (the example host names, system paths such as /etc/bsmtp-ssh
@@ -13,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bsmtp_ssh_tests::binaries::workspace_root;
-use bsmtp_ssh_tests::util::{explain, mkdir, run_timeout, write_file, COMMAND_TIMEOUT};
+use bsmtp_ssh_tests::util::{chown_to, explain, mkdir, run_timeout, write_file, COMMAND_TIMEOUT};
 use bsmtp_ssh_tests::{Env, HUB_SSH_USER, LEAF_PIPE_USER};
 
 const DELIVERY: Duration = Duration::from_secs(90);
@@ -27,11 +29,17 @@ enum Side {
     Try,
 }
 
-/// The quick start's code lines with the side each belongs to, in order.
-fn quick_start_lines(readme: &str) -> Vec<(Side, String)> {
+/// The by-hand quick start: its own section.
+const BY_HAND: &str = "## Quick start (by hand)";
+/// The package's quick start: the end of the "Debian package" section.
+const WITH_THE_PACKAGE: &str = "Quick start with the package";
+
+/// The code lines from `start` to the end of its section, with the side
+/// each belongs to, in order.
+fn quick_start_lines(readme: &str, start: &str) -> Vec<(Side, String)> {
     let start = readme
-        .find("## Quick start (by hand)")
-        .expect("README.md has a \"## Quick start (by hand)\" section");
+        .find(start)
+        .unwrap_or_else(|| panic!("README.md has no \"{start}\""));
     let section = &readme[start..];
     let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
     let mut side = None;
@@ -229,23 +237,63 @@ fn point_authorized_keys_at_hub_instance(env: &Env, places: &Places) {
 
 #[test]
 fn readme_quick_start_delivers_to_the_hub() {
-    let env = Env::start("quickstart");
+    follow_quick_start("quickstart", BY_HAND, None);
+}
+
+/// The package's quick start, with `/usr/sbin`'s programs of the installed
+/// package (`BSMTP_TEST_INSTALLED=/usr/sbin`) and its example config.
+#[test]
+#[ignore = "needs the Debian package installed: scripts/test-package (run by scripts/test) runs it"]
+fn readme_package_quick_start_delivers_to_the_hub() {
+    let installed = std::env::var_os(bsmtp_ssh_tests::INSTALLED_ENV)
+        .map(PathBuf::from)
+        .expect("run by scripts/test-package, with BSMTP_TEST_INSTALLED set");
+    assert!(
+        std::path::Path::new("/usr/share/doc/bsmtp-ssh/examples/bsmtp-ssh.conf").exists(),
+        "the package is not installed"
+    );
+    follow_quick_start("quickstart_package", WITH_THE_PACKAGE, Some(installed));
+}
+
+/// The stand-ins of the README's system directories, made as the package's
+/// postinst or the by-hand quick start's first lines expect them.
+fn make_places(env: &Env, installed: Option<PathBuf>) -> Places {
+    let package = installed.is_some();
+    let places = Places {
+        etc: env.base().join("quickstart/etc-bsmtp-ssh"),
+        sbin: installed.unwrap_or_else(|| env.base().join("quickstart/sbin")),
+        var: env.base().join("quickstart/var-lib-bsmtp-ssh"),
+    };
+    // /usr/sbin exists on any machine; its stand-in must too.
+    mkdir(&env.base().join("quickstart"), 0o755);
+    if package {
+        // The installed package: its postinst made these (README "Debian
+        // package"); their stand-ins get the same modes and owner.
+        mkdir(&places.etc, 0o755);
+        mkdir(&places.var, 0o755);
+        let tags = places.var.join("tags");
+        mkdir(&tags, 0o700);
+        chown_to(&tags, HUB_SSH_USER, None);
+    } else {
+        mkdir(&places.sbin, 0o755);
+    }
+    places
+}
+
+/// Follows the quick start that begins at `start`, with the programs in
+/// `installed` (where the README says `/usr/sbin`), or else with copies of
+/// this build under a stand-in of `/usr/sbin`.
+fn follow_quick_start(name: &str, start: &str, installed: Option<PathBuf>) {
+    let env = Env::start(name);
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
-    let lines = quick_start_lines(&readme);
+    let lines = quick_start_lines(&readme, start);
     assert!(
         lines.iter().any(|(s, _)| *s == Side::Hub)
             && lines.iter().any(|(s, _)| *s == Side::Leaf)
             && lines.iter().any(|(s, _)| *s == Side::Try),
         "{lines:#?}"
     );
-    let places = Places {
-        etc: env.base().join("quickstart/etc-bsmtp-ssh"),
-        sbin: env.base().join("quickstart/sbin"),
-        var: env.base().join("quickstart/var-lib-bsmtp-ssh"),
-    };
-    // /usr/sbin exists on any machine; its stand-in must too.
-    mkdir(&env.base().join("quickstart"), 0o755);
-    mkdir(&places.sbin, 0o755);
+    let places = make_places(&env, installed);
     // A fresh leaf: the README's own steps must install the transport and
     // route mail to the hub.
     sh(
@@ -260,7 +308,7 @@ fn readme_quick_start_delivers_to_the_hub() {
     let mut tried = Vec::new();
     for (side, readme_line) in &lines {
         let line = substitute(&env, &places, *side, readme_line);
-        let command = line.split_whitespace().next().unwrap_or("");
+        let command = line.split_whitespace().next().unwrap_or("").to_owned();
         if command == "useradd" {
             // The harness made the users; check the one the line names.
             let words = line.split(" #").next().unwrap_or_default();
@@ -277,7 +325,7 @@ fn readme_quick_start_delivers_to_the_hub() {
                 line
             };
             sh(&env, readme_line, &line);
-            if line.starts_with("cp postfix-snippets/leaf/bsmtp-ssh.conf") {
+            if command == "cp" && line.contains("bsmtp-ssh.conf ") {
                 edit_transport_config(&env, &places);
             }
             if line.contains("/rsmtp authorize ") {
