@@ -142,6 +142,16 @@ pub fn hubs_for<'a>(peer: &'a Peer, pin: Option<&Pin>, what: &str) -> Vec<&'a Hu
     pinned
 }
 
+/// Whether a transaction whose final reply was read no longer needs its
+/// pin: always for a first try (the hub answered, so it holds nothing
+/// unacknowledged); for a retry under a pin (`was_pinned`) only when the
+/// hub settled it, with a success or a permanent refusal. A temporary
+/// refusal of a retry keeps the pin: rsmtp says "try again later" exactly
+/// while the first try may still be committing.
+pub fn settled(was_pinned: bool, failure: Option<&Failure>) -> bool {
+    !was_pinned || !failure.is_some_and(Failure::is_transient)
+}
+
 /// The failure of a message that waits for its pinned hub: it defers,
 /// naming why, so the admin sees it in the queue.
 pub fn held(peer: &Peer, pin: &Pin, why: &Failure) -> Failure {

@@ -119,6 +119,7 @@ pub fn connect(peer: &Peer, verb: &str) -> Result<Connection, Failure> {
 /// wrong host key says more than a dead link.
 pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, Failure> {
     let mut worst: Option<Failure> = None;
+    let mut tried = Vec::new();
     let several = hubs.len() > 1;
     for (i, hub) in hubs.iter().enumerate() {
         let failure = match preflight(hub).and_then(|pins| connect_hub(peer, hub, &pins, verb)) {
@@ -145,6 +146,7 @@ pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, 
                 peer.name, hub.name, failure.text
             ),
         }
+        tried.push(format!("{} ({})", hub.name, what_failed(&failure.kind)));
         if worst
             .as_ref()
             .is_none_or(|w| severity(&failure.kind) > severity(&w.kind))
@@ -152,7 +154,16 @@ pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, 
             worst = Some(failure);
         }
     }
-    Err(worst.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hubs to try")))
+    let mut worst = worst.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hubs to try"));
+    if several {
+        worst.text = format!(
+            "{}; every hub of peer {} failed: {}",
+            worst.text,
+            peer.name,
+            tried.join(", ")
+        );
+    }
+    Err(worst)
 }
 
 /// How much a hub's failure says about the destination, for the one
@@ -169,6 +180,18 @@ pub fn severity(kind: &FailureKind) -> u8 {
         FailureKind::Auth => 5,
         FailureKind::HostKey => 6,
         FailureKind::Config | FailureKind::BadEnvelope => 7,
+    }
+}
+
+/// A hub's failure in a word or two, for the list in a deferral.
+fn what_failed(kind: &FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Connect => "unreachable",
+        FailureKind::Timeout => "timed out",
+        FailureKind::HostKey => "host key",
+        FailureKind::Auth => "login refused",
+        FailureKind::Config => "config",
+        _ => "session failed",
     }
 }
 

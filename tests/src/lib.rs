@@ -10,6 +10,7 @@
 
 pub mod binaries;
 pub mod exim;
+pub mod hubs;
 pub mod lost_ack;
 pub mod postfix;
 pub mod postlog;

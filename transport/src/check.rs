@@ -233,7 +233,7 @@ fn transport_user(config_dir: &Path, transport: &str) -> Option<String> {
 /// the hub when the destination has several.
 fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
     let named = if peer.has_failover() {
-        format!("{} hub {}", peer.name, hub.name)
+        format!("{} via {}", peer.name, hub.name)
     } else {
         peer.name.clone()
     };

@@ -155,13 +155,19 @@ pub fn deliver(
         if let Some((pins, tag)) = pinning {
             pins.set(tag, &hub_name).map_err(|e| pins::set_failed(&e))?;
         }
-        let outcome = hub.send_message(&session_envelope, content);
-        if let (Some((pins, tag)), Ok(_)) = (pinning, &outcome) {
-            // Every reply read: the hub's answer decides, not a pin.
-            pins.clear(tag);
+        let outcome = hub
+            .send_message(&session_envelope, content)
+            .map(|outcome| outcome.all_or_nothing(&relay));
+        if let (Some((pins, tag)), Ok(result)) = (pinning, &outcome) {
+            // Every reply read: the hub's answer decides, unless it says
+            // "later" to a retry of a lost acknowledgement (the first try
+            // may still be committing there).
+            if pins::settled(pin.is_some(), result.as_ref().err()) {
+                pins.clear(tag);
+            }
         }
         let _ = hub.quit();
-        outcome?.all_or_nothing(&relay)
+        outcome?
     });
     // Best effort: the outcome is already decided by the replies.
     let _ = session.disconnect(None, "done", None);

@@ -167,11 +167,11 @@ const SPOOL_PIN: &str = "spool";
 /// reply: a send cut short may have left a message queued on that hub
 /// unacknowledged, so the next one goes there too (see
 /// [`bsmtp_session::pins`]).
-pub(crate) fn spool_session<T>(
+pub(crate) fn spool_session(
     file: &ConfigFile,
     peer: &Peer,
-    send: impl FnOnce(&mut ClientSession<ChannelStream>) -> Result<T, Failure>,
-) -> Result<T, Failure> {
+    send: impl FnOnce(&mut ClientSession<ChannelStream>) -> Result<Report, Failure>,
+) -> Result<Report, Failure> {
     let pins = file.pins(peer);
     let pin = pins.as_ref().and_then(|p| p.get(SPOOL_PIN));
     let hubs = pins::hubs_for(peer, pin.as_ref(), "the spool");
@@ -192,8 +192,14 @@ pub(crate) fn spool_session<T>(
                     .map_err(|e| pins::set_failed(&e))?;
             }
             let result = send(&mut session);
-            if let (Some(pins), Ok(_)) = (&pins, &result) {
-                pins.clear(SPOOL_PIN);
+            if let (Some(pins), Ok(report)) = (&pins, &result) {
+                // Every reply read; what the hub deferred of a spool that
+                // was pinned may still be committing there.
+                let later =
+                    (report.deferred > 0).then(|| Failure::new(FailureKind::Timeout, "deferred"));
+                if pins::settled(pin.is_some(), later.as_ref()) {
+                    pins.clear(SPOOL_PIN);
+                }
             }
             let _ = session.quit();
             result

@@ -197,6 +197,7 @@ impl Injector for Hub {
             link: Rc::clone(&self.link),
             route: Rc::clone(&self.route),
             pinned: None,
+            was_pinned: false,
             envelope: client::Envelope {
                 sender: envelope.sender.clone(),
                 recipients: envelope.recipients.clone(),
@@ -231,6 +232,8 @@ struct Message {
     route: Rc<Route>,
     /// The tag this transaction is pinned by, once it started on a hub.
     pinned: Option<String>,
+    /// An earlier try left a pin: its acknowledgement was lost.
+    was_pinned: bool,
     envelope: client::Envelope,
     queue_id: Option<String>,
     /// Body pieces held back while the first header field is read; `None`
@@ -286,6 +289,7 @@ impl Message {
         let Some(pin) = pins.get(tag) else {
             return Ok(());
         };
+        self.was_pinned = true;
         let hubs = pins::hubs_for(peer, Some(&pin), "this message");
         let current = self.link.borrow().as_ref().map(|s| s.hub_name.clone());
         if current
@@ -369,8 +373,15 @@ impl Delivery for Message {
         let outcome = match outcome {
             Ok(outcome) => {
                 if let (Some(pins), Some(tag)) = (&self.route.pins, &self.pinned) {
-                    // Every reply read: the hub's answer decides.
-                    pins.clear(tag);
+                    // Every reply read: the hub's answer decides (see
+                    // pins::settled).
+                    let later = (0..recipients.len())
+                        .map(|i| outcome.for_recipient(i))
+                        .find(|reply| reply.is_transient())
+                        .map(|reply| Failure::new(FailureKind::Remote(reply.clone()), ""));
+                    if pins::settled(self.was_pinned, later.as_ref()) {
+                        pins.clear(tag);
+                    }
                 }
                 outcome
             }
