@@ -191,20 +191,25 @@ impl Env {
     /// a section of its own with the leaf's key; `destination` lines go
     /// into `[peer.hub]`.
     pub fn write_failover_config(&self, hubs: &[HubSpec], destination: &[&str]) {
-        let text = util::read_lossy(&self.transport_config());
-        let top = text
-            .split(&format!("[peer.{HUB_PEER}]\n"))
-            .next()
-            .unwrap_or_default()
-            .to_owned();
         let names: Vec<String> = hubs.iter().map(|h| format!("\"{}\"", h.name)).collect();
-        let mut conf = format!(
-            "{top}[peer.{HUB_PEER}]\nfailover = [{}]\n",
-            names.join(", ")
-        );
+        let mut conf = format!("[peer.{HUB_PEER}]\nfailover = [{}]\n", names.join(", "));
         for line in destination {
             let _ = writeln!(conf, "{line}");
         }
+        self.write_peer_sections(hubs, &conf);
+    }
+
+    /// Rewrites the leaf's bsmtp-ssh.conf: its top-level settings, then
+    /// `head` (more sections), then a `[peer.NAME]` section for each of
+    /// `hubs`, with the leaf's key.
+    pub fn write_peer_sections(&self, hubs: &[HubSpec], head: &str) {
+        let text = util::read_lossy(&self.transport_config());
+        let top = text
+            .split("[peer.")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let mut conf = format!("{top}{head}");
         for hub in hubs {
             let _ = write!(
                 conf,
@@ -223,11 +228,42 @@ impl Env {
         chown_to(&self.transport_config(), LEAF_USER, None);
     }
 
+    /// The environment's hub sshd reached through `port` (a relay to it),
+    /// as a section called `name`, with a `known_hosts` file that pins its
+    /// key for that port.
+    pub fn relayed_hub_spec(&self, name: &str, port: u16) -> HubSpec {
+        let known_hosts = self.base.join(format!("leaf/known_hosts-{name}"));
+        write_file(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {}\n", self.sshd.host_public_key()),
+            0o644,
+        );
+        chown_to(&known_hosts, LEAF_USER, None);
+        HubSpec {
+            name: name.to_owned(),
+            port,
+            known_hosts,
+            lines: Vec::new(),
+        }
+    }
+
     /// `bsmtp-ssh deliver --peer hub -f SENDER [extra] -- RECIPIENTS` as the
     /// leaf's transport account (as pipe(8) runs it), the message on
     /// standard input.
     pub fn deliver_as_leaf(
         &self,
+        sender: &str,
+        extra: &[&str],
+        recipients: &[&str],
+        message: &[u8],
+    ) -> Output {
+        self.deliver_as_leaf_to(HUB_PEER, sender, extra, recipients, message)
+    }
+
+    /// [`Env::deliver_as_leaf`] to another `[peer.NAME]`.
+    pub fn deliver_as_leaf_to(
+        &self,
+        peer: &str,
         sender: &str,
         extra: &[&str],
         recipients: &[&str],
@@ -242,7 +278,7 @@ impl Env {
                 .arg(self.bin_dir().join("bsmtp-ssh"))
                 .args(["deliver", "--config"])
                 .arg(self.transport_config())
-                .args(["--peer", HUB_PEER, "-f", sender])
+                .args(["--peer", peer, "-f", sender])
                 .args(extra)
                 .arg("--")
                 .args(recipients)

@@ -15,6 +15,7 @@ pub mod lost_ack;
 pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;
+pub mod relay;
 pub mod sshd;
 pub mod system;
 pub mod util;

@@ -239,3 +239,37 @@ pub fn maildir_files(maildir: &Path) -> Vec<PathBuf> {
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     files
 }
+
+/// `size` bytes (or a little more, to the end of a line) of English-like
+/// text: lines of words drawn from a small vocabulary by a fixed
+/// pseudo-random sequence, so runs are repeatable. Compresses the way
+/// mail text does, unlike base64 attachments.
+pub fn prose(size: usize) -> Vec<u8> {
+    const WORDS: [&str; 48] = [
+        "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with",
+        "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which",
+        "but", "have", "an", "they", "you", "were", "their", "one", "all", "we", "can", "her",
+        "has", "there", "been", "if", "more", "when", "will", "would", "who", "so", "mail",
+    ];
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut text = Vec::with_capacity(size + 100);
+    let mut line_len = 0;
+    while text.len() < size {
+        // Knuth's MMIX linear congruential generator.
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let word = WORDS[usize::try_from(state >> 58).unwrap_or(0) % WORDS.len()];
+        if line_len + word.len() + 1 > 72 {
+            text.push(b'\n');
+            line_len = 0;
+        } else if line_len > 0 {
+            text.push(b' ');
+            line_len += 1;
+        }
+        text.extend_from_slice(word.as_bytes());
+        line_len += word.len();
+    }
+    text.push(b'\n');
+    text
+}
