@@ -203,12 +203,15 @@ impl Env {
     /// `head` (more sections), then a `[peer.NAME]` section for each of
     /// `hubs`, with the leaf's key.
     pub fn write_peer_sections(&self, hubs: &[HubSpec], head: &str) {
+        let conf = self.peer_sections(hubs, head);
+        write_file(&self.transport_config(), conf, 0o644);
+        chown_to(&self.transport_config(), LEAF_USER, None);
+    }
+
+    /// What [`Env::write_peer_sections`] writes, as text.
+    pub fn peer_sections(&self, hubs: &[HubSpec], head: &str) -> String {
         let text = util::read_lossy(&self.transport_config());
-        let top = text
-            .split("[peer.")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let top = text.split("[peer.").next().unwrap_or_default().to_owned();
         let mut conf = format!("{top}{head}");
         for hub in hubs {
             let _ = write!(
@@ -224,8 +227,7 @@ impl Env {
                 let _ = writeln!(conf, "{line}");
             }
         }
-        write_file(&self.transport_config(), conf, 0o644);
-        chown_to(&self.transport_config(), LEAF_USER, None);
+        conf
     }
 
     /// The environment's hub sshd reached through `port` (a relay to it),
