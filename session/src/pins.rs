@@ -219,4 +219,17 @@ mod tests {
         assert!(pins.set("../../etc/x", "hub1").is_err());
         assert!(pins.set(".hidden", "hub1").is_err());
     }
+
+    #[test]
+    fn a_retry_keeps_its_pin_until_the_hub_settles_it() {
+        let later = Failure::new(FailureKind::Timeout, "busy");
+        let refused = Failure::new(FailureKind::BadEnvelope, "no");
+        // A first try: whatever the hub answered, it holds nothing unread.
+        assert!(settled(false, None));
+        assert!(settled(false, Some(&later)));
+        // A retry of a lost acknowledgement: only a final answer settles.
+        assert!(settled(true, None));
+        assert!(settled(true, Some(&refused)));
+        assert!(!settled(true, Some(&later)));
+    }
 }

@@ -456,3 +456,27 @@ fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an admin must fix outranks what passes by itself, so a
+    /// deferral after every hub failed names the host key, not the hub
+    /// that was merely down.
+    #[test]
+    fn the_worst_failure_is_the_one_to_fix() {
+        let order = [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            FailureKind::PeerProtocol,
+            FailureKind::Local,
+            FailureKind::Auth,
+            FailureKind::HostKey,
+            FailureKind::Config,
+        ];
+        for pair in order.windows(2) {
+            assert!(severity(&pair[0]) < severity(&pair[1]), "{pair:?}");
+        }
+    }
+}
