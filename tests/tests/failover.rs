@@ -203,13 +203,26 @@ fn a_wrong_host_key_on_the_first_hub_warns_and_the_second_delivers() {
 /// from its tag store. One copy.
 #[test]
 fn a_lost_acknowledgement_on_hub1_waits_for_hub1_and_gives_one_copy() {
-    let mut env = Env::start_with(
-        "failover_lost_ack",
-        EnvOptions::default()
-            .rsmtp_conf("postdrop = \"{base}/slow-postdrop\"")
-            .leaf_param("minimal_backoff_time", "300s")
-            .leaf_param("maximal_backoff_time", "300s"),
-    );
+    lost_acknowledgement_waits_for_hub1("failover_lost_ack", false);
+}
+
+/// The same in batching mode: the LMTP bridge's session goes to hub 2,
+/// and for the pinned message it moves to hub 1, or refuses it with a 4xx
+/// while hub 1 is down.
+#[test]
+fn batching_mode_lost_acknowledgement_on_hub1_waits_for_hub1() {
+    lost_acknowledgement_waits_for_hub1("failover_lmtp_lost_ack", true);
+}
+
+fn lost_acknowledgement_waits_for_hub1(name: &str, batching: bool) {
+    let mut options = EnvOptions::default()
+        .rsmtp_conf("postdrop = \"{base}/slow-postdrop\"")
+        .leaf_param("minimal_backoff_time", "300s")
+        .leaf_param("maximal_backoff_time", "300s");
+    if batching {
+        options = options.batching();
+    }
+    let mut env = Env::start_with(name, options);
     install_slow_postdrop(&env);
     let second = env.start_second_hub("hub2");
     env.write_failover_config(
@@ -250,13 +263,70 @@ fn a_lost_acknowledgement_on_hub1_waits_for_hub1_and_gives_one_copy() {
         env.log_lines(Log::Leaf, "status=sent").into_iter().next()
     })
     .unwrap_or_else(|| env.fail("the retry never got its 250 from hub 1"));
-    assert!(
-        sent.contains(&format!(":{}: 250 ", env.sshd_port())),
-        "{sent}"
-    );
+    if !batching {
+        assert!(
+            sent.contains(&format!(":{}: 250 ", env.sshd_port())),
+            "{sent}"
+        );
+    }
     env.wait_leaf_queue_empty(DELIVERY);
     assert_eq!(
         copies(&env, "<lost.1@leaf.test>"),
+        1,
+        "{}",
+        env.diagnostics()
+    );
+    assert!(pins(&env).is_empty(), "{:?}", pins(&env));
+}
+
+/// The same for `flush`: a flush cut short on hub 1 pins the spool to
+/// hub 1; while hub 1 is down the next flush waits (exit 75, naming it)
+/// rather than hand the message to hub 2.
+#[test]
+fn flush_after_a_lost_acknowledgement_on_hub1_waits_for_hub1() {
+    let mut env = Env::start_with(
+        "failover_flush_lost_ack",
+        EnvOptions::default()
+            .spool()
+            .rsmtp_conf("postdrop = \"{base}/slow-postdrop\""),
+    );
+    install_slow_postdrop(&env);
+    let second = env.start_second_hub("hub2");
+    env.write_failover_config(
+        &[env.hub_spec("hub1"), second.spec("hub2")],
+        &["idle_timeout = 3"],
+    );
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &message("flost.1"));
+    let spooled = poll(DELIVERY, || {
+        (Env::spooled(&env.leaf_spool_directory(), HUB_PEER).len() == 1).then_some(())
+    });
+    assert!(spooled.is_some(), "{}", env.diagnostics());
+    let first = env.flush();
+    assert_eq!(first.status.code(), Some(75), "{}", text(&first));
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.stop_sshd();
+    assert_eq!(pins(&env), ["hub1\n"], "the cut flush must leave a pin");
+    std::thread::sleep(Duration::from_secs(PAUSE + 1));
+    let waiting = env.flush();
+    assert_eq!(waiting.status.code(), Some(75), "{}", text(&waiting));
+    assert!(
+        text(&waiting).contains("waiting for hub hub1 of peer hub"),
+        "{}",
+        text(&waiting)
+    );
+    assert_eq!(copies(&env, "<flost.1@leaf.test>"), 1);
+    env.start_sshd();
+    let done = poll(DELIVERY, || {
+        let out = env.flush();
+        Env::spooled(&env.leaf_spool_directory(), HUB_PEER)
+            .is_empty()
+            .then_some(out)
+    })
+    .unwrap_or_else(|| env.fail("the spool never emptied once hub 1 was back"));
+    assert!(done.status.success(), "{}", text(&done));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        copies(&env, "<flost.1@leaf.test>"),
         1,
         "{}",
         env.diagnostics()
