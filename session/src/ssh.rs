@@ -115,14 +115,17 @@ pub fn connect(peer: &Peer, verb: &str) -> Result<Connection, Failure> {
 /// proves itself. A hub that is down, times out, offers another host key
 /// or refuses our key is passed over for the next; the last two are
 /// logged as warnings naming the hub, since an admin must fix them. When
-/// every hub fails, the worst failure is returned (see [`severity`]): a
+/// every hub fails, the worst failure is returned (see
+/// [`FailureKind::severity`]): a
 /// wrong host key says more than a dead link.
 pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, Failure> {
     let mut worst: Option<Failure> = None;
     let mut tried = Vec::new();
     let several = hubs.len() > 1;
     for (i, hub) in hubs.iter().enumerate() {
-        let failure = match preflight(hub).and_then(|pins| connect_hub(peer, hub, &pins, verb)) {
+        let failure = match preflight(hub)
+            .and_then(|known_hosts| connect_hub(peer, hub, &known_hosts, verb))
+        {
             Ok(connection) => return Ok(connection),
             Err(failure) => failure,
         };
@@ -149,7 +152,7 @@ pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, 
         tried.push(format!("{} ({})", hub.name, what_failed(&failure.kind)));
         if worst
             .as_ref()
-            .is_none_or(|w| severity(&failure.kind) > severity(&w.kind))
+            .is_none_or(|w| failure.kind.severity() > w.kind.severity())
         {
             worst = Some(failure);
         }
@@ -164,23 +167,6 @@ pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, 
         );
     }
     Err(worst)
-}
-
-/// How much a hub's failure says about the destination, for the one
-/// reason a message defers with when every hub failed: what an admin must
-/// fix (a host key, a refused key, our own config) before what a peer
-/// does wrong, before what passes by itself (a timeout, a refused
-/// connection).
-pub fn severity(kind: &FailureKind) -> u8 {
-    match kind {
-        FailureKind::Connect => 1,
-        FailureKind::Timeout => 2,
-        FailureKind::PeerProtocol | FailureKind::Remote(_) => 3,
-        FailureKind::Local | FailureKind::Storage | FailureKind::Internal => 4,
-        FailureKind::Auth => 5,
-        FailureKind::HostKey => 6,
-        FailureKind::Config | FailureKind::BadEnvelope => 7,
-    }
 }
 
 /// A hub's failure in a word or two, for the list in a deferral.
@@ -455,28 +441,4 @@ fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What an admin must fix outranks what passes by itself, so a
-    /// deferral after every hub failed names the host key, not the hub
-    /// that was merely down.
-    #[test]
-    fn the_worst_failure_is_the_one_to_fix() {
-        let order = [
-            FailureKind::Connect,
-            FailureKind::Timeout,
-            FailureKind::PeerProtocol,
-            FailureKind::Local,
-            FailureKind::Auth,
-            FailureKind::HostKey,
-            FailureKind::Config,
-        ];
-        for pair in order.windows(2) {
-            assert!(severity(&pair[0]) < severity(&pair[1]), "{pair:?}");
-        }
-    }
 }
