@@ -148,6 +148,33 @@ fn flush_fails_over_when_the_first_hub_is_down() {
     assert!(pins(&env).is_empty(), "{:?}", pins(&env));
 }
 
+/// `pull` through a failover destination: the first hub is down, the
+/// second serves the leaf's spool (both hubs front the same hub here).
+#[test]
+fn pull_fails_over_when_the_first_hub_is_down() {
+    let env = Env::start_with("failover_pull_down", EnvOptions::default().pull());
+    let dead = DeadHub::start();
+    let timeout = format!("connect_timeout = {CONNECT_TIMEOUT}");
+    env.write_failover_config(
+        &[dead.spec(&env, "hub1"), env.hub_spec("hub2")],
+        &[&timeout],
+    );
+    env.hub_sendmail(
+        "bob@hub.test",
+        &["alice@leaf.test"],
+        b"From: bob@hub.test\nTo: alice@leaf.test\nMessage-ID: <pulled.1@hub.test>\nSubject: p\n\nfor the leaf\n",
+    );
+    let spooled = poll(DELIVERY, || {
+        (Env::spooled(&env.hub_spool_directory(), bsmtp_ssh_tests::LEAF_PEER).len() == 1)
+            .then_some(())
+    });
+    assert!(spooled.is_some(), "{}", env.diagnostics());
+    let out = env.pull();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 message(s) pulled"), "{}", text(&out));
+    env.wait_leaf_maildir("alice", 1, DELIVERY);
+}
+
 /// A wrong host key on the first hub: a warning naming that hub, and the
 /// second hub delivers. With no hub left that works, the worst reason (the
 /// host key, not the dead hub's timeout) defers.
