@@ -2,14 +2,18 @@
 //! host key and its own rsmtp tag store, in front of the same hub Postfix,
 //! so copies of a message can be counted in one Maildir), a dead hub (a
 //! loopback port whose listen queue is full, so a connect times out as
-//! toward a host that is down), and the leaf config that names them as
-//! one destination.
+//! toward a host that is down), a silent hub (it accepts and never
+//! answers, so the handshake times out), and the leaf config that names
+//! them as one destination.
 
 use std::fmt::Write as _;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
@@ -100,16 +104,20 @@ impl DeadHub {
     /// file of its own that pins a key for its port (never reached, but
     /// `check` wants a pin before it connects).
     pub fn spec(&self, env: &Env, name: &str) -> HubSpec {
+        DeadHub::spec_for(env, name, self.port)
+    }
+
+    fn spec_for(env: &Env, name: &str, port: u16) -> HubSpec {
         let known_hosts = env.base.join(format!("leaf/known_hosts-{name}"));
         write_file(
             &known_hosts,
-            format!("[127.0.0.1]:{} {}\n", self.port, env.sshd.host_public_key()),
+            format!("[127.0.0.1]:{port} {}\n", env.sshd.host_public_key()),
             0o644,
         );
         chown_to(&known_hosts, LEAF_USER, None);
         HubSpec {
             name: name.to_owned(),
-            port: self.port,
+            port,
             known_hosts,
             lines: Vec::new(),
         }
@@ -120,9 +128,56 @@ impl DeadHub {
     pub fn is_dead(&self) -> bool {
         TcpStream::connect_timeout(
             &std::net::SocketAddr::from(([127, 0, 0, 1], self.port)),
-            std::time::Duration::from_millis(300),
+            Duration::from_millis(300),
         )
         .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+    }
+}
+
+/// A hub that accepts connections and never says a word (a hung sshd):
+/// the SSH handshake waits for its banner until the idle limit. Stops
+/// accepting on drop; the connections it holds close with it.
+pub struct SilentHub {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentHub {
+    /// Listens on a free loopback port and holds every connection open,
+    /// unanswered.
+    pub fn start() -> SilentHub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let port = listener.local_addr().expect("address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            // Bounded: it ends with the test (drop), or after ten minutes.
+            let until = Instant::now() + Duration::from_mins(10);
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < until {
+                match listener.accept() {
+                    Ok((connection, _)) => held.push(connection),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        SilentHub { port, stop }
+    }
+
+    /// This hub as a failover entry called `name`, pinned to the
+    /// environment's hub key (never checked: no key is ever offered).
+    pub fn spec(&self, env: &Env, name: &str) -> HubSpec {
+        DeadHub::spec_for(env, name, self.port)
+    }
+}
+
+impl Drop for SilentHub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

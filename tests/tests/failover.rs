@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use bsmtp_ssh_tests::hubs::DeadHub;
+use bsmtp_ssh_tests::hubs::{DeadHub, SilentHub};
 use bsmtp_ssh_tests::lost_ack::{install_slow_postdrop, PAUSE};
 use bsmtp_ssh_tests::util::poll;
 use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode, HUB_PEER};
@@ -105,6 +105,41 @@ fn pipe_mode_fails_over_when_the_first_hub_is_down() {
         sent.contains(&format!(":{}: 250 ", env.sshd_port())),
         "{sent}"
     );
+}
+
+/// A first hub that accepts the connection and never answers (a hung
+/// sshd) costs one idle timeout in the handshake; the second takes the
+/// message.
+#[test]
+fn pipe_mode_fails_over_when_the_first_hub_never_answers() {
+    let env = Env::start("failover_pipe_silent");
+    let silent = SilentHub::start();
+    env.write_failover_config(
+        &[silent.spec(&env, "hub1"), env.hub_spec("hub2")],
+        &["idle_timeout = 2"],
+    );
+    let started = Instant::now();
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4SILENT1"],
+        &["bob@hub.test"],
+        &message("silent.1"),
+    );
+    let took = started.elapsed();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "2.0.0 delivered via 127.0.0.1[127.0.0.1]:{}: 250 ",
+            env.sshd_port()
+        )),
+        "{said}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "a silent first hub must cost one idle timeout (2s), took {took:?}: {said}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
 }
 
 /// Batching mode (spawn(8), lmtp(8), `bsmtp-ssh lmtp`): the same.
