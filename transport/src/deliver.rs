@@ -152,7 +152,11 @@ pub fn deliver(
         hub: hub_name,
     } = connection;
     let result = ClientSession::start(channel, relay.clone(), &helo_name()).and_then(|mut hub| {
-        if let Some((pins, tag)) = pinning {
+        // A pin already naming this hub stays as it is: its age counts
+        // from the try whose acknowledgement was lost.
+        if let Some((pins, tag)) =
+            pinning.filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub_name))
+        {
             pins.set(tag, &hub_name).map_err(|e| pins::set_failed(&e))?;
         }
         let outcome = hub

@@ -187,7 +187,12 @@ pub(crate) fn spool_session(
     } = connection;
     let result = ClientSession::start(channel, relay, &crate::deliver::helo_name()).and_then(
         |mut session| {
-            if let Some(pins) = &pins {
+            // A pin already naming this hub stays as it is: its age
+            // counts from the flush that was cut short.
+            if let Some(pins) = pins
+                .as_ref()
+                .filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub))
+            {
                 pins.set(SPOOL_PIN, &hub)
                     .map_err(|e| pins::set_failed(&e))?;
             }

@@ -198,6 +198,7 @@ impl Injector for Hub {
             route: Rc::clone(&self.route),
             pinned: None,
             was_pinned: false,
+            wrote_pin: false,
             envelope: client::Envelope {
                 sender: envelope.sender.clone(),
                 recipients: envelope.recipients.clone(),
@@ -234,6 +235,8 @@ struct Message {
     pinned: Option<String>,
     /// An earlier try left a pin: its acknowledgement was lost.
     was_pinned: bool,
+    /// This try wrote the pin (none was there for this hub).
+    wrote_pin: bool,
     envelope: client::Envelope,
     queue_id: Option<String>,
     /// Body pieces held back while the first header field is read; `None`
@@ -265,7 +268,12 @@ impl Message {
                 .as_ref()
                 .map(|s| s.hub_name.clone())
                 .unwrap_or_default();
-            pins.set(tag, &hub).map_err(|e| pins::set_failed(&e))?;
+            // A pin already naming this hub stays as it is: its age counts
+            // from the try whose acknowledgement was lost.
+            if pins.get(tag).is_none_or(|pin| pin.hub != hub) {
+                pins.set(tag, &hub).map_err(|e| pins::set_failed(&e))?;
+                self.wrote_pin = true;
+            }
             self.pinned = Some(tag.clone());
         }
         self.with_hub(|hub| {
@@ -422,8 +430,14 @@ impl Delivery for Message {
         if self.held.is_none() {
             *self.link.borrow_mut() = None;
         }
-        // Its final dot never went out: no hub can have queued it.
-        if let (Some(pins), Some(tag)) = (&self.route.pins, &self.pinned) {
+        // Its final dot never went out: this try queued nothing. A pin an
+        // earlier try left stays.
+        if let (Some(pins), Some(tag), true, false) = (
+            &self.route.pins,
+            &self.pinned,
+            self.wrote_pin,
+            self.was_pinned,
+        ) {
             pins.clear(tag);
         }
     }
