@@ -47,6 +47,25 @@ pub enum FailureKind {
     Internal,
 }
 
+impl FailureKind {
+    /// How much a failure says about a destination, for the one reason a
+    /// message defers with when every hub of it failed: what an admin must
+    /// fix (our config, a host key, a refused key) before a local fault,
+    /// before what a peer does wrong, before what passes by itself (a
+    /// timeout, a refused connection). Higher is worse.
+    pub fn severity(&self) -> u8 {
+        match self {
+            FailureKind::Connect => 1,
+            FailureKind::Timeout => 2,
+            FailureKind::PeerProtocol | FailureKind::Remote(_) => 3,
+            FailureKind::Local | FailureKind::Storage | FailureKind::Internal => 4,
+            FailureKind::Auth => 5,
+            FailureKind::HostKey => 6,
+            FailureKind::Config | FailureKind::BadEnvelope => 7,
+        }
+    }
+}
+
 /// A failed delivery: its class and a one-line explanation naming who and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -168,6 +187,25 @@ mod tests {
             let failure = Failure::new(FailureKind::Remote(unexpected), "x");
             assert_eq!(failure.to_string(), "4.5.0 x");
             assert_eq!(failure.exit_code(), ExitCode::TempFail);
+        }
+    }
+
+    /// What an admin must fix outranks what passes by itself, so a
+    /// deferral after every hub failed names the host key, not the hub
+    /// that was merely down.
+    #[test]
+    fn the_worst_failure_is_the_one_to_fix() {
+        let order = [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            FailureKind::PeerProtocol,
+            FailureKind::Local,
+            FailureKind::Auth,
+            FailureKind::HostKey,
+            FailureKind::Config,
+        ];
+        for pair in order.windows(2) {
+            assert!(pair[0].severity() < pair[1].severity(), "{pair:?}");
         }
     }
 

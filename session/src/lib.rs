@@ -5,7 +5,9 @@
 //!   byte stream, each returning the fate of every recipient.
 //! - [`server`]: the receiving role, BSMTP or LMTP, over an [`server::Injector`]
 //!   that hands each message to its next hop ([`postdrop`], or a hub).
-//! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned.
+//! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned,
+//!   over the first of its hubs that answers; [`pins`] keeps a message
+//!   whose acknowledgement was lost with the hub that may hold it.
 //! - [`idle`]: reads and writes that give up when the peer goes quiet.
 //! - [`logging`], [`main_cf`], [`child`], [`atomic`]: where Postfix logs,
 //!   what its main.cf says, children with a cut-down environment, files
@@ -23,6 +25,7 @@ pub mod logging;
 pub mod main_cf;
 pub mod message;
 pub mod notice;
+pub mod pins;
 pub mod policy;
 pub mod postdrop;
 pub mod server;

@@ -4,7 +4,9 @@
 //!
 //! Every failure here is transient for Postfix (the message is deferred, not
 //! bounced): an unreachable hub, a changed host key or a refused key are
-//! things an admin fixes, after which the queued mail goes out.
+//! things an admin fixes, after which the queued mail goes out. A
+//! destination with several hubs tries them in order, and defers only when
+//! none took the session, with the worst of their reasons.
 
 use std::fs;
 use std::io::Read;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use bsmtp::known_hosts::{KnownHosts, Verdict};
 use bsmtp::status::{Failure, FailureKind};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use ssh2::{ExtendedData, MethodType, Session};
 
 /// Key exchange methods, fastest first: curve25519 costs a fraction of the
@@ -29,30 +31,65 @@ const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes12
 /// MACs for the non-AEAD ciphers: encrypt-then-MAC first.
 const MACS: &str =
     "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha2-256,hmac-sha2-512";
+/// Compression, when a hub asks for it: OpenSSH's sshd offers only
+/// `zlib@openssh.com` (delayed until after login) by default, plain
+/// `zlib` only when its `Compression` is set to `yes` in old versions.
+const COMPRESSION: &str = "zlib@openssh.com,zlib,none";
 
-/// How to reach one peer, ready to use.
+/// How to reach one destination, ready to use: the hubs that take its
+/// mail, tried in order, and the limits of a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// Its name (the config section, Postfix's nexthop).
     pub name: String,
-    /// Host names or addresses, tried in order.
-    pub hosts: Vec<String>,
+    /// The hubs, tried in order: the first that answers and proves itself
+    /// takes the mail.
+    pub hubs: Vec<Hub>,
+    /// What we ask the forced command for.
+    pub command: String,
+    /// Limit for each read or write once connected.
+    pub idle_timeout: Duration,
+    /// Limit for the whole delivery.
+    pub deadline: Duration,
+    /// How long a message whose acknowledgement was lost waits for the hub
+    /// that may have queued it before another hub may take it (see
+    /// [`crate::pins`]).
+    pub failover_hold: Duration,
+}
+
+/// One hub of a destination: where it is and who we are to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hub {
+    /// What logs call it: its own `[peer.NAME]` section, or the
+    /// destination's name with the host.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
     /// SSH port.
     pub port: u16,
     /// Remote login.
     pub user: String,
     /// Private key file.
     pub identity: PathBuf,
-    /// `known_hosts` file with the peer's pinned host key.
+    /// `known_hosts` file with the hub's pinned host key.
     pub known_hosts: PathBuf,
-    /// What we ask the forced command for.
-    pub command: String,
     /// TCP connect limit.
     pub connect_timeout: Duration,
-    /// Limit for each read or write once connected.
-    pub idle_timeout: Duration,
-    /// Limit for the whole delivery.
-    pub deadline: Duration,
+    /// libssh2's zlib compression of the SSH transport.
+    pub compression: bool,
+}
+
+impl Peer {
+    /// The destination's hubs that use `hub`'s name, in order (a pinned
+    /// hub named by [`crate::pins`]).
+    pub fn only(&self, hub: &str) -> Vec<&Hub> {
+        self.hubs.iter().filter(|h| h.name == hub).collect()
+    }
+
+    /// True when the destination has more than one hub to fail over to.
+    pub fn has_failover(&self) -> bool {
+        self.hubs.len() > 1
+    }
 }
 
 /// An open exec channel and what to call the peer in logs.
@@ -63,46 +100,106 @@ pub struct Connection {
     pub channel: ChannelStream,
     /// `name[address]:port`, as Postfix writes relays.
     pub relay: String,
+    /// The name of the hub that answered ([`Hub::name`]).
+    pub hub: String,
 }
 
-/// Connects to the first of the peer's hosts that answers and proves itself,
-/// and asks its forced command for `verb` (`receive`, later `pull`...).
-/// Host-key and authentication failures do not fall over to the next host:
-/// they are configuration problems the admin must see.
+/// Connects to the first of the destination's hubs that answers and
+/// proves itself, and asks its forced command for `verb` (`receive`,
+/// `pull`...).
 pub fn connect(peer: &Peer, verb: &str) -> Result<Connection, Failure> {
-    let known_hosts = preflight(peer)?;
-    let mut last = None;
-    for host in &peer.hosts {
-        match connect_host(peer, host, &known_hosts, verb) {
+    connect_to(peer, &peer.hubs.iter().collect::<Vec<_>>(), verb)
+}
+
+/// Connects to the first of `hubs` (some of `peer`'s) that answers and
+/// proves itself. A hub that is down, times out, offers another host key
+/// or refuses our key is passed over for the next; the last two are
+/// logged as warnings naming the hub, since an admin must fix them. When
+/// every hub fails, the worst failure is returned (see
+/// [`FailureKind::severity`]): a
+/// wrong host key says more than a dead link.
+pub fn connect_to(peer: &Peer, hubs: &[&Hub], verb: &str) -> Result<Connection, Failure> {
+    let mut worst: Option<Failure> = None;
+    let mut tried = Vec::new();
+    let several = hubs.len() > 1;
+    for (i, hub) in hubs.iter().enumerate() {
+        let failure = match preflight(hub)
+            .and_then(|known_hosts| connect_hub(peer, hub, &known_hosts, verb))
+        {
             Ok(connection) => return Ok(connection),
-            Err(failure) if matches!(failure.kind, FailureKind::Connect | FailureKind::Timeout) => {
-                debug!("peer {}: {}", peer.name, failure.text);
-                last = Some(failure);
+            Err(failure) => failure,
+        };
+        let next = if i + 1 < hubs.len() {
+            "; trying the next hub"
+        } else {
+            ""
+        };
+        match failure.kind {
+            FailureKind::Connect | FailureKind::Timeout if !several => {
+                debug!("peer {}: hub {}: {}", peer.name, hub.name, failure.text);
             }
-            Err(failure) => return Err(failure),
+            FailureKind::Connect | FailureKind::Timeout => {
+                info!(
+                    "peer {}: hub {} unreachable: {}{next}",
+                    peer.name, hub.name, failure.text
+                );
+            }
+            _ => warn!(
+                "peer {}: hub {}: {}{next}",
+                peer.name, hub.name, failure.text
+            ),
+        }
+        tried.push(format!("{} ({})", hub.name, what_failed(&failure.kind)));
+        if worst
+            .as_ref()
+            .is_none_or(|w| failure.kind.severity() > w.kind.severity())
+        {
+            worst = Some(failure);
         }
     }
-    Err(last.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hosts to try")))
+    let mut worst = worst.unwrap_or_else(|| Failure::new(FailureKind::Config, "no hubs to try"));
+    if several {
+        worst.text = format!(
+            "{}; every hub of peer {} failed: {}",
+            worst.text,
+            peer.name,
+            tried.join(", ")
+        );
+    }
+    Err(worst)
+}
+
+/// A hub's failure in a word or two, for the list in a deferral.
+fn what_failed(kind: &FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Connect => "unreachable",
+        FailureKind::Timeout => "timed out",
+        FailureKind::HostKey => "host key",
+        FailureKind::Auth => "login refused",
+        FailureKind::Config => "config",
+        _ => "session failed",
+    }
 }
 
 /// What can be checked before connecting: the pinned host keys can be read
-/// and used (returned, for [`connect_host`]) and so can our key.
-pub fn preflight(peer: &Peer) -> Result<KnownHosts, Failure> {
-    let known_hosts = load_known_hosts(&peer.known_hosts)?;
-    check_identity(&peer.identity)?;
+/// and used (returned, for [`connect_hub`]) and so can our key.
+pub fn preflight(hub: &Hub) -> Result<KnownHosts, Failure> {
+    let known_hosts = load_known_hosts(&hub.known_hosts)?;
+    check_identity(&hub.identity)?;
     Ok(known_hosts)
 }
 
-/// Connects to one of the peer's hosts, with `known_hosts` from [`preflight`].
-pub fn connect_host(
+/// Connects to one hub, with `known_hosts` from [`preflight`].
+pub fn connect_hub(
     peer: &Peer,
-    host: &str,
+    hub: &Hub,
     known_hosts: &KnownHosts,
     verb: &str,
 ) -> Result<Connection, Failure> {
-    let (tcp, addr) = tcp_connect(host, peer.port, peer.connect_timeout)?;
+    let host = hub.host.as_str();
+    let (tcp, addr) = tcp_connect(host, hub.port, hub.connect_timeout)?;
     let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
-    debug!("peer {}: connected to {relay}", peer.name);
+    debug!("peer {}: hub {}: connected to {relay}", peer.name, hub.name);
     let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
     // Without this, a frame written in two pieces meets a delayed ACK and
     // stalls 40 ms per message (measured).
@@ -112,6 +209,9 @@ pub fn connect_host(
         Session::new().map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
     session.set_tcp_stream(tcp);
     session.set_timeout(millis(peer.idle_timeout));
+    // Before the handshake: libssh2 offers zlib (and OpenSSH's delayed
+    // zlib@openssh.com) only when asked to.
+    session.set_compress(hub.compression);
     // Preferences are best effort: a libssh2 without one of these methods
     // still negotiates the others.
     let _ = session.method_pref(MethodType::Kex, KEX);
@@ -119,8 +219,12 @@ pub fn connect_host(
     let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
     let _ = session.method_pref(MethodType::MacCs, MACS);
     let _ = session.method_pref(MethodType::MacSc, MACS);
+    if hub.compression {
+        let _ = session.method_pref(MethodType::CompCs, COMPRESSION);
+        let _ = session.method_pref(MethodType::CompSc, COMPRESSION);
+    }
     // A hub with several host keys must offer the one we pinned.
-    let algorithms = known_hosts.host_key_algorithms(host, peer.port);
+    let algorithms = known_hosts.host_key_algorithms(host, hub.port);
     if !algorithms.is_empty() {
         let _ = session.method_pref(MethodType::HostKey, &algorithms.join(","));
     }
@@ -131,29 +235,30 @@ pub fn connect_host(
         )
     })?;
     debug!(
-        "{relay}: SSH handshake done: kex {}, cipher {}, host key {}",
+        "{relay}: SSH handshake done: kex {}, cipher {}, host key {}, compression {}",
         session.methods(MethodType::Kex).unwrap_or("?"),
         session.methods(MethodType::CryptCs).unwrap_or("?"),
-        session.methods(MethodType::HostKey).unwrap_or("?")
+        session.methods(MethodType::HostKey).unwrap_or("?"),
+        session.methods(MethodType::CompCs).unwrap_or("?")
     );
-    verify_host_key(&session, host, peer, known_hosts)?;
-    debug!("{relay}: host key matches {}", peer.known_hosts.display());
+    verify_host_key(&session, hub, known_hosts)?;
+    debug!("{relay}: host key matches {}", hub.known_hosts.display());
     session
-        .userauth_pubkey_file(&peer.user, None, &peer.identity, None)
+        .userauth_pubkey_file(&hub.user, None, &hub.identity, None)
         .map_err(|e| {
             fail(
                 ssh_kind(&e, FailureKind::Auth),
                 format!(
                     "login as {} with key {} refused ({e}); add its .pub to the hub's authorized_keys (rsmtp authorize)",
-                    peer.user,
-                    peer.identity.display()
+                    hub.user,
+                    hub.identity.display()
                 ),
             )
         })?;
     debug!(
         "{relay}: logged in as {} with {}",
-        peer.user,
-        peer.identity.display()
+        hub.user,
+        hub.identity.display()
     );
     let mut channel = session.channel_session().map_err(|e| {
         fail(
@@ -176,6 +281,7 @@ pub fn connect_host(
         session,
         channel: ChannelStream(channel),
         relay,
+        hub: hub.name.clone(),
     })
 }
 
@@ -296,23 +402,19 @@ fn check_identity(path: &Path) -> Result<(), Failure> {
         })
 }
 
-fn verify_host_key(
-    session: &Session,
-    host: &str,
-    peer: &Peer,
-    known_hosts: &KnownHosts,
-) -> Result<(), Failure> {
-    let path = peer.known_hosts.display();
+fn verify_host_key(session: &Session, hub: &Hub, known_hosts: &KnownHosts) -> Result<(), Failure> {
+    let host = hub.host.as_str();
+    let path = hub.known_hosts.display();
     let fail = |what: String| Failure::new(FailureKind::HostKey, what);
     let (key, _) = session
         .host_key()
         .ok_or_else(|| fail(format!("{host}: the server sent no host key")))?;
-    let shown = if peer.port == 22 {
+    let shown = if hub.port == 22 {
         host.to_owned()
     } else {
-        format!("[{host}]:{}", peer.port)
+        format!("[{host}]:{}", hub.port)
     };
-    match known_hosts.check(host, peer.port, key) {
+    match known_hosts.check(host, hub.port, key) {
         Verdict::Match => Ok(()),
         Verdict::Revoked => Err(fail(format!(
             "host key of {shown} is revoked: {path} marks the key it offered @revoked; refusing it (if the hub has a new key, verify it out of band and pin it in {path})"
@@ -322,7 +424,7 @@ fn verify_host_key(
         ))),
         Verdict::NotFound => Err(fail(format!(
             "no pinned host key for {shown} in {path}; add the hub's key there (ssh-keyscan -p {} {host}, verified out of band; a plain host name pins port 22 only)",
-            peer.port
+            hub.port
         ))),
     }
 }

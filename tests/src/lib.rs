@@ -10,10 +10,12 @@
 
 pub mod binaries;
 pub mod exim;
+pub mod hubs;
 pub mod lost_ack;
 pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;
+pub mod relay;
 pub mod sshd;
 pub mod system;
 pub mod util;

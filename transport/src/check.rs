@@ -1,6 +1,7 @@
 //! `bsmtp-ssh check`: what Taylor UUCP's `uuchk` does for its config, plus a
-//! live probe. For each peer it checks the config section, the key file, the
-//! pinned host keys, then connects to every host, proves the host key, logs
+//! live probe. For each peer it checks the config section, then for every
+//! hub (a destination with failover has several) the key file, the pinned
+//! host keys, then connects, proves the host key, logs
 //! in, runs the forced command and holds a no-op session (EHLO, QUIT). One
 //! line per check says `ok` or `FAIL` and, for a failure, what to fix.
 //! Before the peers it checks where bsmtp-ssh's log lines will go when
@@ -20,7 +21,7 @@ use nix::unistd::User;
 use crate::config::ConfigFile;
 use bsmtp_session::client::ClientSession;
 use bsmtp_session::ssh;
-use bsmtp_session::ssh::Peer;
+use bsmtp_session::ssh::{Hub, Peer};
 
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
@@ -107,17 +108,36 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     for name in &names {
         match file.peer(name) {
             Ok(peer) => {
+                let hubs: Vec<String> = peer
+                    .hubs
+                    .iter()
+                    .map(|hub| {
+                        format!(
+                            "{} (host {}, port {}, user {}{})",
+                            hub.name,
+                            hub.host,
+                            hub.port,
+                            hub.user,
+                            if hub.compression { ", compression" } else { "" }
+                        )
+                    })
+                    .collect();
                 report.ok(
                     name,
                     "config",
                     &format!(
-                        "hosts {}, port {}, user {}",
-                        peer.hosts.join(", "),
-                        peer.port,
-                        peer.user
+                        "{} {}",
+                        if hubs.len() == 1 {
+                            "hub"
+                        } else {
+                            "hubs in failover order:"
+                        },
+                        hubs.join(", ")
                     ),
                 );
-                check_peer(&peer, &mut report);
+                for hub in &peer.hubs {
+                    check_hub(&peer, hub, &mut report);
+                }
             }
             Err(err) => report.fail(name, "config", &err),
         }
@@ -209,11 +229,18 @@ fn transport_user(config_dir: &Path, transport: &str) -> Option<String> {
         .map(|user| user.split(':').next().unwrap_or(user).to_owned())
 }
 
-fn check_peer(peer: &Peer, report: &mut Report<'_, impl Write>) {
-    let name = peer.name.as_str();
-    let key_ok = check_key_file(&peer.identity, name, report);
-    let path = peer.known_hosts.display();
-    let known_hosts = match ssh::load_known_hosts(&peer.known_hosts) {
+/// Checks one hub of `peer`: key, pins, login, a no-op session. Lines name
+/// the hub when the destination has several.
+fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
+    let named = if peer.has_failover() {
+        format!("{} via {}", peer.name, hub.name)
+    } else {
+        peer.name.clone()
+    };
+    let name = named.as_str();
+    let key_ok = check_key_file(&hub.identity, name, report);
+    let path = hub.known_hosts.display();
+    let known_hosts = match ssh::load_known_hosts(&hub.known_hosts) {
         Ok(known_hosts) => known_hosts,
         Err(failure) => {
             report.fail(name, "known_hosts", &failure.text);
@@ -227,49 +254,57 @@ fn check_peer(peer: &Peer, report: &mut Report<'_, impl Write>) {
             &format!("{path}: {warning}; line ignored"),
         );
     }
-    let mut pinned_everywhere = true;
-    for host in &peer.hosts {
-        let pins = known_hosts.pinned_count_for(host, peer.port);
-        if pins == 0 {
-            pinned_everywhere = false;
-            report.fail(
-                name,
-                "known_hosts",
-                &format!(
-                    "{path} pins no host key for {}; add the hub's (ssh-keyscan -p {} {host}, verified out of band)",
-                    if peer.port == 22 { host.clone() } else { format!("[{host}]:{}", peer.port) },
-                    peer.port
-                ),
-            );
-        } else {
-            report.ok(
-                name,
-                "known_hosts",
-                &format!("{path}: {pins} pinned keys for {host}"),
-            );
-        }
-    }
-    if !pinned_everywhere {
+    let host = &hub.host;
+    let pins = known_hosts.pinned_count_for(host, hub.port);
+    if pins == 0 {
+        report.fail(
+            name,
+            "known_hosts",
+            &format!(
+                "{path} pins no host key for {}; add the hub's (ssh-keyscan -p {} {host}, verified out of band)",
+                if hub.port == 22 { host.clone() } else { format!("[{host}]:{}", hub.port) },
+                hub.port
+            ),
+        );
         return;
     }
+    report.ok(
+        name,
+        "known_hosts",
+        &format!("{path}: {pins} pinned keys for {host}"),
+    );
     if !key_ok {
         return;
     }
-    for host in &peer.hosts {
-        match ssh::connect_host(peer, host, &known_hosts, &peer.command) {
-            Ok(connection) => {
-                report.ok(
-                    name,
-                    "login",
-                    &format!(
-                        "{}: host key matches the pin, key accepted for {}",
-                        connection.relay, peer.user
-                    ),
-                );
-                probe(connection, name, report);
+    match ssh::connect_hub(peer, hub, &known_hosts, &peer.command) {
+        Ok(connection) => {
+            report.ok(
+                name,
+                "login",
+                &format!(
+                    "{}: host key matches the pin, key accepted for {}",
+                    connection.relay, hub.user
+                ),
+            );
+            if hub.compression {
+                let method = connection
+                    .session
+                    .methods(ssh2::MethodType::CompCs)
+                    .unwrap_or("none")
+                    .to_owned();
+                if method == "none" {
+                    report.warn(
+                        name,
+                        "compression",
+                        "compression = true, but the hub's sshd agreed to none (is its Compression set to no?)",
+                    );
+                } else {
+                    report.ok(name, "compression", &format!("negotiated {method}"));
+                }
             }
-            Err(failure) => report.fail(name, stage(&failure), &failure.text),
+            probe(connection, name, report);
         }
+        Err(failure) => report.fail(name, stage(&failure), &failure.text),
     }
 }
 

@@ -13,12 +13,26 @@
 //!
 //! Postfix's `${nexthop}` names the section, so a transport map entry
 //! `example.com bsmtp:hub` uses `[peer.hub]`.
+//!
+//! Several hubs, each with its own login and pinned host key, make one
+//! destination with `failover`, naming other sections, tried in order:
+//!
+//! ```toml
+//! [peer.hubs]
+//! failover = ["hub1", "hub2"]
+//! [peer.hub1]
+//! host = "hub1.example.com"
+//! [peer.hub2]
+//! host = "hub2.example.net"
+//! user = "leaf7"
+//! known_hosts = "/etc/bsmtp-ssh/known_hosts.hub2"
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bsmtp_session::ssh::Peer;
+use bsmtp_session::ssh::{Hub, Peer};
 use serde::Deserialize;
 
 /// Where the config lives unless `--config` says otherwise.
@@ -36,11 +50,19 @@ pub const DEFAULT_IDLE_TIMEOUT: u64 = 120;
 /// Default limit for a whole delivery: well under Postfix's
 /// `<transport>_time_limit` (1000 s), whose expiry would bounce the message.
 pub const DEFAULT_DEADLINE: u64 = 900;
+/// Default time a message whose acknowledgement was lost waits for the hub
+/// that may hold it (one day: well inside Postfix's 5-day
+/// `maximal_queue_lifetime`, so it goes to another hub rather than bounce).
+pub const DEFAULT_FAILOVER_HOLD: u64 = 86_400;
 
 /// One `[peer.NAME]` section as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
+    /// Other `[peer.NAME]` sections, each a hub of this destination, tried
+    /// in order (instead of `host`).
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// One host.
     pub host: Option<String>,
     /// Several hosts, tried in order.
@@ -62,6 +84,11 @@ pub struct PeerSection {
     pub idle_timeout: Option<u64>,
     /// Seconds.
     pub deadline: Option<u64>,
+    /// Seconds a message whose acknowledgement was lost waits for the hub
+    /// that may hold it before another hub may take it.
+    pub failover_hold: Option<u64>,
+    /// libssh2's zlib compression on the SSH link (for slow links and text).
+    pub compression: Option<bool>,
     /// Tables `push-table --all` sends to this peer: name -> source file.
     #[serde(default)]
     pub tables: BTreeMap<String, PathBuf>,
@@ -130,6 +157,21 @@ impl ConfigFile {
         command
     }
 
+    /// `tag_directory`, or its default; `None` when set empty (no tags).
+    pub fn tag_directory(&self) -> Option<PathBuf> {
+        let dir = self
+            .tag_directory
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(bsmtp_session::tags::DEFAULT_DIRECTORY));
+        (!dir.as_os_str().is_empty()).then_some(dir)
+    }
+
+    /// The failover pins of `peer` (see [`bsmtp_session::pins`]), when it
+    /// has several hubs.
+    pub fn pins(&self, peer: &Peer) -> Option<bsmtp_session::pins::Pins> {
+        bsmtp_session::pins::for_peer(self.tag_directory().as_deref(), peer)
+    }
+
     /// `postfix_config`, or the directory Postfix programs use by default.
     pub fn postfix_config(&self) -> PathBuf {
         self.postfix_config
@@ -179,24 +221,82 @@ impl ConfigFile {
 
     /// The peer called `name`, with defaults filled in.
     pub fn peer(&self, name: &str) -> Result<Peer, String> {
-        let section = self.peer.get(name).ok_or_else(|| {
+        let section = self.section(name)?;
+        if section.failover.is_empty() {
+            return section.resolve(name);
+        }
+        section.resolve_failover(name, |hub| {
+            let hub_section = self
+                .section(hub)
+                .map_err(|err| format!("peer {name}: failover names hub {hub}: {err}"))?;
+            if !hub_section.failover.is_empty() {
+                return Err(format!(
+                    "peer {name}: failover names {hub}, which itself fails over; name the hubs themselves"
+                ));
+            }
+            Ok(hub_section)
+        })
+    }
+
+    fn section(&self, name: &str) -> Result<&PeerSection, String> {
+        self.peer.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.peer.keys().map(String::as_str).collect();
             format!(
                 "no [peer.{name}] section in the config (known peers: {}); check the nexthop in Postfix's transport map",
                 if known.is_empty() { "none".into() } else { known.join(", ") }
             )
-        })?;
-        section.resolve(name)
+        })
     }
 }
 
 impl PeerSection {
-    /// Fills in defaults and checks what can be checked offline.
+    /// Fills in defaults and checks what can be checked offline (a section
+    /// with `host`/`hosts`: each host is a hub, with the same login).
     pub fn resolve(&self, name: &str) -> Result<Peer, String> {
+        let hubs = self.hubs(name, None)?;
+        Ok(self.destination(name, hubs))
+    }
+
+    /// A `failover` section: each named section (from `section`) gives its
+    /// hubs, in order, with its own login, key and pinned host keys; the
+    /// delivery's limits and command are this section's.
+    fn resolve_failover<'a>(
+        &self,
+        name: &str,
+        section: impl Fn(&str) -> Result<&'a PeerSection, String>,
+    ) -> Result<Peer, String> {
+        let reach = [
+            ("host", self.host.is_some() || !self.hosts.is_empty()),
+            ("port", self.port.is_some()),
+            ("user", self.user.is_some()),
+            ("identity", self.identity.is_some()),
+            ("known_hosts", self.known_hosts.is_some()),
+            ("compression", self.compression.is_some()),
+        ];
+        if let Some((key, _)) = reach.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "peer {name}: {key} does not go with failover; set it in each hub's own [peer.NAME] section"
+            ));
+        }
+        let mut hubs = Vec::new();
+        for (i, hub) in self.failover.iter().enumerate() {
+            if self.failover[..i].contains(hub) {
+                return Err(format!("peer {name}: failover names {hub} twice"));
+            }
+            hubs.extend(section(hub)?.hubs(hub, self.connect_timeout)?);
+        }
+        Ok(self.destination(name, hubs))
+    }
+
+    /// This section's hosts as hubs: named after the section, or after
+    /// section and host when it lists several.
+    fn hubs(&self, name: &str, connect_timeout: Option<u64>) -> Result<Vec<Hub>, String> {
         let mut hosts: Vec<String> = self.host.iter().cloned().collect();
         hosts.extend(self.hosts.iter().cloned());
         if hosts.is_empty() {
-            return Err(format!("peer {name}: no host given (set host = \"...\")"));
+            return Err(format!(
+                "peer {name}: no host given (set host = \"...\", or failover = [\"hub1\", \"hub2\"])"
+            ));
         }
         if let Some(bad) = hosts.iter().find(|h| !plain_host(h)) {
             return Err(format!(
@@ -204,25 +304,46 @@ impl PeerSection {
                 bsmtp::text::one_line(bad)
             ));
         }
+        let several = hosts.len() > 1;
+        let connect_timeout = self
+            .connect_timeout
+            .or(connect_timeout)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        Ok(hosts
+            .into_iter()
+            .map(|host| Hub {
+                name: if several {
+                    format!("{name}/{host}")
+                } else {
+                    name.to_owned()
+                },
+                port: self.port.unwrap_or(22),
+                user: self.user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
+                identity: self
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_IDENTITY.into()),
+                known_hosts: self
+                    .known_hosts
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_KNOWN_HOSTS.into()),
+                connect_timeout: Duration::from_secs(connect_timeout),
+                compression: self.compression.unwrap_or(false),
+                host,
+            })
+            .collect())
+    }
+
+    fn destination(&self, name: &str, hubs: Vec<Hub>) -> Peer {
         let secs = |value: Option<u64>, default| Duration::from_secs(value.unwrap_or(default));
-        Ok(Peer {
+        Peer {
             name: name.to_owned(),
-            hosts,
-            port: self.port.unwrap_or(22),
-            user: self.user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
-            identity: self
-                .identity
-                .clone()
-                .unwrap_or_else(|| DEFAULT_IDENTITY.into()),
-            known_hosts: self
-                .known_hosts
-                .clone()
-                .unwrap_or_else(|| DEFAULT_KNOWN_HOSTS.into()),
+            hubs,
             command: self.command.clone().unwrap_or_else(|| "receive".into()),
-            connect_timeout: secs(self.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             idle_timeout: secs(self.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             deadline: secs(self.deadline, DEFAULT_DEADLINE),
-        })
+            failover_hold: secs(self.failover_hold, DEFAULT_FAILOVER_HOLD),
+        }
     }
 }
 
@@ -244,8 +365,10 @@ mod tests {
         let file: ConfigFile =
             toml::from_str("[peer.hub]\nhost = \"a.test\"\nhosts = [\"b.test\"]\n").unwrap();
         let peer = file.peer("hub").unwrap();
-        assert_eq!(peer.hosts, ["a.test", "b.test"]);
-        assert_eq!(peer.port, 22);
+        let hosts: Vec<&str> = peer.hubs.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["a.test", "b.test"]);
+        assert_eq!(peer.hubs[1].name, "hub/b.test");
+        assert_eq!(peer.hubs[0].port, 22);
         assert_eq!(peer.command, "receive");
         assert_eq!(peer.deadline, Duration::from_secs(DEFAULT_DEADLINE));
     }
@@ -269,5 +392,51 @@ mod tests {
     fn hostile_host_refused() {
         let file: ConfigFile = toml::from_str("[peer.hub]\nhost = \"a;b\"\n").unwrap();
         assert!(file.peer("hub").is_err());
+    }
+
+    #[test]
+    fn failover_hubs_keep_their_own_login() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.hubs]\nfailover = [\"hub1\", \"hub2\"]\nconnect_timeout = 3\ndeadline = 60\n\
+             [peer.hub1]\nhost = \"a.test\"\ncompression = true\n\
+             [peer.hub2]\nhost = \"b.test\"\nport = 2222\nuser = \"leaf7\"\nknown_hosts = \"/k2\"\nconnect_timeout = 9\n",
+        )
+        .unwrap();
+        let peer = file.peer("hubs").unwrap();
+        assert_eq!(peer.name, "hubs");
+        assert_eq!(peer.deadline, Duration::from_mins(1));
+        let [hub1, hub2] = &peer.hubs[..] else {
+            panic!("{peer:?}")
+        };
+        assert_eq!((hub1.name.as_str(), hub1.host.as_str()), ("hub1", "a.test"));
+        assert!(hub1.compression && !hub2.compression);
+        assert_eq!(hub1.connect_timeout, Duration::from_secs(3));
+        assert_eq!(hub2.connect_timeout, Duration::from_secs(9));
+        assert_eq!((hub2.port, hub2.user.as_str()), (2222, "leaf7"));
+        assert_eq!(hub2.known_hosts, PathBuf::from("/k2"));
+        assert_eq!(hub1.known_hosts, PathBuf::from(DEFAULT_KNOWN_HOSTS));
+    }
+
+    #[test]
+    fn failover_mistakes_are_named() {
+        for (text, wanted) in [
+            ("[peer.d]\nfailover = [\"nope\"]\n", "no [peer.nope] section"),
+            (
+                "[peer.d]\nfailover = [\"h\"]\nhost = \"x\"\n[peer.h]\nhost = \"a\"\n",
+                "host does not go with failover",
+            ),
+            (
+                "[peer.d]\nfailover = [\"e\"]\n[peer.e]\nfailover = [\"h\"]\n[peer.h]\nhost = \"a\"\n",
+                "itself fails over",
+            ),
+            (
+                "[peer.d]\nfailover = [\"h\", \"h\"]\n[peer.h]\nhost = \"a\"\n",
+                "twice",
+            ),
+        ] {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            let err = file.peer("d").unwrap_err();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
     }
 }

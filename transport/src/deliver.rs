@@ -19,6 +19,7 @@ use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::client::{self, ClientSession};
+use bsmtp_session::pins::{self, Pins};
 use bsmtp_session::ssh::{self, Peer};
 
 /// One message's envelope as Postfix's pipe(8) gives it.
@@ -123,23 +124,54 @@ fn wire_address(what: &str, address: &str) -> Result<String, Failure> {
     ))
 }
 
-/// Delivers `content` to `peer`.
+/// Delivers `content` to `peer`: to the first of its hubs that answers,
+/// or, when `pins` says a hub may hold this message already (an earlier
+/// try lost its acknowledgement), to that hub only.
 pub fn deliver(
     peer: &Peer,
+    pins: Option<&Pins>,
     envelope: &Envelope,
     content: &mut impl Read,
 ) -> Result<Delivered, Failure> {
     let envelope = &envelope.check()?;
     let started = Instant::now();
+    let session_envelope = envelope.to_session();
+    // Pins are kept for tagged messages only: without a tag no hub can
+    // recognise a retry anyway.
+    let pinning = pins.zip(session_envelope.tag.as_deref());
+    let pin = pinning.and_then(|(pins, tag)| pins.get(tag));
+    let hubs = pins::hubs_for(peer, pin.as_ref(), "this message");
+    let connection = ssh::connect_to(peer, &hubs, &peer.command).map_err(|failure| match &pin {
+        Some(pin) if hubs.len() < peer.hubs.len() => pins::held(peer, pin, &failure),
+        _ => failure,
+    })?;
     let ssh::Connection {
         session,
         channel,
         relay,
-    } = ssh::connect(peer, &peer.command)?;
+        hub: hub_name,
+    } = connection;
     let result = ClientSession::start(channel, relay.clone(), &helo_name()).and_then(|mut hub| {
-        let outcome = hub.send_message(&envelope.to_session(), content);
+        // A pin already naming this hub stays as it is: its age counts
+        // from the try whose acknowledgement was lost.
+        if let Some((pins, tag)) =
+            pinning.filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub_name))
+        {
+            pins.set(tag, &hub_name).map_err(|e| pins::set_failed(&e))?;
+        }
+        let outcome = hub
+            .send_message(&session_envelope, content)
+            .map(|outcome| outcome.all_or_nothing(&relay));
+        if let (Some((pins, tag)), Ok(result)) = (pinning, &outcome) {
+            // Every reply read: the hub's answer decides, unless it says
+            // "later" to a retry of a lost acknowledgement (the first try
+            // may still be committing there).
+            if pins::settled(pin.is_some(), result.as_ref().err()) {
+                pins.clear(tag);
+            }
+        }
         let _ = hub.quit();
-        outcome?.all_or_nothing(&relay)
+        outcome?
     });
     // Best effort: the outcome is already decided by the replies.
     let _ = session.disconnect(None, "done", None);

@@ -11,8 +11,9 @@ use bsmtp_session::client::ClientSession;
 use bsmtp_session::forward::{self, Report, Settings};
 use bsmtp_session::main_cf::MainCf;
 use bsmtp_session::notice::{NoticeBouncer, Sink};
+use bsmtp_session::pins;
 use bsmtp_session::spool::{Entry, Spool};
-use bsmtp_session::ssh;
+use bsmtp_session::ssh::{self, ChannelStream, Peer};
 use clap::Args as ClapArgs;
 use sysexits::ExitCode;
 
@@ -104,12 +105,7 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
     let peer = file
         .peer(name)
         .map_err(|text| Failure::new(FailureKind::Config, text))?;
-    let sent = ssh::connect(&peer, &peer.command).and_then(|connection| {
-        let mut session = ClientSession::start(
-            connection.channel,
-            connection.relay.clone(),
-            &crate::deliver::helo_name(),
-        )?;
+    let sent = spool_session(file, &peer, |session| {
         let settings = Settings {
             lifetime,
             window: forward::DEFAULT_WINDOW,
@@ -123,17 +119,15 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
                 }
             }
         };
-        let result = forward::send(
+        forward::send(
             &spool,
             &ids,
-            &mut session,
+            session,
             &mut bouncer,
             &settings,
             &mut progress,
-        );
-        let _ = session.quit();
-        let _ = connection.session.disconnect(None, "done", None);
-        result.map_err(|(partial, failure)| {
+        )
+        .map_err(|(partial, failure)| {
             report_add(&mut report, &partial);
             failure
         })
@@ -149,6 +143,63 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
             Err(failure)
         }
     }
+}
+
+/// The spool's failover pin: transaction tags always hold a dot, this
+/// name never does.
+const SPOOL_PIN: &str = "spool";
+
+/// Opens a session to `peer` for a spool send (`flush`, a satellite's
+/// `sendmail`), runs `send` on it and ends it. With several hubs the
+/// whole spool is pinned to the hub it goes to until `send` read every
+/// reply: a send cut short may have left a message queued on that hub
+/// unacknowledged, so the next one goes there too (see
+/// [`bsmtp_session::pins`]).
+pub(crate) fn spool_session(
+    file: &ConfigFile,
+    peer: &Peer,
+    send: impl FnOnce(&mut ClientSession<ChannelStream>) -> Result<Report, Failure>,
+) -> Result<Report, Failure> {
+    let pins = file.pins(peer);
+    let pin = pins.as_ref().and_then(|p| p.get(SPOOL_PIN));
+    let hubs = pins::hubs_for(peer, pin.as_ref(), "the spool");
+    let connection = ssh::connect_to(peer, &hubs, &peer.command).map_err(|failure| match &pin {
+        Some(pin) if hubs.len() < peer.hubs.len() => pins::held(peer, pin, &failure),
+        _ => failure,
+    })?;
+    let ssh::Connection {
+        session: ssh_session,
+        channel,
+        relay,
+        hub,
+    } = connection;
+    let result = ClientSession::start(channel, relay, &crate::deliver::helo_name()).and_then(
+        |mut session| {
+            // A pin already naming this hub stays as it is: its age
+            // counts from the flush that was cut short.
+            if let Some(pins) = pins
+                .as_ref()
+                .filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub))
+            {
+                pins.set(SPOOL_PIN, &hub)
+                    .map_err(|e| pins::set_failed(&e))?;
+            }
+            let result = send(&mut session);
+            if let (Some(pins), Ok(report)) = (&pins, &result) {
+                // Every reply read; what the hub deferred of a spool that
+                // was pinned may still be committing there.
+                let later =
+                    (report.deferred > 0).then(|| Failure::new(FailureKind::Timeout, "deferred"));
+                if pins::settled(pin.is_some(), later.as_ref()) {
+                    pins.clear(SPOOL_PIN);
+                }
+            }
+            let _ = session.quit();
+            result
+        },
+    );
+    let _ = ssh_session.disconnect(None, "done", None);
+    result
 }
 
 /// Notices go into the local Postfix; a satellite without one (no

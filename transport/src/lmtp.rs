@@ -23,6 +23,7 @@ use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::client::{self, ClientSession};
 use bsmtp_session::idle::{IdleReader, IdleWriter};
+use bsmtp_session::pins::{self, Pins};
 use bsmtp_session::policy::{Policy, SenderPattern};
 use bsmtp_session::server::{
     Committed, Delivery, Dialect, Envelope, Injector, Receiver, Refusal, Settings,
@@ -76,7 +77,8 @@ pub fn run(args: &LmtpArgs) -> u8 {
     let name = peer
         .as_ref()
         .map_or_else(|_| "-".to_owned(), |p| p.name.clone());
-    let receiver = Receiver::new(settings(&name), Hub::new(peer));
+    let pins = peer.as_ref().ok().and_then(|p| args.connect.pins(p));
+    let receiver = Receiver::new(settings(&name), Hub::new(peer, pins));
     match receiver.run(&mut input, &mut output) {
         Ok(_) => 0,
         Err(err) => {
@@ -115,18 +117,47 @@ struct Session {
     /// Keeps the SSH session alive while the channel is used.
     _ssh: ssh2::Session,
     hub: ClientSession<ChannelStream>,
+    /// Which of the destination's hubs this is ([`ssh::Hub::name`]).
+    hub_name: String,
+}
+
+/// Where transactions go: the destination, and its failover pins.
+struct Route {
+    peer: Result<Peer, Failure>,
+    pins: Option<Pins>,
+}
+
+impl Route {
+    /// Opens a session to the first of `hubs` that answers (all the
+    /// destination's when `None`).
+    fn open(&self, hubs: Option<&[&ssh::Hub]>) -> Result<Session, Failure> {
+        let peer = self.peer.as_ref().map_err(Clone::clone)?;
+        let all: Vec<&ssh::Hub> = peer.hubs.iter().collect();
+        let ssh::Connection {
+            session,
+            channel,
+            relay,
+            hub: hub_name,
+        } = ssh::connect_to(peer, hubs.unwrap_or(&all), &peer.command)?;
+        let hub = ClientSession::start(channel, relay, &crate::deliver::helo_name())?;
+        Ok(Session {
+            _ssh: session,
+            hub,
+            hub_name,
+        })
+    }
 }
 
 /// Forwards each transaction to the hub.
 struct Hub {
-    peer: Result<Peer, Failure>,
+    route: Rc<Route>,
     link: Link,
 }
 
 impl Hub {
-    fn new(peer: Result<Peer, Failure>) -> Self {
+    fn new(peer: Result<Peer, Failure>, pins: Option<Pins>) -> Self {
         Hub {
-            peer,
+            route: Rc::new(Route { peer, pins }),
             link: Rc::new(RefCell::new(None)),
         }
     }
@@ -135,14 +166,8 @@ impl Hub {
         if self.link.borrow().is_some() {
             return Ok(());
         }
-        let peer = self.peer.as_ref().map_err(Clone::clone)?;
-        let ssh::Connection {
-            session,
-            channel,
-            relay,
-        } = ssh::connect(peer, &peer.command)?;
-        let hub = ClientSession::start(channel, relay, &crate::deliver::helo_name())?;
-        *self.link.borrow_mut() = Some(Session { _ssh: session, hub });
+        let session = self.route.open(None)?;
+        *self.link.borrow_mut() = Some(session);
         Ok(())
     }
 }
@@ -170,6 +195,10 @@ impl Injector for Hub {
         self.connect().map_err(|f| refusal(&f))?;
         Ok(Message {
             link: Rc::clone(&self.link),
+            route: Rc::clone(&self.route),
+            pinned: None,
+            was_pinned: false,
+            wrote_pin: false,
             envelope: client::Envelope {
                 sender: envelope.sender.clone(),
                 recipients: envelope.recipients.clone(),
@@ -201,6 +230,13 @@ const MAX_HELD: usize = 16 * 1024;
 /// transaction starts on the hub with its tag, and the held lines follow.
 struct Message {
     link: Link,
+    route: Rc<Route>,
+    /// The tag this transaction is pinned by, once it started on a hub.
+    pinned: Option<String>,
+    /// An earlier try left a pin: its acknowledgement was lost.
+    was_pinned: bool,
+    /// This try wrote the pin (none was there for this hub).
+    wrote_pin: bool,
     envelope: client::Envelope,
     queue_id: Option<String>,
     /// Body pieces held back while the first header field is read; `None`
@@ -212,22 +248,71 @@ struct Message {
 impl Message {
     /// Starts the transaction on the hub, tagged, and sends what was held.
     fn release(&mut self) -> Result<(), Failure> {
-        let Some(held) = self.held.take() else {
+        let Some(held) = self.held.as_ref() else {
             return Ok(());
         };
-        if let Some(id) = leaf_queue_id(&held) {
+        if let Some(id) = leaf_queue_id(held) {
             self.queue_id = Some(id);
         }
         self.envelope.tag = self.queue_id.as_deref().and_then(|id| {
             let e = &self.envelope;
             transaction_tag(id, &e.sender, &e.recipients, e.size)
         });
+        self.follow_pin()?;
+        let held = self.held.take().unwrap_or_default();
         let envelope = self.envelope.clone();
+        if let (Some(pins), Some(tag)) = (&self.route.pins, &envelope.tag) {
+            let hub = self
+                .link
+                .borrow()
+                .as_ref()
+                .map(|s| s.hub_name.clone())
+                .unwrap_or_default();
+            // A pin already naming this hub stays as it is: its age counts
+            // from the try whose acknowledgement was lost.
+            if pins.get(tag).is_none_or(|pin| pin.hub != hub) {
+                pins.set(tag, &hub).map_err(|e| pins::set_failed(&e))?;
+                self.wrote_pin = true;
+            }
+            self.pinned = Some(tag.clone());
+        }
         self.with_hub(|hub| {
             hub.begin(&envelope);
             held.iter()
                 .try_for_each(|(bytes, end_of_line)| hub.piece(bytes, *end_of_line))
         })
+    }
+
+    /// A message an earlier try left pinned to another hub than this
+    /// session's (its acknowledgement was lost there) goes to that hub:
+    /// nothing of it was sent yet, and every earlier transaction of this
+    /// session was answered, so the session moves. When that hub does
+    /// not answer, the message is refused with a 4xx and waits.
+    fn follow_pin(&mut self) -> Result<(), Failure> {
+        let (Some(pins), Some(tag), Ok(peer)) =
+            (&self.route.pins, &self.envelope.tag, &self.route.peer)
+        else {
+            return Ok(());
+        };
+        let Some(pin) = pins.get(tag) else {
+            return Ok(());
+        };
+        self.was_pinned = true;
+        let hubs = pins::hubs_for(peer, Some(&pin), "this message");
+        let current = self.link.borrow().as_ref().map(|s| s.hub_name.clone());
+        if current
+            .as_ref()
+            .is_some_and(|name| hubs.iter().any(|h| h.name == *name))
+        {
+            return Ok(());
+        }
+        *self.link.borrow_mut() = None;
+        let session = self
+            .route
+            .open(Some(&hubs))
+            .map_err(|failure| pins::held(peer, &pin, &failure))?;
+        *self.link.borrow_mut() = Some(session);
+        Ok(())
     }
 
     /// Whether the first header field is complete with this piece: the
@@ -294,7 +379,20 @@ impl Delivery for Message {
         let recipients = &self.envelope.recipients;
         let delay = self.started.elapsed().as_secs_f64();
         let outcome = match outcome {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                if let (Some(pins), Some(tag)) = (&self.route.pins, &self.pinned) {
+                    // Every reply read: the hub's answer decides (see
+                    // pins::settled).
+                    let later = (0..recipients.len())
+                        .map(|i| outcome.for_recipient(i))
+                        .find(|reply| reply.is_transient())
+                        .map(|reply| Failure::new(FailureKind::Remote(reply.clone()), ""));
+                    if pins::settled(self.was_pinned, later.as_ref()) {
+                        pins.clear(tag);
+                    }
+                }
+                outcome
+            }
             Err(failure) => {
                 for recipient in recipients {
                     crate::report::delivery(
@@ -331,6 +429,16 @@ impl Delivery for Message {
         // half sent.
         if self.held.is_none() {
             *self.link.borrow_mut() = None;
+        }
+        // Its final dot never went out: this try queued nothing. A pin an
+        // earlier try left stays.
+        if let (Some(pins), Some(tag), true, false) = (
+            &self.route.pins,
+            &self.pinned,
+            self.wrote_pin,
+            self.was_pinned,
+        ) {
+            pins.clear(tag);
         }
     }
 }

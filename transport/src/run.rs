@@ -106,6 +106,15 @@ impl ConnectArgs {
             .map_err(config_error)
     }
 
+    /// The failover pins of `peer` (a destination with several hubs in the
+    /// config file; none with --host).
+    pub fn pins(&self, peer: &Peer) -> Option<bsmtp_session::pins::Pins> {
+        if self.host.is_some() {
+            return None;
+        }
+        ConfigFile::load(&self.config).ok()?.pins(peer)
+    }
+
     /// The postlog(1) the config file names, if any (a config that does
     /// not load is reported where the peer is resolved).
     pub fn postlog(&self) -> Option<PathBuf> {
@@ -219,7 +228,8 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
             size: args.size,
             envid: args.envid.clone(),
         };
-        catch_panic(|| deliver::deliver(&peer, &envelope, content))
+        let pins = args.connect.pins(&peer);
+        catch_panic(|| deliver::deliver(&peer, pins.as_ref(), &envelope, content))
     });
     let mut answered = answered.lock().unwrap_or_else(PoisonError::into_inner);
     if *answered {

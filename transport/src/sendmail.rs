@@ -26,11 +26,9 @@ use std::path::PathBuf;
 use bsmtp::dsn::{parse_notify, MailDsn, RcptDsn};
 use bsmtp::reply::EnhancedCode;
 use bsmtp::sendmail::{self, Flags};
-use bsmtp_session::client::ClientSession;
 use bsmtp_session::forward::{self, Bouncer, Settings, Undeliverable};
 use bsmtp_session::message::Submission;
 use bsmtp_session::spool::{Entry, NewMessage, Spool, SpoolError};
-use bsmtp_session::ssh;
 use clap::Args as ClapArgs;
 use sysexits::ExitCode;
 
@@ -201,27 +199,20 @@ fn deliver_now(
     };
     let peer = file.peer(name).map_err(|text| (ExitCode::Config, text))?;
     let mut refusals = Refusals::default();
-    let sent = ssh::connect(&peer, &peer.command).and_then(|connection| {
-        let mut session = ClientSession::start(
-            connection.channel,
-            connection.relay.clone(),
-            &crate::deliver::helo_name(),
-        )?;
+    let sent = crate::flush::spool_session(file, &peer, |session| {
         let settings = Settings {
             lifetime: std::time::Duration::MAX,
             window: 1,
         };
-        let result = forward::send(
+        forward::send(
             spool,
             &[id.to_owned()],
-            &mut session,
+            session,
             &mut refusals,
             &settings,
             &mut |_, _| {},
-        );
-        let _ = session.quit();
-        let _ = connection.session.disconnect(None, "done", None);
-        result.map_err(|(_, failure)| failure)
+        )
+        .map_err(|(_, failure)| failure)
     });
     if let Err(failure) = sent {
         // Queued: the next flush sends it.

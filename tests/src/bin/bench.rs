@@ -20,6 +20,10 @@
 //!   (target: at least 25 x), and beside SMTP straight to the hub's smtpd,
 //!   an `ssh -L` tunnel to it, and pipe mode. See
 //!   `tests/src/bench/throughput.rs`.
+//! - compression (`compression = true`): bytes on the wire and msg/s for
+//!   100 KiB text and base64 messages, on loopback and on a 2 Mbit/s link,
+//!   with and without. `bench compression` runs these rows alone. See
+//!   `tests/src/bench/compression.rs`.
 //!
 //! Timings come from hyperfine (warm-up runs, then a fixed number of runs;
 //! the mean and standard deviation are printed). Nothing here asserts on a
@@ -37,6 +41,8 @@ use std::time::Instant;
 
 use bsmtp_ssh_tests::{Env, EnvOptions};
 
+#[path = "../bench/compression.rs"]
+mod compression;
 #[path = "../bench/throughput.rs"]
 mod throughput;
 
@@ -48,6 +54,15 @@ const RUNS_BIG: u32 = 5;
 
 fn main() {
     let started = Instant::now();
+    if std::env::args().nth(1).as_deref() == Some("compression") {
+        compression_only(started);
+    } else {
+        everything(started);
+    }
+}
+
+/// The whole benchmark: every figure, then the tables.
+fn everything(started: Instant) {
     let limit = (2 * BIG).to_string();
     let env = Env::start_with(
         "bench",
@@ -166,9 +181,11 @@ fn main() {
 fn finish(env: Env, work: &Path, started: Instant, figures: &Figures) {
     restart_hub_empty(&env);
     let progress = |line: &str| println!("[+{:.0} s] {line}", started.elapsed().as_secs_f64());
+    let compressed = compression::run(&env, work, &progress);
     let throughput = throughput::run(&env, work, &progress);
     report(figures);
     throughput::report(&throughput);
+    print!("{}", compression::report(&compressed));
     let failed = !throughput.failures().is_empty();
     drop(env);
     println!(
@@ -179,6 +196,25 @@ fn finish(env: Env, work: &Path, started: Instant, figures: &Figures) {
         eprintln!("bench: some throughput routes were not measured (see above)");
         std::process::exit(1);
     }
+}
+
+/// `bench compression`: the compression rows alone, on an environment of
+/// their own (the hub keeps what it accepts, as in the full run).
+fn compression_only(started: Instant) {
+    let env = Env::start_with(
+        "bench_compression",
+        EnvOptions::default().hub_param("defer_transports", "local"),
+    );
+    let work = env.base().join("bench");
+    fs::create_dir_all(&work).expect("bench dir");
+    let progress = |line: &str| println!("[+{:.0} s] {line}", started.elapsed().as_secs_f64());
+    let rows = compression::run(&env, &work, &progress);
+    print!("{}", compression::report(&rows));
+    drop(env);
+    println!(
+        "\nbench wall time: {:.0} s (after the build)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Means and standard deviations in seconds, peak RSS in KiB.
