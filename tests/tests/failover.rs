@@ -57,6 +57,21 @@ fn copies(env: &Env, message_id: &str) -> usize {
         .count()
 }
 
+/// Asserts that `deliver` succeeded through the second hub (this
+/// environment's own sshd) and returns what it said.
+fn delivered_by_hub2(env: &Env, out: &std::process::Output) -> String {
+    let said = text(out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "2.0.0 delivered via 127.0.0.1[127.0.0.1]:{}: 250 ",
+            env.sshd_port()
+        )),
+        "{said}"
+    );
+    said
+}
+
 /// Pipe mode: the first hub is down (its connect times out), the second
 /// takes the message, and that cost one connect timeout.
 #[test]
@@ -77,15 +92,7 @@ fn pipe_mode_fails_over_when_the_first_hub_is_down() {
         &message("down.1"),
     );
     let took = started.elapsed();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(
-        said.starts_with(&format!(
-            "2.0.0 delivered via 127.0.0.1[127.0.0.1]:{}: 250 ",
-            env.sshd_port()
-        )),
-        "{said}"
-    );
+    let said = delivered_by_hub2(&env, &out);
     assert!(
         took >= Duration::from_secs(CONNECT_TIMEOUT)
             && took < Duration::from_secs(CONNECT_TIMEOUT + 8),
@@ -126,15 +133,7 @@ fn pipe_mode_fails_over_when_the_first_hub_never_answers() {
         &message("silent.1"),
     );
     let took = started.elapsed();
-    let said = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert!(
-        said.starts_with(&format!(
-            "2.0.0 delivered via 127.0.0.1[127.0.0.1]:{}: 250 ",
-            env.sshd_port()
-        )),
-        "{said}"
-    );
+    let said = delivered_by_hub2(&env, &out);
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
         "a silent first hub must cost one idle timeout (2s), took {took:?}: {said}"
