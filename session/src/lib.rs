@@ -26,6 +26,7 @@ pub mod notice;
 pub mod policy;
 pub mod postdrop;
 pub mod server;
+pub mod smtp_inject;
 pub mod spool;
 pub mod ssh;
 pub mod tags;
