@@ -522,7 +522,13 @@ impl<I: Injector> Receiver<I> {
     /// its refusals in their place, and sends every held reply.
     fn screen_held(&mut self, out: &mut Vec<u8>) {
         if let Some(mut envelope) = self.envelope.take() {
-            if envelope.recipients.len() > self.screened {
+            // A retry of a committed transaction is answered from the tag
+            // store at DATA: the next hop need not hear of it.
+            let retry = match (&self.settings.tags, &envelope.tag) {
+                (Some(tags), Some(tag)) => tags.committed(tag).is_some(),
+                _ => false,
+            };
+            if !retry && envelope.recipients.len() > self.screened {
                 let verdicts = self.injector.screen(&envelope, self.screened);
                 let fresh = envelope.recipients.split_off(self.screened);
                 let mut fresh_dsn = envelope.recipient_dsn.split_off(self.screened);
