@@ -399,6 +399,21 @@ impl<S: Read + Write> ClientSession<S> {
         xforward: &[(String, String)],
         envelope: &Envelope,
     ) -> Result<(Reply, Vec<Reply>), Failure> {
+        self.mail_rcpt_data(xforward, envelope, false)
+            .map(|(mail, recipients, _)| (mail, recipients))
+    }
+
+    /// [`ClientSession::mail_rcpt`], and with `data` DATA too, in the same
+    /// write (RFC 2920: DATA ends the group), with its reply: a server
+    /// that took a recipient says `354` and reads the body next (see
+    /// [`ClientSession::piece`], [`ClientSession::end_data`]); one that
+    /// took none refuses DATA and stays in the transaction.
+    pub fn mail_rcpt_data(
+        &mut self,
+        xforward: &[(String, String)],
+        envelope: &Envelope,
+        data: bool,
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), Failure> {
         let announced: Vec<Param> = xforward
             .iter()
             .filter(|(name, _)| self.extensions.xforward.contains(name))
@@ -412,6 +427,9 @@ impl<S: Read + Write> ClientSession<S> {
             self.send(&Command::Xforward(announced));
         }
         self.queue_envelope(envelope);
+        if data {
+            self.send(&Command::Data);
+        }
         self.flush()?;
         if xforwarded {
             let reply = self.read_expected("XFORWARD", |code| code == 250)?;
@@ -425,25 +443,41 @@ impl<S: Read + Write> ClientSession<S> {
                 );
             }
         }
-        self.read_envelope_replies(envelope.recipients.len())
+        let (mail, recipients) = self.read_envelope_replies(envelope.recipients.len())?;
+        let data = if data {
+            Some(self.read_data_reply()?)
+        } else {
+            None
+        };
+        Ok((mail, recipients, data))
     }
 
     /// More recipients for the transaction [`ClientSession::mail_rcpt`]
-    /// opened, `recipients` with their DSN requests; their replies.
+    /// opened, `recipients` with their DSN requests; their replies, and
+    /// with `data` DATA's (as in [`ClientSession::mail_rcpt_data`]).
     pub fn add_recipients(
         &mut self,
         recipients: &[String],
         dsn: &[RcptDsn],
-    ) -> Result<Vec<Reply>, Failure> {
+        data: bool,
+    ) -> Result<(Vec<Reply>, Option<Reply>), Failure> {
         for (i, recipient) in recipients.iter().enumerate() {
             self.queue_rcpt(recipient, dsn.get(i));
+        }
+        if data {
+            self.send(&Command::Data);
         }
         self.flush()?;
         let mut replies = Vec::with_capacity(recipients.len());
         for _ in recipients {
             replies.push(self.read_expected("RCPT TO", |code| code / 100 == 2)?);
         }
-        Ok(replies)
+        let data = if data {
+            Some(self.read_data_reply()?)
+        } else {
+            None
+        };
+        Ok((replies, data))
     }
 
     /// DATA and its reply; after a `354` the body goes in with
@@ -451,6 +485,11 @@ impl<S: Read + Write> ClientSession<S> {
     pub fn data(&mut self) -> Result<Reply, Failure> {
         self.send(&Command::Data);
         self.flush()?;
+        self.read_data_reply()
+    }
+
+    /// DATA's reply; a `354` opens the body.
+    fn read_data_reply(&mut self) -> Result<Reply, Failure> {
         let reply = self.read_expected("DATA", |code| code == 354)?;
         if reply.code == 354 {
             self.open = Some(Open {

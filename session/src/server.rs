@@ -110,6 +110,17 @@ pub trait Injector {
         Ok(vec![None; envelope.recipients.len().saturating_sub(from)])
     }
 
+    /// [`Injector::screen`] when DATA comes next: the injector may send
+    /// DATA along (a round trip saved) and keep its answer for
+    /// [`Injector::start`]; [`Injector::reset`] must then undo it.
+    fn screen_before_data(
+        &mut self,
+        envelope: &Envelope,
+        from: usize,
+    ) -> Result<Vec<Option<Reply>>, Refusal> {
+        self.screen(envelope, from)
+    }
+
     /// Forgets a transaction that was screened but will not be started
     /// (RSET, no recipient left, a retry answered from the tag store).
     fn reset(&mut self) {}
@@ -484,7 +495,7 @@ impl<I: Injector> Receiver<I> {
             }
             // About to wait for the client, who may be waiting for these
             // replies: what is held back must be judged and sent now.
-            self.screen_held(&mut out);
+            self.screen_held(&mut out, false);
             write_replies(output, &out)?;
             out.clear();
             // Keep only the undecoded tail; the buffer never holds more than
@@ -520,7 +531,7 @@ impl<I: Injector> Receiver<I> {
 
     /// Asks the next hop about the recipients whose replies are held, puts
     /// its refusals in their place, and sends every held reply.
-    fn screen_held(&mut self, out: &mut Vec<u8>) {
+    fn screen_held(&mut self, out: &mut Vec<u8>, before_data: bool) {
         if let Some(mut envelope) = self.envelope.take() {
             // A retry of a committed transaction is answered from the tag
             // store at DATA: the next hop need not hear of it.
@@ -529,7 +540,11 @@ impl<I: Injector> Receiver<I> {
                 _ => false,
             };
             if !retry && envelope.recipients.len() > self.screened {
-                let verdicts = self.injector.screen(&envelope, self.screened);
+                let verdicts = if before_data {
+                    self.injector.screen_before_data(&envelope, self.screened)
+                } else {
+                    self.injector.screen(&envelope, self.screened)
+                };
                 let fresh = envelope.recipients.split_off(self.screened);
                 let mut fresh_dsn = envelope.recipient_dsn.split_off(self.screened);
                 fresh_dsn.resize_with(fresh.len(), RcptDsn::default);
@@ -618,7 +633,7 @@ impl<I: Injector> Receiver<I> {
         let is_rcpt = matches!(event, Event::Command(Command::Rcpt { .. }));
         if matches!(event, Event::Command(Command::Data)) {
             // The next hop judges the recipients before DATA is answered.
-            self.screen_held(out);
+            self.screen_held(out, true);
         }
         let answers = match event {
             Event::Command(command) => vec![self.command(command)],

@@ -272,6 +272,9 @@ pub struct SmtpInjector {
     link: Link,
     /// smtpd has an open transaction (MAIL accepted, no DATA yet).
     open: bool,
+    /// DATA went out with the recipients: its reply, for [`Injector::start`]
+    /// (after a `354` smtpd reads the body next).
+    data_reply: Option<Reply>,
 }
 
 impl SmtpInjector {
@@ -292,6 +295,7 @@ impl SmtpInjector {
             min_free,
             link: Rc::new(RefCell::new(None)),
             open: false,
+            data_reply: None,
         }
     }
 
@@ -321,6 +325,7 @@ impl SmtpInjector {
     fn disconnect(&mut self) {
         self.link.borrow_mut().take();
         self.open = false;
+        self.data_reply = None;
     }
 
     /// MAIL (with XFORWARD) and every recipient, on a connection that may
@@ -330,7 +335,8 @@ impl SmtpInjector {
     fn open_transaction(
         &mut self,
         envelope: &server::Envelope,
-    ) -> Result<(Reply, Vec<Reply>), Failure> {
+        data: bool,
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), Failure> {
         let xforward = self.identity.xforward(envelope);
         let client = client_envelope(envelope, 0);
         for _ in 0..2 {
@@ -339,9 +345,9 @@ impl SmtpInjector {
                 .link
                 .borrow_mut()
                 .as_mut()
-                .map(|s| s.mail_rcpt(&xforward, &client));
+                .map(|s| s.mail_rcpt_data(&xforward, &client, data));
             match result {
-                Some(Ok((mail, _))) if mail.code == 421 && !fresh => self.disconnect(),
+                Some(Ok((mail, _, _))) if mail.code == 421 && !fresh => self.disconnect(),
                 Some(Ok(replies)) => return Ok(replies),
                 Some(Err(_)) if !fresh => self.disconnect(),
                 Some(Err(failure)) => {
@@ -421,40 +427,23 @@ impl Injector for SmtpInjector {
         envelope: &server::Envelope,
         from: usize,
     ) -> Result<Vec<Option<Reply>>, Refusal> {
-        let verdict = |reply: Reply| (!is_success(&reply)).then_some(reply);
-        if self.open {
-            let more = client_envelope(envelope, from);
-            let result = match self.link.borrow_mut().as_mut() {
-                Some(session) => session.add_recipients(&more.recipients, &more.recipient_dsn),
-                None => Err(Failure::new(FailureKind::Internal, "no connection")),
-            };
-            return match result {
-                Ok(replies) => Ok(replies.into_iter().map(verdict).collect()),
-                Err(failure) => {
-                    self.disconnect();
-                    Err(refusal(&failure))
-                }
-            };
-        }
-        // The whole envelope: a transaction not yet open at smtpd has none
-        // of its recipients there, whatever `from` says.
-        let (mail, replies) = self
-            .open_transaction(envelope)
-            .map_err(|failure| refusal(&failure))?;
-        if !is_success(&mail) {
-            if mail.code == 421 {
-                self.disconnect();
-            }
-            return Err(Refusal {
-                detail: format!("{} refused MAIL FROM: {}", self.relay(), mail.one_line()),
-                reply: mail,
-            });
-        }
-        self.open = true;
-        Ok(replies.into_iter().skip(from).map(verdict).collect())
+        self.ask(envelope, from, false)
+    }
+
+    fn screen_before_data(
+        &mut self,
+        envelope: &server::Envelope,
+        from: usize,
+    ) -> Result<Vec<Option<Reply>>, Refusal> {
+        self.ask(envelope, from, true)
     }
 
     fn reset(&mut self) {
+        if self.data_reply.take().is_some_and(|r| r.code == 354) {
+            // smtpd reads a body now: only closing the connection drops it.
+            self.disconnect();
+            return;
+        }
         if !self.open {
             return;
         }
@@ -466,6 +455,10 @@ impl Injector for SmtpInjector {
     }
 
     fn start(&mut self, envelope: &server::Envelope) -> Result<SmtpMessage, Refusal> {
+        if let Some(reply) = self.data_reply.take() {
+            self.open = false;
+            return self.after_data(Ok(reply));
+        }
         if !self.open {
             // Not screened (a caller that does not hold replies): every
             // recipient must be taken, or nothing is sent.
@@ -487,15 +480,75 @@ impl Injector for SmtpInjector {
             Some(session) => session.data(),
             None => Err(Failure::new(FailureKind::Internal, "no connection")),
         };
+        self.after_data(result)
+    }
+}
+
+impl SmtpInjector {
+    /// Asks smtpd about `envelope.recipients[from..]` (see
+    /// [`Injector::screen`]), with DATA along when `data`.
+    fn ask(
+        &mut self,
+        envelope: &server::Envelope,
+        from: usize,
+        data: bool,
+    ) -> Result<Vec<Option<Reply>>, Refusal> {
+        let verdict = |reply: Reply| (!is_success(&reply)).then_some(reply);
+        self.data_reply = None;
+        if self.open {
+            let more = client_envelope(envelope, from);
+            let result = match self.link.borrow_mut().as_mut() {
+                Some(session) => {
+                    session.add_recipients(&more.recipients, &more.recipient_dsn, data)
+                }
+                None => Err(Failure::new(FailureKind::Internal, "no connection")),
+            };
+            return match result {
+                Ok((replies, data_reply)) => {
+                    self.data_reply = data_reply;
+                    Ok(replies.into_iter().map(verdict).collect())
+                }
+                Err(failure) => {
+                    self.disconnect();
+                    Err(refusal(&failure))
+                }
+            };
+        }
+        // The whole envelope: a transaction not yet open at smtpd has none
+        // of its recipients there, whatever `from` says.
+        let (mail, replies, data_reply) = self
+            .open_transaction(envelope, data)
+            .map_err(|failure| refusal(&failure))?;
+        if !is_success(&mail) {
+            if mail.code == 421 {
+                self.disconnect();
+            }
+            return Err(Refusal {
+                detail: format!("{} refused MAIL FROM: {}", self.relay(), mail.one_line()),
+                reply: mail,
+            });
+        }
+        self.open = true;
+        self.data_reply = data_reply;
+        Ok(replies.into_iter().skip(from).map(verdict).collect())
+    }
+
+    /// The message in DATA after smtpd's `354`, else smtpd's refusal.
+    fn after_data(&mut self, result: Result<Reply, Failure>) -> Result<SmtpMessage, Refusal> {
         match result {
             Ok(reply) if reply.code == 354 => Ok(SmtpMessage {
                 link: Rc::clone(&self.link),
                 relay: self.relay(),
             }),
-            Ok(reply) => Err(Refusal {
-                detail: format!("{} refused DATA: {}", self.relay(), reply.one_line()),
-                reply,
-            }),
+            Ok(reply) => {
+                // smtpd stays in the transaction: it must forget it.
+                self.open = true;
+                self.reset();
+                Err(Refusal {
+                    detail: format!("{} refused DATA: {}", self.relay(), reply.one_line()),
+                    reply,
+                })
+            }
             Err(failure) => {
                 self.disconnect();
                 Err(refusal(&failure))
