@@ -623,7 +623,165 @@ impl Delivery for SmtpMessage {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+
     use super::*;
+    use crate::policy::{Policy, SenderPattern};
+    use crate::server::{Receiver, Settings};
+
+    /// A scripted smtpd on a UNIX socket: greets, answers each command
+    /// line by line (`reply` decides), reads a body after 354; returns
+    /// what it was sent.
+    fn fake_smtpd(
+        listener: UnixListener,
+        reply: fn(&str) -> &'static str,
+    ) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut seen = String::new();
+            writer.write_all(b"220 fake ESMTP\r\n").unwrap();
+            let mut in_body = false;
+            for _ in 0..1000 {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                seen.push_str(&line);
+                let answer = if in_body {
+                    if line != ".\r\n" {
+                        continue;
+                    }
+                    "250 2.0.0 Ok: queued as FAKE42\r\n"
+                } else {
+                    reply(line.trim_end())
+                };
+                in_body = answer.starts_with("354");
+                writer.write_all(answer.as_bytes()).unwrap();
+            }
+            seen
+        })
+    }
+
+    fn smtpd_reply(command: &str) -> &'static str {
+        match command.split([' ', ':']).next().unwrap_or_default() {
+            "EHLO" => "250-fake\r\n250-PIPELINING\r\n250-DSN\r\n250 XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE\r\n",
+            "RCPT" if command.contains("nouser") => "550 5.1.1 <nouser@hub.test>: Recipient address rejected: User unknown\r\n",
+            "DATA" => "354 End data with <CR><LF>.<CR><LF>\r\n",
+            "QUIT" => "221 2.0.0 Bye\r\n",
+            _ => "250 2.0.0 Ok\r\n",
+        }
+    }
+
+    /// The whole path against a scripted smtpd: XFORWARD names the peer,
+    /// smtpd's refusal of one recipient is that RCPT's reply, DATA goes
+    /// with the recipients, and rsmtp's 250 carries smtpd's queue ID.
+    #[test]
+    fn smtpd_refusal_and_queue_id_reach_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("inject");
+        let server = fake_smtpd(UnixListener::bind(&socket).unwrap(), smtpd_reply);
+        let policy = Policy {
+            peer: "leaf1".into(),
+            allow_sender: vec![SenderPattern::parse("@leaf.test").unwrap()],
+            allow_recipient: Vec::new(),
+            max_size: 100_000,
+            max_size_set: true,
+            max_recipients: 10,
+            hard_error_limit: None,
+            check_header_from: false,
+        };
+        let injector = SmtpInjector::new(
+            Endpoint::Unix(socket),
+            dir.path().to_path_buf(),
+            "hub.test".into(),
+            PeerIdentity::new("leaf1", Some("192.0.2.7 40022 127.0.0.1 22")),
+            None,
+        );
+        let input = b"EHLO leaf.test\nMAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test> NOTIFY=NEVER\n\
+                      RCPT TO:<nouser@hub.test>\nDATA\n..dot\nbody\n.\n\
+                      MAIL FROM:<evil@other.test>\nQUIT\n";
+        let mut out = Vec::new();
+        let summary = Receiver::new(Settings::new("hub.test".into(), policy, 20), injector)
+            .run(&mut &input[..], &mut out)
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let codes: Vec<&str> = out
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| &l[..3])
+            .collect();
+        assert_eq!(
+            codes,
+            ["250", "250", "250", "550", "354", "250", "553", "221"],
+            "{out}"
+        );
+        assert!(
+            out.contains("550 5.1.1 <nouser@hub.test>: Recipient address rejected"),
+            "{out}"
+        );
+        assert!(out.contains("250 2.0.0 Ok: queued as FAKE42\r\n"), "{out}");
+        assert_eq!(summary.accepted, 1);
+        // The Receiver ends; the connection closes and the server's loop ends.
+        let seen = server.join().unwrap();
+        assert!(
+            seen.contains("XFORWARD NAME=leaf1 ADDR=192.0.2.7 PORT=40022 HELO=leaf.test PROTO=ESMTP SOURCE=REMOTE\r\n"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains("RCPT TO:<nouser@hub.test>\r\nDATA\r\n"),
+            "DATA goes with the recipients: {seen}"
+        );
+        assert!(
+            seen.contains("RCPT TO:<b@hub.test> NOTIFY=NEVER\r\n"),
+            "{seen}"
+        );
+        assert!(seen.contains("\r\n..dot\r\nbody\r\n.\r\n"), "{seen}");
+        assert!(!seen.contains("evil@other.test"), "{seen}");
+    }
+
+    /// Nothing listens: each recipient gets 451 4.4.1 naming smtpd, and
+    /// nothing is accepted.
+    #[test]
+    fn smtpd_unreachable_defers_every_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            peer: "leaf1".into(),
+            allow_sender: vec![SenderPattern::parse("@leaf.test").unwrap()],
+            allow_recipient: Vec::new(),
+            max_size: 100_000,
+            max_size_set: true,
+            max_recipients: 10,
+            hard_error_limit: None,
+            check_header_from: false,
+        };
+        let injector = SmtpInjector::new(
+            Endpoint::Unix("no-such-socket".into()),
+            dir.path().to_path_buf(),
+            "hub.test".into(),
+            PeerIdentity::new("leaf1", None),
+            None,
+        );
+        let input =
+            b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nRCPT TO:<c@hub.test>\nDATA\nx\n.\n";
+        let mut out = Vec::new();
+        let summary = Receiver::new(Settings::new("hub.test".into(), policy, 20), injector)
+            .run(&mut &input[..], &mut out)
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.matches("451 4.4.1 cannot connect to smtpd at smtp:unix:no-such-socket")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(summary.accepted, 0);
+    }
 
     #[test]
     fn inject_targets_parse() {
