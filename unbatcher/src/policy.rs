@@ -289,4 +289,34 @@ mod tests {
         };
         assert!(file.tables("leaf1", &bad).is_err());
     }
+
+    /// `inject`: the command line, else the peer's section, else the top,
+    /// else postdrop; a malformed value is a configuration error.
+    #[test]
+    fn inject_comes_from_the_command_line_the_peer_or_the_top() {
+        use bsmtp_session::smtp_inject::Endpoint;
+        let file: ConfigFile = toml::from_str(
+            "inject = \"smtp:127.0.0.1:10025\"\n[peer.leaf1]\ninject = \"smtp:unix:public/bsmtp-inject\"\n[peer.leaf3]\ninject = \"postdrop\"\n",
+        )
+        .unwrap();
+        let tcp = Inject::Smtp(Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 10025,
+        });
+        assert_eq!(
+            file.inject("leaf1", None).unwrap(),
+            Inject::Smtp(Endpoint::Unix("public/bsmtp-inject".into()))
+        );
+        assert_eq!(file.inject("leaf2", None).unwrap(), tcp);
+        assert_eq!(file.inject("leaf3", None).unwrap(), Inject::Postdrop);
+        assert_eq!(
+            file.inject("leaf1", Some("postdrop")).unwrap(),
+            Inject::Postdrop
+        );
+        assert_eq!(
+            ConfigFile::default().inject("leaf1", None).unwrap(),
+            Inject::Postdrop
+        );
+        assert!(file.inject("leaf1", Some("smtp:nowhere")).is_err());
+    }
 }
