@@ -1,5 +1,5 @@
 //! The throughput rows of the benchmark: msg/s through a real leaf Postfix
-//! at concurrency 4, for 4 KiB and 100 KiB messages, [`N`] messages per
+//! at concurrency 4, for 4 KiB and 100 KiB messages, [`messages`] per
 //! figure, every route measured in the same run on the same leaf, hub and
 //! sshd:
 //!
@@ -55,8 +55,18 @@ use bsmtp_ssh_tests::util::{
 };
 use bsmtp_ssh_tests::{Env, BATCHING_SERVICE, HUB_PEER, HUB_SSH_USER, LEAF_PIPE_USER};
 
-/// Messages per figure.
-pub const N: usize = 200;
+/// Messages per figure by default.
+pub const DEFAULT_N: usize = 200;
+
+/// Messages per figure: `BSMTP_BENCH_N` (1 to 100000; more gives steadier
+/// figures on a busy machine), else [`DEFAULT_N`].
+pub fn messages() -> usize {
+    std::env::var("BSMTP_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=100_000).contains(n))
+        .unwrap_or(DEFAULT_N)
+}
 /// The leaf's destination concurrency on every route, and the raw
 /// postdrop workers.
 pub const CONCURRENCY: usize = 4;
@@ -176,11 +186,11 @@ pub struct Figure {
 
 impl Figure {
     pub fn rate(&self) -> f64 {
-        N as f64 / self.sent_secs
+        messages() as f64 / self.sent_secs
     }
 
     pub fn hub_rate(&self) -> f64 {
-        N as f64 / self.hub_secs
+        messages() as f64 / self.hub_secs
     }
 }
 
@@ -248,7 +258,7 @@ fn measure_route(
     let mut figures = Vec::new();
     for (label, size) in SIZES {
         let tag = format!("{}-{}", route.key(), size / 1024);
-        let result = setup.measure(route, size, N, &tag);
+        let result = setup.measure(route, size, messages(), &tag);
         match &result {
             Ok(f) => log(&format!(
                 "{} {label}: {:.1} msg/s ({:.2} s; the hub had all after {:.2} s; \
@@ -1194,9 +1204,10 @@ fn count_files(dir: &Path, depth: u32) -> usize {
 pub fn report(results: &Results) {
     println!();
     println!(
-        "throughput through a real leaf Postfix, concurrency {CONCURRENCY}, {N} messages a figure \
+        "throughput through a real leaf Postfix, concurrency {CONCURRENCY}, {} messages a figure \
          (msg/s until the leaf logged all sent; [msg/s until the hub's cleanup had all N]; \
-         cores busy of 2)"
+         cores busy of 2)",
+        messages()
     );
     println!("{:<34} {:>28} {:>28}", "route", SIZES[0].0, SIZES[1].0);
     for (route, figures) in &results.rows {

@@ -21,6 +21,7 @@
 //!   an `ssh -L` tunnel to it, and pipe mode. See
 //!   `tests/src/bench/throughput.rs`.
 //!
+//! `BSMTP_BENCH_N` sets the messages per throughput figure (default 200).
 //! `BSMTP_BENCH_THROUGHPUT_ONLY=1` skips everything but the throughput
 //! rows, and `BSMTP_BENCH_ROUTES` picks some of those (see
 //! `tests/src/bench/throughput.rs`): e.g. the fast injection path's
