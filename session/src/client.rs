@@ -433,6 +433,10 @@ impl<S: Read + Write> ClientSession<S> {
         self.flush()?;
         if xforwarded {
             let reply = self.read_expected("XFORWARD", |code| code == 250)?;
+            if reply.code == 421 {
+                // The server is closing (its idle timeout, a shutdown).
+                return Err(remote(&self.relay, "XFORWARD", &reply));
+            }
             if reply.code != 250 {
                 // A refused XFORWARD was logged by the server; the MAIL
                 // after it still counts, and its reply decides.
