@@ -318,3 +318,35 @@ fn tagged_retry_is_not_injected_twice_and_dsn_reaches_smtpd() {
         assert!(records.contains(wanted), "{wanted} missing:\n{records}");
     }
 }
+
+/// smtpd's refusal after the dot (here the hub's `header_checks`
+/// REJECT, applied by cleanup) reaches the leaf with smtpd's own code and
+/// text, and the leaf bounces the message; nothing is delivered.
+#[test]
+fn refusal_after_the_dot_bounces_with_smtpds_code() {
+    let (env, _) = fast_env("fast_after_dot", EnvOptions::default(), true);
+    let checks = env.base().join("header_checks");
+    std::fs::write(&checks, "/^Subject: reject me/ REJECT no thanks\n").unwrap();
+    env.hub()
+        .postconf(&[("header_checks", &format!("regexp:{}", checks.display()))]);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("reject me", "no\n"),
+    );
+    let bounced = env.wait_pipe_status("bounced", DELIVERY);
+    assert!(
+        bounced.contains("dsn=5.7.1") && bounced.contains("no thanks"),
+        "{bounced}"
+    );
+    // It went through the listener (smtpd logged the peer), and cleanup
+    // refused it there.
+    env.wait_log(Log::Hub, "reject: header Subject: reject me", DELIVERY);
+    assert!(
+        !env.log_lines(Log::Hub, "orig_client=leaf1[127.0.0.1]")
+            .is_empty(),
+        "{}",
+        env.hub_log()
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
