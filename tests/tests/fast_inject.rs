@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use bsmtp_ssh_tests::sshd::free_port;
-use bsmtp_ssh_tests::util::poll;
+use bsmtp_ssh_tests::util::{explain, poll, run_timeout, COMMAND_TIMEOUT};
 use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode};
 
 /// Long enough for a slow CI machine, short enough to fail a hung test.
@@ -349,4 +349,74 @@ fn refusal_after_the_dot_bounces_with_smtpds_code() {
         env.hub_log()
     );
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
+
+/// The UNIX socket listener (`postfix-install --hub --listen unix`): smtpd
+/// answers on `public/bsmtp-inject` in the hub's queue directory, and
+/// rsmtp (`--inject smtp:unix:public/bsmtp-inject`, a path relative to the
+/// queue directory) delivers through it, smtpd's queue ID in its 250 and
+/// the peer in smtpd's log. rsmtp runs here as root with `SSH_CONNECTION`
+/// set (an online session): the peers' login would need group postdrop to
+/// enter `public/`, which the test machine's account does not have.
+#[test]
+fn unix_socket_listener_delivers() {
+    let env = Env::start("fast_unix");
+    let out = run_timeout(
+        std::process::Command::new(env.bin_dir().join("bsmtp-ssh"))
+            .args(["postfix-install", "--hub", "--listen", "unix"])
+            .arg("--config-directory")
+            .arg(env.hub_config_dir()),
+        b"",
+        COMMAND_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        explain(
+            "postfix-install --hub --listen unix",
+            out.status,
+            &out.stdout,
+            &out.stderr
+        )
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("inject = \"smtp:unix:public/bsmtp-inject\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.hub().postfix(&["reload"]);
+    let socket = env.hub().dir.join("spool/public/bsmtp-inject");
+    if poll(Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&socket).ok()
+    })
+    .is_none()
+    {
+        env.fail(&format!("no smtpd on {}", socket.display()));
+    }
+    let batch = b"EHLO leaf.test\r\nMAIL FROM:<alice@leaf.test>\r\nRCPT TO:<bob@hub.test>\r\n\
+        DATA\r\nSubject: over the socket\r\n\r\nhello\r\n.\r\nQUIT\r\n";
+    let out = run_timeout(
+        env.rsmtp_command()
+            .args(["--allow-sender", "@leaf.test"])
+            .args(["--inject", "smtp:unix:public/bsmtp-inject"])
+            .env("SSH_CONNECTION", "127.0.0.1 40022 127.0.0.1 22"),
+        batch,
+        COMMAND_TIMEOUT,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("250 2.0.0 Ok: queued as "),
+        "{}",
+        explain(
+            "rsmtp --inject smtp:unix:...",
+            out.status,
+            &out.stdout,
+            &out.stderr
+        )
+    );
+    let hub_id = id_after(&stdout, "queued as ");
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(String::from_utf8_lossy(&delivered[0]).ends_with("hello\n"));
+    let smtpd = env.wait_log(Log::Hub, &format!("{hub_id}: client="), DELIVERY);
+    assert!(smtpd.contains("orig_client=leaf1[127.0.0.1]"), "{smtpd}");
 }
