@@ -4,7 +4,8 @@
 //! - [`client`]: the sending role, one EHLO and many transactions over any
 //!   byte stream, each returning the fate of every recipient.
 //! - [`server`]: the receiving role, BSMTP or LMTP, over an [`server::Injector`]
-//!   that hands each message to its next hop ([`postdrop`], or a hub).
+//!   that hands each message to its next hop ([`postdrop`], the hub's own
+//!   smtpd on rsmtp's fast path ([`smtp_inject`]), or a hub).
 //! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned.
 //! - [`idle`]: reads and writes that give up when the peer goes quiet.
 //! - [`logging`], [`main_cf`], [`child`], [`atomic`]: where Postfix logs,
