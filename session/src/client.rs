@@ -200,6 +200,24 @@ impl<S: Read + Write> ClientSession<S> {
         Ok(session)
     }
 
+    /// Opens a session with a real SMTP server (the hub's own smtpd, for
+    /// rsmtp's fast injection path): its `220` greeting first, then as
+    /// [`ClientSession::start`]. A server that greets with anything else
+    /// (`421`, `554`: busy, or not for us) takes no mail now: the failure
+    /// is the server's reply, so its class decides.
+    pub fn start_smtp(stream: S, relay: impl Into<String>, helo: &str) -> Result<Self, Failure> {
+        let relay = relay.into();
+        let mut parser = ReplyParser::new();
+        let mut input = Vec::new();
+        let mut stream = stream;
+        let greeting = read_one_reply(&mut stream, &mut parser, &mut input, &relay)?;
+        if greeting.code != 220 {
+            return Err(remote(&relay, "the greeting", &greeting));
+        }
+        // (Nothing follows a greeting before EHLO: `input` is empty.)
+        ClientSession::start(stream, relay, helo)
+    }
+
     /// The receiver's whole EHLO reply.
     pub fn greeting(&self) -> &Reply {
         &self.greeting
@@ -369,6 +387,145 @@ impl<S: Read + Write> ClientSession<S> {
         })
     }
 
+    /// Step by step with a real SMTP server, which reads a body only after
+    /// its `354` (smtpd would take the body of a refused DATA for
+    /// commands): XFORWARD (the attributes the server announced; the rest
+    /// are dropped), MAIL and the envelope's recipients go out in one
+    /// write, and their replies come back (XFORWARD's `250` is checked and
+    /// not returned). More recipients may follow with
+    /// [`ClientSession::add_recipients`], then [`ClientSession::data`].
+    pub fn mail_rcpt(
+        &mut self,
+        xforward: &[(String, String)],
+        envelope: &Envelope,
+    ) -> Result<(Reply, Vec<Reply>), Failure> {
+        self.mail_rcpt_data(xforward, envelope, false)
+            .map(|(mail, recipients, _)| (mail, recipients))
+    }
+
+    /// [`ClientSession::mail_rcpt`], and with `data` DATA too, in the same
+    /// write (RFC 2920: DATA ends the group), with its reply: a server
+    /// that took a recipient says `354` and reads the body next (see
+    /// [`ClientSession::piece`], [`ClientSession::end_data`]); one that
+    /// took none refuses DATA and stays in the transaction.
+    pub fn mail_rcpt_data(
+        &mut self,
+        xforward: &[(String, String)],
+        envelope: &Envelope,
+        data: bool,
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), Failure> {
+        let announced: Vec<Param> = xforward
+            .iter()
+            .filter(|(name, _)| self.extensions.xforward.contains(name))
+            .map(|(name, value)| Param {
+                keyword: name.clone(),
+                value: Some(xtext_encode(value)),
+            })
+            .collect();
+        let xforwarded = !announced.is_empty();
+        if xforwarded {
+            self.send(&Command::Xforward(announced));
+        }
+        self.queue_envelope(envelope);
+        if data {
+            self.send(&Command::Data);
+        }
+        self.flush()?;
+        if xforwarded {
+            let reply = self.read_expected("XFORWARD", |code| code == 250)?;
+            if reply.code == 421 {
+                // The server is closing (its idle timeout, a shutdown).
+                return Err(remote(&self.relay, "XFORWARD", &reply));
+            }
+            if reply.code != 250 {
+                // A refused XFORWARD was logged by the server; the MAIL
+                // after it still counts, and its reply decides.
+                log::warn!(
+                    "{}: XFORWARD refused: {}; the hub's log shows this client instead of the peer",
+                    self.relay,
+                    reply.one_line()
+                );
+            }
+        }
+        let (mail, recipients) = self.read_envelope_replies(envelope.recipients.len())?;
+        let data = if data {
+            Some(self.read_data_reply()?)
+        } else {
+            None
+        };
+        Ok((mail, recipients, data))
+    }
+
+    /// More recipients for the transaction [`ClientSession::mail_rcpt`]
+    /// opened, `recipients` with their DSN requests; their replies, and
+    /// with `data` DATA's (as in [`ClientSession::mail_rcpt_data`]).
+    pub fn add_recipients(
+        &mut self,
+        recipients: &[String],
+        dsn: &[RcptDsn],
+        data: bool,
+    ) -> Result<(Vec<Reply>, Option<Reply>), Failure> {
+        for (i, recipient) in recipients.iter().enumerate() {
+            self.queue_rcpt(recipient, dsn.get(i));
+        }
+        if data {
+            self.send(&Command::Data);
+        }
+        self.flush()?;
+        let mut replies = Vec::with_capacity(recipients.len());
+        for _ in recipients {
+            replies.push(self.read_expected("RCPT TO", |code| code / 100 == 2)?);
+        }
+        let data = if data {
+            Some(self.read_data_reply()?)
+        } else {
+            None
+        };
+        Ok((replies, data))
+    }
+
+    /// DATA and its reply; after a `354` the body goes in with
+    /// [`ClientSession::piece`] and ends with [`ClientSession::end_data`].
+    pub fn data(&mut self) -> Result<Reply, Failure> {
+        self.send(&Command::Data);
+        self.flush()?;
+        self.read_data_reply()
+    }
+
+    /// DATA's reply; a `354` opens the body.
+    fn read_data_reply(&mut self) -> Result<Reply, Failure> {
+        let reply = self.read_expected("DATA", |code| code == 354)?;
+        if reply.code == 354 {
+            self.open = Some(Open {
+                recipients: 0,
+                at_line_start: true,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Ends the body [`ClientSession::data`] opened (a last line end if it
+    /// lacked one, the dot) and reads the server's verdict on the message.
+    pub fn end_data(&mut self) -> Result<Reply, Failure> {
+        let Some(open) = self.open.take() else {
+            return Err(no_transaction(&self.relay));
+        };
+        if !open.at_line_start {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b".\r\n");
+        self.flush()?;
+        self.read_expected("end of DATA", |code| code == 250)
+    }
+
+    /// RSET and its reply: the server forgets the open transaction.
+    pub fn rset(&mut self) -> Result<Reply, Failure> {
+        self.open = None;
+        self.send(&Command::Rset);
+        self.flush()?;
+        self.read_expected("RSET", |code| code == 250)
+    }
+
     /// Ends the session politely (QUIT, its reply) and gives the stream
     /// back; the session's outcome is already decided, so errors here are
     /// not reported.
@@ -404,15 +561,19 @@ impl<S: Read + Write> ClientSession<S> {
             params,
         });
         for (i, recipient) in envelope.recipients.iter().enumerate() {
-            let params = match (self.extensions.dsn, envelope.recipient_dsn.get(i)) {
-                (true, Some(dsn)) => rcpt_dsn_params(dsn),
-                _ => Vec::new(),
-            };
-            self.send(&Command::Rcpt {
-                to: recipient.clone(),
-                params,
-            });
+            self.queue_rcpt(recipient, envelope.recipient_dsn.get(i));
         }
+    }
+
+    fn queue_rcpt(&mut self, recipient: &str, dsn: Option<&RcptDsn>) {
+        let params = match (self.extensions.dsn, dsn) {
+            (true, Some(dsn)) => rcpt_dsn_params(dsn),
+            _ => Vec::new(),
+        };
+        self.send(&Command::Rcpt {
+            to: recipient.to_owned(),
+            params,
+        });
     }
 
     /// The MAIL parameters the receiver announced it takes.
@@ -521,46 +682,64 @@ impl<S: Read + Write> ClientSession<S> {
 
     /// Reads the next reply.
     fn read_reply(&mut self) -> Result<Reply, Failure> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match self.parser.parse(&self.input) {
-                Ok(Some((used, reply))) => {
-                    self.input.drain(..used);
-                    log::debug!("{}: < {}", self.relay, reply.one_line());
-                    return Ok(reply);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(Failure::new(
-                        FailureKind::PeerProtocol,
-                        format!("{}: malformed reply: {e}", self.relay),
-                    ))
-                }
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(Failure::new(
-                        FailureKind::PeerProtocol,
-                        format!(
-                            "{}: lost connection while waiting for a reply (see the hub's log for rsmtp's reason)",
-                            self.relay
-                        ),
-                    ))
-                }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_failure("read", &e)),
-            }
-        }
+        read_one_reply(
+            &mut self.stream,
+            &mut self.parser,
+            &mut self.input,
+            &self.relay,
+        )
     }
 
     fn io_failure(&self, what: &str, err: &io::Error) -> Failure {
-        let kind = match err.kind() {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FailureKind::Timeout,
-            _ => FailureKind::PeerProtocol,
-        };
-        Failure::new(kind, format!("{}: {what}: {err}", self.relay))
+        io_failure(&self.relay, what, err)
     }
+}
+
+/// Reads one reply from `stream`, `input` holding what was read before.
+fn read_one_reply(
+    stream: &mut impl Read,
+    parser: &mut ReplyParser,
+    input: &mut Vec<u8>,
+    relay: &str,
+) -> Result<Reply, Failure> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match parser.parse(input) {
+            Ok(Some((used, reply))) => {
+                input.drain(..used);
+                log::debug!("{relay}: < {}", reply.one_line());
+                return Ok(reply);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Failure::new(
+                    FailureKind::PeerProtocol,
+                    format!("{relay}: malformed reply: {e}"),
+                ))
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Err(Failure::new(
+                    FailureKind::PeerProtocol,
+                    format!(
+                        "{relay}: lost connection while waiting for a reply (see the receiver's log for its reason)"
+                    ),
+                ))
+            }
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_failure(relay, "read", &e)),
+        }
+    }
+}
+
+fn io_failure(relay: &str, what: &str, err: &io::Error) -> Failure {
+    let kind = match err.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FailureKind::Timeout,
+        _ => FailureKind::PeerProtocol,
+    };
+    Failure::new(kind, format!("{relay}: {what}: {err}"))
 }
 
 /// `NOTIFY=` and `ORCPT=` for a recipient.

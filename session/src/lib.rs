@@ -4,7 +4,8 @@
 //! - [`client`]: the sending role, one EHLO and many transactions over any
 //!   byte stream, each returning the fate of every recipient.
 //! - [`server`]: the receiving role, BSMTP or LMTP, over an [`server::Injector`]
-//!   that hands each message to its next hop ([`postdrop`], or a hub).
+//!   that hands each message to its next hop ([`postdrop`], the hub's own
+//!   smtpd on rsmtp's fast path ([`smtp_inject`]), or a hub).
 //! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned,
 //!   over the first of its hubs that answers; [`pins`] keeps a message
 //!   whose acknowledgement was lost with the hub that may hold it.
@@ -29,6 +30,7 @@ pub mod pins;
 pub mod policy;
 pub mod postdrop;
 pub mod server;
+pub mod smtp_inject;
 pub mod spool;
 pub mod ssh;
 pub mod tags;

@@ -90,7 +90,45 @@ pub trait Injector {
         let _ = size;
         Ok(())
     }
+
+    /// Whether the next hop judges each recipient before DATA (an smtpd
+    /// behind rsmtp's fast path): then MAIL's and RCPT's replies are held
+    /// back until it did ([`Injector::screen`]), so a recipient it refuses
+    /// gets the next hop's own reply in its RCPT's place. By default no:
+    /// postdrop takes any recipient.
+    fn screens_recipients(&self) -> bool {
+        false
+    }
+
+    /// Asks the next hop about `envelope.recipients[from..]` (MAIL and the
+    /// recipients before `from` were asked about before, in this same
+    /// transaction): for each, `None` when it takes the recipient, else its
+    /// refusal. `Err` refuses the whole transaction (MAIL refused, the
+    /// next hop unreachable). Called only when
+    /// [`Injector::screens_recipients`].
+    fn screen(&mut self, envelope: &Envelope, from: usize) -> Result<Vec<Option<Reply>>, Refusal> {
+        Ok(vec![None; envelope.recipients.len().saturating_sub(from)])
+    }
+
+    /// [`Injector::screen`] when DATA comes next: the injector may send
+    /// DATA along (a round trip saved) and keep its answer for
+    /// [`Injector::start`]; [`Injector::reset`] must then undo it.
+    fn screen_before_data(
+        &mut self,
+        envelope: &Envelope,
+        from: usize,
+    ) -> Result<Vec<Option<Reply>>, Refusal> {
+        self.screen(envelope, from)
+    }
+
+    /// Forgets a transaction that was screened but will not be started
+    /// (RSET, no recipient left, a retry answered from the tag store).
+    fn reset(&mut self) {}
 }
+
+/// The queue ID of a message whose next hop names it only at commit (an
+/// smtpd says "queued as" after the dot), as Postfix's own logs say it.
+pub const NOQUEUE: &str = "NOQUEUE";
 
 /// The envelope of one accepted transaction.
 #[derive(Debug, Clone, Default)]
@@ -370,6 +408,14 @@ pub struct Receiver<I: Injector> {
     warnings: usize,
     /// XFORWARD attributes for the next transaction.
     forwarded: Vec<(String, String)>,
+    /// Replies held back while the next hop has not judged the open
+    /// transaction's recipients (see [`Injector::screens_recipients`]).
+    held: Vec<Reply>,
+    /// Where in `held` the replies of the recipients not yet screened
+    /// are, in the order of `envelope.recipients[screened..]`.
+    held_rcpt: Vec<usize>,
+    /// Recipients of the open envelope the next hop has judged.
+    screened: usize,
 }
 
 fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -389,6 +435,9 @@ impl<I: Injector> Receiver<I> {
             errors: 0,
             warnings: 0,
             forwarded: Vec::new(),
+            held: Vec::new(),
+            held_rcpt: Vec::new(),
+            screened: 0,
         }
     }
 
@@ -439,10 +488,14 @@ impl<I: Injector> Receiver<I> {
                 start += used;
                 self.handle(event, &mut out);
                 if self.summary.quit {
+                    self.release(&mut out);
                     return write_replies(output, &out);
                 }
                 self.lmtp_refused_data(&mut decoder);
             }
+            // About to wait for the client, who may be waiting for these
+            // replies: what is held back must be judged and sent now.
+            self.screen_held(&mut out, false);
             write_replies(output, &out)?;
             out.clear();
             // Keep only the undecoded tail; the buffer never holds more than
@@ -472,7 +525,82 @@ impl<I: Injector> Receiver<I> {
                 }
             }
         }
+        self.release(&mut out);
         write_replies(output, &out)
+    }
+
+    /// Asks the next hop about the recipients whose replies are held, puts
+    /// its refusals in their place, and sends every held reply.
+    fn screen_held(&mut self, out: &mut Vec<u8>, before_data: bool) {
+        if let Some(mut envelope) = self.envelope.take() {
+            // A retry of a committed transaction is answered from the tag
+            // store at DATA: the next hop need not hear of it.
+            let retry = match (&self.settings.tags, &envelope.tag) {
+                (Some(tags), Some(tag)) => tags.committed(tag).is_some(),
+                _ => false,
+            };
+            if !retry && envelope.recipients.len() > self.screened {
+                let verdicts = if before_data {
+                    self.injector.screen_before_data(&envelope, self.screened)
+                } else {
+                    self.injector.screen(&envelope, self.screened)
+                };
+                let fresh = envelope.recipients.split_off(self.screened);
+                let mut fresh_dsn = envelope.recipient_dsn.split_off(self.screened);
+                fresh_dsn.resize_with(fresh.len(), RcptDsn::default);
+                let verdicts = match verdicts {
+                    Ok(verdicts) => verdicts,
+                    Err(refusal) => {
+                        self.warn(&format!(
+                            "next hop refused the transaction: {}",
+                            refusal.detail
+                        ));
+                        vec![Some(refusal.reply); fresh.len()]
+                    }
+                };
+                for (k, (recipient, dsn)) in fresh.into_iter().zip(fresh_dsn).enumerate() {
+                    match verdicts.get(k).cloned().flatten() {
+                        None => {
+                            envelope.recipients.push(recipient);
+                            envelope.recipient_dsn.push(dsn);
+                        }
+                        Some(refusal) => {
+                            // Counted here: it was held as a 250.
+                            self.summary.refused += 1;
+                            self.errors += 1;
+                            if let Some(&at) = self.held_rcpt.get(k) {
+                                self.held[at] = refusal;
+                            }
+                        }
+                    }
+                }
+                self.screened = envelope.recipients.len();
+            }
+            self.envelope = Some(envelope);
+        }
+        self.release(out);
+    }
+
+    /// Sends the held replies as they are.
+    fn release(&mut self, out: &mut Vec<u8>) {
+        for reply in self.held.drain(..) {
+            reply.encode(out);
+        }
+        self.held_rcpt.clear();
+    }
+
+    /// Whether replies are held back now: the next hop screens recipients
+    /// and a transaction is open.
+    fn holding(&self) -> bool {
+        self.envelope.is_some() && !self.summary.quit && self.injector.screens_recipients()
+    }
+
+    /// Forgets the open envelope (and the next hop's transaction for it).
+    fn drop_envelope(&mut self) {
+        if self.envelope.take().is_some() {
+            self.injector.reset();
+        }
+        self.screened = 0;
     }
 
     /// An LMTP client sends no body after a refused DATA: read commands.
@@ -502,6 +630,11 @@ impl<I: Injector> Receiver<I> {
     }
 
     fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
+        let is_rcpt = matches!(event, Event::Command(Command::Rcpt { .. }));
+        if matches!(event, Event::Command(Command::Data)) {
+            // The next hop judges the recipients before DATA is answered.
+            self.screen_held(out, true);
+        }
         let answers = match event {
             Event::Command(command) => vec![self.command(command)],
             Event::BodyPiece { bytes, end_of_line } => {
@@ -512,8 +645,19 @@ impl<I: Injector> Receiver<I> {
             Event::Invalid(error) => vec![self.invalid(&error)],
             Event::Skipped => Vec::new(),
         };
+        let holding = self.holding();
+        if !holding {
+            self.release(out);
+        }
         for answer in &answers {
-            answer.encode(out);
+            if holding {
+                if is_rcpt && answer.code == 250 {
+                    self.held_rcpt.push(self.held.len());
+                }
+                self.held.push(answer.clone());
+            } else {
+                answer.encode(out);
+            }
             if answer.is_transient() || answer.is_permanent() {
                 self.summary.refused += 1;
                 self.errors += 1;
@@ -526,6 +670,7 @@ impl<I: Injector> Receiver<I> {
                 "too many errors ({}) after {} accepted messages: ending the session",
                 self.errors, self.summary.accepted
             ));
+            self.release(out);
             reply(
                 421,
                 (4, 7, 0),
@@ -545,7 +690,7 @@ impl<I: Injector> Receiver<I> {
     fn command(&mut self, command: Command) -> Reply {
         match command {
             Command::Ehlo(name) | Command::Lhlo(name) => {
-                self.envelope = None;
+                self.drop_envelope();
                 let lines = self
                     .settings
                     .extensions()
@@ -559,7 +704,7 @@ impl<I: Injector> Receiver<I> {
             }
             Command::Xforward(params) => self.xforward(params),
             Command::Helo(name) => {
-                self.envelope = None;
+                self.drop_envelope();
                 self.helo = Some(name);
                 Reply::new(250, None, self.settings.hostname.clone())
             }
@@ -567,7 +712,7 @@ impl<I: Injector> Receiver<I> {
             Command::Rcpt { to, params } => self.rcpt(to, &params),
             Command::Data => self.data(),
             Command::Rset => {
-                self.envelope = None;
+                self.drop_envelope();
                 reply(250, (2, 0, 0), "Ok")
             }
             Command::Noop => reply(250, (2, 0, 0), "Ok"),
@@ -657,6 +802,7 @@ impl<I: Injector> Receiver<I> {
         }
         envelope.sender = from;
         self.envelope = Some(envelope);
+        self.screened = 0;
         reply(250, (2, 1, 0), "Ok")
     }
 
@@ -724,13 +870,23 @@ impl<I: Injector> Receiver<I> {
             self.discard(None, 0);
             return reply(503, (5, 5, 1), "Error: need MAIL command");
         };
+        self.screened = 0;
         let recipients = envelope.recipients.len();
-        if recipients == 0 {
+        let claim = if recipients == 0 {
+            None
+        } else {
+            Some(self.claim_tag(&envelope))
+        };
+        if !matches!(claim, Some(Ok(None | Some(Claim::New(_))))) {
+            // Nothing of this transaction goes to the next hop.
+            self.injector.reset();
+        }
+        let Some(claim) = claim else {
             self.discard(None, 0);
             self.summary.rejected += 1;
             return reply(554, (5, 5, 1), "Error: no valid recipients");
-        }
-        let claim = match self.claim_tag(&envelope) {
+        };
+        let claim = match claim {
             Ok(Some(Claim::New(claim))) => Some(claim),
             Ok(Some(Claim::Duplicate(queue_id))) => {
                 info!(
@@ -1049,7 +1205,7 @@ fn queued(queue_id: &str) -> Reply {
 }
 
 /// The queue ID in a `250 ... queued as ID` reply, else the whole text.
-fn queue_id_of(reply: &Reply) -> String {
+pub(crate) fn queue_id_of(reply: &Reply) -> String {
     let text = reply.lines.join(" ");
     text.rsplit_once("queued as ")
         .map_or(text.as_str(), |(_, id)| id)
@@ -1100,11 +1256,16 @@ fn received_header(settings: &Settings, envelope: &Envelope, queue_id: &str) -> 
     };
     let date = chrono::Local::now().to_rfc2822();
     let mut header = format!(
-        "Received: from {} (peer {})\r\n\tby {} (rsmtp) with {with} id {queue_id}",
+        "Received: from {} (peer {})\r\n\tby {} (rsmtp) with {with}",
         bsmtp::text::one_line(helo),
         settings.policy.peer,
         settings.hostname,
     );
+    // An smtpd next hop names its queue ID only at the dot (and writes a
+    // Received: header of its own that carries it).
+    if queue_id != NOQUEUE {
+        let _ = write!(header, " id {queue_id}");
+    }
     if let [only] = envelope.recipients.as_slice() {
         let _ = write!(header, "\r\n\tfor <{only}>");
     }
@@ -1147,6 +1308,11 @@ mod tests {
         committed: Vec<(Envelope, Vec<u8>)>,
         aborted: usize,
         fail_commit: bool,
+        /// Judge recipients before DATA: refuse those with "nouser".
+        screen: bool,
+        /// Recipients asked about, and resets.
+        screened: Vec<String>,
+        resets: usize,
     }
 
     struct Memory(Rc<RefCell<Hop>>);
@@ -1182,6 +1348,30 @@ mod tests {
 
     impl Injector for Memory {
         type Message = Message;
+        fn screens_recipients(&self) -> bool {
+            self.0.borrow().screen
+        }
+        fn screen(
+            &mut self,
+            envelope: &Envelope,
+            from: usize,
+        ) -> Result<Vec<Option<Reply>>, Refusal> {
+            let mut hop = self.0.borrow_mut();
+            if envelope.sender.starts_with("down@") {
+                return Err(Refusal::temporary("smtpd down"));
+            }
+            Ok(envelope.recipients[from..]
+                .iter()
+                .map(|r| {
+                    hop.screened.push(r.clone());
+                    r.starts_with("nouser")
+                        .then(|| reply(550, (5, 1, 1), format!("<{r}>: User unknown")))
+                })
+                .collect())
+        }
+        fn reset(&mut self) {
+            self.0.borrow_mut().resets += 1;
+        }
         fn start(&mut self, envelope: &Envelope) -> Result<Message, Refusal> {
             Ok(Message {
                 hop: self.0.clone(),
@@ -1233,6 +1423,93 @@ mod tests {
         assert!(first.ends_with("\n.x\nbody\n"), "{first}");
         assert_eq!(hop.committed[1].0.sender, "");
         assert_eq!(summary.accepted, 2);
+    }
+
+    fn screening_session(input: &[u8]) -> (String, Rc<RefCell<Hop>>, Summary) {
+        let policy = policy(&["@leaf.test", "down@leaf.test"], 100_000, 10, false);
+        let hop = Rc::new(RefCell::new(Hop {
+            screen: true,
+            ..Hop::default()
+        }));
+        let settings = Settings::new("hub.test".into(), policy, 20);
+        let mut out = Vec::new();
+        let summary = Receiver::new(settings, Memory(hop.clone()))
+            .run(&mut &input[..], &mut out)
+            .unwrap();
+        (String::from_utf8(out).unwrap(), hop, summary)
+    }
+
+    /// The fast path: a recipient the next hop refuses gets its reply in
+    /// its RCPT's place (code and enhanced status kept); the others are
+    /// queued; the order of replies is the order of commands.
+    #[test]
+    fn next_hop_refusal_becomes_that_recipients_reply() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nRCPT TO:<nouser@hub.test>\n\
+                      NOOP\nRCPT TO:<c@hub.test>\nDATA\nhi\n.\n\
+                      MAIL FROM:<a@leaf.test>\nRCPT TO:<nouser2@hub.test>\nDATA\nx\n.\nQUIT\n";
+        let (out, hop, summary) = screening_session(input);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "550", "250", "250", "354", "250", "250", "550", "554", "221"],
+            "{out}"
+        );
+        assert!(
+            out.contains("550 5.1.1 <nouser@hub.test>: User unknown\r\n"),
+            "{out}"
+        );
+        let hop = hop.borrow();
+        assert_eq!(hop.committed.len(), 1);
+        assert_eq!(hop.committed[0].0.recipients, ["b@hub.test", "c@hub.test"]);
+        // The second transaction had nothing left: the next hop forgets it.
+        assert_eq!(hop.resets, 1);
+        assert_eq!(summary.refused, 3);
+    }
+
+    /// A client that waits for RCPT's reply before sending more gets it:
+    /// held replies are judged and sent before rsmtp waits for input.
+    #[test]
+    fn held_replies_are_sent_before_waiting_for_input() {
+        struct OneLine<'a>(&'a [u8]);
+        impl Read for OneLine<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self
+                    .0
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(self.0.len(), |i| i + 1);
+                let n = n.min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let policy = policy(&["@leaf.test", "down@leaf.test"], 100_000, 10, false);
+        let hop = Rc::new(RefCell::new(Hop {
+            screen: true,
+            ..Hop::default()
+        }));
+        let settings = Settings::new("hub.test".into(), policy, 20);
+        let mut out = Vec::new();
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<nouser@hub.test>\nRCPT TO:<b@hub.test>\nDATA\nhi\n.\n";
+        Receiver::new(settings, Memory(hop.clone()))
+            .run(&mut OneLine(input), &mut out)
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(codes(&out), ["250", "550", "250", "354", "250"], "{out}");
+        // Each recipient asked about once, one at a time.
+        assert_eq!(hop.borrow().screened, ["nouser@hub.test", "b@hub.test"]);
+        assert_eq!(hop.borrow().committed[0].0.recipients, ["b@hub.test"]);
+    }
+
+    /// The next hop unreachable: every recipient gets 4xx, nothing is
+    /// queued, and the sender retries.
+    #[test]
+    fn next_hop_down_defers_each_recipient() {
+        let input = b"MAIL FROM:<down@leaf.test>\nRCPT TO:<b@hub.test>\nRCPT TO:<c@hub.test>\nDATA\nhi\n.\n";
+        let (out, hop, summary) = screening_session(input);
+        assert_eq!(codes(&out), ["250", "451", "451", "554"], "{out}");
+        assert!(hop.borrow().committed.is_empty());
+        assert_eq!(summary.accepted, 0);
     }
 
     #[test]

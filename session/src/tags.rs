@@ -159,6 +159,18 @@ impl TagStore {
         Ok(Claim::Busy)
     }
 
+    /// The queue ID `tag` was committed under, if it was (a look that
+    /// claims nothing: [`TagStore::claim`] still decides). Lets a receiver
+    /// skip work for a retry it will answer from the store.
+    pub fn committed(&self, tag: &str) -> Option<String> {
+        let text = fs::read_to_string(self.dir.join(tag)).ok()?;
+        let mut words = text.split_ascii_whitespace();
+        match (words.next(), words.next()) {
+            (Some("queued"), Some(queue_id)) => Some(queue_id.to_owned()),
+            _ => None,
+        }
+    }
+
     /// The directory of this peer's tags.
     pub fn dir(&self) -> &Path {
         &self.dir

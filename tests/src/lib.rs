@@ -1147,6 +1147,40 @@ impl Env {
         port
     }
 
+    /// Adds the hub's fast injection listener on 127.0.0.1:`port` the way
+    /// an admin does, `bsmtp-ssh postfix-install --hub --listen` (so the
+    /// shipped snippet is what runs), reloads the hub, and waits until
+    /// the listener accepts connections. rsmtp uses it when told so
+    /// (`--inject smtp:127.0.0.1:PORT`, or `inject` in rsmtp.conf).
+    pub fn install_hub_listener(&self, port: u16) {
+        let listen = format!("127.0.0.1:{port}");
+        let out = util::run_timeout(
+            Command::new(self.bin_dir().join("bsmtp-ssh"))
+                .args(["postfix-install", "--hub", "--listen", &listen])
+                .arg("--config-directory")
+                .arg(self.hub_config_dir()),
+            b"",
+            COMMAND_TIMEOUT,
+        );
+        if !out.status.success() {
+            self.fail(&explain(
+                "postfix-install --hub",
+                out.status,
+                &out.stdout,
+                &out.stderr,
+            ));
+        }
+        self.hub.postfix(&["reload"]);
+        let listening = poll(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        if listening.is_none() {
+            self.fail(&format!(
+                "the hub's injection listener does not listen on {listen}"
+            ));
+        }
+    }
+
     /// True when the leaf's queue is empty.
     pub fn leaf_queue_is_empty(&self) -> bool {
         self.leaf_queue().contains("Mail queue is empty")

@@ -31,6 +31,15 @@ pub const BATCHING_MAIN_CF: &str = include_str!("../../postfix-snippets/leaf/bat
 pub const SPOOL_MASTER_CF: &str = include_str!("../../postfix-snippets/spool/master.cf");
 /// `postfix-snippets/spool/main.cf`: its routing suggestion.
 pub const SPOOL_MAIN_CF: &str = include_str!("../../postfix-snippets/spool/main.cf");
+/// `postfix-snippets/hub/inject-master.cf`: the hub's fast injection
+/// listener (rsmtp `--inject smtp:...`).
+pub const HUB_INJECT_MASTER_CF: &str = include_str!("../../postfix-snippets/hub/inject-master.cf");
+
+/// The hub listener's default address (`--listen`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10025";
+/// The hub listener's service name with `--listen unix`: its socket is
+/// `public/bsmtp-inject` in the queue directory.
+pub const INJECT_SOCKET_SERVICE: &str = "bsmtp-inject";
 
 /// Where the Debian package installs the binary: the fallback for `--program`
 /// when the running binary's path is unknown.
@@ -38,6 +47,9 @@ pub const DEFAULT_PROGRAM: &str = "/usr/sbin/bsmtp-ssh";
 
 /// `bsmtp-ssh postfix-install`.
 #[derive(Debug, Args)]
+// Command-line switches: each is its own flag, as postfix-install's users
+// type them.
+#[allow(clippy::struct_excessive_bools)]
 pub struct InstallArgs {
     /// Print what would change and the postconf commands, change nothing.
     #[arg(long)]
@@ -82,6 +94,14 @@ pub struct InstallArgs {
     /// the account their keys log in as).
     #[arg(long, conflicts_with = "batching")]
     pub spool: bool,
+    /// Install the hub's fast injection listener instead: a dedicated
+    /// smtpd that rsmtp `--inject smtp:...` hands received mail to.
+    #[arg(long, conflicts_with_all = ["batching", "spool"])]
+    pub hub: bool,
+    /// Where the --hub listener listens: a loopback ADDRESS:PORT, or
+    /// `unix` for the socket public/bsmtp-inject in the queue directory.
+    #[arg(long, value_name = "ADDRESS:PORT|unix", default_value = DEFAULT_LISTEN, requires = "hub")]
+    pub listen: String,
 }
 
 /// The values that replace the snippets' placeholders.
@@ -102,6 +122,9 @@ pub struct Values {
     /// `@ENVID@` becomes `--envid ${envid}`: pipe(8) has that macro from
     /// Postfix 3.9 on (and defers every message on an unknown one before).
     pub envid: bool,
+    /// The hub listener's `--listen` (`@LISTEN@`, `@LISTEN_TYPE@` and
+    /// `@INJECT@` follow from it); empty unless `--hub`.
+    pub listen: String,
 }
 
 /// Every placeholder the pipe-mode snippets may use.
@@ -123,6 +146,59 @@ impl Values {
             format!("{}-spool", self.transport)
         } else {
             format!("{}-{}", self.transport, self.peer)
+        }
+    }
+
+    /// The hub listener's master.cf service name: the address, or
+    /// [`INJECT_SOCKET_SERVICE`].
+    pub fn listen_service(&self) -> String {
+        if self.listen == "unix" {
+            INJECT_SOCKET_SERVICE.to_owned()
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    /// The hub listener's master.cf type.
+    pub fn listen_type(&self) -> &'static str {
+        if self.listen == "unix" {
+            "unix"
+        } else {
+            "inet"
+        }
+    }
+
+    /// What rsmtp's `inject` says to use the hub listener.
+    pub fn inject(&self) -> String {
+        if self.listen == "unix" {
+            format!("smtp:unix:public/{INJECT_SOCKET_SERVICE}")
+        } else {
+            format!("smtp:{}", self.listen)
+        }
+    }
+
+    /// Checks `--listen`: `unix`, or a loopback address and a port (the
+    /// listener lets its clients relay: nobody off this host may reach it).
+    pub fn validate_listen(&self) -> Result<(), String> {
+        if self.listen == "unix" {
+            return Ok(());
+        }
+        let bad = || {
+            Err(format!(
+                "--listen {:?}: give a loopback address and port (127.0.0.1:10025, [::1]:10025) or unix",
+                self.listen
+            ))
+        };
+        let Some((host, port)) = self.listen.rsplit_once(':') else {
+            return bad();
+        };
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        match (host.parse::<std::net::IpAddr>(), port.parse::<u16>()) {
+            (Ok(ip), Ok(port)) if ip.is_loopback() && port > 0 => Ok(()),
+            _ => bad(),
         }
     }
 
@@ -201,7 +277,10 @@ pub fn substitute(template: &str, values: &Values) -> Result<String, String> {
         .replace("@SERVICE@", &values.service())
         .replace("@PEER@", &values.peer)
         .replace("@CONFIG@", &values.config)
-        .replace("@ENVID@", if values.envid { ENVID_ARGS } else { "" });
+        .replace("@ENVID@", if values.envid { ENVID_ARGS } else { "" })
+        .replace("@LISTEN@", &values.listen_service())
+        .replace("@LISTEN_TYPE@", values.listen_type())
+        .replace("@INJECT@", &values.inject());
     match leftover_placeholder(&text) {
         Some(left) => Err(format!("snippet placeholder {left} has no value")),
         None => Ok(text),
@@ -351,10 +430,17 @@ pub fn spool_items(values: &Values) -> Result<Vec<Item>, String> {
     Ok(items)
 }
 
+/// The hub's fast injection listener: its master.cf entry.
+pub fn hub_items(values: &Values) -> Result<Vec<Item>, String> {
+    parse_master_cf(&substitute(HUB_INJECT_MASTER_CF, values)?)
+}
+
 /// The routing suggestion: main.cf's comment block from `# Routing` on,
 /// without the `# `.
 pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
-    let template = if values.spool {
+    let template = if !values.listen.is_empty() {
+        HUB_INJECT_MASTER_CF
+    } else if values.spool {
         SPOOL_MAIN_CF
     } else if values.peer.is_empty() {
         LEAF_MAIN_CF
@@ -560,9 +646,21 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
         peer: args.peer.clone().unwrap_or_default(),
         envid: false,
         spool: args.spool,
+        listen: if args.hub {
+            args.listen.clone()
+        } else {
+            String::new()
+        },
     };
     values
         .validate()
+        .and_then(|()| {
+            if args.hub {
+                values.validate_listen()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|msg| Fatal::new(ExitCode::Usage, msg))?;
     Ok((values, program))
 }
@@ -573,7 +671,9 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     values.envid = postfix
         .query(&["-h", "mail_version"])?
         .is_some_and(|version| has_envid_macro(&version));
-    let items = if args.spool {
+    let items = if args.hub {
+        hub_items(&values)
+    } else if args.spool {
         spool_items(&values)
     } else if args.batching {
         batching_items(&values)
@@ -588,7 +688,7 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     })?;
 
     if let Some(owner) = postfix.query(&["-h", "mail_owner"])? {
-        if owner == values.user {
+        if owner == values.user && !args.hub {
             return Err(Fatal::new(
                 ExitCode::Usage,
                 format!(
@@ -599,7 +699,9 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
             ));
         }
     }
-    warn_prerequisites(&values, &program, args, out);
+    if !args.hub {
+        warn_prerequisites(&values, &program, args, out);
+    }
 
     // Read everything before writing anything: a failing read leaves the
     // config untouched.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bsmtp_ssh::install::{
-    batching_items, has_envid_macro, leaf_items, leftover_placeholder, parse_main_cf,
+    batching_items, has_envid_macro, hub_items, leaf_items, leftover_placeholder, parse_main_cf,
     parse_master_cf, routing_hint, spool_items, substitute, Item, Values, BATCHING_MAIN_CF,
-    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
-    SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
+    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF, LEAF_MAIN_CF, LEAF_MASTER_CF,
+    PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -25,6 +25,7 @@ fn values(transport: &str) -> Values {
         peer: String::new(),
         envid: false,
         spool: false,
+        listen: String::new(),
     }
 }
 
@@ -475,4 +476,99 @@ fn spool_items_run_enqueue_for_the_nexthop() {
         hint.contains("default_transport = bsmtp-spool:hub") && hint.contains("bsmtp-spool:leaf1"),
         "{hint}"
     );
+}
+
+fn hub_values(listen: &str) -> Values {
+    Values {
+        listen: listen.to_owned(),
+        ..values("bsmtp")
+    }
+}
+
+/// `--hub`: one smtpd entry on loopback (or the UNIX socket
+/// public/bsmtp-inject) that lets only local clients in, relays for them,
+/// takes their XFORWARD; the hint names rsmtp's `inject` value.
+#[test]
+fn hub_listener_is_a_locked_down_smtpd() {
+    assert!(leftover_placeholder(HUB_INJECT_MASTER_CF).is_some());
+    let items = hub_items(&hub_values("127.0.0.1:10025")).unwrap();
+    let keys: Vec<String> = items.iter().map(Item::key).collect();
+    assert_eq!(keys, ["master.cf: 127.0.0.1:10025/inet"]);
+    let entry = items[0].wanted();
+    assert!(
+        entry.starts_with("127.0.0.1:10025 inet n - n - - smtpd "),
+        "{entry}"
+    );
+    for override_ in [
+        "-o mynetworks=127.0.0.0/8",
+        "-o smtpd_authorized_xforward_hosts=127.0.0.0/8",
+        "-o smtpd_client_restrictions=permit_mynetworks,reject",
+        "-o smtpd_relay_restrictions=permit_mynetworks,reject",
+        "-o smtpd_recipient_restrictions=permit_mynetworks,reject",
+    ] {
+        assert!(entry.contains(override_), "{override_} missing: {entry}");
+    }
+    // Address mappings apply: this mail is new to the hub.
+    assert!(!entry.contains("no_address_mappings"), "{entry}");
+    let hint = routing_hint(&hub_values("127.0.0.1:10025"))
+        .unwrap()
+        .join("\n");
+    assert!(hint.contains("inject = \"smtp:127.0.0.1:10025\""), "{hint}");
+    let unix = hub_items(&hub_values("unix")).unwrap();
+    assert!(unix[0]
+        .wanted()
+        .starts_with("bsmtp-inject unix n - n - - smtpd "));
+    let hint = routing_hint(&hub_values("unix")).unwrap().join("\n");
+    assert!(
+        hint.contains("inject = \"smtp:unix:public/bsmtp-inject\""),
+        "{hint}"
+    );
+    for bad in [
+        "0.0.0.0:10025",
+        "192.0.2.1:25",
+        "127.0.0.1",
+        "localhost:x",
+        "[::1]:0",
+    ] {
+        assert!(hub_values(bad).validate_listen().is_err(), "{bad}");
+    }
+    assert!(hub_values("[::1]:10025").validate_listen().is_ok());
+}
+
+/// `postfix-install --hub` on a real config directory: the dry run
+/// changes nothing, the first run adds the listener, the second changes
+/// nothing, and `postfix check` is happy.
+#[test]
+fn hub_install_is_exact_in_dry_run_and_idempotent() {
+    let scratch = Scratch::new();
+    let before = (scratch.read("main.cf"), scratch.read("master.cf"));
+    let (code, dry) = scratch.install(&["--hub", "--listen", "127.0.0.1:10026", "--dry-run"]);
+    assert_eq!(code, 0, "{dry}");
+    assert!(
+        dry.contains("master.cf: 127.0.0.1:10026/inet = 127.0.0.1:10026 inet n - n - - smtpd"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("would run: /usr/sbin/postconf -c [DIR] -M '127.0.0.1:10026/inet="),
+        "{dry}"
+    );
+    assert!(dry.contains("dry run: 1 change not made"), "{dry}");
+    assert_eq!((scratch.read("main.cf"), scratch.read("master.cf")), before);
+    let (code, first) = scratch.install(&["--hub", "--listen", "127.0.0.1:10026"]);
+    assert_eq!(code, 0, "{first}");
+    assert!(
+        first.contains("1 change made") && first.contains("postfix check: ok"),
+        "{first}"
+    );
+    assert!(scratch
+        .read("master.cf")
+        .contains("smtpd_authorized_xforward_hosts=127.0.0.0/8"));
+    let (code, second) = scratch.install(&["--hub", "--listen", "127.0.0.1:10026"]);
+    assert_eq!(code, 0, "{second}");
+    assert!(
+        second.contains("(unchanged)") && second.contains("nothing to change"),
+        "{second}"
+    );
+    let (code, refused) = scratch.install(&["--hub", "--listen", "0.0.0.0:25"]);
+    assert_eq!(code, 64, "{refused}");
 }

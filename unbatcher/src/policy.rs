@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bsmtp_session::policy::{check_peer_name, Policy, SenderPattern};
+use bsmtp_session::smtp_inject::Inject;
 use serde::Deserialize;
 
 /// Default configuration file.
@@ -89,6 +90,10 @@ pub struct ConfigFile {
     pub table_type: Option<String>,
     /// Largest table source `put-table` takes, in bytes (default 64 MiB).
     pub table_max_size: Option<u64>,
+    /// How received mail enters the hub's queue: `postdrop` (default),
+    /// `smtp:HOST:PORT` or `smtp:unix:PATH` (the fast path: a dedicated
+    /// smtpd listener).
+    pub inject: Option<String>,
     /// Per-peer rules.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerConfig>,
@@ -118,6 +123,9 @@ pub struct PeerConfig {
     /// Tables the peer may replace with `put-table`.
     #[serde(default)]
     pub allow_table: Vec<String>,
+    /// How this peer's mail enters the hub's queue (overrides the global
+    /// `inject`).
+    pub inject: Option<String>,
 }
 
 impl ConfigFile {
@@ -170,6 +178,18 @@ impl ConfigFile {
             hard_error_limit: args.hard_error_limit.or(section.hard_error_limit),
             check_header_from: args.check_header_from || section.check_header_from.unwrap_or(false),
         })
+    }
+}
+
+impl ConfigFile {
+    /// How `peer`'s mail enters the queue: the command line's `--inject`,
+    /// else the peer's section, else the global key, else postdrop.
+    pub fn inject(&self, peer: &str, command_line: Option<&str>) -> Result<Inject, String> {
+        let section = self.peer.get(peer).and_then(|p| p.inject.as_deref());
+        command_line
+            .or(section)
+            .or(self.inject.as_deref())
+            .map_or(Ok(Inject::Postdrop), Inject::parse)
     }
 }
 
@@ -268,5 +288,35 @@ mod tests {
             ..PolicyArgs::default()
         };
         assert!(file.tables("leaf1", &bad).is_err());
+    }
+
+    /// `inject`: the command line, else the peer's section, else the top,
+    /// else postdrop; a malformed value is a configuration error.
+    #[test]
+    fn inject_comes_from_the_command_line_the_peer_or_the_top() {
+        use bsmtp_session::smtp_inject::Endpoint;
+        let file: ConfigFile = toml::from_str(
+            "inject = \"smtp:127.0.0.1:10025\"\n[peer.leaf1]\ninject = \"smtp:unix:public/bsmtp-inject\"\n[peer.leaf3]\ninject = \"postdrop\"\n",
+        )
+        .unwrap();
+        let tcp = Inject::Smtp(Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 10025,
+        });
+        assert_eq!(
+            file.inject("leaf1", None).unwrap(),
+            Inject::Smtp(Endpoint::Unix("public/bsmtp-inject".into()))
+        );
+        assert_eq!(file.inject("leaf2", None).unwrap(), tcp);
+        assert_eq!(file.inject("leaf3", None).unwrap(), Inject::Postdrop);
+        assert_eq!(
+            file.inject("leaf1", Some("postdrop")).unwrap(),
+            Inject::Postdrop
+        );
+        assert_eq!(
+            ConfigFile::default().inject("leaf1", None).unwrap(),
+            Inject::Postdrop
+        );
+        assert!(file.inject("leaf1", Some("smtp:nowhere")).is_err());
     }
 }

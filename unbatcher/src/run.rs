@@ -16,6 +16,7 @@ use bsmtp_session::idle::{Input, Output, DEFAULT_IDLE_TIMEOUT};
 use bsmtp_session::policy::Policy;
 use bsmtp_session::postdrop::{self, MinFree, PostdropCommand, PostdropInjector};
 use bsmtp_session::server::{Receiver, Settings};
+use bsmtp_session::smtp_inject::{Inject, PeerIdentity, SmtpInjector};
 use bsmtp_session::tags::{self, TagStore};
 
 /// rsmtp: the receiving side of bsmtp-ssh, run as an OpenSSH forced command
@@ -43,6 +44,11 @@ pub struct Args {
     /// Postfix config directory postdrop writes into (default: the system's).
     #[arg(long, value_name = "DIR")]
     pub postfix_config: Option<PathBuf>,
+    /// How received mail enters the hub's queue: `postdrop` (default), or
+    /// the fast path `smtp:HOST:PORT` / `smtp:unix:PATH`, a dedicated
+    /// smtpd listener (overrides `inject` in rsmtp.conf).
+    #[arg(long, value_name = "METHOD")]
+    pub inject: Option<String>,
     /// End the session after this many seconds without input (default 300,
     /// as Postfix's `smtpd_timeout`); an unfinished message is dropped.
     #[arg(long, value_name = "SECONDS")]
@@ -295,6 +301,10 @@ struct Session {
     verbs: Vec<String>,
     /// The queue file system's floor.
     min_free: Option<MinFree>,
+    /// How received mail enters the queue.
+    inject: Inject,
+    /// The hub's `queue_directory` (a relative `smtp:unix:` path is in it).
+    queue_directory: PathBuf,
 }
 
 /// rsmtp.conf: the file `--config` names, else the default one if it exists.
@@ -349,6 +359,9 @@ fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
             bytes,
         }),
     };
+    let inject = file
+        .inject(&policy.peer, args.inject.as_deref())
+        .map_err(RunError::Config)?;
     let mut settings = Settings::new(hostname, policy, error_limit);
     settings.tags = tags;
     Ok(Session {
@@ -356,6 +369,8 @@ fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
         postdrop,
         verbs,
         min_free,
+        inject,
+        queue_directory: main_cf.queue_directory(),
     })
 }
 
@@ -448,12 +463,27 @@ fn receive(
     output: &mut impl Output,
 ) -> Result<(), RunError> {
     let peer = session.settings.policy.peer.clone();
-    let injector = PostdropInjector {
-        command: session.postdrop,
-        min_free: session.min_free,
-    };
-    let receiver = Receiver::new(session.settings, injector);
-    let summary = receiver.run(input, output).inspect_err(|err| {
+    let summary = match session.inject {
+        Inject::Postdrop => {
+            let injector = PostdropInjector {
+                command: session.postdrop,
+                min_free: session.min_free,
+            };
+            Receiver::new(session.settings, injector).run(input, output)
+        }
+        Inject::Smtp(endpoint) => {
+            let ssh_connection = std::env::var("SSH_CONNECTION").ok();
+            let injector = SmtpInjector::new(
+                endpoint,
+                session.queue_directory,
+                session.settings.hostname.clone(),
+                PeerIdentity::new(&peer, ssh_connection.as_deref()),
+                session.min_free,
+            );
+            Receiver::new(session.settings, injector).run(input, output)
+        }
+    }
+    .inspect_err(|err| {
         log::warn!("peer {peer}: session ended: {err}; an unfinished message was dropped");
     })?;
     info!(

@@ -1,5 +1,5 @@
 //! The throughput rows of the benchmark: msg/s through a real leaf Postfix
-//! at concurrency 4, for 4 KiB and 100 KiB messages, [`N`] messages per
+//! at concurrency 4, for 4 KiB and 100 KiB messages, [`messages`] per
 //! figure, every route measured in the same run on the same leaf, hub and
 //! sshd:
 //!
@@ -14,7 +14,15 @@
 //! 5. batching: bsmtp-ssh batching mode (lmtp(8) -> spawn(8) -> `bsmtp-ssh
 //!    lmtp`, many messages a session, rsmtp -> postdrop on the hub);
 //! 6. postdrop: no leaf: the hub's own `postdrop -r` fed pre-built record
-//!    streams by 4 workers (the limit of the postdrop path).
+//!    streams by 4 workers (the limit of the postdrop path);
+//! 7. fast: batching mode with rsmtp's fast injection path (`inject =
+//!    "smtp:127.0.0.1:PORT"` in rsmtp.conf, the listener installed by
+//!    `bsmtp-ssh postfix-install --hub`): rsmtp hands each session's
+//!    messages to the hub's smtpd over one connection.
+//!
+//! `BSMTP_BENCH_ROUTES=smtpd,tunnel,fast` measures only the routes named
+//! (keys as in the first column's order: smtpd, tunnel, rsendmail, pipe,
+//! batching, postdrop, fast).
 //!
 //! Method for the leaf routes: the N messages are injected with the leaf's
 //! sendmail and held there (a `header_checks` HOLD on their `X-Bench-Hold`
@@ -47,8 +55,18 @@ use bsmtp_ssh_tests::util::{
 };
 use bsmtp_ssh_tests::{Env, BATCHING_SERVICE, HUB_PEER, HUB_SSH_USER, LEAF_PIPE_USER};
 
-/// Messages per figure.
-pub const N: usize = 200;
+/// Messages per figure by default.
+pub const DEFAULT_N: usize = 200;
+
+/// Messages per figure: `BSMTP_BENCH_N` (1 to 100000; more gives steadier
+/// figures on a busy machine), else [`DEFAULT_N`].
+pub fn messages() -> usize {
+    std::env::var("BSMTP_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=100_000).contains(n))
+        .unwrap_or(DEFAULT_N)
+}
 /// The leaf's destination concurrency on every route, and the raw
 /// postdrop workers.
 pub const CONCURRENCY: usize = 4;
@@ -78,27 +96,54 @@ pub enum Route {
     Pipe,
     Batching,
     Postdrop,
+    Fast,
 }
 
 impl Route {
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 7] = [
         Route::Smtpd,
         Route::Tunnel,
         Route::Rsendmail,
         Route::Pipe,
         Route::Batching,
         Route::Postdrop,
+        Route::Fast,
     ];
 
     /// The order of measurement: the limits first, the slowest last.
-    const MEASURE_ORDER: [Route; 6] = [
+    const MEASURE_ORDER: [Route; 7] = [
         Route::Postdrop,
         Route::Smtpd,
         Route::Tunnel,
+        Route::Fast,
         Route::Pipe,
         Route::Batching,
         Route::Rsendmail,
     ];
+
+    /// The routes `BSMTP_BENCH_ROUTES` names (comma-separated keys), in
+    /// the order of measurement; all when it is unset or empty.
+    fn selected() -> Result<Vec<Route>, String> {
+        let wanted = std::env::var("BSMTP_BENCH_ROUTES").unwrap_or_default();
+        let keys: Vec<&str> = wanted
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect();
+        if let Some(unknown) = keys
+            .iter()
+            .find(|k| !Route::ALL.iter().any(|r| r.key() == **k))
+        {
+            return Err(format!(
+                "BSMTP_BENCH_ROUTES: unknown route {unknown:?} (known: {})",
+                Route::ALL.map(Route::key).join(",")
+            ));
+        }
+        Ok(Route::MEASURE_ORDER
+            .into_iter()
+            .filter(|r| keys.is_empty() || keys.contains(&r.key()))
+            .collect())
+    }
 
     fn key(self) -> &'static str {
         match self {
@@ -108,6 +153,7 @@ impl Route {
             Route::Pipe => "pipe",
             Route::Batching => "batching",
             Route::Postdrop => "postdrop",
+            Route::Fast => "fast",
         }
     }
 
@@ -120,6 +166,7 @@ impl Route {
             Route::Pipe => "4 bsmtp-ssh pipe mode",
             Route::Batching => "5 bsmtp-ssh batching, postdrop",
             Route::Postdrop => "6 hub postdrop -r x4 (limit)",
+            Route::Fast => "7 batching, smtpd fast path",
         }
     }
 }
@@ -139,11 +186,11 @@ pub struct Figure {
 
 impl Figure {
     pub fn rate(&self) -> f64 {
-        N as f64 / self.sent_secs
+        messages() as f64 / self.sent_secs
     }
 
     pub fn hub_rate(&self) -> f64 {
-        N as f64 / self.hub_secs
+        messages() as f64 / self.hub_secs
     }
 }
 
@@ -177,9 +224,13 @@ impl Results {
 
 /// Runs every throughput measurement. `log` prints a progress line.
 pub fn run(env: &Env, work: &Path, log: &dyn Fn(&str)) -> Results {
+    let routes = Route::selected().unwrap_or_else(|err| {
+        log(&err);
+        std::process::exit(2)
+    });
     let mut setup = Setup::new(env, work);
     let mut rows = Vec::new();
-    for route in Route::MEASURE_ORDER {
+    for route in routes {
         let figures = measure_route(&mut setup, route, log);
         rows.push((route, figures));
     }
@@ -207,7 +258,7 @@ fn measure_route(
     let mut figures = Vec::new();
     for (label, size) in SIZES {
         let tag = format!("{}-{}", route.key(), size / 1024);
-        let result = setup.measure(route, size, N, &tag);
+        let result = setup.measure(route, size, messages(), &tag);
         match &result {
             Ok(f) => log(&format!(
                 "{} {label}: {:.1} msg/s ({:.2} s; the hub had all after {:.2} s; \
@@ -235,6 +286,8 @@ struct Setup<'a> {
     tunnel: Option<Result<Tunnel, String>>,
     rsendmail: Option<Result<SshConfigGuard, String>>,
     venv: PathBuf,
+    /// The fast path's listener, once installed.
+    inject_port: Option<u16>,
 }
 
 impl<'a> Setup<'a> {
@@ -294,11 +347,49 @@ impl<'a> Setup<'a> {
             tunnel: None,
             rsendmail: None,
             venv,
+            inject_port: None,
         }
+    }
+
+    /// Sets (or, with `None`, removes) `inject` in the hub's rsmtp.conf;
+    /// rsmtp reads it at the start of each session.
+    fn set_inject(&self, inject: Option<&str>) {
+        let path = self.env.rsmtp_config();
+        let text = fs::read_to_string(&path).expect("read rsmtp.conf");
+        let mut kept = String::new();
+        if let Some(inject) = inject {
+            // Before any [section]: a top-level key.
+            let _ = writeln!(kept, "inject = \"{inject}\"");
+        }
+        for line in text.lines().filter(|l| !l.starts_with("inject =")) {
+            let _ = writeln!(kept, "{line}");
+        }
+        write_file(&path, kept, 0o644);
+    }
+
+    /// Installs the hub's fast injection listener (once) the way an admin
+    /// does; returns its port.
+    fn inject_listener(&mut self) -> Result<u16, String> {
+        if let Some(port) = self.inject_port {
+            return Ok(port);
+        }
+        let port = free_port();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.env.install_hub_listener(port);
+        }))
+        .map_err(|_| "postfix-install --hub did not give a listener".to_owned())?;
+        self.inject_port = Some(port);
+        Ok(port)
     }
 
     /// Makes what `route` needs and routes hub.test through it.
     fn prepare(&mut self, route: Route) -> Result<(), String> {
+        if route == Route::Fast {
+            let port = self.inject_listener()?;
+            self.set_inject(Some(&format!("smtp:127.0.0.1:{port}")));
+        } else {
+            self.set_inject(None);
+        }
         let next_hop = match route {
             Route::Postdrop => return Ok(()),
             Route::Smtpd => format!("smtp:[127.0.0.1]:{}", self.smtpd_port.clone()?),
@@ -317,7 +408,9 @@ impl<'a> Setup<'a> {
                 format!("rsendmail:{HUB_PEER}")
             }
             Route::Pipe => format!("bsmtp:{HUB_PEER}"),
-            Route::Batching => format!("{BATCHING_SERVICE}-lmtp:unix:private/{BATCHING_SERVICE}"),
+            Route::Batching | Route::Fast => {
+                format!("{BATCHING_SERVICE}-lmtp:unix:private/{BATCHING_SERVICE}")
+            }
         };
         write_file(
             &self.env.leaf().config_dir().join("transport"),
@@ -344,7 +437,7 @@ impl<'a> Setup<'a> {
             ),
             Route::Rsendmail => "relay=rsendmail,".into(),
             Route::Pipe => "relay=bsmtp,".into(),
-            Route::Batching => format!("[private/{BATCHING_SERVICE}],"),
+            Route::Batching | Route::Fast => format!("[private/{BATCHING_SERVICE}],"),
             Route::Postdrop => String::new(),
         }
     }
@@ -1111,9 +1204,10 @@ fn count_files(dir: &Path, depth: u32) -> usize {
 pub fn report(results: &Results) {
     println!();
     println!(
-        "throughput through a real leaf Postfix, concurrency {CONCURRENCY}, {N} messages a figure \
+        "throughput through a real leaf Postfix, concurrency {CONCURRENCY}, {} messages a figure \
          (msg/s until the leaf logged all sent; [msg/s until the hub's cleanup had all N]; \
-         cores busy of 2)"
+         cores busy of 2)",
+        messages()
     );
     println!("{:<34} {:>28} {:>28}", "route", SIZES[0].0, SIZES[1].0);
     for (route, figures) in &results.rows {
@@ -1146,27 +1240,49 @@ pub fn report(results: &Results) {
         "{:<34} {:>10} {:>10}  target",
         "ratio (msg/s)", SIZES[0].0, SIZES[1].0
     );
-    for (against, label, target) in [
-        (Route::Postdrop, "batching / raw postdrop", ">= 0.9"),
+    for (ours, against, label, target) in [
         (
+            Route::Batching,
+            Route::Postdrop,
+            "batching / raw postdrop",
+            ">= 0.9",
+        ),
+        (
+            Route::Batching,
             Route::Tunnel,
             "batching / ssh -L tunnel",
             "(none for this path)",
         ),
-        (Route::Rsendmail, "batching / rsendmail", ">= 25"),
         (
+            Route::Batching,
+            Route::Rsendmail,
+            "batching / rsendmail",
+            ">= 25",
+        ),
+        (
+            Route::Batching,
             Route::Smtpd,
             "batching / smtpd (no SSH)",
             "(none for this path)",
         ),
+        (
+            Route::Fast,
+            Route::Smtpd,
+            "fast path / smtpd (no SSH)",
+            ">= 0.9",
+        ),
+        (
+            Route::Fast,
+            Route::Tunnel,
+            "fast path / ssh -L tunnel",
+            ">= 1.5",
+        ),
     ] {
         let cells: Vec<String> = (0..SIZES.len())
-            .map(
-                |i| match (results.get(Route::Batching, i), results.get(against, i)) {
-                    (Some(ours), Some(theirs)) => format!("{:.2}", ours.rate() / theirs.rate()),
-                    _ => "n/a".into(),
-                },
-            )
+            .map(|i| match (results.get(ours, i), results.get(against, i)) {
+                (Some(ours), Some(theirs)) => format!("{:.2}", ours.rate() / theirs.rate()),
+                _ => "n/a".into(),
+            })
             .collect();
         println!("{label:<34} {:>10} {:>10}  {target}", cells[0], cells[1]);
     }

@@ -25,6 +25,13 @@
 //!   with and without. `bench compression` runs these rows alone. See
 //!   `tests/src/bench/compression.rs`.
 //!
+//! `BSMTP_BENCH_N` sets the messages per throughput figure (default 200).
+//! `BSMTP_BENCH_THROUGHPUT_ONLY=1` skips everything but the throughput
+//! rows, and `BSMTP_BENCH_ROUTES` picks some of those (see
+//! `tests/src/bench/throughput.rs`): e.g. the fast injection path's
+//! targets alone, `BSMTP_BENCH_THROUGHPUT_ONLY=1
+//! BSMTP_BENCH_ROUTES=smtpd,tunnel,fast scripts/bench`.
+//!
 //! Timings come from hyperfine (warm-up runs, then a fixed number of runs;
 //! the mean and standard deviation are printed). Nothing here asserts on a
 //! figure: the numbers are for people to read next to their anchors. A
@@ -64,20 +71,16 @@ fn main() {
 /// The whole benchmark: every figure, then the tables.
 fn everything(started: Instant) {
     let limit = (2 * BIG).to_string();
-    let env = Env::start_with(
-        "bench",
-        EnvOptions::default()
-            // The spawn(8) and lmtp(8) entries for the throughput rows'
-            // batching route; the other routes are set up beside them.
-            .batching()
-            .rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", &limit])
-            .hub_param("message_size_limit", &limit)
-            // Keep the hub's local delivery out of the measurement: accepted
-            // mail waits in the hub's queue.
-            .hub_param("defer_transports", "local"),
-    );
+    let env = bench_env(&limit);
     let work = env.base().join("bench");
     fs::create_dir_all(&work).expect("bench dir");
+    if throughput_only() {
+        println!(
+            "bsmtp-ssh benchmark, throughput rows only (loopback, {})",
+            env.base().display()
+        );
+        return finish(env, &work, started, None);
+    }
     let small = write_message(&work.join("small.eml"), 4 * 1024);
     let big = write_message(&work.join("big.eml"), BIG);
     let rss_file = PathBuf::from(format!("/tmp/bsmtp-bench-rsmtp-rss-{}", std::process::id()));
@@ -172,18 +175,44 @@ fn everything(started: Instant) {
         sender_rss,
         receiver_rss,
     };
-    finish(env, &work, started, &figures);
+    finish(env, &work, started, Some(&figures));
+}
+
+/// `BSMTP_BENCH_THROUGHPUT_ONLY=1`: the throughput rows alone.
+fn throughput_only() -> bool {
+    std::env::var("BSMTP_BENCH_THROUGHPUT_ONLY").is_ok_and(|v| v == "1")
+}
+
+/// The leaf, hub and sshd every figure is measured on.
+fn bench_env(limit: &str) -> Env {
+    Env::start_with(
+        "bench",
+        EnvOptions::default()
+            // The spawn(8) and lmtp(8) entries for the throughput rows'
+            // batching route; the other routes are set up beside them.
+            .batching()
+            .rsmtp_args(["--allow-sender", "@leaf.test", "--max-size", limit])
+            .hub_param("message_size_limit", limit)
+            // Keep the hub's local delivery out of the measurement: accepted
+            // mail waits in the hub's queue.
+            .hub_param("defer_transports", "local"),
+    )
 }
 
 /// The hub back up, the throughput rows, then both tables and the wall
 /// time; exits 1 (after tearing the environment down) when a throughput
 /// route has no figure.
-fn finish(env: Env, work: &Path, started: Instant, figures: &Figures) {
-    restart_hub_empty(&env);
+fn finish(env: Env, work: &Path, started: Instant, figures: Option<&Figures>) {
+    if figures.is_some() {
+        // Stopped for the bandwidth figures.
+        restart_hub_empty(&env);
+    }
     let progress = |line: &str| println!("[+{:.0} s] {line}", started.elapsed().as_secs_f64());
     let compressed = compression::run(&env, work, &progress);
     let throughput = throughput::run(&env, work, &progress);
-    report(figures);
+    if let Some(figures) = figures {
+        report(figures);
+    }
     throughput::report(&throughput);
     print!("{}", compression::report(&compressed));
     let failed = !throughput.failures().is_empty();
