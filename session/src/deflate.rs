@@ -421,6 +421,26 @@ pub fn halves<'a, I: Input, O: Output>(
     )
 }
 
+/// Bytes of one direction of a compressed session: on the wire and as
+/// the session sees them (for the log line that shows what it saved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Compressed bytes.
+    pub wire: u64,
+    /// Session bytes.
+    pub plain: u64,
+}
+
+impl<I, O> DeflatedInput<'_, I, O> {
+    /// What was read so far.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            wire: self.rx.decompress.total_in(),
+            plain: self.rx.decompress.total_out(),
+        }
+    }
+}
+
 impl<I: Input, O: Output> Read for DeflatedInput<'_, I, O> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         {
@@ -435,6 +455,17 @@ impl<I: Input, O: Output> Read for DeflatedInput<'_, I, O> {
 impl<I: Input, O: Output> Input for DeflatedInput<'_, I, O> {
     fn set_idle_timeout(&mut self, timeout: Duration) {
         self.input.set_idle_timeout(timeout);
+    }
+}
+
+impl<O> DeflatedOutput<'_, O> {
+    /// What was written so far (compressed: what zlib gave out).
+    pub fn totals(&self) -> Totals {
+        let sender = self.sender.borrow();
+        Totals {
+            wire: sender.tx.compress.total_out(),
+            plain: sender.tx.compress.total_in(),
+        }
     }
 }
 
