@@ -226,6 +226,7 @@ fn batching_mode_with_compression_delivers_the_same_bytes() {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|ratio| ratio.parse().ok())
         .unwrap_or_else(|| env.fail(&format!("no ratio in {saved}")));
+    println!("batching, first session: {saved}");
     assert!(ratio >= 3.0, "{saved}");
 }
 
@@ -386,6 +387,7 @@ fn an_rsmtp_too_old_for_compression_gets_a_deferral_that_says_what_to_do() {
         &text_message("old"),
     );
     let said = String::from_utf8_lossy(&out.stdout);
+    println!("an old rsmtp: exit {:?}: {said}", out.status.code());
     assert_eq!(out.status.code(), Some(75), "{said}");
     assert!(said.starts_with("4."), "{said}");
     for words in [
