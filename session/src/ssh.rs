@@ -313,7 +313,8 @@ pub struct ChannelStream(pub ssh2::Channel, Option<Box<crate::deflate::Duplex>>)
 
 impl ChannelStream {
     /// A second handle that reads the same channel, for a reader and a
-    /// writer held apart (a server session on the channel).
+    /// writer held apart (a server session on the channel: `pull`, which
+    /// is never deflated; it reads the channel as it is).
     pub fn reader(&self) -> ChannelReader {
         ChannelReader(self.0.stream(0))
     }
@@ -474,4 +475,20 @@ fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_receive_with_compression_asks_for_deflate() {
+        assert_eq!(request("receive", true), ("receive deflate".into(), true));
+        assert_eq!(request("receive", false), ("receive".into(), false));
+        assert_eq!(request("pull", true), ("pull".into(), false));
+        assert_eq!(
+            request("put-table relay 12 0a", true),
+            ("put-table relay 12 0a".into(), false)
+        );
+    }
 }
