@@ -9,6 +9,8 @@
 //! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned,
 //!   over the first of its hubs that answers; [`pins`] keeps a message
 //!   whose acknowledgement was lost with the hub that may hold it.
+//! - [`deflate`]: a whole session as one zlib stream each way
+//!   (`receive deflate`, for `compression = true`).
 //! - [`idle`]: reads and writes that give up when the peer goes quiet.
 //! - [`logging`], [`main_cf`], [`child`], [`atomic`]: where Postfix logs,
 //!   what its main.cf says, children with a cut-down environment, files
@@ -20,6 +22,7 @@
 pub mod atomic;
 pub mod child;
 pub mod client;
+pub mod deflate;
 pub mod forward;
 pub mod idle;
 pub mod logging;

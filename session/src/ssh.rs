@@ -271,21 +271,37 @@ pub fn connect_hub(
     channel
         .handle_extended_data(ExtendedData::Ignore)
         .map_err(|e| fail(FailureKind::Internal, format!("channel setup: {e}")))?;
-    channel.exec(verb).map_err(|e| {
+    let (request, deflate) = request(verb, hub.compression);
+    channel.exec(&request).map_err(|e| {
         fail(
             ssh_kind(&e, FailureKind::PeerProtocol),
-            format!("exec {verb}: {e}"),
+            format!("exec {request}: {e}"),
         )
     })?;
     Ok(Connection {
         session,
-        channel: ChannelStream(channel),
+        channel: ChannelStream(channel, deflate.then(Box::default)),
         relay,
         hub: hub.name.clone(),
     })
 }
 
-/// The channel as a byte stream whose `flush` does nothing.
+/// What we ask the forced command for: with compression on, `receive`
+/// becomes `receive deflate`, a session compressed at full strength above
+/// SSH (see [`crate::deflate`]); true when it does. Other verbs (`pull`,
+/// `put-table`) are left to libssh2's zlib.
+fn request(verb: &str, compression: bool) -> (String, bool) {
+    if compression && verb == "receive" {
+        (format!("{verb} {}", crate::deflate::RECEIVE_ARGUMENT), true)
+    } else {
+        (verb.to_owned(), false)
+    }
+}
+
+/// The channel as a byte stream whose `flush` does nothing, or only
+/// sync-flushes a compressed session's deflate stream (the second field,
+/// set when [`connect`] asked for `receive deflate`; dropping the stream
+/// ends it cleanly).
 ///
 /// libssh2's channel "flush" (`libssh2_channel_flush_ex`, which the `ssh2`
 /// crate's `Write::flush` calls) does not push our output: it throws away
@@ -293,11 +309,12 @@ pub fn connect_hub(
 /// discard replies already on their way (a 354 lost that way made the next
 /// reply look like DATA's). Writes go out as they are made, so there is
 /// nothing to flush.
-pub struct ChannelStream(pub ssh2::Channel);
+pub struct ChannelStream(pub ssh2::Channel, Option<Box<crate::deflate::Duplex>>);
 
 impl ChannelStream {
     /// A second handle that reads the same channel, for a reader and a
-    /// writer held apart (a server session on the channel).
+    /// writer held apart (a server session on the channel: `pull`, which
+    /// is never deflated; it reads the channel as it is).
     pub fn reader(&self) -> ChannelReader {
         ChannelReader(self.0.stream(0))
     }
@@ -314,17 +331,34 @@ impl std::io::Read for ChannelReader {
 
 impl std::io::Read for ChannelStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        match &mut self.1 {
+            Some(deflate) => deflate.read(&mut self.0, buf),
+            None => self.0.read(buf),
+        }
     }
 }
 
 impl std::io::Write for ChannelStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        match &mut self.1 {
+            Some(deflate) => deflate.write(&mut self.0, buf),
+            None => self.0.write(buf),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        match &mut self.1 {
+            Some(deflate) => deflate.flush(&mut self.0),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ChannelStream {
+    fn drop(&mut self) {
+        if let Some(deflate) = &mut self.1 {
+            deflate.close(&mut self.0);
+        }
     }
 }
 
@@ -441,4 +475,20 @@ fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_receive_with_compression_asks_for_deflate() {
+        assert_eq!(request("receive", true), ("receive deflate".into(), true));
+        assert_eq!(request("receive", false), ("receive".into(), false));
+        assert_eq!(request("pull", true), ("pull".into(), false));
+        assert_eq!(
+            request("put-table relay 12 0a", true),
+            ("put-table relay 12 0a".into(), false)
+        );
+    }
 }

@@ -12,6 +12,7 @@ pub mod binaries;
 pub mod exim;
 pub mod hubs;
 pub mod lost_ack;
+pub mod once;
 pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;

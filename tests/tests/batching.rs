@@ -3,9 +3,9 @@
 //! message of the cached connection over one SSH session to the hub's
 //! rsmtp; Postfix's qmgr keeps concurrency, retries and bounces.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bsmtp_ssh_tests::once;
 use bsmtp_ssh_tests::util::poll;
 use bsmtp_ssh_tests::{Env, EnvOptions, Log};
 
@@ -19,36 +19,9 @@ fn message(id: &str, subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// How many copies of each Message-ID a hub user's Maildir holds.
-fn copies(env: &Env, user: &str) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for message in Env::read_maildir(&env.hub_maildir(user)) {
-        let text = String::from_utf8_lossy(&message);
-        let id = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-ID: "))
-            .unwrap_or("(none)")
-            .to_owned();
-        *seen.entry(id).or_insert(0) += 1;
-    }
-    seen
-}
-
 /// Every id in `ids` arrived exactly once in each of `users`' Maildirs.
 fn assert_exactly_once(env: &Env, users: &[&str], ids: &[String]) {
-    for user in users {
-        env.wait_maildir(user, ids.len(), DELIVERY);
-        // Give a duplicate time to show up.
-        std::thread::sleep(Duration::from_secs(2));
-        let seen = copies(env, user);
-        for id in ids {
-            let n = seen.get(&format!("<{id}@leaf.test>")).copied().unwrap_or(0);
-            if n != 1 {
-                env.fail(&format!("{user}: {id} arrived {n} times"));
-            }
-        }
-        assert_eq!(seen.values().sum::<usize>(), ids.len(), "{user}: {seen:?}");
-    }
+    once::assert_exactly_once(env, users, ids, DELIVERY);
 }
 
 fn logins(env: &Env) -> usize {

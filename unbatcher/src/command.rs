@@ -20,6 +20,9 @@ pub const MAX_WORDS: usize = 32;
 pub enum Verb {
     /// Read a BSMTP stream on stdin, answer each command on stdout.
     Receive,
+    /// `receive deflate`: the same, with each direction one zlib stream
+    /// (a leaf's `compression = true`, see [`bsmtp_session::deflate`]).
+    ReceiveDeflate,
     /// Send the peer the mail spooled for it: we are the client, on
     /// stdout, and read its replies on stdin. Only when granted.
     Pull,
@@ -36,7 +39,7 @@ impl Verb {
     /// The word a client sends for this verb.
     pub fn name(&self) -> &'static str {
         match self {
-            Verb::Receive => "receive",
+            Verb::Receive | Verb::ReceiveDeflate => "receive",
             Verb::Pull => "pull",
             Verb::PutTable(_) => bsmtp::table::VERB,
             Verb::Sendmail(_) => "sendmail",
@@ -94,7 +97,12 @@ pub fn parse(original: Option<&[u8]>) -> Result<Verb, Refused> {
     }
     match words.as_slice() {
         [] | ["receive" | "rsmtp"] => Ok(Verb::Receive),
-        ["receive" | "rsmtp", ..] => Err(refuse("\"receive\" takes no arguments")),
+        ["receive" | "rsmtp", argument]
+            if *argument == bsmtp_session::deflate::RECEIVE_ARGUMENT =>
+        {
+            Ok(Verb::ReceiveDeflate)
+        }
+        ["receive" | "rsmtp", ..] => Err(refuse("\"receive\" takes no argument but \"deflate\"")),
         ["pull"] => Ok(Verb::Pull),
         ["sendmail" | "rsendmail", args @ ..] => Ok(Verb::Sendmail(
             args.iter().map(|w| (*w).to_owned()).collect(),
@@ -126,6 +134,8 @@ mod tests {
         assert_eq!(parse(Some(b"rsmtp")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"  receive ")), Ok(Verb::Receive));
         assert_eq!(parse(Some(b"pull")), Ok(Verb::Pull));
+        assert_eq!(parse(Some(b"receive deflate")), Ok(Verb::ReceiveDeflate));
+        assert_eq!(parse(Some(b"rsmtp  deflate ")), Ok(Verb::ReceiveDeflate));
         assert_eq!(
             parse(Some(b"put-table relay_recipients 12 0a")),
             Ok(Verb::PutTable(vec![
@@ -138,7 +148,9 @@ mod tests {
 
     #[test]
     fn hostile_requests_are_refused_with_a_safe_message() {
-        let cases: [&[u8]; 9] = [
+        let cases: [&[u8]; 11] = [
+            b"receive deflate deflate",
+            b"receive gzip",
             b"receive; rm -rf /",
             b"$(id)",
             b"`id`",

@@ -7,6 +7,7 @@
 
 pub mod authorize;
 pub mod command;
+mod compressed;
 mod offline;
 pub mod policy;
 mod pull;

@@ -209,6 +209,12 @@ pub fn run(
     match verb {
         Verb::Receive if !over_ssh => offline(session, &file, input),
         Verb::Receive => receive(session, input, output),
+        Verb::ReceiveDeflate => {
+            let peer = session.settings.policy.peer.clone();
+            crate::compressed::receive(&peer, input, output, |input, output| {
+                receive(session, input, output)
+            })
+        }
         Verb::Pull if session.verbs.iter().any(|v| v == "pull") => {
             let postfix_config = session
                 .postdrop

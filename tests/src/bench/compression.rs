@@ -1,11 +1,14 @@
-//! The compression rows of the benchmark (`compression = true`, libssh2's
-//! zlib): pipe mode, [`N`] messages of 100 KiB one after another, each its
+//! The compression rows of the benchmark (`compression = true`: the
+//! session deflated above SSH as `receive deflate`, libssh2's zlib under
+//! it): pipe mode, [`N`] messages of 100 KiB one after another, each its
 //! own `bsmtp-ssh deliver`, without and with compression, on two links:
 //! loopback as it is, and a slow link played by a relay that moves at most
 //! [`SLOW_LINK`] bytes a second each way. The relay (see
 //! `bsmtp_ssh_tests::relay`) counts the bytes on the wire, both ways, so
-//! every row has bytes a message and msg/s. Two kinds of body: English
-//! text (Debian's license texts), where compression pays, and base64 lines
+//! every row has bytes a message and msg/s, and the CPU time of the
+//! `bsmtp-ssh` processes (user + system, from `getrusage` of our children)
+//! gives the sender's cost a message. Two kinds of body: English text
+//! (Debian's license texts), where compression pays, and base64 lines
 //! like an attachment, where it pays little.
 //!
 //! Run alone with `bench compression` (see `scripts/bench`).
@@ -40,6 +43,8 @@ pub struct Row {
     pub down: f64,
     /// Messages a second.
     pub rate: f64,
+    /// CPU milliseconds of the sender (`bsmtp-ssh`) per message.
+    pub cpu_ms: f64,
 }
 
 /// Measures every row; `progress` gets a line per row.
@@ -103,6 +108,7 @@ fn measure(
     zip: bool,
 ) -> Row {
     let before = (relay.up(), relay.down());
+    let cpu_before = children_cpu();
     let started = Instant::now();
     for _ in 0..N {
         let input = std::fs::File::open(message).expect("open the message");
@@ -137,7 +143,18 @@ fn measure(
         up: (relay.up() - before.0) as f64 / N as f64,
         down: (relay.down() - before.1) as f64 / N as f64,
         rate: N as f64 / secs,
+        cpu_ms: (children_cpu() - cpu_before) * 1000.0 / N as f64,
     }
+}
+
+/// CPU seconds (user + system) of the children we waited for so far.
+fn children_cpu() -> f64 {
+    let Ok(usage) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+    else {
+        return 0.0;
+    };
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
 }
 
 /// Base64 lines of pseudo-random bytes, like an attachment that is
@@ -168,8 +185,8 @@ pub fn report(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<36} {:>14} {:>14} {:>10} {:>12} {:>10}",
-        "row", "bytes up/msg", "bytes down/msg", "msg/s", "fewer bytes", "msg/s x"
+        "{:<36} {:>14} {:>14} {:>10} {:>12} {:>10} {:>12}",
+        "row", "bytes up/msg", "bytes down/msg", "msg/s", "fewer bytes", "msg/s x", "CPU ms/msg"
     );
     for pair in rows.chunks(2) {
         let [plain, zip] = pair else { continue };
@@ -183,14 +200,14 @@ pub fn report(rows: &[Row]) -> String {
         ] {
             let _ = writeln!(
                 out,
-                "{:<36} {:>14.0} {:>14.0} {:>10.1} {:>12} {:>10}",
-                row.label, row.up, row.down, row.rate, ratio, speed
+                "{:<36} {:>14.0} {:>14.0} {:>10.1} {:>12} {:>10} {:>12.1}",
+                row.label, row.up, row.down, row.rate, ratio, speed, row.cpu_ms
             );
         }
     }
     let _ = writeln!(
         out,
-        "target: compression on >= 3 x fewer bytes on the wire for text (SPEC.md)"
+        "target: compression on >= 3 x fewer bytes on the wire for text (SPEC.md); CPU: the sender's bsmtp-ssh, user + system"
     );
     out
 }
