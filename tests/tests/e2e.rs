@@ -633,6 +633,10 @@ fn peer_that_never_reads_replies_is_dropped() {
     let mut child = env
         .rsmtp_command()
         .args(["--allow-sender", "@leaf.test", "--idle-timeout", "2"])
+        // A peer over SSH, as sshd runs rsmtp: without SSH_CONNECTION rsmtp
+        // reads the file as an offline batch, writes no replies and never
+        // blocks, and postdrop may come and go before it is seen.
+        .env("SSH_CONNECTION", "127.0.0.1 40022 127.0.0.1 22")
         .stdin(std::fs::File::open(&path).unwrap())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -662,6 +666,12 @@ fn peer_that_never_reads_replies_is_dropped() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+    // It was the write timeout that ended it, not the end of the input.
+    assert!(
+        env.hub_log().contains("read none of our replies for 2s (write timeout)"),
+        "{}",
+        env.hub_log()
+    );
 }
 
 /// (SPEC invariant 3, audit) The hub commits, the leaf's deadline ends
