@@ -678,15 +678,9 @@ mod tests {
         }
     }
 
-    /// The whole path against a scripted smtpd: XFORWARD names the peer,
-    /// smtpd's refusal of one recipient is that RCPT's reply, DATA goes
-    /// with the recipients, and rsmtp's 250 carries smtpd's queue ID.
-    #[test]
-    fn smtpd_refusal_and_queue_id_reach_the_sender() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("inject");
-        let server = fake_smtpd(UnixListener::bind(&socket).unwrap(), smtpd_reply);
-        let policy = Policy {
+    /// leaf1 may send as `@leaf.test`, to anyone, up to 10 recipients.
+    fn leaf1_policy() -> Policy {
+        Policy {
             peer: "leaf1".into(),
             allow_sender: vec![SenderPattern::parse("@leaf.test").unwrap()],
             allow_recipient: Vec::new(),
@@ -695,7 +689,18 @@ mod tests {
             max_recipients: 10,
             hard_error_limit: None,
             check_header_from: false,
-        };
+        }
+    }
+
+    /// The whole path against a scripted smtpd: XFORWARD names the peer,
+    /// smtpd's refusal of one recipient is that RCPT's reply, DATA goes
+    /// with the recipients, and rsmtp's 250 carries smtpd's queue ID.
+    #[test]
+    fn smtpd_refusal_and_queue_id_reach_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("inject");
+        let server = fake_smtpd(UnixListener::bind(&socket).unwrap(), smtpd_reply);
+        let policy = leaf1_policy();
         let injector = SmtpInjector::new(
             Endpoint::Unix(socket),
             dir.path().to_path_buf(),
@@ -750,16 +755,7 @@ mod tests {
     #[test]
     fn smtpd_unreachable_defers_every_recipient() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = Policy {
-            peer: "leaf1".into(),
-            allow_sender: vec![SenderPattern::parse("@leaf.test").unwrap()],
-            allow_recipient: Vec::new(),
-            max_size: 100_000,
-            max_size_set: true,
-            max_recipients: 10,
-            hard_error_limit: None,
-            check_header_from: false,
-        };
+        let policy = leaf1_policy();
         let injector = SmtpInjector::new(
             Endpoint::Unix("no-such-socket".into()),
             dir.path().to_path_buf(),

@@ -107,6 +107,8 @@ impl DeadHub {
         DeadHub::spec_for(env, name, self.port)
     }
 
+    /// A section called `name` for `port` on loopback, with a `known_hosts`
+    /// of its own pinning the environment's hub host key for that port.
     fn spec_for(env: &Env, name: &str, port: u16) -> HubSpec {
         let known_hosts = env.base.join(format!("leaf/known_hosts-{name}"));
         write_file(
@@ -289,19 +291,7 @@ impl Env {
     /// as a section called `name`, with a `known_hosts` file that pins its
     /// key for that port.
     pub fn relayed_hub_spec(&self, name: &str, port: u16) -> HubSpec {
-        let known_hosts = self.base.join(format!("leaf/known_hosts-{name}"));
-        write_file(
-            &known_hosts,
-            format!("[127.0.0.1]:{port} {}\n", self.sshd.host_public_key()),
-            0o644,
-        );
-        chown_to(&known_hosts, LEAF_USER, None);
-        HubSpec {
-            name: name.to_owned(),
-            port,
-            known_hosts,
-            lines: Vec::new(),
-        }
+        DeadHub::spec_for(self, name, port)
     }
 
     /// `bsmtp-ssh deliver --peer hub -f SENDER [extra] -- RECIPIENTS` as the
