@@ -668,7 +668,8 @@ fn peer_that_never_reads_replies_is_dropped() {
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
     // It was the write timeout that ended it, not the end of the input.
     assert!(
-        env.hub_log().contains("read none of our replies for 2s (write timeout)"),
+        env.hub_log()
+            .contains("read none of our replies for 2s (write timeout)"),
         "{}",
         env.hub_log()
     );
