@@ -1381,18 +1381,31 @@ mod tests {
         }
     }
 
-    fn session(input: &[u8], fail_commit: bool) -> (String, Rc<RefCell<Hop>>, Summary) {
-        let policy = policy(&["@leaf.test", "root@other.test"], 1000, 2, false);
-        let hop = Rc::new(RefCell::new(Hop {
-            fail_commit,
-            ..Hop::default()
-        }));
+    /// Runs `input` through a Receiver over the in-memory next hop `hop`.
+    fn run_session(
+        input: &mut impl Read,
+        policy: Policy,
+        hop: Hop,
+    ) -> (String, Rc<RefCell<Hop>>, Summary) {
+        let hop = Rc::new(RefCell::new(hop));
         let settings = Settings::new("hub.test".into(), policy, 20);
         let mut out = Vec::new();
         let summary = Receiver::new(settings, Memory(hop.clone()))
-            .run(&mut &input[..], &mut out)
+            .run(input, &mut out)
             .unwrap();
         (String::from_utf8(out).unwrap(), hop, summary)
+    }
+
+    fn session(input: &[u8], fail_commit: bool) -> (String, Rc<RefCell<Hop>>, Summary) {
+        let policy = policy(&["@leaf.test", "root@other.test"], 1000, 2, false);
+        run_session(
+            &mut &input[..],
+            policy,
+            Hop {
+                fail_commit,
+                ..Hop::default()
+            },
+        )
     }
 
     fn codes(replies: &str) -> Vec<&str> {
@@ -1427,16 +1440,14 @@ mod tests {
 
     fn screening_session(input: &[u8]) -> (String, Rc<RefCell<Hop>>, Summary) {
         let policy = policy(&["@leaf.test", "down@leaf.test"], 100_000, 10, false);
-        let hop = Rc::new(RefCell::new(Hop {
-            screen: true,
-            ..Hop::default()
-        }));
-        let settings = Settings::new("hub.test".into(), policy, 20);
-        let mut out = Vec::new();
-        let summary = Receiver::new(settings, Memory(hop.clone()))
-            .run(&mut &input[..], &mut out)
-            .unwrap();
-        (String::from_utf8(out).unwrap(), hop, summary)
+        run_session(
+            &mut &input[..],
+            policy,
+            Hop {
+                screen: true,
+                ..Hop::default()
+            },
+        )
     }
 
     /// The fast path: a recipient the next hop refuses gets its reply in
@@ -1484,17 +1495,15 @@ mod tests {
             }
         }
         let policy = policy(&["@leaf.test", "down@leaf.test"], 100_000, 10, false);
-        let hop = Rc::new(RefCell::new(Hop {
-            screen: true,
-            ..Hop::default()
-        }));
-        let settings = Settings::new("hub.test".into(), policy, 20);
-        let mut out = Vec::new();
         let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<nouser@hub.test>\nRCPT TO:<b@hub.test>\nDATA\nhi\n.\n";
-        Receiver::new(settings, Memory(hop.clone()))
-            .run(&mut OneLine(input), &mut out)
-            .unwrap();
-        let out = String::from_utf8(out).unwrap();
+        let (out, hop, _) = run_session(
+            &mut OneLine(input),
+            policy,
+            Hop {
+                screen: true,
+                ..Hop::default()
+            },
+        );
         assert_eq!(codes(&out), ["250", "550", "250", "354", "250"], "{out}");
         // Each recipient asked about once, one at a time.
         assert_eq!(hop.borrow().screened, ["nouser@hub.test", "b@hub.test"]);
@@ -1705,13 +1714,8 @@ mod tests {
                       MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nFrom: A <a@leaf.test>\n\nx\n.\n";
         let run = |check: bool| {
             let policy = policy(&["@leaf.test"], 10_240_000, 1000, check);
-            let hop = Rc::new(RefCell::new(Hop::default()));
-            let settings = Settings::new("hub.test".into(), policy, 20);
-            let mut out = Vec::new();
-            Receiver::new(settings, Memory(hop.clone()))
-                .run(&mut &input[..], &mut out)
-                .unwrap();
-            (String::from_utf8(out).unwrap(), hop)
+            let (out, hop, _) = run_session(&mut &input[..], policy, Hop::default());
+            (out, hop)
         };
         let (out, hop) = run(true);
         assert_eq!(

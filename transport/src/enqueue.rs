@@ -16,7 +16,6 @@ use bsmtp_session::spool::{NewMessage, Spool, SpoolError};
 use clap::Args as ClapArgs;
 
 use crate::config::ConfigFile;
-use crate::deliver::Envelope;
 
 /// `bsmtp-ssh enqueue`.
 #[derive(Debug, ClapArgs)]
@@ -28,30 +27,12 @@ pub struct EnqueueArgs {
     /// needs no [peer.NAME] section when the peer pulls.
     #[arg(long, value_name = "NAME")]
     pub peer: String,
-    /// Envelope sender (Postfix's ${sender}); empty for the null sender.
-    #[arg(
-        short = 'f',
-        long = "sender",
-        value_name = "SENDER",
-        allow_hyphen_values = true
-    )]
-    pub sender: String,
-    /// Postfix queue ID, for logs and the exactly-once tag.
-    #[arg(long = "queue-id", value_name = "ID")]
-    pub queue_id: Option<String>,
-    /// Message size in bytes (Postfix's ${size}), checked against the
-    /// free-space floor before anything is written.
-    #[arg(long, value_name = "BYTES")]
-    pub size: Option<u64>,
-    /// The DSN envelope ID (Postfix 3.9's ${envid}), kept with the message.
-    #[arg(long, value_name = "ENVID", allow_hyphen_values = true)]
-    pub envid: Option<String>,
+    /// The envelope, from pipe(8)'s macros.
+    #[command(flatten)]
+    pub envelope: crate::run::EnvelopeArgs,
     /// Log debug lines too.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Envelope recipients (Postfix's ${recipient}), after `--`.
-    #[arg(last = true, required = true, value_name = "RECIPIENT")]
-    pub recipients: Vec<String>,
 }
 
 /// Runs `enqueue`; prints pipe(8)'s status line; returns the exit status.
@@ -88,14 +69,7 @@ fn enqueue(
     content: &mut impl Read,
 ) -> Result<(Spool, String), Failure> {
     check_peer_name(&args.peer).map_err(|text| Failure::new(FailureKind::Config, text))?;
-    let envelope = Envelope {
-        sender: args.sender.clone(),
-        recipients: args.recipients.clone(),
-        queue_id: args.queue_id.clone(),
-        size: args.size,
-        envid: args.envid.clone(),
-    }
-    .check()?;
+    let envelope = args.envelope.envelope().check()?;
     let spool = Spool::new(&file.spool_directory(), &args.peer);
     let message = NewMessage {
         sender: envelope.sender.clone(),
@@ -108,7 +82,7 @@ fn enqueue(
         recipient_dsn: Vec::new(),
     };
     let id = spool
-        .enqueue(&message, content, file.min_free(), args.size.unwrap_or(0))
+        .enqueue(&message, content, file.min_free(), args.envelope.size.unwrap_or(0))
         .map_err(|err| match err {
             SpoolError::NoRoom { .. } => Failure::new(FailureKind::Storage, err.to_string()),
             SpoolError::Io(_) => Failure::new(

@@ -133,6 +133,21 @@ pub struct DeliverArgs {
     /// The peer and how to reach it.
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// The envelope, from pipe(8)'s macros.
+    #[command(flatten)]
+    pub envelope: EnvelopeArgs,
+    /// Give up after this many seconds in all (default 900, below Postfix's
+    /// 1000 s time limit).
+    #[arg(long, value_name = "SECONDS")]
+    pub deadline: Option<u64>,
+    /// Log debug lines too.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// The envelope as pipe(8) hands it over, for `deliver` and `enqueue`.
+#[derive(Debug, ClapArgs)]
+pub struct EnvelopeArgs {
     /// Envelope sender (Postfix's ${sender}); empty for the null sender.
     #[arg(
         short = 'f',
@@ -141,26 +156,33 @@ pub struct DeliverArgs {
         allow_hyphen_values = true
     )]
     pub sender: String,
-    /// Postfix queue ID, for logs.
+    /// Postfix queue ID (`${queue_id}`), for logs and the exactly-once tag.
     #[arg(long = "queue-id", value_name = "ID")]
     pub queue_id: Option<String>,
-    /// Message size in bytes, announced to the hub.
+    /// Message size in bytes (`${size}`): announced to the hub, and checked
+    /// against the spool's free-space floor by `enqueue`.
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
-    /// The DSN envelope ID (Postfix 3.9's ${envid}; empty for none),
-    /// passed on to the hub as ENVID.
+    /// The DSN envelope ID (Postfix 3.9's ${envid}; empty for none), passed
+    /// on to the hub as ENVID.
     #[arg(long, value_name = "ENVID", allow_hyphen_values = true)]
     pub envid: Option<String>,
-    /// Give up after this many seconds in all (default 900, below Postfix's
-    /// 1000 s time limit).
-    #[arg(long, value_name = "SECONDS")]
-    pub deadline: Option<u64>,
-    /// Log debug lines too.
-    #[arg(short, long)]
-    pub verbose: bool,
     /// Envelope recipients (Postfix's ${recipient}), after `--`.
     #[arg(last = true, required = true, value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
+}
+
+impl EnvelopeArgs {
+    /// The envelope these flags give.
+    pub fn envelope(&self) -> Envelope {
+        Envelope {
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            queue_id: self.queue_id.clone(),
+            size: self.size,
+            envid: self.envid.clone(),
+        }
+    }
 }
 
 /// Runs bsmtp-ssh with `command_line`; `content` is the message, `out` gets the
@@ -221,13 +243,7 @@ fn deliver_command(args: &DeliverArgs, content: &mut impl Read, out: &mut impl W
     let result = args.connect.resolve().and_then(|peer| {
         let deadline = args.deadline.map_or(peer.deadline, Duration::from_secs);
         let _watchdog = Watchdog::start(deadline, &peer.name, Arc::clone(&answered));
-        let envelope = Envelope {
-            sender: args.sender.clone(),
-            recipients: args.recipients.clone(),
-            queue_id: args.queue_id.clone(),
-            size: args.size,
-            envid: args.envid.clone(),
-        };
+        let envelope = args.envelope.envelope();
         let pins = args.connect.pins(&peer);
         catch_panic(|| deliver::deliver(&peer, pins.as_ref(), &envelope, content))
     });

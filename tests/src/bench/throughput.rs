@@ -905,41 +905,22 @@ pub fn message_text(size: usize, message_id: Option<&str>, hold: bool) -> Vec<u8
 fn records(message: &[u8]) -> Vec<u8> {
     const MAX_RECORD: usize = 1024;
     let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 256);
-    put_record(&mut out, b'A', b"rewrite_context=remote");
-    put_record(&mut out, b'S', SENDER.as_bytes());
-    put_record(&mut out, b'R', RECIPIENT.as_bytes());
-    put_record(&mut out, b'M', b"");
+    bsmtp::records::put_record(&mut out, b'A', b"rewrite_context=remote");
+    bsmtp::records::put_record(&mut out, b'S', SENDER.as_bytes());
+    bsmtp::records::put_record(&mut out, b'R', RECIPIENT.as_bytes());
+    bsmtp::records::put_record(&mut out, b'M', b"");
     let body = message.strip_suffix(b"\n").unwrap_or(message);
     for line in body.split(|&b| b == b'\n') {
         let mut rest = line;
         while rest.len() > MAX_RECORD {
-            put_record(&mut out, b'L', &rest[..MAX_RECORD]);
+            bsmtp::records::put_record(&mut out, b'L', &rest[..MAX_RECORD]);
             rest = &rest[MAX_RECORD..];
         }
-        put_record(&mut out, b'N', rest);
+        bsmtp::records::put_record(&mut out, b'N', rest);
     }
-    put_record(&mut out, b'X', b"");
-    put_record(&mut out, b'E', b"");
+    bsmtp::records::put_record(&mut out, b'X', b"");
+    bsmtp::records::put_record(&mut out, b'E', b"");
     out
-}
-
-/// One record: type, length in 7-bit groups low first (high bit: more),
-/// data (Postfix `src/global/record.c`).
-fn put_record(out: &mut Vec<u8>, kind: u8, data: &[u8]) {
-    out.push(kind);
-    let mut len = data.len();
-    loop {
-        let mut byte = u8::try_from(len & 0x7f).unwrap_or(0);
-        len >>= 7;
-        if len != 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(data);
 }
 
 /// One `postdrop -r -c DIR < file`: Ok when postdrop's `status` attribute
