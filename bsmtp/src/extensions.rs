@@ -2,17 +2,11 @@
 //! client decides from these which MAIL parameters it may send, and the
 //! server builds its reply from the same type, so the two cannot drift.
 
-use std::fmt::Write as _;
-
 use crate::reply::Reply;
 
-/// The EHLO keyword of rsmtp's exactly-once transaction tags, and the name
-/// of the MAIL parameter that carries one (`MAIL FROM:<a@b> XTXID=...`).
-/// A private (`X`) extension: only bsmtp-ssh sends it, only rsmtp takes it.
-pub const TRANSACTION_TAG: &str = "XTXID";
-
-/// Longest transaction tag a server accepts.
-pub const MAX_TAG: usize = 64;
+/// The EHLO keyword of rsmtp's exactly-once transaction tags
+/// ([`crate::tag`]).
+pub use crate::tag::EXTENSION as TRANSACTION_TAG;
 
 /// What a receiver announced in its EHLO/LHLO reply: one flag per
 /// extension, as the protocol has them.
@@ -96,57 +90,6 @@ impl Extensions {
     }
 }
 
-/// True for a transaction tag a server should accept: 1 to [`MAX_TAG`]
-/// characters of letters, digits, `-` and `.`, the first a letter or digit.
-pub fn valid_tag(tag: &str) -> bool {
-    // Starts with a letter or digit: a tag also names a file, never `.`
-    // or `..`.
-    tag.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && tag.len() <= MAX_TAG
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-/// The exactly-once tag of one delivery: the sender's queue ID, a dot, and
-/// 16 hex digits of a SHA-1 over the envelope (sender, recipients in order,
-/// size).
-///
-/// Postfix gives the same queue ID, recipients and size to every retry of
-/// the same delivery, so a retry carries the same tag. Two different
-/// deliveries differ in one of them: a queue ID is unique among the
-/// messages in the sender's queue, a later message that reuses a freed
-/// short ID would also need the same sender, recipients and size within the
-/// receiver's tag lifetime, and a later delivery of the same message to
-/// other recipients has other recipients. Receivers keep tags per peer, so
-/// two senders' queue IDs never meet. `None` when there is no queue ID to
-/// start from, or it is not one Postfix makes.
-pub fn transaction_tag(
-    queue_id: &str,
-    sender: &str,
-    recipients: &[String],
-    size: Option<u64>,
-) -> Option<String> {
-    use sha1::{Digest, Sha1};
-    if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
-    let mut hash = Sha1::new();
-    hash.update(sender.as_bytes());
-    for recipient in recipients {
-        hash.update(b"\0");
-        hash.update(recipient.as_bytes());
-    }
-    hash.update(b"\0");
-    hash.update(size.map(|s| s.to_string()).unwrap_or_default().as_bytes());
-    let digest = hash.finalize();
-    let mut tag = format!("{queue_id}.");
-    for byte in &digest[..8] {
-        let _ = write!(tag, "{byte:02x}");
-    }
-    valid_tag(&tag).then_some(tag)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,44 +138,5 @@ mod tests {
         assert!(found.pipelining && found.dsn && found.eight_bit_mime);
         assert_eq!(found.size, Some(0));
         assert!(!found.smtputf8 && !found.transaction_tag);
-    }
-
-    #[test]
-    fn a_retry_gets_the_same_tag_and_another_delivery_another() {
-        let rcpts = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let tag = transaction_tag("4Xq1ABC", "a@x", &rcpts(&["b@y", "c@y"]), Some(99)).unwrap();
-        assert!(tag.starts_with("4Xq1ABC.") && valid_tag(&tag), "{tag}");
-        assert_eq!(
-            transaction_tag("4Xq1ABC", "a@x", &rcpts(&["b@y", "c@y"]), Some(99)).unwrap(),
-            tag
-        );
-        for other in [
-            transaction_tag("4Xq1ABD", "a@x", &rcpts(&["b@y", "c@y"]), Some(99)),
-            transaction_tag("4Xq1ABC", "", &rcpts(&["b@y", "c@y"]), Some(99)),
-            transaction_tag("4Xq1ABC", "a@x", &rcpts(&["b@y"]), Some(99)),
-            transaction_tag("4Xq1ABC", "a@x", &rcpts(&["b@y", "c@y"]), Some(98)),
-            transaction_tag("4Xq1ABC", "a@x", &rcpts(&["b@yc@y"]), Some(99)),
-        ] {
-            assert_ne!(other.as_deref(), Some(tag.as_str()));
-        }
-        assert_eq!(transaction_tag("", "a@x", &rcpts(&["b@y"]), None), None);
-        assert_eq!(transaction_tag("../x", "a@x", &rcpts(&["b@y"]), None), None);
-    }
-
-    #[test]
-    fn tags() {
-        assert!(valid_tag("leaf1.4Xq1ABC-0f3a"));
-        for bad in [
-            "",
-            ".",
-            "..",
-            "-x",
-            "a b",
-            "a/b",
-            "a=b",
-            &"x".repeat(MAX_TAG + 1),
-        ] {
-            assert!(!valid_tag(bad), "{bad}");
-        }
     }
 }

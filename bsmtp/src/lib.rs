@@ -3,7 +3,8 @@
 //! codes, the typed EHLO extensions, the one table that maps outcomes to
 //! exit codes, Postfix's queue-file records, envelope address forms, the
 //! OpenSSH `known_hosts` reader, delivery status notifications, the
-//! sendmail(1) command line, the table-push request and table names, and
+//! sendmail(1) command line, the table-push request and table names, the
+//! exactly-once transaction tag and its record, and
 //! text made safe for a log line. Nothing
 //! here reads, writes, spawns or looks at a clock (except
 //! `KnownHosts::load`, one file read kept apart); the I/O lives in the
@@ -20,4 +21,5 @@ pub mod reply;
 pub mod sendmail;
 pub mod status;
 pub mod table;
+pub mod tag;
 pub mod text;

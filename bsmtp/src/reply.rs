@@ -160,6 +160,11 @@ impl Reply {
         (200..400).contains(&self.code)
     }
 
+    /// True for 2xx replies: done.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
     /// True for 4xx replies: try again later.
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)

@@ -47,7 +47,7 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The exactly-once tag, sent when the receiver announces
     /// [`TRANSACTION_TAG`].
-    pub tag: Option<String>,
+    pub tag: Option<bsmtp::tag::Tag>,
     /// The message's DSN request, sent when the receiver announces DSN.
     pub dsn: MailDsn,
     /// Each recipient's DSN request, in the order of `recipients` (may be
@@ -73,10 +73,10 @@ impl Outcome {
     /// RCPT, a refused DATA, else the reply after the dot.
     pub fn for_recipient(&self, i: usize) -> &Reply {
         let rcpt = &self.recipients[i];
-        if !is_success(&self.mail) {
+        if !self.mail.is_success() {
             return &self.mail;
         }
-        if !is_success(rcpt) {
+        if !Reply::is_success(rcpt) {
             return rcpt;
         }
         match (&self.data, &self.end) {
@@ -90,10 +90,10 @@ impl Outcome {
     /// The command whose reply [`Outcome::for_recipient`] gives for
     /// recipient `i`, as Postfix names it in bounces.
     pub fn stage_for(&self, i: usize) -> &'static str {
-        if !is_success(&self.mail) {
+        if !self.mail.is_success() {
             return "MAIL FROM";
         }
-        if !is_success(&self.recipients[i]) {
+        if !self.recipients[i].is_success() {
             return "RCPT TO";
         }
         match (&self.data, &self.end) {
@@ -107,14 +107,14 @@ impl Outcome {
     /// every recipient was taken; else the worst refusal (a 4xx defers them
     /// all, else the 5xx bounces them all), named with its stage.
     pub fn all_or_nothing(&self, relay: &str) -> Result<Reply, Failure> {
-        if !is_success(&self.mail) {
+        if !self.mail.is_success() {
             return Err(remote(relay, "MAIL FROM", &self.mail));
         }
         let refused = self
             .recipients
             .iter()
             .find(|r| r.is_transient())
-            .or_else(|| self.recipients.iter().find(|r| !is_success(r)));
+            .or_else(|| self.recipients.iter().find(|r| !r.is_success()));
         if let Some(refused) = refused {
             return Err(remote(relay, "RCPT TO", refused));
         }
@@ -128,10 +128,6 @@ impl Outcome {
             )),
         }
     }
-}
-
-fn is_success(reply: &Reply) -> bool {
-    reply.code / 100 == 2
 }
 
 /// A refusal from the receiver, kept whole so its enhanced code decides.
@@ -256,7 +252,7 @@ impl<S: Read + Write> ClientSession<S> {
         } else {
             self.flush()?;
             let (mail, recipients) = self.read_envelope_replies(envelope.recipients.len())?;
-            if !is_success(&mail) || !recipients.iter().all(is_success) {
+            if !mail.is_success() || !recipients.iter().all(Reply::is_success) {
                 // The receiver forgets the transaction.
                 self.send(&Command::Rset);
                 self.flush()?;
@@ -597,7 +593,7 @@ impl<S: Read + Write> ClientSession<S> {
             params.push(param("SMTPUTF8", None));
         }
         if let (Some(tag), true) = (&envelope.tag, ext.transaction_tag) {
-            params.push(param(TRANSACTION_TAG, Some(tag.clone())));
+            params.push(param(TRANSACTION_TAG, Some(tag.to_string())));
         }
         if ext.dsn {
             if let Some(ret) = envelope.dsn.ret {
@@ -815,7 +811,7 @@ mod tests {
             sender: "a@leaf.test".into(),
             recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
             size: Some(10),
-            tag: Some("Q1.abc".into()),
+            tag: bsmtp::tag::Tag::parse("Q1.abc"),
             ..Envelope::default()
         }
     }

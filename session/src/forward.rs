@@ -14,9 +14,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, SystemTime};
 
 use bsmtp::bounce::{Action, RecipientReport};
-use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::EnhancedCode;
 use bsmtp::status::{Failure, FailureKind};
+use bsmtp::tag::Tag;
 use log::{info, warn};
 
 use crate::client::{self, ClientSession};
@@ -222,7 +222,7 @@ fn transmit<S: Read + Write>(
         .clone()
         .unwrap_or_else(|| entry.id.replace(['.', '-', '_'], ""));
     let envelope = client::Envelope {
-        tag: transaction_tag(&tag_id, &entry.sender, &recipients, Some(entry.meta.size)),
+        tag: Tag::mint(&tag_id, &entry.sender, &recipients, Some(entry.meta.size)),
         sender: entry.sender.clone(),
         recipients,
         size: Some(entry.meta.size),

@@ -12,22 +12,23 @@
 //!
 //! Either way a `250` after the dot means the injector committed the
 //! message, and a stream that ends before the dot injects nothing of it.
-//! A transaction that carries an exactly-once tag this session has already
-//! committed ([`crate::tags`]) is answered with the original queue ID and
-//! injected nothing.
+//! Exactly-once is [`crate::tags`]'s: a tagged transaction claims its tag
+//! at MAIL, each recipient an earlier commit of the same content covered
+//! is answered from the record (and never reaches the injector), and the
+//! dot decides, by the content's digest, whether it was a retry.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 
 use bsmtp::codec::{Command, CommandError, Decoder, Event, Param};
 use bsmtp::dsn::{parse_envid, parse_notify, parse_orcpt, MailDsn, RcptDsn, Ret};
-use bsmtp::extensions::{valid_tag, Extensions, TRANSACTION_TAG};
+use bsmtp::extensions::{Extensions, TRANSACTION_TAG};
 use bsmtp::reply::{EnhancedCode, Reply};
+use bsmtp::tag::Tag;
 use log::{info, warn};
-use sha1::{Digest, Sha1};
 
 use crate::policy::Policy;
-use crate::tags::{Claim, TagClaim, TagStore};
+use crate::tags::{Held, Once, Settled, TagStore};
 
 /// Why the next hop did not take a message: the reply the sender gets
 /// (the next hop's own code, not a blanket 451) and what to log.
@@ -144,7 +145,7 @@ pub struct Envelope {
     /// The size the sender declared (`SIZE=`).
     pub size: Option<u64>,
     /// The exactly-once tag (`XTXID=`).
-    pub tag: Option<String>,
+    pub tag: Option<Tag>,
     /// The DSN request of the message (`RET=`, `ENVID=`).
     pub dsn: MailDsn,
     /// The DSN request of each recipient (`NOTIFY=`, `ORCPT=`), in the
@@ -198,9 +199,12 @@ pub struct Settings {
     /// [`TRANSACTION_TAG`]).
     pub tags: Option<TagStore>,
     /// Tag a message that comes without a tag by its content (sender,
-    /// recipients, body) at the dot: a batch read again after a failure
-    /// then queues nothing twice (offline rsmtp). Needs `tags`.
-    pub content_tags: bool,
+    /// recipients, body) at the dot, within this scope (a batch file's
+    /// identity, so one batch read again after a failure queues nothing
+    /// twice and another batch's identical message is still queued; empty
+    /// for the sendmail verb, whose content tags only catch a quick resend
+    /// after a lost exit status). Needs `tags`.
+    pub content_tags: Option<String>,
 }
 
 impl Settings {
@@ -215,7 +219,7 @@ impl Settings {
             received_header: true,
             xforward: Vec::new(),
             tags: None,
-            content_tags: false,
+            content_tags: None,
         }
     }
 
@@ -250,10 +254,12 @@ enum Body<M> {
     Accepting {
         message: M,
         trace: Trace,
-        recipients: usize,
-        claim: Option<TagClaim>,
-        /// The content hash, when the message is tagged by its content.
-        content: Option<Box<Sha1>>,
+        /// The recipients being queued now.
+        fresh: Vec<String>,
+        /// Each accepted recipient's queue ID when an earlier commit of
+        /// the transaction's tag covered it, else `None` (in `fresh`).
+        fates: Vec<Option<String>>,
+        once: Option<Once>,
     },
     /// Content is read and dropped. `reply` is the answer due at the dot,
     /// if the DATA command itself was accepted (for each recipient in LMTP).
@@ -261,14 +267,19 @@ enum Body<M> {
         reply: Option<Reply>,
         recipients: usize,
     },
-    /// A retry of a transaction already committed under `queue_id`: its
-    /// content is read and dropped, the dot is answered as the first time.
-    Duplicate { queue_id: String, recipients: usize },
+    /// Every recipient was covered by an earlier commit of the
+    /// transaction's tag: the content is read to see whether it is the
+    /// same (a retry, answered as the first time) or not.
+    Answering {
+        once: Once,
+        fates: Vec<Option<String>>,
+    },
 }
 
 /// What we log about an accepted message, gathered as it streams by: the
 /// facts pickup(8) logs too (sender, Message-ID, size), so an admin can
 /// match our maildrop queue ID with the queue ID pickup gives the message.
+#[allow(clippy::struct_excessive_bools)]
 struct Trace {
     size: u64,
     sender: String,
@@ -276,8 +287,10 @@ struct Trace {
     in_header: bool,
     at_line_start: bool,
     message_id: Option<String>,
-    /// Every From: header, unfolded (bounded), for the peer's header check.
+    /// Every From: header, unfolded (bounded), for the peer's header
+    /// check; only collected when the peer's policy checks them.
     from: Vec<String>,
+    collect_from: bool,
     /// The header being read is a From: header.
     in_from: bool,
 }
@@ -285,13 +298,18 @@ struct Trace {
 /// Longest Message-ID we keep for the log.
 const MAX_MESSAGE_ID: usize = 256;
 
+/// Most From: fields a message may have for the header check (RFC 5322
+/// allows one); beyond, the message is refused.
+const MAX_FROM_FIELDS: usize = 16;
+
 /// Longest From: header we keep; RFC 5322 lines stop at 998 bytes, and a
 /// header folded over more than a few lines is not worth reading further.
 const MAX_FROM: usize = 4096;
 
 impl Trace {
-    fn new(envelope: &Envelope) -> Self {
+    fn new(envelope: &Envelope, collect_from: bool) -> Self {
         Trace {
+            collect_from,
             size: 0,
             sender: envelope.sender.clone(),
             nrcpt: envelope.recipients.len(),
@@ -333,7 +351,14 @@ impl Trace {
                 &bytes[MESSAGE_ID.len()..bytes.len().min(MESSAGE_ID.len() + MAX_MESSAGE_ID)];
             let value = String::from_utf8_lossy(value);
             self.message_id = Some(bsmtp::text::one_line(value.trim()));
-        } else if starts(FROM) {
+        } else if self.collect_from && starts(FROM) {
+            if self.from.len() >= MAX_FROM_FIELDS {
+                // More From: fields than any message has: one we cannot
+                // check is refused.
+                self.from.truncate(MAX_FROM_FIELDS - 1);
+                self.from.push(String::new());
+                return;
+            }
             self.in_from = true;
             self.from.push(String::new());
             self.extend_from(&bytes[FROM.len()..]);
@@ -416,6 +441,16 @@ pub struct Receiver<I: Injector> {
     held_rcpt: Vec<usize>,
     /// Recipients of the open envelope the next hop has judged.
     screened: usize,
+    /// The open transaction's claim of its tag ([`crate::tags`]).
+    once: Option<Once>,
+    /// Each accepted recipient of the open transaction: the queue ID an
+    /// earlier commit of its tag put it under, or `None` (in the envelope).
+    fates: Vec<Option<String>>,
+    /// The last RCPT was accepted into the envelope (not answered from a
+    /// tag record).
+    fresh_rcpt: bool,
+    /// MAIL commands so far: a transaction's place in a batch.
+    transactions: usize,
 }
 
 fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -438,6 +473,10 @@ impl<I: Injector> Receiver<I> {
             held: Vec::new(),
             held_rcpt: Vec::new(),
             screened: 0,
+            once: None,
+            fates: Vec::new(),
+            fresh_rcpt: false,
+            transactions: 0,
         }
     }
 
@@ -533,13 +572,9 @@ impl<I: Injector> Receiver<I> {
     /// its refusals in their place, and sends every held reply.
     fn screen_held(&mut self, out: &mut Vec<u8>, before_data: bool) {
         if let Some(mut envelope) = self.envelope.take() {
-            // A retry of a committed transaction is answered from the tag
-            // store at DATA: the next hop need not hear of it.
-            let retry = match (&self.settings.tags, &envelope.tag) {
-                (Some(tags), Some(tag)) => tags.committed(tag).is_some(),
-                _ => false,
-            };
-            if !retry && envelope.recipients.len() > self.screened {
+            // Recipients answered from a tag record are not in the
+            // envelope: the next hop never hears of them.
+            if envelope.recipients.len() > self.screened {
                 let verdicts = if before_data {
                     self.injector.screen_before_data(&envelope, self.screened)
                 } else {
@@ -548,6 +583,8 @@ impl<I: Injector> Receiver<I> {
                 let fresh = envelope.recipients.split_off(self.screened);
                 let mut fresh_dsn = envelope.recipient_dsn.split_off(self.screened);
                 fresh_dsn.resize_with(fresh.len(), RcptDsn::default);
+                let first = self.screened;
+                let mut refused = Vec::new();
                 let verdicts = match verdicts {
                     Ok(verdicts) => verdicts,
                     Err(refusal) => {
@@ -565,6 +602,7 @@ impl<I: Injector> Receiver<I> {
                             envelope.recipient_dsn.push(dsn);
                         }
                         Some(refusal) => {
+                            refused.push(first + k);
                             // Counted here: it was held as a 250.
                             self.summary.refused += 1;
                             self.errors += 1;
@@ -575,6 +613,7 @@ impl<I: Injector> Receiver<I> {
                     }
                 }
                 self.screened = envelope.recipients.len();
+                self.forget_fates(&refused);
             }
             self.envelope = Some(envelope);
         }
@@ -595,12 +634,33 @@ impl<I: Injector> Receiver<I> {
         self.envelope.is_some() && !self.summary.quit && self.injector.screens_recipients()
     }
 
-    /// Forgets the open envelope (and the next hop's transaction for it).
+    /// Drops the fates of the envelope's recipients at `indexes` (in
+    /// ascending order), which the next hop refused.
+    fn forget_fates(&mut self, indexes: &[usize]) {
+        let mut fresh = 0;
+        let mut next = indexes.iter().peekable();
+        self.fates.retain(|fate| {
+            if fate.is_some() {
+                return true;
+            }
+            let keep = next.peek().is_none_or(|&&i| i != fresh);
+            if !keep {
+                next.next();
+            }
+            fresh += 1;
+            keep
+        });
+    }
+
+    /// Forgets the open envelope (and the next hop's transaction for it,
+    /// and the claim of its tag).
     fn drop_envelope(&mut self) {
         if self.envelope.take().is_some() {
             self.injector.reset();
         }
         self.screened = 0;
+        self.once = None;
+        self.fates.clear();
     }
 
     /// An LMTP client sends no body after a refused DATA: read commands.
@@ -651,7 +711,7 @@ impl<I: Injector> Receiver<I> {
         }
         for answer in &answers {
             if holding {
-                if is_rcpt && answer.code == 250 {
+                if is_rcpt && answer.code == 250 && self.fresh_rcpt {
                     self.held_rcpt.push(self.held.len());
                 }
                 self.held.push(answer.clone());
@@ -744,6 +804,7 @@ impl<I: Injector> Receiver<I> {
         if self.envelope.is_some() {
             return reply(503, (5, 5, 1), "Error: nested MAIL command");
         }
+        self.transactions += 1;
         let policy = &self.settings.policy;
         let mut envelope = Envelope {
             helo: self.helo.clone(),
@@ -758,8 +819,10 @@ impl<I: Injector> Receiver<I> {
                     Ok(size) => envelope.size = Some(size),
                     Err(_) => return reply(501, (5, 5, 4), "Bad SIZE parameter"),
                 },
-                (TRANSACTION_TAG, Some(tag)) if self.settings.tags.is_some() && valid_tag(tag) => {
-                    envelope.tag = Some(tag.to_owned());
+                (TRANSACTION_TAG, Some(tag)) if self.settings.tags.is_some() => {
+                    // A malformed tag is ignored: the message still goes,
+                    // at least once.
+                    envelope.tag = Tag::parse(tag);
                 }
                 ("BODY", Some(body)) if body.eq_ignore_ascii_case("8BITMIME") => {
                     envelope.eight_bit = true;
@@ -800,10 +863,44 @@ impl<I: Injector> Receiver<I> {
             self.warn(&format!("reject: MAIL FROM:<{from}>: {}", refusal.detail));
             return refusal.reply;
         }
+        if let Err(refusal) = self.claim_tag(&envelope) {
+            return refusal;
+        }
         envelope.sender = from;
         self.envelope = Some(envelope);
         self.screened = 0;
         reply(250, (2, 1, 0), "Ok")
+    }
+
+    /// Claims the transaction's tag for the whole transaction, so its
+    /// record cannot change under it; a tag another session holds, or a
+    /// store that fails, refuses MAIL for now.
+    fn claim_tag(&mut self, envelope: &Envelope) -> Result<(), Reply> {
+        let (Some(tags), Some(tag)) = (&self.settings.tags, &envelope.tag) else {
+            return Ok(());
+        };
+        match tags.begin(tag) {
+            Ok(once) => {
+                self.once = Some(once);
+                Ok(())
+            }
+            Err(Held::Busy) => Err(reply(
+                451,
+                (4, 3, 0),
+                "Error: this transaction is being committed by another session; try again later",
+            )),
+            Err(Held::Failed(err)) => {
+                warn!(
+                    "peer {}: transaction tag store: {err}",
+                    self.settings.policy.peer
+                );
+                Err(reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: transaction tag store unavailable; try again later",
+                ))
+            }
+        }
     }
 
     fn rcpt(&mut self, to: String, params: &[Param]) -> Reply {
@@ -855,11 +952,22 @@ impl<I: Injector> Receiver<I> {
                 format!("<{to}>: Recipient address rejected: not allowed for peer {peer}"),
             );
         }
-        if envelope.recipients.len() >= max {
+        if self.fates.len() >= max {
             return reply(452, (4, 5, 3), "Error: too many recipients");
         }
-        envelope.recipients.push(to);
-        envelope.recipient_dsn.push(dsn);
+        // One an earlier commit of this tag covered is answered from its
+        // record, and never reaches the next hop.
+        let covered = self
+            .once
+            .as_ref()
+            .and_then(|once| once.covered(&to))
+            .map(str::to_owned);
+        self.fresh_rcpt = covered.is_none();
+        if covered.is_none() {
+            envelope.recipients.push(to);
+            envelope.recipient_dsn.push(dsn);
+        }
+        self.fates.push(covered);
         reply(250, (2, 1, 5), "Ok")
     }
 
@@ -871,143 +979,50 @@ impl<I: Injector> Receiver<I> {
             return reply(503, (5, 5, 1), "Error: need MAIL command");
         };
         self.screened = 0;
-        let recipients = envelope.recipients.len();
-        let claim = if recipients == 0 {
-            None
-        } else {
-            Some(self.claim_tag(&envelope))
-        };
-        if !matches!(claim, Some(Ok(None | Some(Claim::New(_))))) {
+        let fates = std::mem::take(&mut self.fates);
+        let once = self.once.take();
+        if envelope.recipients.is_empty() {
             // Nothing of this transaction goes to the next hop.
             self.injector.reset();
-        }
-        let Some(claim) = claim else {
+            if let (Some(once), false) = (once, fates.is_empty()) {
+                // Every recipient was committed before under this tag: the
+                // content decides, at the dot, whether this is a retry.
+                self.body = Body::Answering { once, fates };
+                return reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>");
+            }
             self.discard(None, 0);
             self.summary.rejected += 1;
             return reply(554, (5, 5, 1), "Error: no valid recipients");
-        };
-        let claim = match claim {
-            Ok(Some(Claim::New(claim))) => Some(claim),
-            Ok(Some(Claim::Duplicate(queue_id))) => {
-                info!(
-                    "peer {}: transaction {} was committed before as {queue_id}: answering as then, queuing nothing",
-                    self.settings.policy.peer,
-                    envelope.tag.as_deref().unwrap_or_default()
-                );
-                self.body = Body::Duplicate {
-                    queue_id,
-                    recipients,
-                };
-                return reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>");
-            }
-            Ok(Some(Claim::Busy)) => {
-                self.discard(None, recipients);
-                self.summary.rejected += 1;
-                return reply(
-                    451,
-                    (4, 3, 0),
-                    "Error: this transaction is being committed by another session; try again later",
-                );
-            }
-            Ok(None) => None,
-            Err(err) => {
-                warn!(
-                    "peer {}: transaction tag store: {err}",
-                    self.settings.policy.peer
-                );
-                self.discard(None, recipients);
-                self.summary.rejected += 1;
-                return reply(
-                    451,
-                    (4, 3, 0),
-                    "Error: transaction tag store unavailable; try again later",
-                );
-            }
-        };
+        }
+        let once = once.or_else(|| {
+            let scope = self.settings.content_tags.as_ref()?;
+            let scope = format!("{scope}#{}", self.transactions);
+            let tags = self.settings.tags.as_ref()?;
+            Some(tags.by_content(&scope, &envelope.sender, &envelope.recipients))
+        });
         match self.injector.start(&envelope) {
             Ok(mut message) => {
-                let mut trace = Trace::new(&envelope);
+                let mut trace = Trace::new(&envelope, self.settings.policy.check_header_from);
                 if self.settings.received_header {
                     let header = received_header(&self.settings, &envelope, message.queue_id());
                     for line in header.lines() {
                         trace.observe(line.as_bytes(), true);
                         if let Err(refusal) = message.write_piece(line.as_bytes(), true) {
                             message.abort();
-                            return self.data_failed(refusal, recipients);
+                            return self.data_failed(refusal, fates.len());
                         }
                     }
                 }
-                let content =
-                    (claim.is_none() && self.settings.content_tags && self.settings.tags.is_some())
-                        .then(|| Box::new(content_hash(&envelope)));
                 self.body = Body::Accepting {
                     message,
                     trace,
-                    recipients,
-                    claim,
-                    content,
+                    fresh: envelope.recipients,
+                    fates,
+                    once,
                 };
                 reply(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>")
             }
-            Err(refusal) => self.data_failed(refusal, recipients),
-        }
-    }
-
-    /// The claim of a message tagged by its content (see
-    /// [`Settings::content_tags`]), or the envelope tag's `claim`: a
-    /// content seen before is answered as then, with nothing queued.
-    fn content_claim(
-        &mut self,
-        content: Option<Box<Sha1>>,
-        claim: Option<TagClaim>,
-    ) -> Result<Option<TagClaim>, Reply> {
-        let (Some(hash), Some(tags)) = (content, &self.settings.tags) else {
-            return Ok(claim);
-        };
-        let digest = hash.finalize();
-        let mut tag = String::from("c");
-        for byte in &digest[..12] {
-            let _ = write!(tag, "{byte:02x}");
-        }
-        match tags.claim(&tag) {
-            Ok(Claim::New(claim)) => Ok(Some(claim)),
-            Ok(Claim::Duplicate(queue_id)) => {
-                info!(
-                    "peer {}: this message was queued before as {queue_id} (same sender, recipients and content): queuing nothing",
-                    self.settings.policy.peer
-                );
-                self.summary.accepted += 1;
-                self.errors = 0;
-                Err(queued(&queue_id))
-            }
-            Ok(Claim::Busy) => {
-                self.summary.rejected += 1;
-                Err(reply(
-                    451,
-                    (4, 3, 0),
-                    "Error: this message is being committed by another session; try again later",
-                ))
-            }
-            Err(err) => {
-                warn!(
-                    "peer {}: transaction tag store: {err}",
-                    self.settings.policy.peer
-                );
-                self.summary.rejected += 1;
-                Err(reply(
-                    451,
-                    (4, 3, 0),
-                    "Error: transaction tag store unavailable; try again later",
-                ))
-            }
-        }
-    }
-
-    /// The transaction's tag claim, when it has a tag and we keep tags.
-    fn claim_tag(&self, envelope: &Envelope) -> std::io::Result<Option<Claim>> {
-        match (&self.settings.tags, &envelope.tag) {
-            (Some(tags), Some(tag)) => tags.claim(tag).map(Some),
-            _ => Ok(None),
+            Err(refusal) => self.data_failed(refusal, fates.len()),
         }
     }
 
@@ -1028,21 +1043,22 @@ impl<I: Injector> Receiver<I> {
 
     fn body_piece(&mut self, bytes: &[u8], end_of_line: bool) {
         let max_size = self.settings.policy.max_size;
-        let Body::Accepting {
-            message,
-            trace,
-            content,
-            ..
-        } = &mut self.body
-        else {
-            return;
+        let (message, trace, once) = match &mut self.body {
+            Body::Accepting {
+                message,
+                trace,
+                once,
+                ..
+            } => (message, trace, once),
+            Body::Answering { once, .. } => {
+                once.observe(bytes, end_of_line);
+                return;
+            }
+            _ => return,
         };
         trace.observe(bytes, end_of_line);
-        if let Some(hash) = content {
-            hash.update(bytes);
-            if end_of_line {
-                hash.update(b"\n");
-            }
+        if let Some(once) = once {
+            once.observe(bytes, end_of_line);
         }
         let failure = if trace.size > max_size {
             Some(too_big(&self.settings.policy.peer))
@@ -1060,69 +1076,137 @@ impl<I: Injector> Receiver<I> {
                 })
         };
         if let Some(answer) = failure {
-            if let Body::Accepting {
-                message,
-                recipients,
-                ..
-            } = std::mem::replace(&mut self.body, Body::Idle)
+            if let Body::Accepting { message, fates, .. } =
+                std::mem::replace(&mut self.body, Body::Idle)
             {
                 message.abort();
-                self.discard(Some(answer), recipients);
+                self.discard(Some(answer), fates.len());
             }
         }
     }
 
     /// The dot: the reply (BSMTP), or one per recipient (LMTP).
     fn data_end(&mut self) -> Vec<Reply> {
-        let (replies, recipients) = match std::mem::replace(&mut self.body, Body::Idle) {
+        let (replies, fates) = match std::mem::replace(&mut self.body, Body::Idle) {
             Body::Idle => return Vec::new(),
             Body::Discarding { reply, recipients } => {
                 if reply.is_some() {
                     self.summary.rejected += 1;
                 }
-                (reply.map(|r| vec![r]).unwrap_or_default(), recipients)
+                (
+                    reply.map(|r| vec![r]).unwrap_or_default(),
+                    vec![None; recipients],
+                )
             }
-            Body::Duplicate {
-                queue_id,
-                recipients,
-            } => {
-                self.errors = 0;
-                (vec![queued(&queue_id)], recipients)
-            }
+            Body::Answering { once, fates } => (self.answer_retry(once), fates),
             Body::Accepting {
                 message,
                 trace,
-                recipients,
-                claim,
-                content,
-            } => match self.content_claim(content, claim) {
-                Ok(claim) => (self.commit(message, &trace, claim), recipients),
-                Err(answer) => {
-                    message.abort();
-                    (vec![answer], recipients)
-                }
-            },
+                fresh,
+                fates,
+                once,
+            } => (self.commit(message, &trace, &fresh, once, &fates), fates),
         };
-        match (self.settings.dialect, replies.as_slice()) {
-            (Dialect::Lmtp, [one]) => vec![one.clone(); recipients],
-            (Dialect::Bsmtp, [_, _, ..]) => vec![bsmtp_reply(&replies)],
-            _ => replies,
+        self.dot_replies(replies, &fates)
+    }
+
+    /// The replies at the dot, from the replies for the recipients queued
+    /// now (one for all, or one each) and the queue IDs of those answered
+    /// from the tag store's record.
+    fn dot_replies(&self, fresh: Vec<Reply>, fates: &[Option<String>]) -> Vec<Reply> {
+        let all_failed = fresh.len() == 1 && !fresh[0].is_success();
+        if self.settings.dialect == Dialect::Bsmtp || all_failed {
+            let one = match fresh.as_slice() {
+                [] => fates.iter().flatten().next().map(|id| queued(id)),
+                [_, _, ..] => Some(bsmtp_reply(&fresh)),
+                [one] => Some(one.clone()),
+            };
+            return match (self.settings.dialect, one) {
+                (Dialect::Lmtp, Some(one)) => vec![one; fates.len()],
+                (_, one) => one.into_iter().collect(),
+            };
+        }
+        // LMTP: one reply per accepted recipient, in order.
+        let mut fresh = fresh.into_iter().peekable();
+        let mut last = None;
+        fates
+            .iter()
+            .map(|fate| {
+                if let Some(id) = fate {
+                    return queued(id);
+                }
+                if let Some(next) = fresh.next() {
+                    last = Some(next);
+                }
+                last.clone()
+                    .unwrap_or_else(|| Refusal::temporary("no reply").reply)
+            })
+            .collect()
+    }
+
+    /// The dot of a transaction whose every recipient an earlier commit
+    /// of its tag covered: a retry when the content is the same.
+    fn answer_retry(&mut self, once: Once) -> Vec<Reply> {
+        match once.settle(true) {
+            Settled::Proceed(commit) => {
+                let record = commit.so_far();
+                let ids: Vec<&str> = record
+                    .covered
+                    .iter()
+                    .map(|c| c.queue_id.as_str())
+                    .chain(record.legacy.as_deref())
+                    .collect();
+                info!(
+                    "peer {}: a retry of a transaction committed before as {}: answering as then, queuing nothing",
+                    self.settings.policy.peer,
+                    ids.join(", ")
+                );
+                self.errors = 0;
+                Vec::new()
+            }
+            other => vec![self.not_settled(other)],
         }
     }
 
-    /// Commits the message, then its tag, then answers: the next hop has
-    /// the message before the tag says so, and the tag is on disk before
-    /// the sender hears 250.
-    ///
-    /// The window that remains: a crash after the next hop committed and
-    /// before the tag file is renamed into place (one fsync and one rename)
-    /// leaves the message queued with its tag unrecorded; the sender, who
-    /// never got its 250, retries, and the message is queued twice.
+    /// The reply for a transaction the tag store would not let through.
+    fn not_settled(&mut self, settled: Settled) -> Reply {
+        self.summary.rejected += 1;
+        match settled {
+            Settled::Differs => reply(
+                451,
+                (4, 3, 0),
+                "Error: another message came with the transaction tag of one committed before; try again",
+            ),
+            Settled::Failed(err) => {
+                warn!(
+                    "peer {}: transaction tag store: {err}",
+                    self.settings.policy.peer
+                );
+                reply(
+                    451,
+                    (4, 3, 0),
+                    "Error: transaction tag store unavailable; try again later",
+                )
+            }
+            _ => reply(
+                451,
+                (4, 3, 0),
+                "Error: this message is being committed by another session; try again later",
+            ),
+        }
+    }
+
+    /// Commits the message, then its tag record, then answers: the next
+    /// hop has the message before the record says so, and the record is on
+    /// disk before the sender hears 250 (the window left is in
+    /// [`crate::tags`]). `fresh` are the recipients queued now.
     fn commit(
         &mut self,
         message: I::Message,
         trace: &Trace,
-        claim: Option<TagClaim>,
+        fresh: &[String],
+        once: Option<Once>,
+        fates: &[Option<String>],
     ) -> Vec<Reply> {
         if let Some(from) = trace.refused_from(&self.settings.policy) {
             message.abort();
@@ -1137,6 +1221,34 @@ impl<I: Injector> Receiver<I> {
                 format!("<{from}>: From: header address not allowed for peer {peer}"),
             )];
         }
+        let partial = fates.iter().any(Option::is_some);
+        let tag = match once.map(|once| once.settle(partial)) {
+            None => None,
+            Some(Settled::Proceed(commit)) => Some(commit),
+            Some(Settled::Retry(record)) => {
+                message.abort();
+                let id = record
+                    .covered
+                    .first()
+                    .map(|c| c.queue_id.clone())
+                    .or(record.legacy)
+                    .unwrap_or_default();
+                info!(
+                    "peer {}: from=<{}>, nrcpt={}, message-id={}: same sender, recipients and content as {id} a short time ago: a duplicate of {id}, not queued",
+                    self.settings.policy.peer,
+                    trace.sender,
+                    trace.nrcpt,
+                    trace.message_id.as_deref().unwrap_or("(none)"),
+                );
+                self.summary.accepted += 1;
+                self.errors = 0;
+                return vec![queued(&id)];
+            }
+            Some(other) => {
+                message.abort();
+                return vec![self.not_settled(other)];
+            }
+        };
         let maildrop_id = message.queue_id().to_owned();
         match message.commit() {
             Ok(Committed::Queued(queue_id)) => {
@@ -1148,18 +1260,25 @@ impl<I: Injector> Receiver<I> {
                     trace.message_id.as_deref().unwrap_or("(none)"),
                     self.settings.policy.peer
                 );
-                Self::record_tag(claim, &queue_id);
+                record_tag(tag, fresh.iter().map(|r| (r.as_str(), queue_id.as_str())));
                 self.summary.accepted += 1;
                 // Postfix forgives earlier errors once a message got through.
                 self.errors = 0;
                 vec![queued(&queue_id)]
             }
             Ok(Committed::PerRecipient(replies)) => {
-                if let Some(id) = replies.iter().find(|r| r.code / 100 == 2).map(queue_id_of) {
-                    Self::record_tag(claim, &id);
+                let ids: Vec<String> = replies.iter().map(queue_id_of).collect();
+                let covered = fresh
+                    .iter()
+                    .zip(&replies)
+                    .zip(&ids)
+                    .filter(|((_, reply), _)| reply.is_success())
+                    .map(|((r, _), id)| (r.as_str(), id.as_str()));
+                if replies.iter().any(Reply::is_success) {
                     self.summary.accepted += 1;
                     self.errors = 0;
                 }
+                record_tag(tag, covered);
                 replies
             }
             Err(refusal) => {
@@ -1172,31 +1291,26 @@ impl<I: Injector> Receiver<I> {
             }
         }
     }
-
-    /// Records the committed tag. The message is queued whatever happens
-    /// here, so a failure is logged, never turned into a refusal (that
-    /// would make the sender retry, and queue it twice for sure).
-    fn record_tag(claim: Option<TagClaim>, queue_id: &str) {
-        if let Some(claim) = claim {
-            if let Err(err) = claim.commit(queue_id) {
-                warn!(
-                    "{queue_id}: queued, but its transaction tag could not be recorded ({err}): a retry of it would be queued again"
-                );
-            }
-        }
-    }
 }
 
-/// The start of a content hash: the envelope, each field ended by a NUL.
-fn content_hash(envelope: &Envelope) -> Sha1 {
-    let mut hash = Sha1::new();
-    hash.update(envelope.sender.as_bytes());
-    hash.update(b"\0");
-    for recipient in &envelope.recipients {
-        hash.update(recipient.as_bytes());
-        hash.update(b"\0");
+/// Records the recipients a commit covered under the transaction's tag.
+/// The message is queued whatever happens here, so a failure is logged,
+/// never turned into a refusal (that would make the sender retry, and
+/// queue it twice for sure).
+fn record_tag<'a>(
+    tag: Option<crate::tags::Commit>,
+    covered: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+) {
+    let Some(tag) = tag else {
+        return;
+    };
+    let ids: Vec<&str> = covered.clone().map(|(_, id)| id).collect();
+    if let Err(err) = tag.record(covered) {
+        warn!(
+            "{}: queued, but its transaction tag could not be recorded ({err}): a retry of it would be queued again",
+            ids.first().copied().unwrap_or(NOQUEUE)
+        );
     }
-    hash
 }
 
 /// The 250 after a committed message.
@@ -1315,6 +1429,12 @@ mod tests {
         resets: usize,
     }
 
+    /// Greylisted recipients (`grey...`) are deferred the first time the
+    /// next hop is asked about them.
+    fn greylisted(hop: &mut Hop, r: &str) -> bool {
+        r.starts_with("grey") && hop.screened.iter().filter(|s| *s == r).count() == 1
+    }
+
     struct Memory(Rc<RefCell<Hop>>);
     struct Message {
         hop: Rc<RefCell<Hop>>,
@@ -1364,6 +1484,9 @@ mod tests {
                 .iter()
                 .map(|r| {
                     hop.screened.push(r.clone());
+                    if greylisted(&mut hop, r) {
+                        return Some(reply(450, (4, 7, 1), format!("<{r}>: Greylisted")));
+                    }
                     r.starts_with("nouser")
                         .then(|| reply(550, (5, 1, 1), format!("<{r}>: User unknown")))
                 })
@@ -1731,5 +1854,138 @@ mod tests {
         assert_eq!(hop.borrow().aborted, 2);
         let (_, hop) = run(false);
         assert_eq!(hop.borrow().committed.len(), 3);
+    }
+
+    /// Runs `input` through a Receiver that keeps tags in `dir`, with
+    /// content tags in `scope` when given, over `hop`.
+    fn tagged(
+        dir: &std::path::Path,
+        input: &[u8],
+        hop: &Rc<RefCell<Hop>>,
+        scope: Option<&str>,
+    ) -> (String, Summary) {
+        let policy = policy(&["@leaf.test"], 100_000, 10, false);
+        let mut settings = Settings::new("hub.test".into(), policy, 20);
+        settings.tags =
+            Some(TagStore::open(dir, "leaf1", crate::tags::DEFAULT_LIFETIME, 1000).unwrap());
+        settings.content_tags = scope.map(str::to_owned);
+        let mut out = Vec::new();
+        let summary = Receiver::new(settings, Memory(hop.clone()))
+            .run(&mut &input[..], &mut out)
+            .unwrap();
+        (String::from_utf8(out).unwrap(), summary)
+    }
+
+    /// A retry after a lost acknowledgement queues nothing twice: the
+    /// same tag and content is answered with the first queue ID.
+    #[test]
+    fn a_retry_is_answered_as_the_first_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let hop = Rc::new(RefCell::new(Hop::default()));
+        let input = b"EHLO leaf\nMAIL FROM:<a@leaf.test> XTXID=4XQ1.ab\nRCPT TO:<b@hub.test>\nDATA\nreport 1\n.\n";
+        let (out, _) = tagged(dir.path(), input, &hop, None);
+        assert!(out.contains("250 2.0.0 Ok: queued as Q1\r\n"), "{out}");
+        let (out, _) = tagged(dir.path(), input, &hop, None);
+        assert!(out.contains("250 2.0.0 Ok: queued as Q1\r\n"), "{out}");
+        assert_eq!(hop.borrow().committed.len(), 1);
+        assert_eq!(hop.borrow().aborted, 0);
+    }
+
+    /// Audit M1: tags recur (Postfix reuses short queue IDs). Another
+    /// message under a committed tag is not dropped as a duplicate: it is
+    /// deferred once (the record is another message's), then queued.
+    #[test]
+    fn a_recurring_tag_with_other_content_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let hop = Rc::new(RefCell::new(Hop::default()));
+        let first = b"EHLO leaf\nMAIL FROM:<a@leaf.test> XTXID=4XQ1.ab\nRCPT TO:<b@hub.test>\nDATA\nreport 1\n.\n";
+        let second = b"EHLO leaf\nMAIL FROM:<a@leaf.test> XTXID=4XQ1.ab\nRCPT TO:<b@hub.test>\nDATA\nreport 2\n.\n";
+        tagged(dir.path(), first, &hop, None);
+        let (out, _) = tagged(dir.path(), second, &hop, None);
+        assert_eq!(codes(&out), ["250", "250", "250", "354", "451"], "{out}");
+        assert_eq!(hop.borrow().committed.len(), 1);
+        let (out, _) = tagged(dir.path(), second, &hop, None);
+        assert!(out.contains("250 2.0.0 Ok: queued as Q2\r\n"), "{out}");
+        let hop = hop.borrow();
+        assert_eq!(hop.committed.len(), 2);
+        assert!(hop.committed[1].1.ends_with(b"report 2\n"));
+    }
+
+    /// Audit M2: a retry after a lost acknowledgement answers from the
+    /// record only the recipients the first commit covered: one refused
+    /// the first time is refused again, one deferred is asked about and
+    /// queued now, never reported delivered without being queued.
+    #[test]
+    fn a_retry_judges_the_recipients_the_first_commit_did_not_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let hop = Rc::new(RefCell::new(Hop {
+            screen: true,
+            ..Hop::default()
+        }));
+        let input = b"EHLO leaf\nMAIL FROM:<a@leaf.test> XTXID=4XQ1.ab\nRCPT TO:<ok@hub.test>\n\
+                      RCPT TO:<nouser@hub.test>\nRCPT TO:<grey@hub.test>\nDATA\nhi\n.\n";
+        let (out, _) = tagged(dir.path(), input, &hop, None);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "250", "550", "450", "354", "250"],
+            "{out}"
+        );
+        assert_eq!(hop.borrow().committed[0].0.recipients, ["ok@hub.test"]);
+        // The acknowledgement was lost: the same transaction again.
+        let (out, _) = tagged(dir.path(), input, &hop, None);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "250", "550", "250", "354", "250"],
+            "{out}"
+        );
+        {
+            let hop = hop.borrow();
+            // ok@ was not asked about again, nor queued again; grey@ was
+            // queued now, alone.
+            assert_eq!(hop.committed.len(), 2);
+            assert_eq!(hop.committed[1].0.recipients, ["grey@hub.test"]);
+            assert_eq!(
+                hop.screened,
+                [
+                    "ok@hub.test",
+                    "nouser@hub.test",
+                    "grey@hub.test",
+                    "nouser@hub.test",
+                    "grey@hub.test"
+                ]
+            );
+        }
+        // A third try: everything is answered from the record.
+        let (out, _) = tagged(dir.path(), input, &hop, None);
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "250", "550", "250", "354", "250"],
+            "{out}"
+        );
+        assert_eq!(hop.borrow().committed.len(), 2);
+    }
+
+    /// Audit M5: content tags without a scope (the sendmail verb) catch a
+    /// quick resend and say so; in a batch's scope the same message at
+    /// another place, or in another batch, is queued.
+    #[test]
+    fn content_tags_drop_only_a_resend_in_their_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let hop = Rc::new(RefCell::new(Hop::default()));
+        let one = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nbackup FAILED\n.\n";
+        let (out, summary) = tagged(dir.path(), one, &hop, Some(""));
+        assert!(out.contains("queued as Q1"), "{out}");
+        let (out, summary2) = tagged(dir.path(), one, &hop, Some(""));
+        assert!(out.contains("queued as Q1"), "{out}");
+        assert_eq!((summary.accepted, summary2.accepted), (1, 1));
+        assert_eq!(hop.borrow().committed.len(), 1);
+        assert_eq!(hop.borrow().aborted, 1);
+        // A batch with the message twice, read twice: two queued, once.
+        let twice = [&one[..], &one[..]].concat();
+        tagged(dir.path(), &twice, &hop, Some("batch-a"));
+        tagged(dir.path(), &twice, &hop, Some("batch-a"));
+        assert_eq!(hop.borrow().committed.len(), 3);
+        tagged(dir.path(), &twice, &hop, Some("batch-b"));
+        assert_eq!(hop.borrow().committed.len(), 5);
     }
 }

@@ -174,12 +174,12 @@ impl PeerIdentity {
             .to_owned(),
         ));
         // The tag begins with the leaf's queue ID (see
-        // `bsmtp::extensions::transaction_tag`): smtpd logs it as
+        // `bsmtp::tag::Tag::mint`): smtpd logs it as
         // orig_queue_id, which ties the hub's line to the leaf's.
         let ident = envelope
             .tag
-            .as_deref()
-            .and_then(|tag| tag.split_once('.').map(|(id, _)| id))
+            .as_ref()
+            .and_then(bsmtp::tag::Tag::queue_id)
             .or_else(|| envelope.xforward("IDENT"));
         if let Some(ident) = ident.filter(|i| !i.is_empty()) {
             attributes.push(("IDENT".to_owned(), ident.to_owned()));
@@ -405,10 +405,6 @@ fn refusal(failure: &Failure) -> Refusal {
     }
 }
 
-fn is_success(reply: &Reply) -> bool {
-    reply.code / 100 == 2
-}
-
 impl Injector for SmtpInjector {
     type Message = SmtpMessage;
 
@@ -493,7 +489,7 @@ impl SmtpInjector {
         from: usize,
         data: bool,
     ) -> Result<Vec<Option<Reply>>, Refusal> {
-        let verdict = |reply: Reply| (!is_success(&reply)).then_some(reply);
+        let verdict = |reply: Reply| (!reply.is_success()).then_some(reply);
         self.data_reply = None;
         if self.open {
             let more = client_envelope(envelope, from);
@@ -519,7 +515,7 @@ impl SmtpInjector {
         let (mail, replies, data_reply) = self
             .open_transaction(envelope, data)
             .map_err(|failure| refusal(&failure))?;
-        if !is_success(&mail) {
+        if !mail.is_success() {
             if mail.code == 421 {
                 self.disconnect();
             }
@@ -828,7 +824,7 @@ mod tests {
         let identity = PeerIdentity::new("leaf1", Some("192.0.2.7 40022 127.0.0.1 22"));
         let envelope = server::Envelope {
             helo: Some("leaf.test".into()),
-            tag: Some("4Xq1ABC.0123abcd".into()),
+            tag: bsmtp::tag::Tag::parse("4Xq1ABC.0123abcd"),
             ..server::Envelope::default()
         };
         let attributes = identity.xforward(&envelope);

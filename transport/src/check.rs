@@ -370,14 +370,30 @@ fn probe(connection: ssh::Connection, peer: &str, report: &mut Report<'_, impl W
     )
     .and_then(|hub| {
         let greeting = hub.greeting().lines.join(", ");
-        hub.quit_checked().map(|_| greeting)
+        let tags = hub.extensions().transaction_tag;
+        hub.quit_checked().map(|_| (greeting, tags))
     });
     match result {
-        Ok(greeting) => report.ok(
-            peer,
-            "session",
-            &format!("{relay}: rsmtp answered: 250 {greeting}"),
-        ),
+        Ok((greeting, tags)) => {
+            report.ok(
+                peer,
+                "session",
+                &format!("{relay}: rsmtp answered: 250 {greeting}"),
+            );
+            if tags {
+                report.ok(
+                    peer,
+                    "exactly-once",
+                    &format!("{relay} keeps transaction tags: a retry after a lost acknowledgement is not queued twice"),
+                );
+            } else {
+                report.warn(
+                    peer,
+                    "exactly-once",
+                    &format!("{relay} keeps no transaction tags: a retry after a lost acknowledgement can be queued twice; its mail log says why (\"transaction tags off\"): give rsmtp a tag_directory it can write"),
+                );
+            }
+        }
         Err(failure) => report.fail(
             peer,
             "session",

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use bsmtp::codec::{encode_command, Command, MAX_ADDRESS};
 use bsmtp::dsn::{valid_envid, MailDsn};
-use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
+use bsmtp::tag::Tag;
 use bsmtp_session::client::{self, ClientSession};
 use bsmtp_session::pins::{self, Pins};
 use bsmtp_session::ssh::{self, Peer};
@@ -138,7 +138,7 @@ pub fn deliver(
     let session_envelope = envelope.to_session();
     // Pins are kept for tagged messages only: without a tag no hub can
     // recognise a retry anyway.
-    let pinning = pins.zip(session_envelope.tag.as_deref());
+    let pinning = pins.zip(session_envelope.tag.as_ref().map(Tag::as_str));
     let pin = pinning.and_then(|(pins, tag)| pins.get(tag));
     let hubs = pins::hubs_for(peer, pin.as_ref(), "this message");
     let connection = ssh::connect_to(peer, &hubs, &peer.command).map_err(|failure| match &pin {
@@ -200,7 +200,7 @@ impl Envelope {
             tag: self
                 .queue_id
                 .as_deref()
-                .and_then(|id| transaction_tag(id, &self.sender, &self.recipients, self.size)),
+                .and_then(|id| Tag::mint(id, &self.sender, &self.recipients, self.size)),
         }
     }
 }

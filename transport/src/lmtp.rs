@@ -18,9 +18,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bsmtp::extensions::transaction_tag;
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
+use bsmtp::tag::Tag;
 use bsmtp_session::client::{self, ClientSession};
 use bsmtp_session::idle::{IdleReader, IdleWriter};
 use bsmtp_session::pins::{self, Pins};
@@ -232,7 +232,7 @@ struct Message {
     link: Link,
     route: Rc<Route>,
     /// The tag this transaction is pinned by, once it started on a hub.
-    pinned: Option<String>,
+    pinned: Option<Tag>,
     /// An earlier try left a pin: its acknowledgement was lost.
     was_pinned: bool,
     /// This try wrote the pin (none was there for this hub).
@@ -256,7 +256,7 @@ impl Message {
         }
         self.envelope.tag = self.queue_id.as_deref().and_then(|id| {
             let e = &self.envelope;
-            transaction_tag(id, &e.sender, &e.recipients, e.size)
+            Tag::mint(id, &e.sender, &e.recipients, e.size)
         });
         self.follow_pin()?;
         let held = self.held.take().unwrap_or_default();
@@ -270,8 +270,9 @@ impl Message {
                 .unwrap_or_default();
             // A pin already naming this hub stays as it is: its age counts
             // from the try whose acknowledgement was lost.
-            if pins.get(tag).is_none_or(|pin| pin.hub != hub) {
-                pins.set(tag, &hub).map_err(|e| pins::set_failed(&e))?;
+            if pins.get(tag.as_str()).is_none_or(|pin| pin.hub != hub) {
+                pins.set(tag.as_str(), &hub)
+                    .map_err(|e| pins::set_failed(&e))?;
                 self.wrote_pin = true;
             }
             self.pinned = Some(tag.clone());
@@ -294,7 +295,7 @@ impl Message {
         else {
             return Ok(());
         };
-        let Some(pin) = pins.get(tag) else {
+        let Some(pin) = pins.get(tag.as_str()) else {
             return Ok(());
         };
         self.was_pinned = true;
@@ -388,7 +389,7 @@ impl Delivery for Message {
                         .find(|reply| reply.is_transient())
                         .map(|reply| Failure::new(FailureKind::Remote(reply.clone()), ""));
                     if pins::settled(self.was_pinned, later.as_ref()) {
-                        pins.clear(tag);
+                        pins.clear(tag.as_str());
                     }
                 }
                 outcome
@@ -438,7 +439,7 @@ impl Delivery for Message {
             self.wrote_pin,
             self.was_pinned,
         ) {
-            pins.clear(tag);
+            pins.clear(tag.as_str());
         }
     }
 }

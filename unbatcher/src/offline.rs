@@ -25,6 +25,7 @@ use bsmtp::bounce::{RecipientReport, DEFAULT_SIZE_LIMIT};
 use bsmtp::codec::{Command, Decoder, Event, Param};
 use bsmtp::dsn::{parse_envid, parse_notify, parse_orcpt, MailDsn, RcptDsn, Ret};
 use bsmtp::reply::{Reply, ReplyParser};
+use bsmtp::tag::{Record, Tag};
 use bsmtp_session::notice::{About, Notifier};
 use bsmtp_session::postdrop::PostdropInjector;
 use bsmtp_session::server::{Receiver, Settings, Summary};
@@ -370,7 +371,8 @@ pub fn receive(
 ) -> io::Result<Outcome> {
     // Nobody reads the replies: errors must not end the batch early.
     settings.error_limit = usize::MAX;
-    settings.content_tags = true;
+    // Scoped by the caller to the batch file, when it knows one.
+    settings.content_tags.get_or_insert_with(String::new);
     let reading = Rc::new(RefCell::new(Reading {
         transcript: Transcript::default(),
         peer: settings.policy.peer.clone(),
@@ -433,21 +435,25 @@ fn settle(
     if reports.is_empty() {
         return;
     }
-    let tag = transaction.hash.clone().map(|hash| {
+    let tag = transaction.hash.clone().and_then(|hash| {
         let mut tag = String::from("b");
         for byte in &hash.finalize()[..12] {
             let _ = write!(tag, "{byte:02x}");
         }
-        tag
+        Tag::parse(&tag)
     });
     let claim = match (notices, &tag) {
         (Some(store), Some(tag)) => match store.claim(tag) {
-            Ok(Claim::Duplicate(id)) => {
+            Ok(Claim::Held(claim)) if claim.earlier().is_some() => {
+                let id = claim
+                    .earlier()
+                    .and_then(Record::first_queue_id)
+                    .unwrap_or("none");
                 info!("peer {peer}: refused transaction from <{}> was reported before ({id}): no second notice", transaction.sender);
                 outcome.bounced += reports.len();
                 return;
             }
-            Ok(Claim::New(claim)) => Some(claim),
+            Ok(Claim::Held(claim)) => Some(claim),
             Ok(Claim::Busy) | Err(_) => {
                 outcome.retry += reports.len();
                 return;
@@ -467,7 +473,7 @@ fn settle(
     match notifier.failure(&about, &reports, &dsn) {
         Ok(notice) => {
             if let Some(claim) = claim {
-                let _ = claim.commit(notice.as_deref().unwrap_or("none"));
+                let _ = claim.mark(notice.as_deref().unwrap_or("none"));
             }
             outcome.bounced += reports.len();
         }

@@ -74,6 +74,11 @@ pub struct ConfigFile {
     pub tag_lifetime: Option<u64>,
     /// Most tags kept per peer.
     pub tag_limit: Option<usize>,
+    /// Seconds a content tag of the sendmail verb is kept: a message with
+    /// the same sender, recipients and content within this time is taken
+    /// for a resend after a lost exit status, and not queued again
+    /// (default 600).
+    pub content_tag_lifetime: Option<u64>,
     /// Where the hub's `bsmtp-ssh enqueue` spools mail for pulling peers,
     /// a directory per peer (default /var/spool/bsmtp-ssh).
     pub spool_directory: Option<PathBuf>,

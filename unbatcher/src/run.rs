@@ -1,7 +1,7 @@
 //! The command line and the top-level flow of one rsmtp invocation.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bsmtp::reply::{EnhancedCode, Reply};
 use bsmtp_session::main_cf::MainCf;
@@ -381,21 +381,40 @@ fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
 }
 
 /// The peer's exactly-once tag store, unless rsmtp.conf turns it off.
-/// Without one rsmtp still takes mail, but does not announce tags, so a
-/// retry after a lost acknowledgement can be queued twice; that is said.
+/// Without `tag_directory` it is the default directory when this account
+/// can write there (the package makes it), else one under this account's
+/// home, made on first use: a hub set up by hand keeps tags with no step
+/// by the admin (SPEC invariant 8). Without a store rsmtp still takes
+/// mail, but does not announce tags, so a retry after a lost
+/// acknowledgement can be queued twice; that is said.
 fn open_tags(file: &ConfigFile, peer: &str) -> Option<TagStore> {
-    let dir = file
-        .tag_directory
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(tags::DEFAULT_DIRECTORY));
+    let dir = file.tag_directory.clone().unwrap_or_else(|| {
+        let home = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|user| user.dir);
+        tags::fallback_directory(Path::new(tags::DEFAULT_DIRECTORY), home.as_deref())
+    });
     if dir.as_os_str().is_empty() {
         return None;
+    }
+    if file.tag_directory.is_none() && dir != Path::new(tags::DEFAULT_DIRECTORY) {
+        // Ours to make: nobody else will.
+        if let Err(err) = tags::create_base(&dir) {
+            log::warn!("peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account, or set tag_directory in rsmtp.conf", tags::DEFAULT_DIRECTORY);
+            return None;
+        }
     }
     let lifetime = file
         .tag_lifetime
         .map_or(tags::DEFAULT_LIFETIME, std::time::Duration::from_secs);
+    let content_lifetime = file.content_tag_lifetime.map_or(
+        tags::DEFAULT_CONTENT_LIFETIME,
+        std::time::Duration::from_secs,
+    );
     let limit = file.tag_limit.unwrap_or(tags::DEFAULT_LIMIT);
     TagStore::open(&dir, peer, lifetime, limit)
+        .map(|store| store.with_content_lifetime(content_lifetime))
         .inspect_err(|err| {
             log::warn!(
                 "peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account (install -d -o USER -m 700 DIR), or set tag_directory in rsmtp.conf",

@@ -44,7 +44,7 @@ pub fn run(
     })?;
     // A retry after a lost exit status sends the same message again:
     // tagged by content, it is not queued twice.
-    settings.content_tags = true;
+    settings.content_tags = Some(String::new());
     let peer = settings.policy.peer.clone();
     // Without -f: the null sender, which is what sshsendmail sends for a
     // bounce (it leaves -f out when the sender is empty).
