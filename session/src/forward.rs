@@ -178,14 +178,16 @@ pub fn send<S: Read + Write>(
         while session.unread() >= settings.window.max(1) {
             let (entry, pending) = in_flight.pop_front().expect("one per unread transaction");
             let outcome = session.collect().map_err(|f| (report.clone(), f))?;
-            report.add(&settle(spool, &entry, &pending, &outcome, &relay, bouncer));
+            let done = settle(spool, &entry, &pending, &outcome, &relay, bouncer);
+            report.add(&done.map_err(|f| (report.clone(), f))?);
             settled += 1;
             progress(settled, ids.len());
         }
     }
     while let Some((entry, pending)) = in_flight.pop_front() {
         let outcome = session.collect().map_err(|f| (report.clone(), f))?;
-        report.add(&settle(spool, &entry, &pending, &outcome, &relay, bouncer));
+        let done = settle(spool, &entry, &pending, &outcome, &relay, bouncer);
+        report.add(&done.map_err(|f| (report.clone(), f))?);
         settled += 1;
         progress(settled, ids.len());
     }
@@ -258,7 +260,10 @@ fn transmit<S: Read + Write>(
 
 /// Settles one message by its replies: delivered recipients are done,
 /// refused ones bounced, deferred ones stay; the spool entry goes when
-/// nothing is left.
+/// nothing is left. When the spool cannot record that progress, the whole
+/// entry is deferred and the flush ends with a local failure: the next
+/// flush sends it again under the same tag, and the receiver's record
+/// answers the recipients it already has and queues only the others.
 fn settle(
     spool: &Spool,
     entry: &Entry,
@@ -266,7 +271,7 @@ fn settle(
     outcome: &client::Outcome,
     relay: &str,
     bouncer: &mut impl Bouncer,
-) -> Report {
+) -> Result<Report, Failure> {
     let mut entry = entry.clone();
     let mut report = Report::default();
     let mut failed = Vec::new();
@@ -319,16 +324,16 @@ fn settle(
         entry.meta.last_attempt = Some(unix_now());
         entry.meta.last_error = last_error.or(entry.meta.last_error);
         if let Err(err) = spool.save_meta(&entry.id, &entry.meta) {
-            // Delivered recipients not recorded are sent again; the tag
-            // of the smaller envelope differs, but the receiver's log
-            // shows both. Say so.
-            warn!(
-                "{}: cannot record progress: {err}; delivered recipients may be sent again",
-                entry.id
-            );
+            return Err(Failure::new(
+                FailureKind::Local,
+                format!(
+                    "{}: cannot record in the spool which recipients were delivered: {err}; the message stays whole in the spool, and its next try is answered from the receiver's tag record for those",
+                    entry.id
+                ),
+            ));
         }
     }
-    report
+    Ok(report)
 }
 
 /// Bounces `failed` (if any) and counts them.

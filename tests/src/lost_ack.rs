@@ -109,11 +109,20 @@ pub fn run(env: &Env, loss: Loss) {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let tag = std::fs::read_dir(env.tag_directory().join("leaf1"))
+    // One record, naming the recipient and the queue ID it went under.
+    let records = std::fs::read_dir(env.tag_directory().join("leaf1"))
         .unwrap()
         .flatten()
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<Vec<_>>();
-    assert_eq!(tag, [format!("queued {hub_id}\n")], "{sent}");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = bsmtp::tag::Record::parse(&records[0], 0)
+        .unwrap_or_else(|| panic!("not a tag record: {:?}", records[0]));
+    assert_eq!(
+        record.queue_id_of("bob@hub.test"),
+        Some(hub_id.as_str()),
+        "{sent}"
+    );
+    assert!(record.digest.is_some(), "{records:?}");
 }

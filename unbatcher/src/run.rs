@@ -442,9 +442,30 @@ fn clamp_max_size(policy: &mut Policy, message_size_limit: u64) {
     policy.max_size = message_size_limit;
 }
 
+/// What tells one batch file from another, for the content tags that keep
+/// a batch read again from queuing twice (device, inode, change time and
+/// size of standard input): another batch with an identical message is
+/// another file. Empty when standard input is no regular file (a pipe):
+/// then only a quick resend is caught ([`tags::DEFAULT_CONTENT_LIFETIME`]).
+fn batch_identity() -> String {
+    use std::os::fd::AsFd;
+    match nix::sys::stat::fstat(std::io::stdin().as_fd()) {
+        Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG => format!(
+            "{}:{}:{}.{}:{}",
+            st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size
+        ),
+        _ => String::new(),
+    }
+}
+
 /// A batch on stdin with nobody to answer: see [`crate::offline`].
-fn offline(session: Session, file: &ConfigFile, input: &mut impl Input) -> Result<(), RunError> {
+fn offline(
+    mut session: Session,
+    file: &ConfigFile,
+    input: &mut impl Input,
+) -> Result<(), RunError> {
     let peer = session.settings.policy.peer.clone();
+    session.settings.content_tags = Some(batch_identity());
     let notifier = Notifier::new(session.postdrop.clone(), &session.settings.hostname);
     let notices = open_tags(file, &peer);
     let injector = PostdropInjector {
