@@ -803,65 +803,11 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
 
     // Read everything before writing anything: a failing read, or an entry
     // that is someone else's, leaves the config untouched.
-    let mut plan = Vec::new();
-    for item in &items {
-        let current = postfix.current(item)?;
-        let foreign = match (item, &current) {
-            (Item::Master { fields, .. }, Some(current)) => {
-                let theirs: Vec<String> = current.split_whitespace().map(str::to_owned).collect();
-                !is_ours(&theirs, fields)
-            }
-            _ => false,
-        };
-        plan.push((item, current, foreign));
-    }
-    let refused: Vec<String> = plan
-        .iter()
-        .filter(|(_, _, foreign)| *foreign)
-        .map(|(item, current, _)| refusal(item, current.as_deref().unwrap_or_default()))
-        .collect();
-    if !refused.is_empty() && !args.force {
-        let another = if args.hub {
-            "choose another listener with --listen (unix, or a free loopback port)"
-        } else {
-            "choose another service name with --transport NAME"
-        };
-        return Err(Fatal {
-            code: EXIT_NOT_OURS,
-            message: format!(
-                "{}\nnothing was changed; to keep it, {another}; to replace it, \
-                 run again with --force",
-                refused.join("\n"),
-            ),
-        });
-    }
-    if args.hub && values.listen_type() == "inet" {
-        let _ = writeln!(
-            out,
-            "warning: a TCP listener on loopback lets any local process relay through \
-             it and forge XFORWARD (the client names in the log and in Received:); \
-             --listen unix lets only root, postfix and group postdrop reach it"
-        );
-    }
+    let plan = read_plan(&postfix, &items, args)?;
     if args.hub {
-        note_other_listeners(&postfix, &items, out)?;
+        hub_warnings(&postfix, &values, &items, out)?;
     }
-    let mut changes = Vec::new();
-    for (item, current, foreign) in &plan {
-        let wanted = item.wanted();
-        if current.as_deref() == Some(wanted.as_str()) {
-            let _ = writeln!(out, "{} = {wanted} (unchanged)", item.key());
-        } else {
-            let was = current.as_deref().unwrap_or("unset");
-            let forced = if *foreign {
-                "; not bsmtp-ssh's, replaced by --force"
-            } else {
-                ""
-            };
-            let _ = writeln!(out, "{} = {wanted} (was: {was}{forced})", item.key());
-            changes.push(postfix.set(item));
-        }
-    }
+    let changes = announce(&postfix, &plan, out);
 
     if args.dry_run {
         for argv in &changes {
@@ -914,6 +860,108 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// One item as read before anything is written.
+struct Planned<'a> {
+    item: &'a Item,
+    /// Its value now, as Postfix reads it.
+    current: Option<String>,
+    /// A master.cf entry is at its place that is not bsmtp-ssh's.
+    foreign: bool,
+}
+
+/// Reads every item's current value; refuses ([`EXIT_NOT_OURS`]) when an
+/// entry at the place of one of ours is someone else's, naming each such
+/// entry, unless `--force`.
+fn read_plan<'a>(
+    postfix: &Postfix,
+    items: &'a [Item],
+    args: &InstallArgs,
+) -> Result<Vec<Planned<'a>>, Fatal> {
+    let mut plan = Vec::new();
+    for item in items {
+        let current = postfix.current(item)?;
+        let foreign = match (item, &current) {
+            (Item::Master { fields, .. }, Some(current)) => {
+                let theirs: Vec<String> = current.split_whitespace().map(str::to_owned).collect();
+                !is_ours(&theirs, fields)
+            }
+            _ => false,
+        };
+        plan.push(Planned {
+            item,
+            current,
+            foreign,
+        });
+    }
+    let refused: Vec<String> = plan
+        .iter()
+        .filter(|planned| planned.foreign)
+        .map(|planned| refusal(planned.item, planned.current.as_deref().unwrap_or_default()))
+        .collect();
+    if refused.is_empty() || args.force {
+        return Ok(plan);
+    }
+    let another = if args.hub {
+        "choose another listener with --listen (unix, or a free loopback port)"
+    } else {
+        "choose another service name with --transport NAME"
+    };
+    Err(Fatal {
+        code: EXIT_NOT_OURS,
+        message: format!(
+            "{}\nnothing was changed; to keep it, {another}; to replace it, \
+             run again with --force",
+            refused.join("\n"),
+        ),
+    })
+}
+
+/// Prints each item's wanted value and what it was; returns the postconf
+/// commands for those that differ.
+fn announce(postfix: &Postfix, plan: &[Planned], out: &mut impl Write) -> Vec<Vec<OsString>> {
+    let mut changes = Vec::new();
+    for Planned {
+        item,
+        current,
+        foreign,
+    } in plan
+    {
+        let wanted = item.wanted();
+        if current.as_deref() == Some(wanted.as_str()) {
+            let _ = writeln!(out, "{} = {wanted} (unchanged)", item.key());
+        } else {
+            let was = current.as_deref().unwrap_or("unset");
+            let forced = if *foreign {
+                "; not bsmtp-ssh's, replaced by --force"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "{} = {wanted} (was: {was}{forced})", item.key());
+            changes.push(postfix.set(item));
+        }
+    }
+    changes
+}
+
+/// What the hub's admin should know before the listener is installed:
+/// what a TCP listener allows, and listeners of ours at other places.
+fn hub_warnings(
+    postfix: &Postfix,
+    values: &Values,
+    items: &[Item],
+    out: &mut impl Write,
+) -> Result<(), Fatal> {
+    if values.listen_type() == "inet" {
+        let _ = writeln!(
+            out,
+            "warning: a TCP listener on loopback lets any local process relay through \
+             it and forge XFORWARD (the client names in the log and in Received:); \
+             --listen unix lets only root, postfix and group postdrop reach it"
+        );
+    }
+    note_other_listeners(postfix, items, out)
+}
+
 /// Names the hub listeners of ours at other places than `items` (an
 /// earlier install's TCP listener, when this one installs the socket):
 /// they stay, and so does what they allow.
@@ -956,7 +1004,9 @@ fn refusal(item: &Item, current: &str) -> String {
         item.key()
     );
     if let Some(what) = looks_like(&theirs) {
-        text.push_str(&format!("\n  ({what})"));
+        text.push_str("\n  (");
+        text.push_str(what);
+        text.push(')');
     }
     text
 }
