@@ -351,8 +351,9 @@ fn refusal_after_the_dot_bounces_with_smtpds_code() {
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
 }
 
-/// The UNIX socket listener (`postfix-install --hub --listen unix`): smtpd
-/// answers on `public/bsmtp-inject` in the hub's queue directory, and
+/// The UNIX socket listener, what `postfix-install --hub` installs by
+/// default (audit L10: no TCP port any local process could relay through):
+/// smtpd answers on `public/bsmtp-inject` in the hub's queue directory, and
 /// rsmtp (`--inject smtp:unix:public/bsmtp-inject`, a path relative to the
 /// queue directory) delivers through it, smtpd's queue ID in its 250 and
 /// the peer in smtpd's log. rsmtp runs here as root with `SSH_CONNECTION`
@@ -363,7 +364,7 @@ fn unix_socket_listener_delivers() {
     let env = Env::start("fast_unix");
     let out = run_timeout(
         std::process::Command::new(env.bin_dir().join("bsmtp-ssh"))
-            .args(["postfix-install", "--hub", "--listen", "unix"])
+            .args(["postfix-install", "--hub"])
             .arg("--config-directory")
             .arg(env.hub_config_dir()),
         b"",
@@ -373,16 +374,18 @@ fn unix_socket_listener_delivers() {
         out.status.success(),
         "{}",
         explain(
-            "postfix-install --hub --listen unix",
+            "postfix-install --hub",
             out.status,
             &out.stdout,
             &out.stderr
         )
     );
+    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("inject = \"smtp:unix:public/bsmtp-inject\""),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        said.contains("master.cf: bsmtp-inject/unix = bsmtp-inject unix ")
+            && said.contains("inject = \"smtp:unix:public/bsmtp-inject\"")
+            && !said.contains("TCP listener"),
+        "{said}"
     );
     env.hub().postfix(&["reload"]);
     let socket = env.hub().dir.join("spool/public/bsmtp-inject");

@@ -231,3 +231,67 @@ fn postfix_install_spool_is_idempotent_and_spools() {
     assert!(flushed.status.success(), "{}", text(&flushed));
     env.wait_maildir("bob", 1, DELIVERY);
 }
+
+/// Audit M6 on a real leaf: Debian's stock `bsmtp` pipe(8) entry where the
+/// harness put ours stops postfix-install (exit 1, the entry shown, neither
+/// master.cf nor main.cf changed, the dry run alike); `--force` replaces
+/// it, a second run without it changes nothing, and mail flows through the
+/// replaced entry.
+#[test]
+fn postfix_install_keeps_debians_stock_bsmtp_entry_until_forced() {
+    let env = Env::start("install_debian_stock");
+    let etc = env.leaf_config_dir();
+    let stock = "bsmtp unix - n n - - pipe flags=Fq. user=bsmtp \
+                 argv=/usr/lib/bsmtp/bsmtp -t$nexthop -f$sender $recipient";
+    let postconf = env
+        .leaf()
+        .command("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .args(["-M", &format!("bsmtp/unix={stock}")])
+        .output()
+        .expect("postconf -M");
+    assert!(postconf.status.success(), "{}", text(&postconf));
+    let files = || (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
+    let before = files();
+
+    for flags in [&["--dry-run"][..], &[][..]] {
+        let refused = install(&env, flags);
+        let said = text(&refused);
+        assert_eq!(refused.status.code(), Some(1), "{flags:?}: {said}");
+        for says in [
+            "postfix-install: error: master.cf: bsmtp/unix exists and is not bsmtp-ssh's entry:\n",
+            &format!("\n  {stock}\n"),
+            "nothing was changed",
+            "--force",
+        ] {
+            assert!(said.contains(says), "{flags:?}: {says} missing: {said}");
+        }
+        assert_eq!(files(), before, "{flags:?}: the files changed");
+    }
+
+    let forced = install(&env, &["--force"]);
+    let forced_text = text(&forced);
+    assert_eq!(forced.status.code(), Some(0), "{forced_text}");
+    assert!(
+        forced_text.contains(&format!(
+            "(was: {stock}; not bsmtp-ssh's, replaced by --force)"
+        )),
+        "{forced_text}"
+    );
+    let after = files();
+    let again = install(&env, &[]);
+    let again_text = text(&again);
+    assert_eq!(again.status.code(), Some(0), "{again_text}");
+    assert!(again_text.contains("\nnothing to change\n"), "{again_text}");
+    assert_eq!(files(), after, "the second run changed the files");
+
+    env.leaf().postfix(&["reload"]);
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: forced\n\nthrough the replaced entry\n",
+    );
+    let delivered = env.wait_maildir("bob", 1, DELIVERY);
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("through the replaced entry"));
+}

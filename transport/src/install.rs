@@ -9,6 +9,14 @@
 //! prints the exact commands and runs none of them. Routing
 //! (`default_transport`, `transport_maps`) stays the administrator's choice
 //! and is only suggested.
+//!
+//! It never replaces someone else's service: a master.cf entry of the same
+//! name and type that is not recognisably bsmtp-ssh's ([`is_ours`]), such as
+//! a content filter's re-injection smtpd on `127.0.0.1:10025` or Debian's
+//! stock `bsmtp` pipe(8) entry, stops the install before the first write
+//! (exit [`EXIT_NOT_OURS`], the entry shown) unless `--force` says to
+//! replace it. An entry this tool wrote before, in any version and with
+//! any values, is ours to update.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -35,8 +43,10 @@ pub const SPOOL_MAIN_CF: &str = include_str!("../../postfix-snippets/spool/main.
 /// listener (rsmtp `--inject smtp:...`).
 pub const HUB_INJECT_MASTER_CF: &str = include_str!("../../postfix-snippets/hub/inject-master.cf");
 
-/// The hub listener's default address (`--listen`).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:10025";
+/// The hub listener's default `--listen`: the UNIX socket, which only
+/// root, postfix and group postdrop can reach. A TCP listener on loopback
+/// lets every local process relay through it and forge XFORWARD.
+pub const DEFAULT_LISTEN: &str = "unix";
 /// The hub listener's service name with `--listen unix`: its socket is
 /// `public/bsmtp-inject` in the queue directory.
 pub const INJECT_SOCKET_SERVICE: &str = "bsmtp-inject";
@@ -98,11 +108,22 @@ pub struct InstallArgs {
     /// smtpd that rsmtp `--inject smtp:...` hands received mail to.
     #[arg(long, conflicts_with_all = ["batching", "spool"])]
     pub hub: bool,
-    /// Where the --hub listener listens: a loopback ADDRESS:PORT, or
-    /// `unix` for the socket public/bsmtp-inject in the queue directory.
-    #[arg(long, value_name = "ADDRESS:PORT|unix", default_value = DEFAULT_LISTEN, requires = "hub")]
+    /// Where the --hub listener listens: `unix` (the default), the socket
+    /// public/bsmtp-inject in the queue directory, reachable only by root,
+    /// postfix and group postdrop; or a loopback ADDRESS:PORT, where any
+    /// local process can relay through it and forge XFORWARD.
+    #[arg(long, value_name = "unix|ADDRESS:PORT", default_value = DEFAULT_LISTEN, requires = "hub")]
     pub listen: String,
+    /// Replace a master.cf entry of the same name and type that is not
+    /// bsmtp-ssh's (without it, such an entry stops the install with exit
+    /// 1 and nothing changed).
+    #[arg(long)]
+    pub force: bool,
 }
+
+/// postfix-install's exit status when master.cf holds an entry of the same
+/// name and type that is not bsmtp-ssh's and `--force` was not given.
+pub const EXIT_NOT_OURS: u8 = 1;
 
 /// The values that replace the snippets' placeholders.
 #[derive(Clone, Debug)]
@@ -185,7 +206,7 @@ impl Values {
         }
         let bad = || {
             Err(format!(
-                "--listen {:?}: give a loopback address and port (127.0.0.1:10025, [::1]:10025) or unix",
+                "--listen {:?}: give unix, or a loopback address and port (127.0.0.1:10040, [::1]:10040)",
                 self.listen
             ))
         };
@@ -343,6 +364,83 @@ impl Item {
     }
 }
 
+/// The `-o name=value` overrides of a master.cf entry's fields.
+fn overrides(fields: &[String]) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut words = fields.iter().skip(8);
+    while let Some(word) = words.next() {
+        if word == "-o" {
+            if let Some(value) = words.next() {
+                found.push(value.as_str());
+            }
+        } else if let Some(value) = word.strip_prefix("-o") {
+            found.push(value);
+        }
+    }
+    found
+}
+
+/// The program of an `argv=` attribute and the word after it.
+fn argv_of(fields: &[String]) -> Option<(&str, Option<&str>)> {
+    let at = fields.iter().position(|w| w.starts_with("argv="))?;
+    let program = fields[at].strip_prefix("argv=")?;
+    Some((program, fields.get(at + 1).map(String::as_str)))
+}
+
+/// The overrides that name bsmtp-ssh in an entry that runs no program of
+/// ours: the hub's smtpd logs as postfix/bsmtp-inject, the batching lmtp(8)
+/// transport caches connections to our spawn(8) service's socket.
+const MARKER_OVERRIDES: [&str; 2] = ["syslog_name=", "lmtp_connection_cache_destinations="];
+
+/// True when the master.cf entry `existing` (its fields as postconf -M
+/// prints them) is bsmtp-ssh's entry for the place where `wanted` goes,
+/// written by this or an earlier version with any values, so that
+/// replacing it is an update: the same entry; or the same command (field
+/// 8) and
+/// - for pipe(8) and spawn(8), an `argv=` that runs bsmtp-ssh (the path
+///   `wanted` names, or any path whose file name is `bsmtp-ssh`) with the
+///   same subcommand (`deliver`, `enqueue`, `lmtp`);
+/// - otherwise (the hub's smtpd, the batching lmtp(8)), every marker
+///   override of `wanted` ([`MARKER_OVERRIDES`]) with the same value.
+///
+/// Anything else is someone else's: a content filter's re-injection smtpd
+/// (`127.0.0.1:10025 inet ... smtpd -o content_filter=`), Debian's stock
+/// `bsmtp unix ... pipe ... argv=/usr/lib/bsmtp/bsmtp`, a hand-made entry.
+pub fn is_ours(existing: &[String], wanted: &[String]) -> bool {
+    if existing == wanted {
+        return true;
+    }
+    if existing.len() < 8 || wanted.len() < 8 || existing[7] != wanted[7] {
+        return false;
+    }
+    if let Some((program, subcommand)) = argv_of(wanted) {
+        return argv_of(existing).is_some_and(|(theirs, their_subcommand)| {
+            let named_ours =
+                theirs == program || Path::new(theirs).file_name() == Some("bsmtp-ssh".as_ref());
+            named_ours && their_subcommand == subcommand
+        });
+    }
+    let markers: Vec<&str> = overrides(wanted)
+        .into_iter()
+        .filter(|o| MARKER_OVERRIDES.iter().any(|m| o.starts_with(m)))
+        .collect();
+    let theirs = overrides(existing);
+    !markers.is_empty() && markers.iter().all(|m| theirs.contains(m))
+}
+
+/// What an entry that is not ours appears to be, when that is known.
+fn looks_like(existing: &[String]) -> Option<&'static str> {
+    let filter = existing.get(7).is_some_and(|c| c == "smtpd")
+        && overrides(existing)
+            .iter()
+            .any(|o| o.starts_with("content_filter="));
+    filter.then_some(
+        "with -o content_filter= it looks like a content filter's re-injection \
+         listener, as in Postfix's FILTER_README and amavis: replacing it would \
+         send filtered mail back into the filter, in a loop",
+    )
+}
+
 /// Joins Postfix's logical lines: `#` lines (after optional white space) and
 /// blank lines are dropped; a line starting with white space continues the
 /// previous one. Returns (first line number, logical line).
@@ -460,14 +558,14 @@ pub fn routing_hint(values: &Values) -> Result<Vec<String>, String> {
 
 /// A fatal problem: what to print and the exit status.
 struct Fatal {
-    code: ExitCode,
+    code: u8,
     message: String,
 }
 
 impl Fatal {
     fn new(code: ExitCode, message: impl Into<String>) -> Fatal {
         Fatal {
-            code,
+            code: code as u8,
             message: message.into(),
         }
     }
@@ -620,7 +718,7 @@ pub fn run(args: &InstallArgs, out: &mut impl Write) -> u8 {
         Ok(()) => 0,
         Err(fatal) => {
             let _ = writeln!(out, "postfix-install: error: {}", fatal.message);
-            fatal.code as u8
+            fatal.code
         }
     }
 }
@@ -703,20 +801,13 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
         warn_prerequisites(&values, &program, args, out);
     }
 
-    // Read everything before writing anything: a failing read leaves the
-    // config untouched.
-    let mut changes = Vec::new();
-    for item in &items {
-        let current = postfix.current(item)?;
-        let wanted = item.wanted();
-        if current.as_deref() == Some(wanted.as_str()) {
-            let _ = writeln!(out, "{} = {wanted} (unchanged)", item.key());
-        } else {
-            let was = current.as_deref().unwrap_or("unset");
-            let _ = writeln!(out, "{} = {wanted} (was: {was})", item.key());
-            changes.push(postfix.set(item));
-        }
+    // Read everything before writing anything: a failing read, or an entry
+    // that is someone else's, leaves the config untouched.
+    let plan = read_plan(&postfix, &items, args)?;
+    if args.hub {
+        hub_warnings(&postfix, &values, &items, out)?;
     }
+    let changes = announce(&postfix, &plan, out);
 
     if args.dry_run {
         for argv in &changes {
@@ -767,6 +858,157 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     }
     print_hint(&values, out);
     Ok(())
+}
+
+/// One item as read before anything is written.
+struct Planned<'a> {
+    item: &'a Item,
+    /// Its value now, as Postfix reads it.
+    current: Option<String>,
+    /// A master.cf entry is at its place that is not bsmtp-ssh's.
+    foreign: bool,
+}
+
+/// Reads every item's current value; refuses ([`EXIT_NOT_OURS`]) when an
+/// entry at the place of one of ours is someone else's, naming each such
+/// entry, unless `--force`.
+fn read_plan<'a>(
+    postfix: &Postfix,
+    items: &'a [Item],
+    args: &InstallArgs,
+) -> Result<Vec<Planned<'a>>, Fatal> {
+    let mut plan = Vec::new();
+    for item in items {
+        let current = postfix.current(item)?;
+        let foreign = match (item, &current) {
+            (Item::Master { fields, .. }, Some(current)) => {
+                let theirs: Vec<String> = current.split_whitespace().map(str::to_owned).collect();
+                !is_ours(&theirs, fields)
+            }
+            _ => false,
+        };
+        plan.push(Planned {
+            item,
+            current,
+            foreign,
+        });
+    }
+    let refused: Vec<String> = plan
+        .iter()
+        .filter(|planned| planned.foreign)
+        .map(|planned| refusal(planned.item, planned.current.as_deref().unwrap_or_default()))
+        .collect();
+    if refused.is_empty() || args.force {
+        return Ok(plan);
+    }
+    let another = if args.hub {
+        "choose another listener with --listen (unix, or a free loopback port)"
+    } else {
+        "choose another service name with --transport NAME"
+    };
+    Err(Fatal {
+        code: EXIT_NOT_OURS,
+        message: format!(
+            "{}\nnothing was changed; to keep it, {another}; to replace it, \
+             run again with --force",
+            refused.join("\n"),
+        ),
+    })
+}
+
+/// Prints each item's wanted value and what it was; returns the postconf
+/// commands for those that differ.
+fn announce(postfix: &Postfix, plan: &[Planned], out: &mut impl Write) -> Vec<Vec<OsString>> {
+    let mut changes = Vec::new();
+    for Planned {
+        item,
+        current,
+        foreign,
+    } in plan
+    {
+        let wanted = item.wanted();
+        if current.as_deref() == Some(wanted.as_str()) {
+            let _ = writeln!(out, "{} = {wanted} (unchanged)", item.key());
+        } else {
+            let was = current.as_deref().unwrap_or("unset");
+            let forced = if *foreign {
+                "; not bsmtp-ssh's, replaced by --force"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "{} = {wanted} (was: {was}{forced})", item.key());
+            changes.push(postfix.set(item));
+        }
+    }
+    changes
+}
+
+/// What the hub's admin should know before the listener is installed:
+/// what a TCP listener allows, and listeners of ours at other places.
+fn hub_warnings(
+    postfix: &Postfix,
+    values: &Values,
+    items: &[Item],
+    out: &mut impl Write,
+) -> Result<(), Fatal> {
+    if values.listen_type() == "inet" {
+        let _ = writeln!(
+            out,
+            "warning: a TCP listener on loopback lets any local process relay through \
+             it and forge XFORWARD (the client names in the log and in Received:); \
+             --listen unix lets only root, postfix and group postdrop reach it"
+        );
+    }
+    note_other_listeners(postfix, items, out)
+}
+
+/// Names the hub listeners of ours at other places than `items` (an
+/// earlier install's TCP listener, when this one installs the socket):
+/// they stay, and so does what they allow.
+fn note_other_listeners(
+    postfix: &Postfix,
+    items: &[Item],
+    out: &mut impl Write,
+) -> Result<(), Fatal> {
+    let all = postfix.query(&["-M"])?.unwrap_or_default();
+    for line in all.lines() {
+        let fields: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let ours = fields.len() >= 8
+            && fields[7] == "smtpd"
+            && overrides(&fields).contains(&"syslog_name=postfix/bsmtp-inject");
+        if !ours {
+            continue;
+        }
+        let here = items.iter().any(|item| {
+            matches!(item, Item::Master { service, kind, .. }
+                if *service == fields[0] && *kind == fields[1])
+        });
+        if !here {
+            let _ = writeln!(
+                out,
+                "note: master.cf also has {0}/{1}, another bsmtp-ssh listener, left \
+                 as it is; once rsmtp.conf's inject no longer names it, remove it: \
+                 postconf -MX {0}/{1}",
+                fields[0], fields[1]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The error lines for an entry at `item`'s place that is not ours.
+fn refusal(item: &Item, current: &str) -> String {
+    let theirs: Vec<String> = current.split_whitespace().map(str::to_owned).collect();
+    let mut text = format!(
+        "{} exists and is not bsmtp-ssh's entry:\n  {current}",
+        item.key()
+    );
+    if let Some(what) = looks_like(&theirs) {
+        text.push_str("\n  (");
+        text.push_str(what);
+        text.push(')');
+    }
+    text
 }
 
 /// Runs `postfix check` and reports what it said.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bsmtp_ssh::install::{
-    batching_items, has_envid_macro, hub_items, leaf_items, leftover_placeholder, parse_main_cf,
-    parse_master_cf, routing_hint, spool_items, substitute, Item, Values, BATCHING_MAIN_CF,
-    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF, LEAF_MAIN_CF, LEAF_MASTER_CF,
-    PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
+    batching_items, has_envid_macro, hub_items, is_ours, leaf_items, leftover_placeholder,
+    parse_main_cf, parse_master_cf, routing_hint, spool_items, substitute, Item, Values,
+    BATCHING_MAIN_CF, BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF,
+    LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -571,4 +571,341 @@ fn hub_install_is_exact_in_dry_run_and_idempotent() {
     );
     let (code, refused) = scratch.install(&["--hub", "--listen", "0.0.0.0:25"]);
     assert_eq!(code, 64, "{refused}");
+}
+
+/// Postfix's `FILTER_README` and amavis: the content filter's re-injection
+/// listener, which must keep its `-o content_filter=` (without it, filtered
+/// mail goes back into the filter, in a loop).
+const CONTENT_FILTER_REINJECTION: &str =
+    "127.0.0.1:10025 inet n  -       n       -       -       smtpd
+    -o content_filter=
+    -o local_recipient_maps=
+    -o relay_recipient_maps=
+    -o smtpd_restriction_classes=
+    -o smtpd_delay_reject=no
+    -o smtpd_client_restrictions=permit_mynetworks,reject
+    -o smtpd_helo_restrictions=
+    -o smtpd_sender_restrictions=
+    -o smtpd_recipient_restrictions=permit_mynetworks,reject
+    -o mynetworks=127.0.0.0/8
+    -o smtpd_error_sleep_time=0
+    -o smtpd_soft_error_limit=1001
+    -o smtpd_hard_error_limit=1000
+    -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks
+    -o smtpd_authorized_xforward_hosts=127.0.0.0/8
+";
+
+/// Debian 12's stock master.cf entry for a bsmtp program of its own.
+const DEBIAN_STOCK_BSMTP: &str = "bsmtp     unix  -       n       n       -       -       pipe
+  flags=Fq. user=bsmtp argv=/usr/lib/bsmtp/bsmtp -t$nexthop -f$sender $recipient
+";
+
+impl Scratch {
+    /// Appends `text` to master.cf.
+    fn add_master(&self, text: &str) {
+        let mut master = self.read("master.cf");
+        master.push_str(text);
+        std::fs::write(self.path().join("master.cf"), master).unwrap();
+    }
+
+    /// Both files, to show that nothing changed.
+    fn files(&self) -> (String, String) {
+        (self.read("main.cf"), self.read("master.cf"))
+    }
+
+    /// `postconf -M SERVICE/TYPE`: the entry on one line, as Postfix reads
+    /// it, single-spaced (as postfix-install shows it).
+    fn entry(&self, key: &str) -> String {
+        let out = Command::new("/usr/sbin/postconf")
+            .arg("-c")
+            .arg(self.path())
+            .args(["-M", key])
+            .output()
+            .unwrap();
+        fields(&String::from_utf8_lossy(&out.stdout)).join(" ")
+    }
+}
+
+fn fields(entry: &str) -> Vec<String> {
+    entry.split_whitespace().map(str::to_owned).collect()
+}
+
+/// "Recognisably ours": every entry the installer writes, also as an
+/// earlier version or another program path wrote it, and nothing else at
+/// the same place.
+#[test]
+fn is_ours_knows_our_entries_from_any_version_and_no_others() {
+    let mine = |items: Vec<Item>, at: usize| match &items[at] {
+        Item::Master { fields, .. } => fields.clone(),
+        Item::Main { .. } => panic!("{items:?}"),
+    };
+    let leaf = mine(leaf_items(&values("bsmtp")).unwrap(), 0);
+    assert!(is_ours(&leaf, &leaf));
+    // An earlier version's entry, another path to bsmtp-ssh, other values.
+    let earlier = fields(
+        "bsmtp unix - n n - - pipe flags=q user=bsmtp argv=/usr/local/sbin/bsmtp-ssh \
+         deliver --peer ${nexthop} -f ${sender} -- ${recipient}",
+    );
+    assert!(is_ours(&earlier, &leaf));
+    for theirs in [
+        // Debian's stock entry.
+        "bsmtp unix - n n - - pipe flags=Fq. user=bsmtp argv=/usr/lib/bsmtp/bsmtp \
+         -t$nexthop -f$sender $recipient",
+        // bsmtp-ssh, but not what the installer puts at this name.
+        "bsmtp unix - n n - - pipe user=bsmtp argv=/usr/sbin/bsmtp-ssh enqueue --peer x",
+        // Our program under another command.
+        "bsmtp unix - n n - - spawn user=bsmtp argv=/usr/sbin/bsmtp-ssh deliver",
+        // A name that only ends like ours.
+        "bsmtp unix - n n - - pipe user=bsmtp argv=/usr/sbin/not-bsmtp-ssh deliver",
+    ] {
+        assert!(!is_ours(&fields(theirs), &leaf), "{theirs}");
+    }
+
+    let spawn = mine(batching_items(&batching_values()).unwrap(), 0);
+    let lmtp = mine(batching_items(&batching_values()).unwrap(), 1);
+    assert!(is_ours(
+        &fields("bsmtp-hub unix - n n - - spawn user=b argv=/opt/bsmtp-ssh lmtp --peer hub"),
+        &spawn
+    ));
+    assert!(is_ours(
+        &fields(
+            "bsmtp-hub-lmtp unix - - n - - lmtp -o lmtp_connection_cache_destinations=private/bsmtp-hub"
+        ),
+        &lmtp
+    ));
+    assert!(!is_ours(
+        &fields("bsmtp-hub-lmtp unix - - n - - lmtp -o lmtp_send_xforward_command=yes"),
+        &lmtp
+    ));
+
+    for listen in ["unix", "127.0.0.1:10025"] {
+        let hub = mine(hub_items(&hub_values(listen)).unwrap(), 0);
+        let service = &hub[0];
+        let kind = &hub[1];
+        // An earlier listener of ours at this place, with fewer overrides.
+        let earlier = fields(&format!(
+            "{service} {kind} n - n - - smtpd -o syslog_name=postfix/bsmtp-inject \
+             -o mynetworks=127.0.0.0/8"
+        ));
+        assert!(is_ours(&earlier, &hub), "{listen}");
+        let filter = parse_master_cf(
+            &CONTENT_FILTER_REINJECTION
+                .replace("127.0.0.1:10025 inet", &format!("{service} {kind}")),
+        )
+        .unwrap();
+        assert!(!is_ours(&fields(&filter[0].wanted()), &hub), "{listen}");
+    }
+}
+
+/// Audit M6: `postfix-install --hub` replaced amavis's re-injection
+/// listener on 127.0.0.1:10025 (dropping `-o content_filter=`, so filtered
+/// mail looped) and exited 0. Now the default is the UNIX socket, which
+/// leaves it alone; asked for 127.0.0.1:10025, the install refuses (exit
+/// 1, the entry shown, nothing changed, in a dry run too) until --force;
+/// after that the entry is ours and a second run changes nothing.
+#[test]
+fn hub_install_never_replaces_a_content_filter_reinjection_listener() {
+    let scratch = Scratch::new();
+    scratch.add_master(CONTENT_FILTER_REINJECTION);
+    let filter_key = "127.0.0.1:10025/inet";
+    let filter = scratch.entry(filter_key);
+    assert!(filter.contains("-o content_filter="), "{filter}");
+
+    // The default: the socket, beside the filter's listener.
+    let (code, output) = scratch.install(&["--hub"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("master.cf: bsmtp-inject/unix = bsmtp-inject unix n - n - - smtpd "),
+        "{output}"
+    );
+    assert!(
+        output.contains("inject = \"smtp:unix:public/bsmtp-inject\""),
+        "{output}"
+    );
+    assert!(!output.contains("TCP listener"), "{output}");
+    assert_eq!(scratch.entry(filter_key), filter);
+    assert!(scratch
+        .read("master.cf")
+        .contains(CONTENT_FILTER_REINJECTION));
+
+    // Asked for the filter's own address: refused, in a dry run too.
+    let before = scratch.files();
+    for dry_run in [true, false] {
+        let mut flags = vec!["--hub", "--listen", "127.0.0.1:10025"];
+        if dry_run {
+            flags.push("--dry-run");
+        }
+        let (code, output) = scratch.install(&flags);
+        assert_eq!(code, 1, "{flags:?}: {output}");
+        for says in [
+            "postfix-install: error: master.cf: 127.0.0.1:10025/inet exists and is not \
+             bsmtp-ssh's entry:\n",
+            &format!("\n  {filter}\n"),
+            "content filter's re-injection listener",
+            "nothing was changed",
+            "--listen (unix, or a free loopback port)",
+            "--force",
+        ] {
+            assert!(output.contains(says), "{flags:?}: {says} missing: {output}");
+        }
+        assert!(!output.contains("would run"), "{output}");
+        assert_eq!(scratch.files(), before, "{flags:?}");
+    }
+
+    // --force replaces it, and says so; then the entry is ours.
+    let (code, forced) = scratch.install(&["--hub", "--listen", "127.0.0.1:10025", "--force"]);
+    assert_eq!(code, 0, "{forced}");
+    assert!(
+        forced.contains("; not bsmtp-ssh's, replaced by --force)")
+            && forced.contains("forge XFORWARD"),
+        "{forced}"
+    );
+    let replaced = scratch.entry(filter_key);
+    assert!(
+        replaced.contains("syslog_name=postfix/bsmtp-inject")
+            && !replaced.contains("content_filter"),
+        "{replaced}"
+    );
+    let after = scratch.files();
+    let (code, again) = scratch.install(&["--hub", "--listen", "127.0.0.1:10025"]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(scratch.files(), after);
+}
+
+/// Debian's stock master.cf has a `bsmtp` pipe(8) entry of its own
+/// (/usr/lib/bsmtp/bsmtp): the leaf's install refuses to replace it (exit
+/// 1, the entry shown, neither master.cf nor main.cf changed, in a dry run
+/// too), installs beside it under another --transport, replaces it with
+/// --force, and is idempotent after that.
+#[test]
+fn leaf_install_never_replaces_debians_stock_bsmtp_entry() {
+    let scratch = Scratch::new();
+    scratch.add_master(DEBIAN_STOCK_BSMTP);
+    let stock = scratch.entry("bsmtp/unix");
+    assert!(stock.contains("argv=/usr/lib/bsmtp/bsmtp"), "{stock}");
+    let before = scratch.files();
+    for flags in [&[][..], &["--dry-run"][..]] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 1, "{flags:?}: {output}");
+        for says in [
+            "postfix-install: error: master.cf: bsmtp/unix exists and is not bsmtp-ssh's entry:\n",
+            &format!("\n  {stock}\n"),
+            "nothing was changed",
+            "--transport NAME",
+            "--force",
+        ] {
+            assert!(output.contains(says), "{flags:?}: {says} missing: {output}");
+        }
+        // Not even the main.cf settings named after the transport.
+        assert!(!output.contains("main.cf: "), "{output}");
+        assert_eq!(scratch.files(), before, "{flags:?}");
+    }
+
+    let (code, beside) = scratch.install(&["--transport", "bsmtpssh"]);
+    assert_eq!(code, 0, "{beside}");
+    assert_eq!(scratch.entry("bsmtp/unix"), stock);
+    assert!(scratch.entry("bsmtpssh/unix").contains(" deliver "));
+
+    let (code, forced) = scratch.install(&["--force"]);
+    assert_eq!(code, 0, "{forced}");
+    assert!(
+        forced.contains(&format!(
+            "(was: {stock}; not bsmtp-ssh's, replaced by --force)\n"
+        )),
+        "{forced}"
+    );
+    assert!(scratch.entry("bsmtp/unix").contains(" deliver "));
+    let after = scratch.files();
+    let (code, again) = scratch.install(&[]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("\nnothing to change\n"), "{again}");
+    assert_eq!(scratch.files(), after);
+}
+
+/// The leaf's other entries get the same protection, and every entry is
+/// checked before the first write: a foreign lmtp(8) transport at
+/// bsmtp-hub-lmtp stops the batching install before its spawn(8) entry,
+/// which comes first, is added; a foreign bsmtp-spool stops `--spool`.
+#[test]
+fn leaf_entries_are_all_checked_before_the_first_write() {
+    let scratch = Scratch::new();
+    scratch.add_master(
+        "bsmtp-hub-lmtp unix - - n - - lmtp\n  -o lmtp_send_xforward_command=yes\n\
+         bsmtp-spool unix - n n - - pipe\n  user=nobody argv=/usr/local/bin/spooler ${recipient}\n",
+    );
+    let before = scratch.files();
+    for (flags, key) in [
+        (
+            &["--batching", "--peer", "hub"][..],
+            "master.cf: bsmtp-hub-lmtp/unix",
+        ),
+        (&["--spool"][..], "master.cf: bsmtp-spool/unix"),
+    ] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 1, "{flags:?}: {output}");
+        assert!(
+            output.contains(&format!("{key} exists and is not bsmtp-ssh's entry")),
+            "{output}"
+        );
+        assert_eq!(scratch.files(), before, "{flags:?}");
+    }
+    assert_eq!(scratch.entry("bsmtp-hub/unix"), "");
+}
+
+/// An entry this tool wrote earlier, with another program path and older
+/// fields, is ours to update without --force; so is an earlier hub
+/// listener. Switching the hub to the socket names the TCP listener left
+/// behind.
+#[test]
+fn our_own_earlier_entries_are_updated_without_force() {
+    let scratch = Scratch::new();
+    scratch.add_master(
+        "bsmtp unix - n n - - pipe\n  flags=q user=bsmtp argv=/usr/local/sbin/bsmtp-ssh deliver \
+         --peer ${nexthop} -f ${sender} -- ${recipient}\n\
+         127.0.0.1:10040 inet n - n - - smtpd\n  -o syslog_name=postfix/bsmtp-inject\n  \
+         -o mynetworks=127.0.0.0/8\n",
+    );
+    let (code, leaf) = scratch.install(&[]);
+    assert_eq!(code, 0, "{leaf}");
+    assert!(
+        leaf.contains(
+            "(was: bsmtp unix - n n - - pipe flags=q user=bsmtp argv=/usr/local/sbin/bsmtp-ssh"
+        ),
+        "{leaf}"
+    );
+    assert!(!leaf.contains("--force"), "{leaf}");
+    let (code, tcp) = scratch.install(&["--hub", "--listen", "127.0.0.1:10040"]);
+    assert_eq!(code, 0, "{tcp}");
+    assert!(
+        tcp.contains("master.cf: 127.0.0.1:10040/inet = ") && tcp.contains("1 change made"),
+        "{tcp}"
+    );
+    let (code, unix) = scratch.install(&["--hub"]);
+    assert_eq!(code, 0, "{unix}");
+    assert!(
+        unix.contains(
+            "note: master.cf also has 127.0.0.1:10040/inet, another bsmtp-ssh listener, left as it is"
+        ) && unix.contains("postconf -MX 127.0.0.1:10040/inet"),
+        "{unix}"
+    );
+}
+
+/// `--help` says what a TCP listener allows, and that unix is the default.
+#[test]
+fn help_warns_about_a_tcp_listener() {
+    let out = Command::new(BIN)
+        .args(["postfix-install", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("forge XFORWARD")
+            && help.contains("[default: unix]")
+            && help.contains("--force"),
+        "{help}"
+    );
 }
