@@ -473,7 +473,7 @@ mod tests {
         let (left, report) = expire(
             &spool,
             ids,
-            Duration::from_secs(3600),
+            Duration::from_hours(1),
             &mut NoNotices,
             SystemTime::now(),
         );
