@@ -202,8 +202,8 @@ fn sendmail_root_and_cron_mail_are_delivered_qualified() {
 
 /// Regression (audit M4): `-t` with `To: John Smith john@x` was spooled
 /// as the recipient `John Smith john@x` and lost with exit 0. Now it is
-/// refused with EX_DATAERR and a message, and nothing is spooled; the
-/// same address on the command line gets EX_NOUSER.
+/// refused with `EX_DATAERR` and a message, and nothing is spooled; the
+/// same address on the command line gets `EX_NOUSER`.
 #[test]
 fn a_malformed_address_is_refused_and_nothing_spooled() {
     let env = Env::start("satellite_malformed");
