@@ -90,6 +90,51 @@ fn is_dot_atom(local: &str) -> bool {
         })
 }
 
+/// `address` completed with `@domain` when it has no `@` outside a quoted
+/// string: what Postfix's sendmail does with a bare local part (`root`
+/// becomes `root@$myorigin`). The null sender (empty) stays empty.
+pub fn qualify(address: &str, domain: &str) -> String {
+    if address.is_empty() || has_unquoted_at(address) {
+        return address.to_owned();
+    }
+    format!("{address}@{domain}")
+}
+
+/// True when `address` has an `@` outside a quoted string.
+fn has_unquoted_at(address: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in address.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '@' if !quoted => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// True when `address`, as it is, goes into `MAIL FROM` or `RCPT TO` and
+/// our own decoder reads it back unchanged: a valid external (RFC 5321)
+/// form, at most [`crate::codec::MAX_ADDRESS`] bytes, qualified. Every
+/// address that is spooled or sent passes here first, so a spool file
+/// always reads back.
+pub fn is_wire_form(address: &str) -> bool {
+    use crate::codec::{encode_command, Command, MAX_ADDRESS};
+    let mut line = Vec::new();
+    encode_command(
+        &Command::Rcpt {
+            to: address.to_owned(),
+            params: Vec::new(),
+        },
+        &mut line,
+    );
+    address.len() <= MAX_ADDRESS
+        && Command::parse(line.strip_suffix(b"\r\n").unwrap_or(&line))
+            .is_ok_and(|parsed| matches!(parsed, Command::Rcpt { to, .. } if to == address))
+}
+
 /// The addresses in an address header's value (From:, To:, Cc:...): comments dropped, each
 /// `name <addr>` or bare `addr`, group names (`team: a@b, c@d;`) skipped.
 pub fn header_addresses(value: &str) -> Vec<String> {
@@ -145,6 +190,50 @@ pub fn header_addresses(value: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (audit M4): `sendmail root` was spooled as `root`, which
+    /// the spool's reader refuses for ever. A bare local part takes the
+    /// domain; what has one, or is the null sender, is kept.
+    #[test]
+    fn bare_local_parts_are_qualified() {
+        for (given, qualified) in [
+            ("root", "root@leaf.test"),
+            ("postmaster", "postmaster@leaf.test"),
+            ("a@b", "a@b"),
+            ("\"a@b\"", "\"a@b\"@leaf.test"),
+            ("john doe", "john doe@leaf.test"),
+            ("", ""),
+        ] {
+            assert_eq!(qualify(given, "leaf.test"), qualified, "{given}");
+        }
+    }
+
+    /// What the decoder would refuse is not a wire form, nor is an
+    /// internal (unquoted) form that needs quotes.
+    #[test]
+    fn wire_form_is_what_the_decoder_reads_back() {
+        for good in [
+            "bob@hub.test",
+            "\"john doe\"@hub.test",
+            "gr\u{fc}n@hub.test",
+        ] {
+            assert!(is_wire_form(good), "{good}");
+        }
+        for bad in [
+            "John Smith john@x",
+            "john doe@hub.test",
+            "root",
+            "a@",
+            "@x",
+            "a@b c",
+            "a@b\r\nRCPT TO:<c@d>",
+            "<a@b>",
+            "a@b>",
+        ] {
+            assert!(!is_wire_form(bad), "{bad:?}");
+        }
+        assert!(!is_wire_form(&format!("{}@x", "a".repeat(1100))));
+    }
 
     #[test]
     fn quoted_local_parts_become_internal_like_postfix() {

@@ -3,7 +3,8 @@
 //! `rsendmail` verbs (a client's `ssh hub sendmail -f a -- b`, the way
 //! rsendmail's `sshsendmail` calls it), which take only the flags that
 //! send mail; and `bsmtp-ssh sendmail`, a satellite's `/usr/sbin/sendmail`,
-//! which also takes the no-op flags mail user agents pass.
+//! which also takes the flags cron, at(1), mail user agents and mailers
+//! pass (see [`SATELLITE_NO_OPS`] and the callers' tests below).
 
 use std::fmt;
 
@@ -26,6 +27,12 @@ pub struct Invocation {
     pub notify: Option<String>,
     /// `-V`: the DSN envelope ID (satellite only).
     pub envid: Option<String>,
+    /// `-R hdrs|full`: the DSN `RET` (satellite only).
+    pub ret: Option<String>,
+    /// `-B 7BIT|8BITMIME`: the body type the caller declares (satellite
+    /// only). Informational: the spool looks at the bytes and sends
+    /// `BODY=8BITMIME` when the content has any 8-bit byte.
+    pub body: Option<String>,
 }
 
 /// How many flags are taken.
@@ -33,8 +40,9 @@ pub struct Invocation {
 pub enum Flags {
     /// rsmtp's verb: `-f`, `-r`, `-F`, `-t`, `-i`, `-oi`, `--` only.
     Verb,
-    /// A satellite's sendmail: those, `-N` and `-V`, and the flags mail
-    /// user agents pass that change nothing here (`-oem`, `-odi`, `-v`...).
+    /// A satellite's sendmail: those, `-N`, `-V`, `-R`, `-B`, and the
+    /// flags cron, mail user agents and mailers pass that change nothing
+    /// here ([`SATELLITE_NO_OPS`]).
     Satellite,
 }
 
@@ -45,13 +53,21 @@ pub struct ArgError {
     pub argument: String,
     /// Why.
     pub reason: &'static str,
+    /// Which flags were taken.
+    pub flags: Flags,
 }
 
 impl fmt::Display for ArgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let taken = match self.flags {
+            Flags::Verb => "-f SENDER, -r SENDER, -F NAME, -t, -i, -oi, --",
+            Flags::Satellite => {
+                "-f SENDER, -r SENDER, -F NAME, -t, -i, -oi, -N NOTIFY, -R RET, -V ENVID, -B 7BIT|8BITMIME, the no-op -oem -oee -oep -oeq -oew -odb -odi -odq -om -m -v -bm -U, --"
+            }
+        };
         write!(
             f,
-            "sendmail argument \"{}\": {}; only -f SENDER, -r SENDER, -F NAME, -t, -i, -oi, -- and recipients are taken",
+            "sendmail argument \"{}\": {}; only {taken} and recipients are taken",
             self.argument, self.reason
         )
     }
@@ -59,14 +75,24 @@ impl fmt::Display for ArgError {
 
 impl std::error::Error for ArgError {}
 
-/// Flags a mail user agent passes that change nothing for us: error
-/// reporting modes (`-oe*`), delivery modes (`-od*`), "me too" (`-om`),
-/// verbose (`-v`), the default mode (`-bm`), and Postfix's
-/// `-oQ`/queue-directory style no-ops are not among them (they name
-/// files).
-const SATELLITE_NO_OPS: [&str; 12] = [
-    "-oem", "-oee", "-oep", "-oeq", "-oew", "-odb", "-odi", "-odq", "-om", "-v", "-bm", "-U",
+/// Flags callers pass that change nothing for us: error reporting modes
+/// (`-oe*`: Debian's cron and mutt pass `-oem`; we always report on
+/// standard error and by exit status, and what fails later comes back as
+/// a notice), delivery modes (`-od*`: Vixie cron passes `-odi`; we always
+/// try the hub at once and spool what it does not take), "me too" (`-om`,
+/// and `-m`, which BSD mail(1) and s-nail pass with `metoo` set), verbose
+/// (`-v`, mail(1) with `verbose`), the default mode (`-bm`), and `-U`
+/// (initial submission). Flags that name files (`-C`, `-oQ`, `-X`) or do
+/// more than send (`-bp`, `-bs`, `-q`) are not among them.
+pub const SATELLITE_NO_OPS: [&str; 13] = [
+    "-oem", "-oee", "-oep", "-oeq", "-oew", "-odb", "-odi", "-odq", "-om", "-m", "-v", "-bm", "-U",
 ];
+
+/// The body types `-B` takes (sendmail's, and Postfix's sendmail's).
+const BODY_TYPES: [&str; 2] = ["7BIT", "8BITMIME"];
+
+/// The `RET` values `-R` takes (mutt passes `-R hdrs` or `-R full`).
+const RET_VALUES: [&str; 2] = ["hdrs", "full"];
 
 /// Parses a sendmail command line (without the program name).
 pub fn parse(args: &[String], flags: Flags) -> Result<Invocation, ArgError> {
@@ -78,6 +104,7 @@ pub fn parse(args: &[String], flags: Flags) -> Result<Invocation, ArgError> {
     let refuse = |argument: &str, reason: &'static str| ArgError {
         argument: crate::text::printable(argument.as_bytes()),
         reason,
+        flags,
     };
     while let Some(arg) = rest.next() {
         let arg = arg.as_str();
@@ -110,6 +137,20 @@ pub fn parse(args: &[String], flags: Flags) -> Result<Invocation, ArgError> {
             }
             _ if flags == Flags::Satellite && arg.starts_with("-V") => {
                 invocation.envid = Some(value("-V")?);
+            }
+            _ if flags == Flags::Satellite && arg.starts_with("-R") => {
+                let wanted = value("-R")?;
+                if !RET_VALUES.iter().any(|v| v.eq_ignore_ascii_case(&wanted)) {
+                    return Err(refuse(&wanted, "-R takes hdrs or full"));
+                }
+                invocation.ret = Some(wanted.to_ascii_lowercase());
+            }
+            _ if flags == Flags::Satellite && arg.starts_with("-B") => {
+                let body = value("-B")?;
+                if !BODY_TYPES.iter().any(|v| v.eq_ignore_ascii_case(&body)) {
+                    return Err(refuse(&body, "-B takes 7BIT or 8BITMIME"));
+                }
+                invocation.body = Some(body.to_ascii_uppercase());
             }
             _ if flags == Flags::Satellite && SATELLITE_NO_OPS.contains(&arg) => {}
             _ => return Err(refuse(arg, "not allowed")),
@@ -259,6 +300,79 @@ mod tests {
             assert!(parse(&args(line), Flags::Satellite).is_ok(), "{line:?}");
         }
         assert!(parse(&args(&["-oem", "x@y"]), Flags::Verb).is_err());
+    }
+
+    /// Regression (audit M4): Debian's cron ran `sendmail -FCronDaemon -i
+    /// -B8BITMIME -oem root`, refused with 64, and cron's mail was lost.
+    /// Each caller's exact argv, with its source.
+    #[test]
+    fn what_cron_at_and_mailers_pass_is_taken() {
+        let satellite = |words: &[&str]| {
+            parse(&args(words), Flags::Satellite).unwrap_or_else(|e| panic!("{words:?}: {e}"))
+        };
+        // Debian cron 3.0pl1 (do_command.c, MAILARGS).
+        let cron = satellite(&["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"]);
+        assert_eq!(cron.full_name.as_deref(), Some("CronDaemon"));
+        assert_eq!(cron.body.as_deref(), Some("8BITMIME"));
+        assert_eq!(cron.recipients, ["root"]);
+        assert!(!cron.dot_ends && cron.sender.is_none());
+        // Vixie cron / cronie upstream (config.h, MAILARGS): -t, the
+        // recipient in To:.
+        let cronie = satellite(&["-FCronDaemon", "-odi", "-oem", "-oi", "-t"]);
+        assert!(cronie.from_headers && !cronie.dot_ends);
+        // systemd's cron emulation and others: -B as two words.
+        assert_eq!(
+            satellite(&["-i", "-B", "7BIT", "u@x"]).body.as_deref(),
+            Some("7BIT")
+        );
+        // Debian at 3.2 (atd.c): execl(SENDMAIL, "sendmail", "-i", mailname).
+        let at = satellite(&["-i", "root"]);
+        assert_eq!(at.recipients, ["root"]);
+        // mutt (sendlib.c mutt_invoke_sendmail): $sendmail "-oem -oi", then
+        // -B8BITMIME with $use_8bitmime, -f with $use_envelope_from, -N,
+        // -R and -V for DSN, --, recipients.
+        let mutt = satellite(&[
+            "-oem",
+            "-oi",
+            "-B8BITMIME",
+            "-f",
+            "alice@leaf.test",
+            "-N",
+            "failure,delay",
+            "-R",
+            "hdrs",
+            "-V",
+            "env1",
+            "--",
+            "bob@hub.test",
+        ]);
+        assert_eq!(mutt.ret.as_deref(), Some("hdrs"));
+        assert_eq!(mutt.envid.as_deref(), Some("env1"));
+        assert_eq!(mutt.recipients, ["bob@hub.test"]);
+        // git send-email: "-i", with an envelope sender "-f", recipients.
+        let git = satellite(&["-i", "-f", "alice@leaf.test", "bob@hub.test", "c@hub.test"]);
+        assert_eq!(git.recipients.len(), 2);
+        // BSD mail(1) / Debian's bsd-mailx (send.c/names.c unpack):
+        // "-i", "-m" with metoo, "-v" with verbose; -r FROM.
+        satellite(&["-i", "-m", "-v", "bob@hub.test"]);
+        assert_eq!(
+            satellite(&["-r", "alice@leaf.test", "-i", "bob"])
+                .sender
+                .as_deref(),
+            Some("alice@leaf.test")
+        );
+        // s-nail / mailx: "-i" (unless mta-no-default-arguments), "-m",
+        // "-v", -f FROM for -r FROM, "--" before recipients.
+        satellite(&["-i", "-f", "alice@leaf.test", "--", "bob@hub.test"]);
+        // Heirloom mailx / mailx with sendmail -oi -oem style and -F.
+        satellite(&["-oi", "-oem", "-F", "Alice A", "bob@hub.test"]);
+        // What -B and -R take, and the rsmtp verb's narrower set.
+        for bad in [&["-BBINARYMIME", "x@y"][..], &["-R", "all", "x@y"]] {
+            let err = parse(&args(bad), Flags::Satellite).unwrap_err();
+            assert!(err.to_string().contains("takes"), "{err}");
+        }
+        let err = parse(&args(&["-B8BITMIME", "x@y"]), Flags::Verb).unwrap_err();
+        assert!(!err.to_string().contains("-B 7BIT"), "{err}");
     }
 
     #[test]

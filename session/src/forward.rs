@@ -20,7 +20,7 @@ use bsmtp::tag::Tag;
 use log::{info, warn};
 
 use crate::client::{self, ClientSession};
-use crate::spool::{Entry, Spool};
+use crate::spool::{is_unreadable, Entry, Spool};
 
 /// How a spool is sent.
 #[derive(Debug, Clone)]
@@ -69,6 +69,8 @@ pub struct Report {
     pub bounced: usize,
     /// Still in the spool.
     pub deferred: usize,
+    /// Messages moved to `quarantine/` because they cannot be read.
+    pub quarantined: usize,
 }
 
 impl Report {
@@ -76,6 +78,29 @@ impl Report {
         self.delivered += other.delivered;
         self.bounced += other.bounced;
         self.deferred += other.deferred;
+        self.quarantined += other.quarantined;
+    }
+}
+
+/// Moves a message that cannot be read out of the spool (see
+/// [`Spool::quarantine`]) and says so; true when it is gone from the spool.
+fn quarantine(spool: &Spool, id: &str, err: &std::io::Error) -> bool {
+    match spool.quarantine(id, &err.to_string()) {
+        Ok(path) => {
+            warn!(
+                "{}: {id}: cannot be read, moved to {}: {err}; repair it and move it back, or remove it (bsmtp-ssh queue lists it)",
+                spool.peer(),
+                path.display()
+            );
+            true
+        }
+        Err(moving) => {
+            warn!(
+                "{}: {id}: cannot be read ({err}), and not quarantined: {moving}",
+                spool.peer()
+            );
+            false
+        }
     }
 }
 
@@ -93,9 +118,16 @@ pub fn expire(
     let mut report = Report::default();
     let mut left = Vec::new();
     for id in ids {
-        let Ok(entry) = spool.load(&id) else {
-            left.push(id);
-            continue;
+        let entry = match spool.load(&id) {
+            Ok(entry) => entry,
+            Err(err) if is_unreadable(&err) && quarantine(spool, &id, &err) => {
+                report.quarantined += 1;
+                continue;
+            }
+            Err(_) => {
+                left.push(id);
+                continue;
+            }
         };
         if entry.age(now) <= lifetime {
             left.push(id);
@@ -156,6 +188,11 @@ pub fn send<S: Read + Write>(
     for id in ids {
         let entry = match spool.load(id) {
             Ok(entry) => entry,
+            Err(err) if is_unreadable(&err) && quarantine(spool, id, &err) => {
+                report.quarantined += 1;
+                settled += 1;
+                continue;
+            }
             Err(err) => {
                 warn!(
                     "{}: {id}: cannot read, left in the spool: {err}",
@@ -246,6 +283,15 @@ fn transmit<S: Read + Write>(
         sent.clone().map_err(|f| f.to_string())
     });
     sent?;
+    if read.is_err() {
+        // Damaged after it was listed (its envelope read): it goes aside,
+        // so the next session does not stop at it again.
+        if let Err(err) = spool.verify(&entry.id) {
+            if is_unreadable(&err) {
+                quarantine(spool, &entry.id, &err);
+            }
+        }
+    }
     read.map_err(|err| {
         Failure::new(
             FailureKind::Local,
@@ -396,4 +442,48 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoNotices;
+
+    impl Bouncer for NoNotices {
+        fn bounce(&mut self, _: &Spool, _: &Entry, _: &[Undeliverable]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// Regression (audit M4): a spool file the reader refuses was left in
+    /// place, skipped by every flush, never expired nor bounced. Now the
+    /// first look moves it to `quarantine/`, and the rest goes on.
+    #[test]
+    fn an_unreadable_message_is_quarantined_not_skipped_for_ever() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::new(base.path(), "hub");
+        spool.create().unwrap();
+        std::fs::write(
+            spool.dir().join("1.bsmtp"),
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<root>\r\nDATA\r\nhi\r\n.\r\n",
+        )
+        .unwrap();
+        std::fs::write(
+            spool.dir().join("2.bsmtp"),
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\n",
+        )
+        .unwrap();
+        let ids = spool.ids().unwrap();
+        let (left, report) = expire(
+            &spool,
+            ids,
+            Duration::from_hours(1),
+            &mut NoNotices,
+            SystemTime::now(),
+        );
+        assert_eq!(left, ["2"]);
+        assert_eq!(report.quarantined, 1);
+        assert_eq!(spool.quarantined().unwrap()[0].id, "1");
+    }
 }

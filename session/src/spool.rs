@@ -16,6 +16,15 @@
 //! directory, whose entry is fsynced before anyone is told. A `.meta`
 //! without its `.bsmtp` is left over from a crash before the rename, and is
 //! removed. IDs sort in arrival order.
+//!
+//! A message whose file the decoder cannot read (a `.bsmtp` put there by
+//! another program, a file damaged on disk) would never be sent, expired
+//! or bounced. [`Spool::quarantine`] moves it aside, into the peer's
+//! `quarantine/` directory, with a `.why` file saying what was wrong and
+//! when; `flush` and `queue` name every quarantined message and exit
+//! non-zero while any is there, until an admin repairs it (and moves it
+//! back) or removes it. Nothing we spool ourselves gets there: every
+//! address is checked before it is written ([`SpoolError::BadAddress`]).
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -39,6 +48,9 @@ pub const DEFAULT_MIN_FREE: u64 = 64 * 1024 * 1024;
 
 const BSMTP: &str = "bsmtp";
 const META: &str = "meta";
+const WHY: &str = "why";
+/// The directory, in a peer's, of messages that cannot be read.
+pub const QUARANTINE: &str = "quarantine";
 
 /// One peer's spool directory.
 #[derive(Debug, Clone)]
@@ -123,9 +135,28 @@ impl Entry {
     }
 }
 
-/// Why a message could not be spooled. Each means "try again later".
+/// A message moved aside because it cannot be read: see
+/// [`Spool::quarantine`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Its ID, in the spool and in `quarantine/`.
+    pub id: String,
+    /// What the decoder said.
+    pub reason: String,
+    /// When it was quarantined (seconds since the epoch).
+    pub since: u64,
+    /// Its `.bsmtp` file, where it now is.
+    pub path: PathBuf,
+}
+
+/// Why a message could not be spooled. Each means "try again later",
+/// except [`SpoolError::BadAddress`].
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// An address that the spool's reader would refuse (not qualified,
+    /// malformed): nothing was written. The caller must refuse it.
+    #[error("<{0}>: not a valid address (user@domain): not spooled")]
+    BadAddress(String),
     /// The file system is below its floor.
     #[error("{dir}: only {free} bytes free, below min_free {floor} (plus the message): not spooled; free space or lower min_free")]
     NoRoom {
@@ -213,6 +244,19 @@ impl Spool {
         min_free: u64,
         size_hint: u64,
     ) -> Result<String, SpoolError> {
+        let addresses = std::iter::once(&message.sender)
+            .filter(|sender| !sender.is_empty())
+            .chain(&message.recipients);
+        for address in addresses {
+            if !bsmtp::address::is_wire_form(address) {
+                return Err(SpoolError::BadAddress(bsmtp::text::printable(
+                    address.as_bytes(),
+                )));
+            }
+        }
+        if message.recipients.is_empty() {
+            return Err(SpoolError::BadAddress(String::new()));
+        }
         self.create()?;
         let free = self.free_space()?;
         if free < min_free.saturating_add(size_hint) {
@@ -294,7 +338,8 @@ impl Spool {
 
     /// Reads a message's envelope and metadata. A `.bsmtp` file without a
     /// `.meta` (put there by hand, or by another program) gets defaults
-    /// from the file itself.
+    /// from the file itself. A file the decoder refuses gives an error of
+    /// kind [`io::ErrorKind::InvalidData`] (see [`is_unreadable`]).
     pub fn load(&self, id: &str) -> io::Result<Entry> {
         let path = self.path(id, BSMTP);
         let file = File::open(&path).map_err(|e| with_path(&path, &e))?;
@@ -388,6 +433,117 @@ impl Spool {
     fn path(&self, id: &str, kind: &str) -> PathBuf {
         self.dir.join(format!("{id}.{kind}"))
     }
+
+    /// Reads the whole message as the sender will: `Ok` when the envelope
+    /// and the body decode to the final dot; an error of kind
+    /// [`io::ErrorKind::InvalidData`] when the decoder refuses it.
+    pub fn verify(&self, id: &str) -> io::Result<()> {
+        self.load(id)?;
+        let path = self.path(id, BSMTP);
+        let file = File::open(&path).map_err(|e| with_path(&path, &e))?;
+        let mut ended = false;
+        decode_file(file, |event| match event {
+            Event::DataEnd => {
+                ended = true;
+                Ok(false)
+            }
+            Event::Invalid(err) => Err(format!("not a BSMTP spool file: {err}")),
+            _ => Ok(true),
+        })
+        .map_err(|err| with_path(&path, &io::Error::new(io::ErrorKind::InvalidData, err)))?;
+        if ended {
+            Ok(())
+        } else {
+            Err(with_path(
+                &path,
+                &io::Error::new(io::ErrorKind::InvalidData, "no DATA, or no final dot"),
+            ))
+        }
+    }
+
+    /// The directory of messages that cannot be read.
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join(QUARANTINE)
+    }
+
+    /// Moves a message that cannot be read into `quarantine/`, with a
+    /// `.why` file giving `reason` and the time: first the `.why`, then the
+    /// `.meta`, then the `.bsmtp` (from then on it is no longer in the
+    /// spool), each a rename within the peer's directory, made durable.
+    pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<PathBuf> {
+        let dir = self.quarantine_dir();
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(0o700);
+        match builder.create(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(with_path(&dir, &err)),
+        }
+        let why = format!(
+            "# bsmtp-ssh: this message could not be read; repair it and move it back, or remove it\nreason={}\nsince={}\n",
+            one_line(reason),
+            unix(SystemTime::now())
+        );
+        crate::atomic::replace(
+            &dir.join(format!("{id}.{WHY}")),
+            why.as_bytes(),
+            crate::atomic::Options::PRIVATE,
+        )?;
+        let meta = self.path(id, META);
+        match fs::rename(&meta, dir.join(format!("{id}.{META}"))) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(with_path(&meta, &err)),
+        }
+        let target = dir.join(format!("{id}.{BSMTP}"));
+        rename_durably(&self.path(id, BSMTP), &target, &dir)?;
+        let dir_file = File::open(&self.dir).map_err(|e| with_path(&self.dir, &e))?;
+        nix::unistd::fsync(dir_file.as_fd()).map_err(|e| with_path(&self.dir, &e.into()))?;
+        Ok(target)
+    }
+
+    /// The quarantined messages, oldest ID first.
+    pub fn quarantined(&self) -> io::Result<Vec<Quarantined>> {
+        let dir = self.quarantine_dir();
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(with_path(&dir, &err)),
+        };
+        let mut found = Vec::new();
+        for item in listing {
+            let name = item.map_err(|e| with_path(&dir, &e))?.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".bsmtp")) else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            let why = fs::read_to_string(dir.join(format!("{id}.{WHY}"))).unwrap_or_default();
+            let field = |name: &str| {
+                why.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            found.push(Quarantined {
+                id: id.to_owned(),
+                reason: field("reason").unwrap_or_else(|| "unknown (no .why file)".into()),
+                since: field("since")
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_default(),
+                path: dir.join(format!("{id}.{BSMTP}")),
+            });
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+}
+
+/// True when `err` (from [`Spool::load`] or [`Spool::verify`]) says the
+/// file cannot be decoded, as opposed to an I/O error that may pass (a
+/// file removed meanwhile, no permission, no file descriptors left).
+pub fn is_unreadable(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::InvalidData
 }
 
 /// Bytes available to an unprivileged user on the file system of `path`.
@@ -554,10 +710,11 @@ fn read_envelope(file: File) -> io::Result<(String, Vec<String>)> {
         Event::Invalid(err) => Err(format!("not a BSMTP spool file: {err}")),
         _ => Ok(true),
     })
-    .map_err(io::Error::other)?;
+    .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
     match sender {
         Some(sender) if !recipients.is_empty() => Ok((sender, recipients)),
-        _ => Err(io::Error::other(
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
             "not a BSMTP spool file: no MAIL FROM and RCPT TO before DATA",
         )),
     }
@@ -777,6 +934,62 @@ mod tests {
         assert!(spool.ids().unwrap().is_empty());
         fs::write(spool.dir().join("bad.bsmtp"), b"garbage\n").unwrap();
         assert!(spool.load("bad").is_err());
+    }
+
+    /// Regression (audit M4): an unqualified recipient was spooled, and the
+    /// reader refused the file for ever. Now nothing is written.
+    #[test]
+    fn an_address_the_reader_would_refuse_is_not_spooled() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::new(base.path(), "hub");
+        for (sender, recipient) in [
+            ("alice@leaf.test", "root"),
+            ("alice@leaf.test", "John Smith john@x"),
+            ("root", "bob@hub.test"),
+        ] {
+            let message = NewMessage {
+                sender: sender.into(),
+                recipients: vec![recipient.into()],
+                ..NewMessage::default()
+            };
+            let err = spool.enqueue(&message, &mut &b"x\n"[..], 0, 0).unwrap_err();
+            assert!(matches!(err, SpoolError::BadAddress(_)), "{err}");
+        }
+        assert!(spool.ids().unwrap().is_empty());
+    }
+
+    /// A file the decoder refuses is told apart from I/O trouble, and
+    /// moved aside with its reason; `verify` reads the body to the dot.
+    #[test]
+    fn unreadable_files_are_quarantined_with_their_reason() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::new(base.path(), "hub");
+        spool.create().unwrap();
+        fs::write(
+            spool.dir().join("1.bsmtp"),
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<root>\r\nDATA\r\nhi\r\n.\r\n",
+        )
+        .unwrap();
+        fs::write(spool.dir().join("1.meta"), b"arrival=5\n").unwrap();
+        fs::write(
+            spool.dir().join("2.bsmtp"),
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\ncut",
+        )
+        .unwrap();
+        let err = spool.load("1").unwrap_err();
+        assert!(is_unreadable(&err), "{err}");
+        assert!(spool.load("2").is_ok());
+        assert!(is_unreadable(&spool.verify("2").unwrap_err()));
+        assert!(!is_unreadable(&spool.load("3").unwrap_err()), "missing");
+        spool.quarantine("1", &err.to_string()).unwrap();
+        assert_eq!(spool.ids().unwrap(), ["2"]);
+        let found = spool.quarantined().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "1");
+        assert!(found[0].reason.contains("unqualified"), "{:?}", found[0]);
+        assert!(found[0].since > 0);
+        assert!(spool.quarantine_dir().join("1.meta").exists());
+        assert!(!spool.dir().join("1.meta").exists());
     }
 
     #[test]

@@ -157,3 +157,122 @@ fn a_later_refusal_comes_back_through_the_hub() {
     }
     assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
 }
+
+/// Regression (audit M4): `sendmail root` (what at(1), cron and `mail
+/// root` run) was spooled unqualified, the spool's reader refused it for
+/// ever, and sendmail exited 0; and Debian's cron argv was refused with
+/// 64. Now a bare name takes `recipient_domain` and both are delivered.
+#[test]
+fn sendmail_root_and_cron_mail_are_delivered_qualified() {
+    let env = Env::start_with(
+        "satellite_root",
+        EnvOptions::default()
+            .leaf_conf("sender_domain = \"leaf.test\"")
+            .leaf_conf("recipient_domain = \"hub.test\""),
+    );
+    // Debian at 3.2, atd.c: execl(SENDMAIL, "sendmail", "-i", mailname).
+    let at = env.satellite_sendmail(
+        &["-i", "root"],
+        b"Subject: Output from your job 7\nTo: root\n\nat output\n",
+    );
+    assert_silent_success(&at);
+    // Debian cron 3.0pl1: sendmail -FCronDaemon -i -B8BITMIME -oem USER,
+    // with the job's output, 8-bit bytes and all.
+    let cron = env.satellite_sendmail(
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "bob"],
+        "From: root (Cron Daemon)\nTo: bob\nSubject: Cron <bob@leaf> ls\n\ncaf\u{e9}\n".as_bytes(),
+    );
+    assert_silent_success(&cron);
+    // The hub's aliases send root to its postmaster mailbox.
+    let root = env.wait_maildir("postmaster", 1, DELIVERY);
+    let text = String::from_utf8_lossy(&root[0]);
+    assert!(
+        text.contains("X-Original-To: root@hub.test") && text.contains("at output"),
+        "{text}"
+    );
+    assert!(text.contains("Return-Path: <alice@leaf.test>"), "{text}");
+    let bob = env.wait_maildir("bob", 1, DELIVERY);
+    let text = String::from_utf8_lossy(&bob[0]);
+    assert!(
+        text.contains("X-Original-To: bob@hub.test") && text.contains("caf\u{e9}"),
+        "{text}"
+    );
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}
+
+/// Regression (audit M4): `-t` with `To: John Smith john@x` was spooled
+/// as the recipient `John Smith john@x` and lost with exit 0. Now it is
+/// refused with `EX_DATAERR` and a message, and nothing is spooled; the
+/// same address on the command line gets `EX_NOUSER`.
+#[test]
+fn a_malformed_address_is_refused_and_nothing_spooled() {
+    let env = Env::start("satellite_malformed");
+    let header = env.satellite_sendmail(
+        &["-oi", "-t"],
+        b"From: alice@leaf.test\nTo: John Smith john@x\nSubject: s\n\nbody\n",
+    );
+    assert_eq!(header.status.code(), Some(65), "{}", explain(&header));
+    let stderr = String::from_utf8_lossy(&header.stderr);
+    assert!(
+        stderr.contains("<John Smith john@x>") && stderr.contains("To:"),
+        "{}",
+        explain(&header)
+    );
+    let argument = env.satellite_sendmail(&["-i", "John Smith john@x"], b"Subject: s\n\nx\n");
+    assert_eq!(argument.status.code(), Some(67), "{}", explain(&argument));
+    let sender = env.satellite_sendmail(&["-i", "-f", "a b", "bob@hub.test"], b"x\n");
+    assert_eq!(sender.status.code(), Some(67), "{}", explain(&sender));
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+}
+
+/// Regression (audit M4): a spool file the reader refuses stayed in the
+/// spool for ever, and flush and queue said nothing and exited 0. Now
+/// flush moves it to quarantine/ and both name it and exit 65. And
+/// (audit) queue escapes the C1 control characters it used to print raw.
+#[test]
+fn an_unreadable_spool_file_is_quarantined_and_reported() {
+    use bsmtp_ssh_tests::util::{chown_to, mkdir, write_file};
+    let mut env = Env::start("satellite_quarantine");
+    env.stop_sshd();
+    let dir = env.leaf_spool_directory().join(HUB_PEER);
+    mkdir(&dir, 0o700);
+    chown_to(&dir, bsmtp_ssh_tests::LEAF_PIPE_USER, None);
+    let corrupt = dir.join("0000000001.000000000.1.bsmtp");
+    write_file(
+        &corrupt,
+        b"MAIL FROM:<alice@leaf.test>\r\nRCPT TO:<root>\r\nDATA\r\nx\r\n.\r\n",
+        0o600,
+    );
+    chown_to(&corrupt, bsmtp_ssh_tests::LEAF_PIPE_USER, None);
+    // Readable, with a C1 CSI (U+009B) in the sender's local part.
+    let odd = dir.join("0000000002.000000000.1.bsmtp");
+    write_file(
+        &odd,
+        "MAIL FROM:<a\u{9b}2Jb@leaf.test>\r\nRCPT TO:<bob@hub.test>\r\nDATA\r\nx\r\n.\r\n",
+        0o600,
+    );
+    chown_to(&odd, bsmtp_ssh_tests::LEAF_PIPE_USER, None);
+
+    let flushed = env.flush();
+    assert_eq!(flushed.status.code(), Some(65), "{}", explain(&flushed));
+    let said = String::from_utf8_lossy(&flushed.stdout);
+    assert!(
+        said.contains("0000000001.000000000.1") && said.contains("unqualified"),
+        "{}",
+        explain(&flushed)
+    );
+    assert!(!corrupt.exists());
+    assert!(dir.join("quarantine/0000000001.000000000.1.bsmtp").exists());
+    assert!(dir.join("quarantine/0000000001.000000000.1.why").exists());
+
+    let queue = env.bsmtp_ssh_as_leaf(&["queue"]);
+    assert_eq!(queue.status.code(), Some(65), "{}", explain(&queue));
+    let listing = String::from_utf8_lossy(&queue.stdout);
+    assert!(
+        listing.contains("0000000001.000000000.1") && listing.contains("quarantined"),
+        "{listing}"
+    );
+    assert!(listing.contains("<a\\u{9b}2Jb@leaf.test>"), "{listing}");
+    assert!(!listing.contains('\u{9b}'), "raw C1 in {listing:?}");
+    assert!(listing.contains("-- 1 message"), "{listing}");
+}

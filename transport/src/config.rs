@@ -123,8 +123,11 @@ pub struct ConfigFile {
     /// host's mail (default: the only peer).
     pub sendmail_peer: Option<String>,
     /// `bsmtp-ssh sendmail`: the domain of a sender not given with -f, after
-    /// the login name (default: the host name).
+    /// the login name, and of a bare `-f` name (default: the host name).
     pub sender_domain: Option<String>,
+    /// `bsmtp-ssh sendmail`: the domain a bare recipient (`root`) takes,
+    /// as Postfix's `myorigin` (default: `sender_domain`).
+    pub recipient_domain: Option<String>,
     /// Peers by name.
     #[serde(default)]
     pub peer: BTreeMap<String, PeerSection>,
@@ -136,6 +139,20 @@ impl ConfigFile {
         self.spool_directory
             .clone()
             .unwrap_or_else(|| PathBuf::from(bsmtp_session::spool::DEFAULT_DIRECTORY))
+    }
+
+    /// `sender_domain`, or the host name.
+    pub fn sender_domain(&self) -> String {
+        self.sender_domain
+            .clone()
+            .unwrap_or_else(crate::deliver::helo_name)
+    }
+
+    /// `recipient_domain`, or [`ConfigFile::sender_domain`].
+    pub fn recipient_domain(&self) -> String {
+        self.recipient_domain
+            .clone()
+            .unwrap_or_else(|| self.sender_domain())
     }
 
     /// `min_free`, or its default.

@@ -13,7 +13,6 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use bsmtp::codec::{encode_command, Command, MAX_ADDRESS};
 use bsmtp::dsn::{valid_envid, MailDsn};
 use bsmtp::reply::Reply;
 use bsmtp::status::{Failure, FailureKind};
@@ -95,24 +94,11 @@ impl Envelope {
 /// quote (`john doe@x` becomes `"john doe"@x`). An address that is valid in
 /// neither form bounces with 5.1.3.
 fn wire_address(what: &str, address: &str) -> Result<String, Failure> {
-    let valid = |candidate: &str| {
-        let mut line = Vec::new();
-        encode_command(
-            &Command::Rcpt {
-                to: candidate.to_owned(),
-                params: Vec::new(),
-            },
-            &mut line,
-        );
-        candidate.len() <= MAX_ADDRESS
-            && Command::parse(line.strip_suffix(b"\r\n").unwrap_or(&line))
-                .is_ok_and(|parsed| matches!(parsed, Command::Rcpt { to, .. } if to == candidate))
-    };
-    if valid(address) {
+    if bsmtp::address::is_wire_form(address) {
         return Ok(address.to_owned());
     }
     let quoted = bsmtp::address::to_external(address);
-    if valid(&quoted) {
+    if bsmtp::address::is_wire_form(&quoted) {
         return Ok(quoted);
     }
     Err(Failure::new(

@@ -85,6 +85,7 @@ fn enqueue(
         .enqueue(&message, content, file.min_free(), args.envelope.size.unwrap_or(0))
         .map_err(|err| match err {
             SpoolError::NoRoom { .. } => Failure::new(FailureKind::Storage, err.to_string()),
+            SpoolError::BadAddress(_) => Failure::new(FailureKind::BadEnvelope, err.to_string()),
             SpoolError::Io(_) => Failure::new(
                 FailureKind::Local,
                 format!(

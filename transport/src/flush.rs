@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use bsmtp::status::{Failure, FailureKind};
+use bsmtp::text;
 use bsmtp_session::client::ClientSession;
 use bsmtp_session::forward::{self, Report, Settings};
 use bsmtp_session::main_cf::MainCf;
@@ -46,7 +47,9 @@ pub struct QueueArgs {
 
 /// Runs `flush`; returns the exit status: 0 when every peer was reached
 /// (what a peer deferred waits for the next flush), 75 when one was not,
-/// 78 for a config error.
+/// 65 while a spool holds quarantined messages (unreadable: see
+/// [`report_quarantine`]), 78 for a config error; the worst wins, in
+/// the order 78, 65, 75 (what needs an admin before what passes).
 pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
     let file = match ConfigFile::load_for_command("flush", &args.config, args.verbose, out) {
         Ok(file) => file,
@@ -57,7 +60,7 @@ pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
     } else {
         args.peers.clone()
     };
-    let mut status = 0;
+    let mut status = Status::default();
     for name in &peers {
         match flush_peer(&file, name) {
             Ok(report) if report != Report::default() => {
@@ -71,14 +74,90 @@ pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
             Err(failure) => {
                 log::warn!("flush {name}: {failure}");
                 let _ = writeln!(out, "{name}: {failure}");
-                status = match failure.kind {
-                    FailureKind::Config if status == 0 => ExitCode::Config as u8,
-                    _ => ExitCode::TempFail as u8,
-                };
+                status.add(match failure.kind {
+                    FailureKind::Config => ExitCode::Config,
+                    _ => ExitCode::TempFail,
+                });
             }
         }
+        let spool = Spool::new(&file.spool_directory(), name);
+        if report_quarantine(&spool, out, true) > 0 {
+            status.add(ExitCode::DataErr);
+        }
     }
-    status
+    status.code()
+}
+
+/// The exit status of a command that looks at several spools: the worst
+/// seen, in the order config (78), quarantined messages (65, an admin
+/// must act), not reached (75, passes by itself).
+#[derive(Default)]
+struct Status(Option<ExitCode>);
+
+impl Status {
+    fn add(&mut self, code: ExitCode) {
+        let rank = |code: ExitCode| match code {
+            ExitCode::Config => 3,
+            ExitCode::DataErr => 2,
+            _ => 1,
+        };
+        if self.0.is_none_or(|now| rank(code) > rank(now)) {
+            self.0 = Some(code);
+        }
+    }
+
+    fn code(&self) -> u8 {
+        self.0.map_or(0, |code| code as u8)
+    }
+}
+
+/// Names each quarantined message of `spool` on `out` (and, with `log`,
+/// in the mail log) with its reason and what to do; returns how many.
+/// They stay until an admin repairs them (and moves them back into the
+/// spool directory) or removes them: nothing else can be done with a
+/// message nobody can read, and its sender may be misread too.
+fn report_quarantine(spool: &Spool, out: &mut impl Write, log: bool) -> usize {
+    let found = match spool.quarantined() {
+        Ok(found) => found,
+        Err(err) => {
+            let _ = writeln!(out, "{}: cannot list the quarantine: {err}", spool.peer());
+            return 1;
+        }
+    };
+    let now = SystemTime::now();
+    for entry in &found {
+        let since = Duration::from_secs(
+            now.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+                .saturating_sub(entry.since),
+        );
+        let line = format!(
+            "{}  {}  quarantined {} ago, unreadable: {}",
+            text::shown(spool.peer()),
+            entry.id,
+            age(since),
+            text::shown(&entry.reason)
+        );
+        let _ = writeln!(out, "{line}");
+        if log {
+            log::warn!(
+                "{line}; repair {} and move it back, or remove it",
+                entry.path.display()
+            );
+        }
+    }
+    if !found.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}: {} unreadable message{} in {}: repair and move back, or remove",
+            text::shown(spool.peer()),
+            found.len(),
+            plural(found.len()),
+            spool.quarantine_dir().display()
+        );
+    }
+    found.len()
 }
 
 /// Flushes one peer's spool.
@@ -223,7 +302,10 @@ fn report_add(total: &mut Report, more: &Report) {
 
 /// Runs `queue`: every waiting message with its peer, IDs, age, size,
 /// sender, the recipients still to go and the last error, then a count
-/// line. Exit 0, or 78 for a config error.
+/// line, then the quarantined messages. Text from the spool is shown
+/// with control characters escaped. Exit 0; 65 while a spool holds a
+/// message that cannot be read (quarantined, or not yet); 78 for a
+/// config error.
 pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
     let file = match ConfigFile::load(&args.config) {
         Ok(file) => file,
@@ -249,6 +331,7 @@ pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
     };
     let now = SystemTime::now();
     let (mut messages, mut recipients, mut bytes, mut with_mail) = (0, 0, 0, 0);
+    let mut unreadable = 0;
     for peer in &peers {
         let spool = Spool::new(&base, peer);
         let ids = match spool.ids() {
@@ -270,7 +353,13 @@ pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
                     let _ = write!(out, "{}", listing(peer, &entry, now));
                 }
                 Err(err) => {
-                    let _ = writeln!(out, "{peer}  {id}  unreadable: {err}");
+                    unreadable += 1;
+                    let _ = writeln!(
+                        out,
+                        "{}  {id}  unreadable (the next flush quarantines it): {}",
+                        text::shown(peer),
+                        text::shown(&err.to_string())
+                    );
                 }
             }
         }
@@ -282,7 +371,14 @@ pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
         plural(recipients),
         plural(with_mail)
     );
-    0
+    for peer in &peers {
+        unreadable += report_quarantine(&Spool::new(&base, peer), out, false);
+    }
+    if unreadable > 0 {
+        ExitCode::DataErr as u8
+    } else {
+        0
+    }
 }
 
 /// One message's lines in the `queue` listing.
@@ -293,25 +389,32 @@ fn listing(peer: &str, entry: &Entry, now: SystemTime) -> String {
     } else {
         &entry.sender
     };
-    let mut text = format!(
-        "{peer}  {queue_id}  {}  {}  {} bytes  <{sender}>\n",
+    let mut listed = format!(
+        "{}  {}  {}  {}  {} bytes  <{}>\n",
+        text::shown(peer),
+        text::shown(queue_id),
         entry.id,
         age(entry.age(now)),
-        entry.meta.size
+        entry.meta.size,
+        text::shown(sender)
     );
     if let Some(error) = &entry.meta.last_error {
         let _ = writeln!(
-            text,
+            listed,
             "        ({} after {} attempt{})",
-            bsmtp::text::one_line(error),
+            text::shown(error),
             entry.meta.attempts,
             plural(entry.meta.attempts as usize)
         );
     }
     for index in entry.pending() {
-        let _ = writeln!(text, "        <{}>", entry.recipients[index]);
+        let _ = writeln!(
+            listed,
+            "        <{}>",
+            text::shown(&entry.recipients[index])
+        );
     }
-    text
+    listed
 }
 
 /// `3d4h`, `2h13m`, `5m`, `12s`.

@@ -5,6 +5,14 @@
 //! store and forward), then tries to hand it to the hub at once over SSH
 //! with the Batch SMTP verb and its exactly-once tag.
 //!
+//! Every address is settled before anything is spooled, as Postfix's
+//! sendmail does with `myorigin`: a bare local part (`sendmail root`, what
+//! cron, at(1) and `mail root` do) takes `recipient_domain` (a sender:
+//! `sender_domain`); what is still not an address the spool and the hub
+//! read back is refused at once, with `EX_NOUSER` (67) for the command
+//! line's and `EX_DATAERR` (65) for the `-t` headers', and nothing is
+//! spooled. A message that is spooled can always be sent.
+//!
 //! - The hub took it: exit 0, nothing printed (Emacs's `sendmail-send-it`
 //!   takes any output as a failure).
 //! - The hub refused it for good: the reply on standard error and an exit
@@ -23,7 +31,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use bsmtp::dsn::{parse_notify, MailDsn, RcptDsn};
+use bsmtp::dsn::{parse_notify, MailDsn, RcptDsn, Ret};
 use bsmtp::reply::EnhancedCode;
 use bsmtp::sendmail::{self, Flags};
 use bsmtp_session::forward::{self, Bouncer, Settings, Undeliverable};
@@ -39,8 +47,8 @@ use crate::config::ConfigFile;
 #[command(disable_help_flag = true)]
 pub struct SendmailArgs {
     /// sendmail's own flags (-f SENDER, -r SENDER, -F NAME, -t, -i, -oi,
-    /// -N NOTIFY, -V ENVID, --, and the no-op -oem, -odi, -v...) and the
-    /// recipients.
+    /// -N NOTIFY, -R RET, -V ENVID, -B 7BIT|8BITMIME, --, and the no-op
+    /// -oem, -odi, -m, -v...) and the recipients.
     #[arg(
         value_name = "ARG",
         trailing_var_arg = true,
@@ -114,7 +122,14 @@ fn peer_name(file: &ConfigFile) -> Result<String, String> {
 /// The sender when `-f` is not given: the login name at `sender_domain`
 /// (default: the host name).
 fn default_sender(file: &ConfigFile) -> String {
-    let login = std::env::var("LOGNAME")
+    let login = login_name();
+    bsmtp::address::qualify(&login, &file.sender_domain())
+}
+
+/// Who runs us: `$LOGNAME`, `$USER`, else the password file's name for
+/// our user ID.
+fn login_name() -> String {
+    std::env::var("LOGNAME")
         .or_else(|_| std::env::var("USER"))
         .ok()
         .or_else(|| {
@@ -123,12 +138,44 @@ fn default_sender(file: &ConfigFile) -> String {
                 .flatten()
                 .map(|u| u.name)
         })
-        .unwrap_or_else(|| "nobody".into());
-    let domain = file
-        .sender_domain
-        .clone()
-        .unwrap_or_else(crate::deliver::helo_name);
-    format!("{login}@{domain}")
+        .unwrap_or_else(|| "nobody".into())
+}
+
+/// Where an address came from, for the refusal of one that is not valid.
+#[derive(Clone, Copy)]
+enum Source {
+    /// `-f`/`-r`, or the login name.
+    Sender,
+    /// The command line.
+    Argument,
+    /// A `To:`, `Cc:` or `Bcc:` header, with `-t`.
+    Header,
+}
+
+/// `address` qualified with `domain` when it is a bare local part, if
+/// the result is an address the spool and the hub read back; else the
+/// refusal: `EX_NOUSER` for the command line's, `EX_DATAERR` for the
+/// message's own headers.
+fn settle(address: &str, domain: &str, source: Source) -> Result<String, (ExitCode, String)> {
+    let qualified = bsmtp::address::qualify(address, domain);
+    if qualified.is_empty() || bsmtp::address::is_wire_form(&qualified) {
+        return Ok(qualified);
+    }
+    let shown = bsmtp::text::printable(address.as_bytes());
+    Err(match source {
+        Source::Sender => (
+            ExitCode::NoUser,
+            format!("<{shown}>: malformed sender address; give -f user@domain (nothing was sent)"),
+        ),
+        Source::Argument => (
+            ExitCode::NoUser,
+            format!("<{shown}>: malformed recipient address; give user@domain, or a bare user name (nothing was sent)"),
+        ),
+        Source::Header => (
+            ExitCode::DataErr,
+            format!("<{shown}>: malformed recipient address in the To:, Cc: or Bcc: header (-t); write \"Name <user@domain>\" or user@domain, separated by commas (nothing was sent)"),
+        ),
+    })
 }
 
 /// Spools the message, then tries the hub.
@@ -139,8 +186,31 @@ fn send(
 ) -> Result<(), (ExitCode, String)> {
     let config = |text: String| (ExitCode::Config, text);
     let name = peer_name(file).map_err(config)?;
-    let submission = Submission::read(invocation, &default_sender(file), input)
+    // The sender first: -F puts it into a From: header.
+    let sender_domain = file.sender_domain();
+    let mut invocation = invocation.clone();
+    invocation.sender = match invocation.sender.take() {
+        Some(sender) => Some(settle(&sender, &sender_domain, Source::Sender)?),
+        None => None,
+    };
+    let default_sender = settle(&default_sender(file), &sender_domain, Source::Sender)?;
+    let mut submission = Submission::read(&invocation, &default_sender, input)
         .map_err(|e| (ExitCode::IoErr, format!("reading the message: {e}")))?;
+    let recipient_domain = file.recipient_domain();
+    let given = invocation.recipients.len();
+    submission.recipients = submission
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, to)| {
+            let source = if i < given {
+                Source::Argument
+            } else {
+                Source::Header
+            };
+            settle(to, &recipient_domain, source)
+        })
+        .collect::<Result<_, _>>()?;
     let notify = match &invocation.notify {
         Some(value) => Some(parse_notify(value).ok_or_else(|| {
             (
@@ -161,7 +231,7 @@ fn send(
         sender: submission.sender.clone(),
         queue_id: Some(unique_id()),
         dsn: MailDsn {
-            ret: None,
+            ret: invocation.ret.as_deref().and_then(Ret::parse),
             envid: invocation.envid.clone(),
         },
         recipient_dsn: recipients
@@ -178,6 +248,7 @@ fn send(
         .enqueue(&message, &mut submission.content(), file.min_free(), 0)
         .map_err(|e| match e {
             SpoolError::NoRoom { .. } => (ExitCode::TempFail, e.to_string()),
+            SpoolError::BadAddress(_) => (ExitCode::NoUser, e.to_string()),
             SpoolError::Io(_) => (
                 ExitCode::CantCreat,
                 format!("cannot spool the message ({e}); set spool_directory to a directory this user can write"),
@@ -274,4 +345,37 @@ fn unique_id() -> String {
         now.subsec_nanos(),
         std::process::id()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (audit M4): `sendmail root` was spooled unqualified and
+    /// never sent. A bare name takes `recipient_domain`, which defaults to
+    /// `sender_domain`; a malformed address is refused, 67 from the
+    /// command line, 65 from `-t` headers.
+    #[test]
+    fn bare_names_are_qualified_and_bad_addresses_refused() {
+        let file: ConfigFile = toml::from_str("sender_domain = \"leaf.test\"\n").unwrap();
+        assert_eq!(file.recipient_domain(), "leaf.test");
+        let own: ConfigFile =
+            toml::from_str("sender_domain = \"leaf.test\"\nrecipient_domain = \"hub.test\"\n")
+                .unwrap();
+        assert_eq!(own.recipient_domain(), "hub.test");
+        let ok = |address, source| settle(address, "leaf.test", source).map_err(|(_, t)| t);
+        assert_eq!(ok("root", Source::Argument).unwrap(), "root@leaf.test");
+        assert_eq!(ok("bob@hub.test", Source::Header).unwrap(), "bob@hub.test");
+        assert_eq!(ok("", Source::Sender).unwrap(), "");
+        for (address, source, status) in [
+            ("John Smith john@x", Source::Header, ExitCode::DataErr),
+            ("John Smith john@x", Source::Argument, ExitCode::NoUser),
+            ("a b", Source::Sender, ExitCode::NoUser),
+            ("x@", Source::Argument, ExitCode::NoUser),
+        ] {
+            let (got, text) = settle(address, "leaf.test", source).unwrap_err();
+            assert_eq!(got as u8, status as u8, "{address}: {text}");
+            assert!(text.contains("nothing was sent"), "{text}");
+        }
+    }
 }
