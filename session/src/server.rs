@@ -1157,7 +1157,7 @@ impl<I: Injector> Receiver<I> {
                     .chain(record.legacy.as_deref())
                     .collect();
                 info!(
-                    "peer {}: a retry of a transaction committed before as {}: answering as then, queuing nothing",
+                    "peer {}: a retry: this transaction was committed before as {}: answering as then, queuing nothing",
                     self.settings.policy.peer,
                     ids.join(", ")
                 );

@@ -1194,6 +1194,20 @@ impl Env {
         }
     }
 
+    /// True when the hub's queue is empty (maildrop included).
+    pub fn hub_queue_is_empty(&self) -> bool {
+        let maildrop = self.hub().dir.join("spool/maildrop");
+        self.hub_queue().contains("Mail queue is empty")
+            && std::fs::read_dir(maildrop).is_ok_and(|mut d| d.next().is_none())
+    }
+
+    /// Waits until the hub's queue is empty; panics with the logs on timeout.
+    pub fn wait_hub_queue_empty(&self, timeout: Duration) {
+        if poll(timeout, || self.hub_queue_is_empty().then_some(())).is_none() {
+            self.fail(&format!("the hub queue is not empty after {timeout:?}"));
+        }
+    }
+
     /// `postqueue -f` on the leaf: retry deferred mail now.
     pub fn leaf_flush(&self) {
         self.leaf.flush();

@@ -1,0 +1,117 @@
+//! Exactly-once against the real receiver: rsmtp and the hub's Postfix,
+//! driven as a leaf whose acknowledgement was lost drives them, by sending
+//! the same tagged transaction again (audit findings M1 and M2).
+
+use std::process::Command;
+use std::time::Duration;
+
+use bsmtp_ssh_tests::sshd::free_port;
+use bsmtp_ssh_tests::util::{run_timeout, COMMAND_TIMEOUT};
+use bsmtp_ssh_tests::{Env, EnvOptions};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_mins(3);
+
+/// A tag as bsmtp-ssh mints them: the leaf's queue ID, a dot, a hash.
+const TAG: &str = "4XQ1ABC.0123456789abcdef";
+
+/// One online session of rsmtp (as sshd runs it) with `input`; its
+/// replies.
+fn session(env: &Env, extra: &[String], input: &str) -> String {
+    let mut command: Command = env.rsmtp_command();
+    command
+        .args(["--allow-sender", "@leaf.test"])
+        .args(extra)
+        .env("SSH_CONNECTION", "127.0.0.1 40022 127.0.0.1 22");
+    let out = run_timeout(&mut command, input.as_bytes(), COMMAND_TIMEOUT);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The reply to the final dot of a one-transaction session (the one
+/// before QUIT's 221).
+fn dot_reply(replies: &str) -> &str {
+    let lines: Vec<&str> = replies.lines().collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("221"))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn transaction(recipients: &[&str], subject: &str) -> String {
+    let mut text = format!("EHLO leaf.test\r\nMAIL FROM:<alice@leaf.test> XTXID={TAG}\r\n");
+    for r in recipients {
+        text.push_str(&format!("RCPT TO:<{r}>\r\n"));
+    }
+    text.push_str(&format!(
+        "DATA\r\nFrom: alice@leaf.test\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n.\r\nQUIT\r\n"
+    ));
+    text
+}
+
+fn subjects(env: &Env, user: &str) -> Vec<String> {
+    let mut found: Vec<String> = Env::read_maildir(&env.hub_maildir(user))
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(m)
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// (Audit M1) Tags recur: Postfix reuses a short queue ID once its message
+/// left the queue, so a later report with the same sender, recipient and
+/// size carries the same tag. It was answered "queued before" and lost;
+/// now the record's content digest tells it apart: deferred once (the old
+/// record is dropped), then queued. A true retry still queues nothing.
+#[test]
+fn a_recurring_tag_with_other_content_is_queued_not_dropped() {
+    let env = Env::start("recurring_tag");
+    let first = session(&env, &[], &transaction(&["bob@hub.test"], "report 1"));
+    assert!(dot_reply(&first).starts_with("250 2.0.0"), "{first}");
+    let second = session(&env, &[], &transaction(&["bob@hub.test"], "report 2"));
+    assert!(
+        dot_reply(&second).starts_with("451 4.3.0"),
+        "another message under a committed tag must be deferred, not taken for a retry:\n{second}"
+    );
+    let third = session(&env, &[], &transaction(&["bob@hub.test"], "report 2"));
+    assert!(dot_reply(&third).starts_with("250 2.0.0"), "{third}");
+    // The leaf's real retry of report 2 (its acknowledgement lost): the
+    // same queue ID, nothing queued.
+    let retry = session(&env, &[], &transaction(&["bob@hub.test"], "report 2"));
+    assert_eq!(dot_reply(&retry), dot_reply(&third), "{retry}");
+    env.wait_maildir("bob", 2, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert_eq!(subjects(&env, "bob"), ["report 1", "report 2"]);
+}
+
+/// (Audit M2) Fast path: smtpd refuses nouser@ at RCPT, the message is
+/// committed for bob@, the acknowledgement is lost. The retry used to skip
+/// smtpd and release a 250 for nouser@, so the leaf reported it delivered
+/// and no bounce was ever sent. Now bob@ is answered from the record and
+/// nouser@ is asked about again: smtpd's 550 again, and nothing queued
+/// twice.
+#[test]
+fn a_retry_does_not_turn_a_refused_recipient_into_delivered() {
+    let port = free_port();
+    let inject = vec!["--inject".to_owned(), format!("smtp:127.0.0.1:{port}")];
+    let env = Env::start_with("retry_refused_rcpt", EnvOptions::default());
+    env.install_hub_listener(port);
+    let input = transaction(&["bob@hub.test", "nouser@hub.test"], "once");
+    let first = session(&env, &inject, &input);
+    assert!(first.contains("\r\n550 5.1.1 <nouser@hub.test>"), "{first}");
+    assert!(dot_reply(&first).starts_with("250 2.0.0"), "{first}");
+    let retry = session(&env, &inject, &input);
+    assert!(
+        retry.contains("\r\n550 5.1.1 <nouser@hub.test>"),
+        "the refused recipient must be refused again on a retry:\n{retry}"
+    );
+    assert_eq!(dot_reply(&retry), dot_reply(&first), "{retry}");
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert_eq!(subjects(&env, "bob"), ["once"]);
+}
