@@ -161,3 +161,82 @@ fn a_batch_read_again_after_a_temporary_failure_doubles_nothing() {
         env.hub_log()
     );
 }
+
+/// Both queues empty: whatever this test queued was delivered (or bounced).
+fn settle(env: &Env) {
+    let settled = poll(DELIVERY, || {
+        (env.hub_queue().contains("Mail queue is empty")
+            && env.leaf_queue().contains("Mail queue is empty"))
+        .then_some(())
+    });
+    assert!(settled.is_some(), "{}", env.hub_log());
+}
+
+/// Regression (audit L1): offline mode was chosen by an absent
+/// `SSH_CONNECTION`, so an admin logged in over SSH who ran `rsmtp --peer X
+/// < batch && rm batch` got a live session: replies on stdout, no notice,
+/// exit 75, and every reading queued the accepted mail again. A file on
+/// stdin is a batch whatever the environment says, and so is a pipe with
+/// `--batch`.
+#[test]
+fn a_batch_file_read_in_an_ssh_login_is_read_offline() {
+    const SSH_CONNECTION: &str = "192.0.2.7 50022 192.0.2.1 22";
+    let env = env("offline_ssh_login");
+    let batch = [
+        transaction("alice@leaf.test", &["bob@hub.test"], "login-one"),
+        transaction("alice@leaf.test", &["carol@hub.test"], "login-refused"),
+    ]
+    .concat();
+    for reading in ["first", "again"] {
+        let mut command = env.rsmtp_command();
+        command.env("SSH_CONNECTION", SSH_CONNECTION);
+        let out = env.rsmtp_batch_file(&mut command, &POLICY, batch.as_bytes());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{reading} reading: stdout {}\nstderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{reading} reading: replies written as on a session: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // `cat batch | rsmtp --batch` under sshd: offline too.
+    let piped = transaction("alice@leaf.test", &["dave@hub.test"], "login-piped");
+    let out = bsmtp_ssh_tests::util::run_timeout(
+        env.rsmtp_command()
+            .env("SSH_CONNECTION", SSH_CONNECTION)
+            .args(POLICY)
+            .arg("--batch"),
+        piped.as_bytes(),
+        DELIVERY,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("dave", 1, DELIVERY);
+    let notice = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    assert!(
+        String::from_utf8_lossy(&notice[0]).contains("Final-Recipient: rfc822; carol@hub.test"),
+        "{}",
+        String::from_utf8_lossy(&notice[0])
+    );
+    settle(&env);
+    assert_eq!(
+        Env::read_maildir(&env.hub_maildir("bob")).len(),
+        1,
+        "queued twice"
+    );
+    assert_eq!(
+        Env::read_maildir(&env.leaf_maildir("alice")).len(),
+        1,
+        "reported twice"
+    );
+}

@@ -8,6 +8,7 @@
 pub mod authorize;
 pub mod command;
 mod compressed;
+pub mod mode;
 mod offline;
 pub mod policy;
 mod pull;
@@ -15,4 +16,5 @@ mod run;
 mod sendmail;
 mod table;
 
+pub use mode::over_ssh;
 pub use run::{run, AdminCommand, Args, RunError};
