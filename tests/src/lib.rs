@@ -695,9 +695,11 @@ impl Env {
         write_file(
             &self.rsmtp_config(),
             format!(
-                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n{}",
+                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n\
+                 reject_directory = \"{}\"\n{}",
                 tags.display(),
                 self.hub_spool_directory().display(),
+                self.reject_directory().display(),
                 self.options
                     .rsmtp_conf
                     .iter()
@@ -1052,6 +1054,12 @@ impl Env {
     /// and postlog when pinned.
     pub fn rsmtp_config(&self) -> PathBuf {
         self.base.join("hub/rsmtp.conf")
+    }
+
+    /// Where offline rsmtp keeps transactions refused at `MAIL FROM` (one
+    /// directory per peer inside, made by rsmtp).
+    pub fn reject_directory(&self) -> PathBuf {
+        self.base.join("hub/rejects")
     }
 
     /// The hub's exactly-once tag store (one directory per peer inside).

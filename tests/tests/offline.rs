@@ -240,3 +240,75 @@ fn a_batch_file_read_in_an_ssh_login_is_read_offline() {
         "reported twice"
     );
 }
+
+/// Regression (audit M3): a transaction whose sender the peer's policy
+/// refused got a full notice, from MAILER-DAEMON with the batch's content,
+/// mailed to that sender: a forged batch made the hub a reflector. Now no
+/// notice goes to a refused sender; the transaction is kept in a reject
+/// file for the admin and the batch is done. A refusal after MAIL was
+/// accepted is still reported.
+#[test]
+fn a_refused_sender_gets_no_notice_and_is_kept_for_the_admin() {
+    let env = env("offline_refused_sender");
+    // carol@hub.test is not an allowed sender for leaf1: a notice to her
+    // would land in her maildir on the hub.
+    let forged = transaction(
+        "carol@hub.test",
+        &["bob@hub.test", "dave@hub.test"],
+        "forged",
+    );
+    // A dot-stuffed line: the body line is ".leading dot".
+    let forged = forged.replace("body of forged\n", "body of forged\n..leading dot\n");
+    let batch = [
+        forged.clone(),
+        transaction("alice@leaf.test", &["nobody@hub.test"], "refused-rcpt"),
+    ]
+    .concat();
+    for reading in ["first", "again"] {
+        let out = env.rsmtp_offline(&POLICY, batch.as_bytes());
+        assert_eq!(out.status.code(), Some(0), "{reading}: {}", stderr(&out));
+    }
+    // The control: a refused recipient is still reported, once.
+    let notice = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    assert!(
+        String::from_utf8_lossy(&notice[0]).contains("Final-Recipient: rfc822; nobody@hub.test"),
+        "{}",
+        String::from_utf8_lossy(&notice[0])
+    );
+    settle(&env);
+    for user in ["carol", "bob", "dave"] {
+        let mail = Env::read_maildir(&env.hub_maildir(user));
+        assert!(
+            mail.is_empty(),
+            "{user} got mail:\n{}",
+            mail.iter()
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+    }
+    assert_eq!(Env::read_maildir(&env.leaf_maildir("alice")).len(), 1);
+    // Kept once, as BSMTP the admin can read and feed again.
+    let dir = env.reject_directory().join("leaf1");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let kept = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        kept.starts_with("# rsmtp: peer leaf1: refused at MAIL FROM"),
+        "{kept}"
+    );
+    assert!(
+        kept.contains("# reply: 553 5.7.1 <carol@hub.test>"),
+        "{kept}"
+    );
+    let transaction_part = &kept[kept.find("MAIL FROM:").unwrap()..];
+    assert_eq!(
+        transaction_part, forged,
+        "the transaction as BSMTP, dot-stuffed"
+    );
+    let logged = env.wait_log(Log::Hub, "refused at MAIL FROM", DELIVERY);
+    assert!(logged.contains("no notice to the sender"), "{logged}");
+}

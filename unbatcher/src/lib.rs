@@ -12,6 +12,7 @@ pub mod mode;
 mod offline;
 pub mod policy;
 mod pull;
+pub mod rejects;
 mod run;
 mod sendmail;
 mod table;

@@ -32,6 +32,8 @@ use bsmtp_session::tags::{Claim, TagStore};
 use log::{info, warn};
 use sha1::{Digest, Sha1};
 
+use crate::rejects::{Kept, Rejects};
+
 /// What became of a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -43,6 +45,10 @@ pub struct Outcome {
     /// Recipients deferred, or refused without a queued notice: the batch
     /// must be read again.
     pub retry: usize,
+    /// Recipients of transactions whose `MAIL FROM` was refused for good:
+    /// settled without a notice (the sender may be forged), logged and
+    /// kept in a reject file ([`crate::rejects`]).
+    pub unreported: usize,
 }
 
 /// One transaction as read from the batch, with the replies it got.
@@ -307,6 +313,7 @@ struct Reading<'a> {
     peer: String,
     notifier: &'a Notifier,
     notices: Option<&'a TagStore>,
+    rejects: Rejects,
     outcome: Outcome,
 }
 
@@ -318,6 +325,7 @@ impl Reading<'_> {
                 transaction,
                 self.notifier,
                 self.notices,
+                &mut self.rejects,
                 &mut self.outcome,
             );
         }
@@ -360,12 +368,14 @@ impl Write for Replies<'_> {
 
 /// Reads the whole batch on `input`, queues what the peer's policy allows,
 /// and reports each refused transaction to its sender with `notifier`;
-/// `notices` (the peer's tag store) remembers which were reported.
+/// `notices` (the peer's tag store) remembers which were reported. A
+/// transaction whose sender was refused goes to `rejects` instead.
 pub fn receive(
     mut settings: Settings,
     injector: PostdropInjector,
     notifier: &Notifier,
     notices: Option<&TagStore>,
+    rejects: Rejects,
     input: &mut impl Read,
 ) -> io::Result<Outcome> {
     // Nobody reads the replies: errors must not end the batch early.
@@ -376,6 +386,7 @@ pub fn receive(
         peer: settings.policy.peer.clone(),
         notifier,
         notices,
+        rejects,
         outcome: Outcome::default(),
     }));
     let mut tee = Tee {
@@ -402,6 +413,7 @@ fn settle(
     transaction: &Transaction,
     notifier: &Notifier,
     notices: Option<&TagStore>,
+    rejects: &mut Rejects,
     outcome: &mut Outcome,
 ) {
     let Some(mail) = &transaction.mail else {
@@ -409,6 +421,11 @@ fn settle(
     };
     if transaction.data.is_none() {
         // Ended before DATA: nothing was asked to be delivered.
+        return;
+    }
+    if mail.is_permanent() {
+        // Notices only for refusals after MAIL was accepted.
+        keep_refused_sender(peer, transaction, mail, rejects, outcome);
         return;
     }
     let mut reports = Vec::new();
@@ -479,6 +496,75 @@ fn settle(
             outcome.retry += reports.len();
         }
     }
+}
+
+/// A transaction whose `MAIL FROM` was refused for good: no notice (the
+/// sender is whatever the batch says, maybe a victim), a log line and a
+/// reject file; settled, so the batch is not read again for it.
+fn keep_refused_sender(
+    peer: &str,
+    transaction: &Transaction,
+    mail: &Reply,
+    rejects: &mut Rejects,
+    outcome: &mut Outcome,
+) {
+    let recipients = transaction.recipients.len();
+    outcome.unreported += recipients;
+    let name = transaction.hash.clone().map_or_else(
+        || {
+            format!(
+                "{}-{}",
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+                std::process::id()
+            )
+        },
+        |hash| {
+            hash.finalize()
+                .iter()
+                .fold(String::new(), |mut name, byte| {
+                    let _ = write!(name, "{byte:02x}");
+                    name
+                })
+        },
+    );
+    let whole = transaction.content.len() <= DEFAULT_SIZE_LIMIT;
+    let comments = [
+        format!("rsmtp: peer {peer}: refused at MAIL FROM, so no notice was mailed to the sender; kept for the admin"),
+        format!("date: {}", chrono::Local::now().to_rfc2822()),
+        format!("reply: {mail}"),
+        format!("recipients: {recipients}"),
+        if whole {
+            format!("content: whole, {} bytes", transaction.content.len())
+        } else {
+            format!("content: cut after {} bytes, and no final \".\": reading this file queues nothing", transaction.content.len())
+        },
+    ];
+    let listed: Vec<&str> = transaction
+        .recipients
+        .iter()
+        .map(|r| r.0.as_str())
+        .collect();
+    let text = crate::rejects::bsmtp(
+        &comments,
+        &transaction.sender,
+        &listed,
+        &transaction.content,
+        whole,
+    );
+    let kept = match rejects.keep(&name, &text) {
+        Ok(Kept::File(path)) => format!("kept in {}", path.display()),
+        Ok(Kept::Full(dir)) => format!(
+            "not kept: {dir} holds {} reject files already (read and remove them)",
+            crate::rejects::MAX_FILES,
+            dir = dir.display()
+        ),
+        Ok(Kept::Off) => "not kept (reject_directory is empty)".to_owned(),
+        Err(err) => format!("not kept: {err}"),
+    };
+    warn!(
+        "peer {peer}: transaction from <{}> to {recipients} recipient(s) refused at MAIL FROM ({mail}): no notice to the sender; {kept}",
+        transaction.sender
+    );
 }
 
 /// The reply that decides a recipient, and the command it answered.

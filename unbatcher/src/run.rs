@@ -449,17 +449,20 @@ fn offline(session: Session, file: &ConfigFile, input: &mut impl Input) -> Resul
         command: session.postdrop,
         min_free: session.min_free,
     };
+    let rejects = crate::rejects::Rejects::new(file.reject_directory.as_deref(), &peer);
     let outcome = crate::offline::receive(
         session.settings,
         injector,
         &notifier,
         notices.as_ref(),
+        rejects,
         input,
     )?;
     info!(
-        "batch from peer {peer}: accepted={} refused_and_reported={} to_retry={}{}",
+        "batch from peer {peer}: accepted={} refused_and_reported={} sender_refused={} to_retry={}{}",
         outcome.summary.accepted,
         outcome.bounced,
+        outcome.unreported,
         outcome.retry,
         if outcome.summary.truncated {
             " truncated=1"
