@@ -312,3 +312,83 @@ fn a_refused_sender_gets_no_notice_and_is_kept_for_the_admin() {
     let logged = env.wait_log(Log::Hub, "refused at MAIL FROM", DELIVERY);
     assert!(logged.contains("no notice to the sender"), "{logged}");
 }
+
+/// Regression (audit L2): offline, recipients over `max_recipients` got
+/// 452 on every reading, so the batch exited 75 for ever. A batch has
+/// nobody to send them in a second transaction: the limit is raised.
+#[test]
+fn recipients_over_max_recipients_are_queued_offline() {
+    let env = env("offline_max_rcpts");
+    let batch = transaction(
+        "alice@leaf.test",
+        &["bob@hub.test", "dave@hub.test"],
+        "over-limit",
+    );
+    let args = [&POLICY[..], &["--max-recipients", "1"]].concat();
+    let out = env.rsmtp_offline(&args, batch.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("dave", 1, DELIVERY);
+}
+
+/// The peak resident set of the process `pid` so far, in KiB (0 once it
+/// has exited).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Regression (audit L3): the offline transcript kept every RCPT (2M
+/// RCPTs in 56 MB took 646 MB). A transaction with 200,000 recipients is
+/// read within SPEC's 32 MiB (the peak measured from /proc while it
+/// runs; unbounded, the transcript alone is several times that).
+#[test]
+fn a_batch_with_many_recipients_is_read_in_bounded_memory() {
+    const RCPTS: usize = 200_000;
+    const CEILING_KIB: u64 = 32 * 1024;
+    let env = env("offline_many_rcpts");
+    let mut batch = String::from("MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\n");
+    for i in 0..RCPTS {
+        let _ = writeln!(batch, "RCPT TO:<u{i}@hub.test>");
+    }
+    batch.push_str("DATA\nSubject: many\nMessage-ID: <many@leaf.test>\n\nmany\n.\n");
+    let path = env.base().join("many.bsmtp");
+    std::fs::write(&path, &batch).unwrap();
+    let log = env.base().join("many.stderr");
+    let mut child = env
+        .rsmtp_command()
+        .args(POLICY)
+        .stdin(std::fs::File::open(&path).unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    let status = poll(DELIVERY, || {
+        peak = peak.max(peak_rss_kib(child.id()));
+        child.try_wait().ok().flatten()
+    })
+    .unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rsmtp still reading {RCPTS} RCPTs after {DELIVERY:?}")
+    });
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(peak > 0, "no peak RSS read from /proc");
+    println!("rsmtp's peak RSS for {RCPTS} RCPTs: {peak} KiB");
+    assert!(
+        peak < CEILING_KIB,
+        "rsmtp's peak RSS {peak} KiB for {RCPTS} RCPTs, over {CEILING_KIB} KiB"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    env.wait_maildir("bob", 1, DELIVERY);
+    let notice = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    assert!(
+        String::from_utf8_lossy(&notice[0]).contains("Final-Recipient: rfc822; u0@hub.test"),
+        "no notice naming the refused recipients"
+    );
+}
