@@ -695,9 +695,11 @@ impl Env {
         write_file(
             &self.rsmtp_config(),
             format!(
-                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n{}",
+                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n\
+                 reject_directory = \"{}\"\n{}",
                 tags.display(),
                 self.hub_spool_directory().display(),
+                self.reject_directory().display(),
                 self.options
                     .rsmtp_conf
                     .iter()
@@ -1054,16 +1056,32 @@ impl Env {
         self.base.join("hub/rsmtp.conf")
     }
 
+    /// Where offline rsmtp keeps transactions refused at `MAIL FROM` (one
+    /// directory per peer inside, made by rsmtp).
+    pub fn reject_directory(&self) -> PathBuf {
+        self.base.join("hub/rejects")
+    }
+
     /// The hub's exactly-once tag store (one directory per peer inside).
     pub fn tag_directory(&self) -> PathBuf {
         self.base.join("hub/tags")
     }
 
-    /// Runs the installed `rsmtp` as root without SSH, reading `stdin` the
-    /// way `rsmtp --peer leaf1 < batch` does, injecting into the hub:
-    /// [`Env::rsmtp_command`] with `args`.
+    /// Runs the installed `rsmtp` as root without SSH, reading `stdin` from
+    /// a file the way `rsmtp --peer leaf1 < batch` does, injecting into the
+    /// hub: [`Env::rsmtp_command`] with `args`.
     pub fn rsmtp_offline(&self, args: &[&str], stdin: &[u8]) -> Output {
-        util::run_timeout(self.rsmtp_command().args(args), stdin, COMMAND_TIMEOUT)
+        self.rsmtp_batch_file(&mut self.rsmtp_command(), args, stdin)
+    }
+
+    /// `command args < file`, `file` holding `stdin` (a new file in the
+    /// environment's directory each time).
+    pub fn rsmtp_batch_file(&self, command: &mut Command, args: &[&str], stdin: &[u8]) -> Output {
+        static BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.base.join(format!("batch-{n}.bsmtp"));
+        std::fs::write(&path, stdin).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        util::run_timeout_file(command.args(args), &path, COMMAND_TIMEOUT)
     }
 
     /// `bsmtp-ssh deliver` by hand with the leaf's transport config, as

@@ -146,19 +146,37 @@ pub fn explain(what: &str, status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> 
 /// Returns its output whatever the exit status; panics only if it cannot start
 /// or runs too long.
 pub fn run_timeout(cmd: &mut Command, stdin: &[u8], timeout: Duration) -> Output {
+    let data = stdin.to_vec();
+    run_timeout_from(cmd, Stdio::piped(), timeout, move |input| {
+        // A command that exits without reading its input gives EPIPE: not our error.
+        if let Some(mut input) = input {
+            let _ = input.write_all(&data);
+        }
+    })
+}
+
+/// [`run_timeout`] with the file `stdin` as standard input (`cmd < file`):
+/// a regular file, not a pipe.
+pub fn run_timeout_file(cmd: &mut Command, stdin: &Path, timeout: Duration) -> Output {
+    let file = File::open(stdin).unwrap_or_else(|err| panic!("{}: {err}", stdin.display()));
+    run_timeout_from(cmd, Stdio::from(file), timeout, |_| {})
+}
+
+fn run_timeout_from(
+    cmd: &mut Command,
+    stdin: Stdio,
+    timeout: Duration,
+    feed: impl FnOnce(Option<std::process::ChildStdin>) + Send + 'static,
+) -> Output {
     let what = describe(cmd);
     let mut child = cmd
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
-    let mut input = child.stdin.take().expect("stdin is piped");
-    let data = stdin.to_vec();
-    // A command that exits without reading its input gives EPIPE: not our error.
-    let writer = thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
+    let input = child.stdin.take();
+    let writer = thread::spawn(move || feed(input));
     let out_reader = reader(child.stdout.take().expect("stdout is piped"));
     let err_reader = reader(child.stderr.take().expect("stderr is piped"));
     let deadline = Instant::now() + timeout;

@@ -628,16 +628,19 @@ fn peer_that_never_reads_replies_is_dropped() {
     batch.extend_from_slice(
         b"MAIL FROM:<alice@leaf.test>\r\nRCPT TO:<bob@hub.test>\r\nDATA\r\nSubject: never\r\n\r\nopen\r\n",
     );
-    let path = env.base().join("batch");
-    std::fs::write(&path, &batch).unwrap();
+    // A peer over SSH, as sshd runs rsmtp: SSH_CONNECTION set and a pipe on
+    // stdin (a file, or no SSH_CONNECTION, is an offline batch: no replies,
+    // nothing blocks, and postdrop may come and go before it is seen). The
+    // whole batch is in the pipe before rsmtp starts, so its first read
+    // takes all of it; the pipe stays open, as a live peer's would.
+    assert!(batch.len() < 60_000, "the batch must fit in the pipe");
+    let (stdin, mut peer) = std::io::pipe().unwrap();
+    std::io::Write::write_all(&mut peer, &batch).unwrap();
     let mut child = env
         .rsmtp_command()
         .args(["--allow-sender", "@leaf.test", "--idle-timeout", "2"])
-        // A peer over SSH, as sshd runs rsmtp: without SSH_CONNECTION rsmtp
-        // reads the file as an offline batch, writes no replies and never
-        // blocks, and postdrop may come and go before it is seen.
         .env("SSH_CONNECTION", "127.0.0.1 40022 127.0.0.1 22")
-        .stdin(std::fs::File::open(&path).unwrap())
+        .stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -656,6 +659,7 @@ fn peer_that_never_reads_replies_is_dropped() {
         env.fail("rsmtp still blocked writing 60 s after a 2 s idle timeout");
     };
     assert!(!status.success(), "{status}");
+    drop(peer);
     wait_until(Duration::from_secs(30), || !proc_tree::alive(postdrop))
         .unwrap_or_else(|| env.fail("postdrop still running after rsmtp gave up"));
     drop(child);

@@ -8,11 +8,14 @@
 pub mod authorize;
 pub mod command;
 mod compressed;
+pub mod mode;
 mod offline;
 pub mod policy;
 mod pull;
+pub mod rejects;
 mod run;
 mod sendmail;
 mod table;
 
+pub use mode::over_ssh;
 pub use run::{run, AdminCommand, Args, RunError};

@@ -16,9 +16,13 @@ fn main() -> ExitCode {
             return ExitCode::from(sysexits::ExitCode::OsErr as u8);
         }
     };
-    // sshd sets SSH_CONNECTION for every session it runs, forced command
-    // or not; without it the input is a batch read offline.
-    let over_ssh = std::env::var_os("SSH_CONNECTION").is_some();
+    // A live session only when sshd runs us on a stream; a file on stdin
+    // (or a terminal on stdout) is a batch read offline (see rsmtp::mode).
+    let over_ssh = rsmtp::over_ssh(
+        std::env::var_os("SSH_CONNECTION").is_some(),
+        std::io::stdin(),
+        std::io::stdout(),
+    );
     match rsmtp::run(
         std::env::args_os(),
         original.as_deref(),

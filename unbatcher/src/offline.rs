@@ -24,7 +24,7 @@ use std::rc::Rc;
 use bsmtp::bounce::{RecipientReport, DEFAULT_SIZE_LIMIT};
 use bsmtp::codec::{Command, Decoder, Event, Param};
 use bsmtp::dsn::{parse_envid, parse_notify, parse_orcpt, MailDsn, RcptDsn, Ret};
-use bsmtp::reply::{Reply, ReplyParser};
+use bsmtp::reply::{EnhancedCode, Reply, ReplyParser};
 use bsmtp::tag::{Record, Tag};
 use bsmtp_session::notice::{About, Notifier};
 use bsmtp_session::postdrop::PostdropInjector;
@@ -32,6 +32,32 @@ use bsmtp_session::server::{Receiver, Settings, Summary};
 use bsmtp_session::tags::{Claim, TagStore};
 use log::{info, warn};
 use sha1::{Digest, Sha1};
+
+use crate::rejects::{Kept, Rejects};
+
+/// Most recipients one transaction of a batch may have queued: offline
+/// nobody can send the rest in a second transaction, so the peer's
+/// `max_recipients` (Postfix's `smtpd_recipient_limit`, 1000 by default)
+/// is raised to this, as many as Postfix's qmgr holds in memory for one
+/// message (`qmgr_message_recipient_limit`, 20000). Beyond it a recipient
+/// is refused for good and reported.
+pub const OFFLINE_MAX_RECIPIENTS: usize = 20_000;
+/// Most refused recipients of one transaction named in its notice and
+/// reject file; the rest are counted (SPEC invariant 5: a batch of
+/// millions of RCPTs is read in a bounded footprint).
+pub const MAX_NAMED_REFUSED: usize = 1000;
+
+/// Recipients of one transaction that are counted, not named.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unnamed {
+    /// Accepted at RCPT beyond [`OFFLINE_MAX_RECIPIENTS`] named ones: they
+    /// share the fate of the message.
+    accepted: usize,
+    /// Refused for good beyond [`MAX_NAMED_REFUSED`].
+    refused: usize,
+    /// Deferred at RCPT (a retry needs no names).
+    deferred: usize,
+}
 
 /// What became of a batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -44,6 +70,10 @@ pub struct Outcome {
     /// Recipients deferred, or refused without a queued notice: the batch
     /// must be read again.
     pub retry: usize,
+    /// Recipients of transactions whose `MAIL FROM` was refused for good:
+    /// settled without a notice (the sender may be forged), logged and
+    /// kept in a reject file ([`crate::rejects`]).
+    pub unreported: usize,
 }
 
 /// One transaction as read from the batch, with the replies it got.
@@ -51,7 +81,16 @@ pub struct Outcome {
 struct Transaction {
     sender: String,
     dsn: MailDsn,
+    /// Recipients answered, with their replies: every one accepted up to
+    /// [`OFFLINE_MAX_RECIPIENTS`], refused up to [`MAX_NAMED_REFUSED`].
     recipients: Vec<(String, RcptDsn, Option<Reply>)>,
+    /// Recipients not answered yet, oldest first.
+    waiting: VecDeque<(String, RcptDsn)>,
+    /// Recipients answered and only counted.
+    unnamed: Unnamed,
+    /// Accepted and refused ones in `recipients`.
+    named_accepted: usize,
+    named_refused: usize,
     mail: Option<Reply>,
     /// DATA was sent.
     data_sent: bool,
@@ -66,9 +105,39 @@ struct Transaction {
 }
 
 impl Transaction {
+    /// The oldest waiting recipient got `reply`: named or counted.
+    fn answered(&mut self, reply: Reply) {
+        let Some((to, dsn)) = self.waiting.pop_front() else {
+            return;
+        };
+        let reply = offline_rcpt_reply(reply);
+        let named = if reply.code / 100 == 2 {
+            &mut self.named_accepted
+        } else if reply.is_permanent() {
+            &mut self.named_refused
+        } else {
+            // Deferred: the batch is read again, no names needed.
+            self.unnamed.deferred += 1;
+            return;
+        };
+        let cap = if reply.code / 100 == 2 {
+            OFFLINE_MAX_RECIPIENTS
+        } else {
+            MAX_NAMED_REFUSED
+        };
+        if *named < cap {
+            *named += 1;
+            self.recipients.push((to, dsn, Some(reply)));
+        } else if reply.code / 100 == 2 {
+            self.unnamed.accepted += 1;
+        } else {
+            self.unnamed.refused += 1;
+        }
+    }
+
     /// Every reply it will get is in.
     fn complete(&self) -> bool {
-        let envelope = self.mail.is_some() && self.recipients.iter().all(|r| r.2.is_some());
+        let envelope = self.mail.is_some() && self.waiting.is_empty();
         let data = match (&self.data, &self.end) {
             _ if !self.data_sent => true,
             (Some(data), _) if data.code != 354 => true,
@@ -82,7 +151,7 @@ impl Transaction {
 #[derive(Debug, Clone, Copy)]
 enum Due {
     Mail(usize),
-    Rcpt(usize, usize),
+    Rcpt(usize),
     Data(usize),
     /// The dot: answered only when DATA got 354.
     End(usize),
@@ -190,9 +259,8 @@ impl Transcript {
                             hash.update(to.as_bytes());
                             hash.update(b"\0");
                         }
-                        t.recipients.push((to, rcpt_dsn(&params), None));
-                        let index = t.recipients.len() - 1;
-                        self.due.push_back(Due::Rcpt(number, index));
+                        t.waiting.push_back((to, rcpt_dsn(&params)));
+                        self.due.push_back(Due::Rcpt(number));
                     }
                     None => self.due.push_back(Due::Other),
                 }
@@ -251,9 +319,9 @@ impl Transcript {
                         t.mail = Some(reply);
                     }
                 }
-                Due::Rcpt(number, index) => {
+                Due::Rcpt(number) => {
                     if let Some(t) = self.get(number) {
-                        t.recipients[index].2 = Some(reply);
+                        t.answered(reply);
                     }
                 }
                 Due::Data(number) => {
@@ -276,6 +344,22 @@ impl Transcript {
         }
         done
     }
+}
+
+/// A RCPT reply as it stands offline: "too many recipients" (452 4.5.3)
+/// is final, since nobody sends the rest in another transaction and the
+/// same batch meets the same limit when it is read again.
+fn offline_rcpt_reply(reply: Reply) -> Reply {
+    if reply.code != 452 || reply.enhanced != Some(EnhancedCode::new(4, 5, 3)) {
+        return reply;
+    }
+    Reply::new(
+        550,
+        Some(EnhancedCode::new(5, 5, 3)),
+        format!(
+            "Error: too many recipients: a transaction of a batch read offline takes at most {OFFLINE_MAX_RECIPIENTS}; send the message again to the others"
+        ),
+    )
 }
 
 fn mail_dsn(params: &[Param]) -> MailDsn {
@@ -308,6 +392,7 @@ struct Reading<'a> {
     peer: String,
     notifier: &'a Notifier,
     notices: Option<&'a TagStore>,
+    rejects: Rejects,
     outcome: Outcome,
 }
 
@@ -319,6 +404,7 @@ impl Reading<'_> {
                 transaction,
                 self.notifier,
                 self.notices,
+                &mut self.rejects,
                 &mut self.outcome,
             );
         }
@@ -361,16 +447,20 @@ impl Write for Replies<'_> {
 
 /// Reads the whole batch on `input`, queues what the peer's policy allows,
 /// and reports each refused transaction to its sender with `notifier`;
-/// `notices` (the peer's tag store) remembers which were reported.
+/// `notices` (the peer's tag store) remembers which were reported. A
+/// transaction whose sender was refused goes to `rejects` instead.
 pub fn receive(
     mut settings: Settings,
     injector: PostdropInjector,
     notifier: &Notifier,
     notices: Option<&TagStore>,
+    rejects: Rejects,
     input: &mut impl Read,
 ) -> io::Result<Outcome> {
     // Nobody reads the replies: errors must not end the batch early.
     settings.error_limit = usize::MAX;
+    // Nor sends the recipients over the limit again (audit L2).
+    settings.policy.max_recipients = settings.policy.max_recipients.max(OFFLINE_MAX_RECIPIENTS);
     // Scoped by the caller to the batch file, when it knows one.
     settings.content_tags.get_or_insert_with(String::new);
     let reading = Rc::new(RefCell::new(Reading {
@@ -378,6 +468,7 @@ pub fn receive(
         peer: settings.policy.peer.clone(),
         notifier,
         notices,
+        rejects,
         outcome: Outcome::default(),
     }));
     let mut tee = Tee {
@@ -404,6 +495,7 @@ fn settle(
     transaction: &Transaction,
     notifier: &Notifier,
     notices: Option<&TagStore>,
+    rejects: &mut Rejects,
     outcome: &mut Outcome,
 ) {
     let Some(mail) = &transaction.mail else {
@@ -411,6 +503,11 @@ fn settle(
     };
     if transaction.data.is_none() {
         // Ended before DATA: nothing was asked to be delivered.
+        return;
+    }
+    if mail.is_permanent() {
+        // Notices only for refusals after MAIL was accepted.
+        keep_refused_sender(peer, transaction, mail, rejects, outcome);
         return;
     }
     let mut reports = Vec::new();
@@ -432,6 +529,7 @@ fn settle(
             _ => outcome.retry += 1,
         }
     }
+    settle_unnamed(peer, transaction, mail, outcome);
     if reports.is_empty() {
         return;
     }
@@ -487,6 +585,111 @@ fn settle(
     }
 }
 
+/// The recipients only counted (see [`Transaction::recipients`]): refused
+/// ones go with the notice about the named ones (there are
+/// [`MAX_NAMED_REFUSED`] of those), unnamed accepted ones share the
+/// message's fate, deferred ones make the batch a retry.
+fn settle_unnamed(peer: &str, transaction: &Transaction, mail: &Reply, outcome: &mut Outcome) {
+    let unnamed = transaction.unnamed;
+    let message = match (&transaction.data, &transaction.end) {
+        _ if mail.code / 100 != 2 => Some(mail),
+        (Some(data), _) if data.code != 354 => Some(data),
+        (_, end) => end.as_ref(),
+    };
+    let (refused, retry) = match message {
+        _ if mail.code / 100 != 2 => (0, unnamed.accepted + unnamed.refused + unnamed.deferred),
+        Some(reply) if reply.is_permanent() => {
+            (unnamed.refused + unnamed.accepted, unnamed.deferred)
+        }
+        Some(reply) if reply.code / 100 == 2 => (unnamed.refused, unnamed.deferred),
+        _ => (unnamed.refused, unnamed.deferred + unnamed.accepted),
+    };
+    outcome.retry += retry;
+    if refused > 0 {
+        // Counted as reported: the notice about the named ones goes out
+        // (or the batch is read again for them).
+        outcome.bounced += refused;
+        warn!(
+            "peer {peer}: transaction from <{}>: {refused} more recipient(s) refused, not named in the notice (it names {MAX_NAMED_REFUSED})",
+            transaction.sender
+        );
+    }
+}
+
+/// A transaction whose `MAIL FROM` was refused for good: no notice (the
+/// sender is whatever the batch says, maybe a victim), a log line and a
+/// reject file; settled, so the batch is not read again for it.
+fn keep_refused_sender(
+    peer: &str,
+    transaction: &Transaction,
+    mail: &Reply,
+    rejects: &mut Rejects,
+    outcome: &mut Outcome,
+) {
+    let unnamed = transaction.unnamed;
+    let recipients =
+        transaction.recipients.len() + unnamed.accepted + unnamed.refused + unnamed.deferred;
+    outcome.unreported += recipients;
+    let name = transaction.hash.clone().map_or_else(
+        || {
+            format!(
+                "{}-{}",
+                chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+                std::process::id()
+            )
+        },
+        |hash| {
+            hash.finalize()
+                .iter()
+                .fold(String::new(), |mut name, byte| {
+                    let _ = write!(name, "{byte:02x}");
+                    name
+                })
+        },
+    );
+    let whole = transaction.content.len() <= DEFAULT_SIZE_LIMIT;
+    let comments = [
+        format!("rsmtp: peer {peer}: refused at MAIL FROM, so no notice was mailed to the sender; kept for the admin"),
+        format!("date: {}", chrono::Local::now().to_rfc2822()),
+        format!("reply: {mail}"),
+        format!(
+            "recipients: {recipients}, {} listed below",
+            transaction.recipients.len()
+        ),
+        if whole {
+            format!("content: whole, {} bytes", transaction.content.len())
+        } else {
+            format!("content: cut after {} bytes, and no final \".\": reading this file queues nothing", transaction.content.len())
+        },
+    ];
+    let listed: Vec<&str> = transaction
+        .recipients
+        .iter()
+        .map(|r| r.0.as_str())
+        .collect();
+    let text = crate::rejects::bsmtp(
+        &comments,
+        &transaction.sender,
+        &listed,
+        &transaction.content,
+        whole,
+    );
+    let kept = match rejects.keep(&name, &text) {
+        Ok(Kept::File(path)) => format!("kept in {}", path.display()),
+        Ok(Kept::Full(dir)) => format!(
+            "not kept: {dir} holds {} reject files already (read and remove them)",
+            crate::rejects::MAX_FILES,
+            dir = dir.display()
+        ),
+        Ok(Kept::Off) => "not kept (reject_directory is empty)".to_owned(),
+        Err(err) => format!("not kept: {err}"),
+    };
+    warn!(
+        "peer {peer}: transaction from <{}> to {recipients} recipient(s) refused at MAIL FROM ({mail}): no notice to the sender; {kept}",
+        transaction.sender
+    );
+}
+
 /// The reply that decides a recipient, and the command it answered.
 fn fate<'a>(
     mail: &'a Reply,
@@ -505,5 +708,67 @@ fn fate<'a>(
         (Some(data), _) if data.code != 354 => (Some(data), "DATA"),
         (_, Some(end)) => (Some(end), "end of DATA"),
         _ => (None, "end of DATA"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one transaction of `rcpts` recipients and the replies a
+    /// receiver gives it, RCPT replies from `rcpt_reply(i)`.
+    fn transcript(rcpts: usize, rcpt_reply: impl Fn(usize) -> &'static str) -> Vec<Transaction> {
+        let mut t = Transcript::default();
+        let mut done = Vec::new();
+        t.input(b"MAIL FROM:<a@leaf.test>\n", false);
+        done.extend(t.output(b"250 2.1.0 Ok\r\n"));
+        for i in 0..rcpts {
+            t.input(format!("RCPT TO:<u{i}@hub.test>\n").as_bytes(), false);
+            done.extend(t.output(rcpt_reply(i).as_bytes()));
+        }
+        t.input(b"DATA\nSubject: x\n\nbody\n.\n", true);
+        done.extend(t.output(b"354 2.0.0 go ahead\r\n250 2.0.0 Ok: queued as X\r\n"));
+        done
+    }
+
+    /// Regression (audit L3): the transcript kept every RCPT of a batch
+    /// (2M RCPTs in 56 MB took 646 MB). Now refused recipients past
+    /// `MAX_NAMED_REFUSED` are only counted.
+    #[test]
+    fn refused_recipients_past_the_named_ones_are_only_counted() {
+        let done = transcript(MAX_NAMED_REFUSED * 5, |i| {
+            if i == 0 {
+                "250 2.1.5 Ok\r\n"
+            } else {
+                "554 5.7.1 not allowed\r\n"
+            }
+        });
+        let [t] = done.as_slice() else {
+            panic!("{} transactions", done.len())
+        };
+        assert_eq!(t.recipients.len(), MAX_NAMED_REFUSED + 1);
+        assert_eq!(t.unnamed.refused, MAX_NAMED_REFUSED * 4 - 1);
+        assert!(t.waiting.is_empty());
+        let mut outcome = Outcome::default();
+        settle_unnamed("leaf1", t, t.mail.as_ref().unwrap(), &mut outcome);
+        assert_eq!(outcome.bounced, MAX_NAMED_REFUSED * 4 - 1);
+        assert_eq!(outcome.retry, 0);
+    }
+
+    /// Regression (audit L2): recipients over `max_recipients` got 452 on
+    /// every reading, so the batch exited 75 for ever. Past the offline
+    /// limit "too many recipients" is final.
+    #[test]
+    fn too_many_recipients_is_final_offline() {
+        let done = transcript(3, |i| {
+            if i < 2 {
+                "250 2.1.5 Ok\r\n"
+            } else {
+                "452 4.5.3 Error: too many recipients\r\n"
+            }
+        });
+        let refused = done[0].recipients[2].2.as_ref().unwrap();
+        assert_eq!((refused.code, refused.is_permanent()), (550, true));
+        assert_eq!(refused.enhanced, Some(EnhancedCode::new(5, 5, 3)));
     }
 }

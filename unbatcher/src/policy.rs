@@ -70,6 +70,10 @@ pub struct ConfigFile {
     /// Where committed transaction tags are kept, one directory per peer
     /// (empty: no tags).
     pub tag_directory: Option<PathBuf>,
+    /// Where offline transactions refused at `MAIL FROM` are kept, one
+    /// directory per peer (default /var/lib/bsmtp-ssh/rejects; empty:
+    /// only logged).
+    pub reject_directory: Option<PathBuf>,
     /// Seconds a committed tag is kept.
     pub tag_lifetime: Option<u64>,
     /// Most tags kept per peer.

@@ -53,6 +53,10 @@ pub struct Args {
     /// as Postfix's `smtpd_timeout`); an unfinished message is dropped.
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<u64>,
+    /// Read standard input as a BSMTP batch offline (no replies; refusals
+    /// reported by rsmtp, exit 0 or 75), even under sshd on a pipe.
+    #[arg(long)]
+    pub batch: bool,
     /// Log debug lines too.
     #[arg(short, long)]
     pub verbose: bool,
@@ -159,7 +163,8 @@ impl RunError {
 
 /// Runs one rsmtp invocation: `command_line` as given, `original_command` from
 /// `SSH_ORIGINAL_COMMAND`, the session on `input`/`output`. Not
-/// `over_ssh`, the input is a batch read offline (see [`crate::offline`]).
+/// `over_ssh` ([`crate::mode::over_ssh`]), or with `--batch`, the input is a
+/// batch read offline (see [`crate::offline`]).
 pub fn run(
     command_line: impl IntoIterator<Item = OsString>,
     original_command: Option<&[u8]>,
@@ -201,13 +206,14 @@ pub fn run(
             refused,
         }
     })?;
+    batch_verb(&args, &verb)?;
     let idle = args
         .idle_timeout
         .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs);
     input.set_idle_timeout(idle);
     output.set_idle_timeout(idle);
     match verb {
-        Verb::Receive if !over_ssh => offline(session, &file, input),
+        Verb::Receive if !over_ssh || args.batch => offline(session, &file, input),
         Verb::Receive => receive(session, input, output),
         Verb::ReceiveDeflate => {
             let peer = session.settings.policy.peer.clone();
@@ -271,6 +277,17 @@ pub fn run(
             })
         }
     }
+}
+
+/// A batch is BSMTP: with `--batch`, no other verb may be asked for.
+fn batch_verb(args: &Args, verb: &Verb) -> Result<(), RunError> {
+    if !args.batch || *verb == Verb::Receive {
+        return Ok(());
+    }
+    Err(RunError::Config(format!(
+        "--batch reads a BSMTP batch, but the SSH command asks for \"{}\"",
+        verb.name()
+    )))
 }
 
 /// `put-table NAME [BYTES SHA256]`: see [`crate::table`].
@@ -472,17 +489,20 @@ fn offline(
         command: session.postdrop,
         min_free: session.min_free,
     };
+    let rejects = crate::rejects::Rejects::new(file.reject_directory.as_deref(), &peer);
     let outcome = crate::offline::receive(
         session.settings,
         injector,
         &notifier,
         notices.as_ref(),
+        rejects,
         input,
     )?;
     info!(
-        "batch from peer {peer}: accepted={} refused_and_reported={} to_retry={}{}",
+        "batch from peer {peer}: accepted={} refused_and_reported={} sender_refused={} to_retry={}{}",
         outcome.summary.accepted,
         outcome.bounced,
+        outcome.unreported,
         outcome.retry,
         if outcome.summary.truncated {
             " truncated=1"
