@@ -167,6 +167,9 @@ fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Setting
         max_size_set: false,
         hard_error_limit: None,
         check_header_from: false,
+        // Trusted like its senders: the hub's smtpd resolved the address
+        // (routing forms included) before it routed the mail here.
+        allow_routing_forms: true,
     };
     let error_limit = usize::try_from(main_cf.number("smtpd_hard_error_limit", 20)).unwrap_or(20);
     let mut settings = Settings::new(crate::deliver::helo_name(), policy, error_limit.max(1));
