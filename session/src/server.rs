@@ -867,8 +867,9 @@ impl<I: Injector> Receiver<I> {
                 (
                     format!(
                         "reject: RCPT TO:<{to}>: '{c}' in the local part routes elsewhere \
-                         (Postfix {parameter}); set allow_routing_forms = true in \
-                         [peer.{peer}] of rsmtp.conf to let this peer use routing forms"
+                         (Postfix {parameter}); set allow_routing_forms = true in the \
+                         [peer.{peer}] section of the config file to let this peer use \
+                         routing forms"
                     ),
                     format!(
                         "<{to}>: Recipient address rejected: '{c}' in the local part \

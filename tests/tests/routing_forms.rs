@@ -156,7 +156,7 @@ fn assert_refused_alone(env: &Env) {
         DELIVERY,
     );
     assert!(
-        warning.contains("set allow_routing_forms = true in [peer.leaf1] of rsmtp.conf"),
+        warning.contains("set allow_routing_forms = true in the [peer.leaf1] section"),
         "{warning}"
     );
 }
