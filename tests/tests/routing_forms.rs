@@ -6,7 +6,8 @@
 //! victim@external.test. A peer allowed only `@hub.test` relayed anywhere
 //! through both injection routes (postdrop; the fast path, whose smtpd lets
 //! rsmtp in by `permit_mynetworks`). rsmtp refuses them now, each with
-//! 554 5.7.1 and alone, unless rsmtp.conf opts that peer in.
+//! 554 5.7.1 and alone, unless rsmtp.conf opts that peer in. The leaf's
+//! `bsmtp-ssh pull` refuses them too: there the leaf's own Postfix would relay.
 //!
 //! Here the hub sends every domain but its own to discard(8), a stand-in
 //! for the Internet that takes everything (the harness's usual error(8)
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use bsmtp_ssh_tests::sshd::free_port;
 use bsmtp_ssh_tests::util::{explain, poll};
-use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode};
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode, LEAF_PEER};
 
 /// Long enough for a slow CI machine, short enough to fail a hung test.
 const DELIVERY: Duration = Duration::from_mins(3);
@@ -256,5 +257,67 @@ fn opt_in_restores_routing_forms_for_that_peer_only() {
             && stdout.contains("not allowed for peer leaf2 without allow_routing_forms"),
         "{}",
         explain("deliver as leaf2", out.status, &out.stdout, &out.stderr)
+    );
+}
+
+/// Regression (audit H1, the other direction): the hub routes
+/// `victim%external.test@leaf.test` to the leaf by its domain (its own
+/// trivial-rewrite leaves a non-local address alone) and spools it for
+/// leaf1; `bsmtp-ssh pull` must not hand it to the leaf's Postfix, for
+/// which leaf.test is local and which would relay it to external.test.
+/// Refused, it bounces on the hub alone; alice gets her copy.
+#[test]
+fn pull_refuses_routing_forms() {
+    let env = Env::start_with(
+        "routing_pull",
+        EnvOptions::default().pull().postlog(PostlogMode::SetGid),
+    );
+    let reloads = || env.log_lines(Log::Leaf, "reload -- version").len();
+    let before = reloads();
+    let internet = format!("discard:{INTERNET}");
+    env.leaf().postconf(&[
+        ("default_transport", internet.as_str()),
+        ("relay_transport", internet.as_str()),
+    ]);
+    if poll(DELIVERY, || (reloads() > before).then_some(())).is_none() {
+        env.fail("the leaf's master did not reload");
+    }
+    let routed = "victim%external.test@leaf.test";
+    env.hub_sendmail(
+        "bob@hub.test",
+        &["alice@leaf.test", routed],
+        b"From: bob@hub.test\nTo: alice@leaf.test\nMessage-ID: <routed-pull@hub.test>\nSubject: pull\n\nfor the leaf\n",
+    );
+    let spooled = poll(DELIVERY, || {
+        (!Env::spooled(&env.hub_spool_directory(), LEAF_PEER).is_empty()).then_some(())
+    });
+    if spooled.is_none() {
+        env.fail("the hub spooled nothing for leaf1");
+    }
+    let out = env.pull();
+    let got = env.wait_leaf_maildir("alice", 1, DELIVERY);
+    assert!(
+        String::from_utf8_lossy(&got[0]).contains("routed-pull@hub.test"),
+        "{}",
+        explain("pull", out.status, &out.stdout, &out.stderr)
+    );
+    env.wait_leaf_queue_empty(DELIVERY);
+    let leaf_log = env.leaf_log();
+    assert!(
+        !leaf_log.contains(&format!("to=<{RESOLVED}>")) && !leaf_log.contains(INTERNET),
+        "the leaf relayed a pulled routing form:\n{leaf_log}"
+    );
+    assert!(
+        leaf_log.contains("routes elsewhere (Postfix allow_percent_hack)"),
+        "the leaf did not log why:\n{leaf_log}"
+    );
+    // The hub bounced the routed recipient alone, back to bob.
+    let notices = env.wait_maildir("bob", 1, DELIVERY);
+    let notice = String::from_utf8_lossy(&notices[0]);
+    assert!(
+        notice.contains(&format!("Final-Recipient: rfc822; {routed}"))
+            && notice.contains("Status: 5.7.1")
+            && !notice.contains("Final-Recipient: rfc822; alice@leaf.test"),
+        "{notice}"
     );
 }
