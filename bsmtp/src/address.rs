@@ -135,6 +135,54 @@ pub fn is_wire_form(address: &str) -> bool {
             .is_ok_and(|parsed| matches!(parsed, Command::Rcpt { to, .. } if to == address))
 }
 
+/// A local part that names another destination: Postfix's trivial-rewrite(8)
+/// strips a local domain and then, with its default settings, resolves
+/// what is left again, so the mailbox is not where the domain says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingForm {
+    /// `user%elsewhere@local`: `allow_percent_hack` makes it `user@elsewhere`.
+    Percent,
+    /// `elsewhere!user@local`: `swap_bangpath` makes it `user@elsewhere`.
+    Bang,
+    /// `"user@elsewhere"@local` (internal `user@elsewhere@local`), or a
+    /// source route: `resolve_dequoted_address` reads past the quotes.
+    At,
+}
+
+impl RoutingForm {
+    /// The character in the local part.
+    pub fn character(self) -> char {
+        match self {
+            RoutingForm::Percent => '%',
+            RoutingForm::Bang => '!',
+            RoutingForm::At => '@',
+        }
+    }
+
+    /// The Postfix main.cf parameter that routes this form (on by default).
+    pub fn postfix_parameter(self) -> &'static str {
+        match self {
+            RoutingForm::Percent => "allow_percent_hack",
+            RoutingForm::Bang => "swap_bangpath",
+            RoutingForm::At => "resolve_dequoted_address",
+        }
+    }
+}
+
+/// The routing form in the local part of an *internal* address (everything
+/// before its last `@`), if any: the first `@`, `%` or `!` there. Judge the
+/// internal form, never the external one: the quotes of
+/// `"user%elsewhere"@local` hide nothing from trivial-rewrite(8).
+pub fn routing_form(internal: &str) -> Option<RoutingForm> {
+    let local = internal.rfind('@').map_or(internal, |at| &internal[..at]);
+    local.chars().find_map(|c| match c {
+        '%' => Some(RoutingForm::Percent),
+        '!' => Some(RoutingForm::Bang),
+        '@' => Some(RoutingForm::At),
+        _ => None,
+    })
+}
+
 /// The addresses in an address header's value (From:, To:, Cc:...): comments dropped, each
 /// `name <addr>` or bare `addr`, group names (`team: a@b, c@d;`) skipped.
 pub fn header_addresses(value: &str) -> Vec<String> {
@@ -269,6 +317,46 @@ mod tests {
         ] {
             assert_eq!(to_external(internal), external, "{internal}");
         }
+    }
+
+    /// Regression (audit H1): `%`, `!` and a quoted `@` in a local part
+    /// route elsewhere once the hub's trivial-rewrite strips its own domain;
+    /// found in the internal form whether or not the sender quoted them.
+    #[test]
+    fn routing_forms_are_found_in_the_internal_local_part() {
+        for (external, form) in [
+            ("victim%external.test@hub.test", Some(RoutingForm::Percent)),
+            (
+                "\"victim%external.test\"@hub.test",
+                Some(RoutingForm::Percent),
+            ),
+            ("external.test!victim@hub.test", Some(RoutingForm::Bang)),
+            ("\"external.test!victim\"@hub.test", Some(RoutingForm::Bang)),
+            ("\"victim@external.test\"@hub.test", Some(RoutingForm::At)),
+            ("\"victim\\@external.test\"@hub.test", Some(RoutingForm::At)),
+            ("victim\\@external.test@hub.test", Some(RoutingForm::At)),
+            ("@hub.test:victim@external.test", Some(RoutingForm::At)),
+            ("a!b%c@hub.test", Some(RoutingForm::Bang)),
+            // Plain mailboxes, quoted or not, stay plain.
+            ("bob@hub.test", None),
+            ("\"john doe\"@hub.test", None),
+            ("\"john..doe\"@hub.test", None),
+            ("\"odd<box>\"@hub.test", None),
+            ("j.doe+tag@hub.test", None),
+            ("gr\u{fc}n@hub.test", None),
+            // The domain is not the local part.
+            ("bob@[127.0.0.1]", None),
+            // No domain: the whole address is the local part.
+            ("victim%external.test", Some(RoutingForm::Percent)),
+            ("postmaster", None),
+        ] {
+            assert_eq!(routing_form(&to_internal(external)), form, "{external}");
+        }
+        assert_eq!(
+            RoutingForm::Percent.postfix_parameter(),
+            "allow_percent_hack"
+        );
+        assert_eq!(RoutingForm::Bang.character(), '!');
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! The peer's identity comes from the receiver's own configuration and
 //! nothing else: a client never names itself.
 
+use bsmtp::address::RoutingForm;
+
 /// Longest peer name.
 pub const MAX_PEER_NAME: usize = 64;
 
@@ -96,6 +98,19 @@ pub struct Policy {
     pub hard_error_limit: Option<usize>,
     /// From: header addresses must match `allow_sender` too.
     pub check_header_from: bool,
+    /// Recipients whose local part routes elsewhere (`%`, `!`, a quoted
+    /// `@`) are taken; off, they are refused whatever `allow_recipient`
+    /// says ([`Policy::check_recipient`]).
+    pub allow_routing_forms: bool,
+}
+
+/// Why a recipient is refused ([`Policy::check_recipient`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientRefusal {
+    /// The local part routes elsewhere and the peer may not use that.
+    RoutingForm(RoutingForm),
+    /// Not among the peer's allowed recipients.
+    NotAllowed,
 }
 
 impl Policy {
@@ -104,9 +119,33 @@ impl Policy {
         sender.is_empty() || self.allow_sender.iter().any(|p| p.matches(sender))
     }
 
-    /// Whether this peer may send to `recipient` (internal form).
+    /// Whether this peer may send to `recipient` (internal form), judged
+    /// by its domain alone: see [`Policy::check_recipient`].
     pub fn recipient_allowed(&self, recipient: &str) -> bool {
         self.allow_recipient.is_empty() || self.allow_recipient.iter().any(|p| p.matches(recipient))
+    }
+
+    /// Whether this peer may send to `recipient` (internal form).
+    ///
+    /// A routing form in the local part is refused first, for every peer,
+    /// restricted or not: the patterns see the domain after the last `@`,
+    /// but the hub's trivial-rewrite(8) strips that domain when it is local
+    /// and, with Postfix's defaults, resolves `user%elsewhere`,
+    /// `elsewhere!user` and `"user@elsewhere"` to `user@elsewhere`. A peer
+    /// with no `allow_recipient` is refused too: postdrop applies no relay
+    /// rules, and the fast path's smtpd sees rsmtp as a client in
+    /// `mynetworks`, so the hub's own relay controls would not stop it.
+    pub fn check_recipient(&self, recipient: &str) -> Result<(), RecipientRefusal> {
+        if !self.allow_routing_forms {
+            if let Some(form) = bsmtp::address::routing_form(recipient) {
+                return Err(RecipientRefusal::RoutingForm(form));
+            }
+        }
+        if self.recipient_allowed(recipient) {
+            Ok(())
+        } else {
+            Err(RecipientRefusal::NotAllowed)
+        }
     }
 }
 
@@ -160,6 +199,69 @@ mod tests {
         ] {
             assert!(SenderPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    fn restricted(allow_routing_forms: bool, recipients: &[&str]) -> Policy {
+        Policy {
+            peer: "leaf1".into(),
+            allow_sender: vec![SenderPattern::Any],
+            allow_recipient: recipients
+                .iter()
+                .map(|p| SenderPattern::parse(p).unwrap())
+                .collect(),
+            max_size: 1000,
+            max_size_set: false,
+            max_recipients: 10,
+            hard_error_limit: None,
+            check_header_from: false,
+            allow_routing_forms,
+        }
+    }
+
+    /// Regression (audit H1): a peer allowed `@hub.test` relayed anywhere
+    /// with `victim%external.test@hub.test`, `external.test!victim@hub.test`
+    /// or `"victim@external.test"@hub.test`, since the pattern saw only
+    /// hub.test. Refused now for restricted and unrestricted peers alike,
+    /// unless the peer opts in; plain (even quoted) mailboxes still pass.
+    #[test]
+    fn routing_forms_are_refused_unless_the_peer_opts_in() {
+        use bsmtp::address::to_internal;
+        let check =
+            |policy: &Policy, external: &str| policy.check_recipient(&to_internal(external));
+        for policy in [restricted(false, &["@hub.test"]), restricted(false, &[])] {
+            for (external, form) in [
+                ("victim%external.test@hub.test", RoutingForm::Percent),
+                ("external.test!victim@hub.test", RoutingForm::Bang),
+                ("\"victim@external.test\"@hub.test", RoutingForm::At),
+                ("\"victim%external.test\"@hub.test", RoutingForm::Percent),
+                ("\"external.test!victim\"@hub.test", RoutingForm::Bang),
+            ] {
+                assert_eq!(
+                    check(&policy, external),
+                    Err(RecipientRefusal::RoutingForm(form)),
+                    "{external}"
+                );
+            }
+            for plain in ["bob@hub.test", "\"john doe\"@hub.test", "\"bob\"@hub.test"] {
+                assert_eq!(check(&policy, plain), Ok(()), "{plain}");
+            }
+        }
+        let restricted_peer = restricted(false, &["@hub.test"]);
+        assert_eq!(
+            check(&restricted_peer, "victim@external.test"),
+            Err(RecipientRefusal::NotAllowed)
+        );
+        // Opted in: the old behaviour, the domain after the last `@` decides.
+        let opted_in = restricted(true, &["@hub.test"]);
+        assert_eq!(check(&opted_in, "victim%external.test@hub.test"), Ok(()));
+        assert_eq!(
+            check(&opted_in, "\"victim@external.test\"@hub.test"),
+            Ok(())
+        );
+        assert_eq!(
+            check(&opted_in, "victim%hub.test@external.test"),
+            Err(RecipientRefusal::NotAllowed)
+        );
     }
 
     #[test]

@@ -937,20 +937,9 @@ impl<I: Injector> Receiver<I> {
         }
         // The permanent refusal first: a recipient that is never allowed
         // must bounce now, not be deferred for the count and tried again.
-        if !self
-            .settings
-            .policy
-            .recipient_allowed(&bsmtp::address::to_internal(&to))
-        {
-            let peer = self.settings.policy.peer.clone();
-            self.warn(&format!(
-                "reject: RCPT TO:<{to}>: recipient not allowed for this peer"
-            ));
-            return reply(
-                554,
-                (5, 7, 1),
-                format!("<{to}>: Recipient address rejected: not allowed for peer {peer}"),
-            );
+        if let Some((warning, refused)) = Self::refused_recipient(&self.settings.policy, &to) {
+            self.warn(&warning);
+            return refused;
         }
         if self.fates.len() >= max {
             return reply(452, (4, 5, 3), "Error: too many recipients");
@@ -969,6 +958,40 @@ impl<I: Injector> Receiver<I> {
         }
         self.fates.push(covered);
         reply(250, (2, 1, 5), "Ok")
+    }
+
+    /// The 554 for a recipient the peer's policy refuses, judged on the
+    /// internal form (what trivial-rewrite(8) will resolve), and the
+    /// warning that tells the hub's admin why.
+    fn refused_recipient(policy: &Policy, to: &str) -> Option<(String, Reply)> {
+        use crate::policy::RecipientRefusal;
+        let refusal = policy
+            .check_recipient(&bsmtp::address::to_internal(to))
+            .err()?;
+        let peer = &policy.peer;
+        let (log, text) = match refusal {
+            RecipientRefusal::RoutingForm(form) => {
+                let (c, parameter) = (form.character(), form.postfix_parameter());
+                (
+                    format!(
+                        "reject: RCPT TO:<{to}>: '{c}' in the local part routes elsewhere \
+                         (Postfix {parameter}); set allow_routing_forms = true in the \
+                         [peer.{peer}] section of the config file to let this peer use \
+                         routing forms"
+                    ),
+                    format!(
+                        "<{to}>: Recipient address rejected: '{c}' in the local part \
+                         routes elsewhere (Postfix {parameter}); not allowed for peer \
+                         {peer} without allow_routing_forms"
+                    ),
+                )
+            }
+            RecipientRefusal::NotAllowed => (
+                format!("reject: RCPT TO:<{to}>: recipient not allowed for this peer"),
+                format!("<{to}>: Recipient address rejected: not allowed for peer {peer}"),
+            ),
+        };
+        Some((log, reply(554, (5, 7, 1), text)))
     }
 
     /// DATA. In BSMTP the body follows whatever we answer; in LMTP only
@@ -1408,6 +1431,7 @@ mod tests {
                 .map(|s| SenderPattern::parse(s).unwrap())
                 .collect(),
             allow_recipient: Vec::new(),
+            allow_routing_forms: false,
             max_size,
             max_size_set: true,
             max_recipients,
@@ -1686,6 +1710,43 @@ mod tests {
             out.trim_end().lines().last().unwrap().starts_with('5'),
             "{out}"
         );
+    }
+
+    /// Regression (audit H1): the routing forms are refused one by one
+    /// with a 554 5.7.1 that names the Postfix parameter and the opt-in;
+    /// the plain recipient of the same transaction is queued, alone.
+    #[test]
+    fn routing_forms_are_refused_and_bounce_alone() {
+        let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<victim%external.test@hub.test>\n\
+                      RCPT TO:<external.test!victim@hub.test>\n\
+                      RCPT TO:<\"victim@external.test\"@hub.test>\n\
+                      RCPT TO:<\"john doe\"@hub.test>\nDATA\nhi\n.\n";
+        let (out, hop, _) = session(input, false);
+        assert_eq!(
+            codes(&out),
+            ["250", "554", "554", "554", "250", "354", "250"],
+            "{out}"
+        );
+        for expected in [
+            "554 5.7.1 <victim%external.test@hub.test>: Recipient address rejected: '%' in the local part routes elsewhere (Postfix allow_percent_hack); not allowed for peer leaf1 without allow_routing_forms",
+            "554 5.7.1 <external.test!victim@hub.test>: Recipient address rejected: '!' in the local part routes elsewhere (Postfix swap_bangpath)",
+            "554 5.7.1 <\"victim@external.test\"@hub.test>: Recipient address rejected: '@' in the local part routes elsewhere (Postfix resolve_dequoted_address)",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        }
+        let hop = hop.borrow();
+        assert_eq!(hop.committed.len(), 1);
+        assert_eq!(hop.committed[0].0.recipients, ["\"john doe\"@hub.test"]);
+        // Opted in, the same recipients are taken.
+        let mut opted_in = policy(&["@leaf.test"], 1000, 10, false);
+        opted_in.allow_routing_forms = true;
+        let (out, hop, _) = run_session(&mut &input[..], opted_in, Hop::default());
+        assert_eq!(
+            codes(&out),
+            ["250", "250", "250", "250", "250", "354", "250"],
+            "{out}"
+        );
+        assert_eq!(hop.borrow().committed[0].0.recipients.len(), 4);
     }
 
     #[test]

@@ -680,6 +680,7 @@ mod tests {
             peer: "leaf1".into(),
             allow_sender: vec![SenderPattern::parse("@leaf.test").unwrap()],
             allow_recipient: Vec::new(),
+            allow_routing_forms: false,
             max_size: 100_000,
             max_size_set: true,
             max_recipients: 10,

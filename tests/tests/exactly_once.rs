@@ -2,6 +2,7 @@
 //! driven as a leaf whose acknowledgement was lost drives them, by sending
 //! the same tagged transaction again (audit findings M1 and M2).
 
+use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,11 +43,12 @@ fn dot_reply(replies: &str) -> &str {
 fn transaction(recipients: &[&str], subject: &str) -> String {
     let mut text = format!("EHLO leaf.test\r\nMAIL FROM:<alice@leaf.test> XTXID={TAG}\r\n");
     for r in recipients {
-        text.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        let _ = write!(text, "RCPT TO:<{r}>\r\n");
     }
-    text.push_str(&format!(
+    let _ = write!(
+        text,
         "DATA\r\nFrom: alice@leaf.test\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n.\r\nQUIT\r\n"
-    ));
+    );
     text
 }
 

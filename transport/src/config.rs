@@ -92,6 +92,9 @@ pub struct PeerSection {
     /// Tables `push-table --all` sends to this peer: name -> source file.
     #[serde(default)]
     pub tables: BTreeMap<String, PathBuf>,
+    /// `pull`: accept recipients whose local part routes elsewhere (`%`,
+    /// `!`, a quoted `@`); default false, refused.
+    pub allow_routing_forms: Option<bool>,
 }
 
 /// The whole file.

@@ -154,8 +154,11 @@ fn refused(first: &[u8], relay: &str) -> Result<(), Failure> {
 }
 
 /// The server session's settings: the hub is trusted with any sender and
-/// recipient (it routed the mail here), within the local Postfix's size
-/// limit; committed tags are kept so that a resend is recognised.
+/// recipient domain (it routed the mail here), within the local Postfix's
+/// size limit; committed tags are kept so that a resend is recognised.
+/// Routing forms are refused unless the peer's section allows them: the
+/// hub routed `user%elsewhere@leaf` here by its domain, and our Postfix,
+/// for which that domain is local, would relay it to `elsewhere`.
 fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Settings {
     let limit = main_cf.message_size_limit();
     let policy = Policy {
@@ -167,6 +170,11 @@ fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Setting
         max_size_set: false,
         hard_error_limit: None,
         check_header_from: false,
+        allow_routing_forms: file
+            .peer
+            .get(name)
+            .and_then(|section| section.allow_routing_forms)
+            .unwrap_or(false),
     };
     let error_limit = usize::try_from(main_cf.number("smtpd_hard_error_limit", 20)).unwrap_or(20);
     let mut settings = Settings::new(crate::deliver::helo_name(), policy, error_limit.max(1));
@@ -185,4 +193,34 @@ fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Setting
             .ok();
     }
     settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (audit H1, pull): mail the hub routed here by its domain
+    /// is refused when its local part routes elsewhere, unless the hub's
+    /// section opts in; this host's Postfix would otherwise relay it.
+    #[test]
+    fn pulled_routing_forms_are_refused_unless_the_section_allows_them() {
+        let file: ConfigFile = toml::from_str(
+            "tag_directory = \"\"\n[peer.hub]\nhost = \"a\"\n\
+             [peer.open]\nhost = \"b\"\nallow_routing_forms = true\n",
+        )
+        .unwrap();
+        let main_cf = MainCf::parse("message_size_limit = 0\nsmtpd_hard_error_limit = 20\n");
+        let check = |name: &str| {
+            receiver_settings(&file, name, &main_cf)
+                .policy
+                .check_recipient("victim%external.test@leaf.test")
+                .is_ok()
+        };
+        assert!(!check("hub"));
+        assert!(check("open"));
+        let plain = receiver_settings(&file, "hub", &main_cf)
+            .policy
+            .check_recipient("alice@leaf.test");
+        assert_eq!(plain, Ok(()));
+    }
 }

@@ -135,6 +135,10 @@ pub struct PeerConfig {
     /// How this peer's mail enters the hub's queue (overrides the global
     /// `inject`).
     pub inject: Option<String>,
+    /// Accept recipients whose local part routes elsewhere (`%`, `!`, a
+    /// quoted `@`), as the hub's trivial-rewrite(8) would resolve them
+    /// (default false: refused with 554 5.7.1).
+    pub allow_routing_forms: Option<bool>,
 }
 
 impl ConfigFile {
@@ -186,6 +190,7 @@ impl ConfigFile {
                 .unwrap_or(DEFAULT_MAX_RECIPIENTS),
             hard_error_limit: args.hard_error_limit.or(section.hard_error_limit),
             check_header_from: args.check_header_from || section.check_header_from.unwrap_or(false),
+            allow_routing_forms: section.allow_routing_forms.unwrap_or(false),
         })
     }
 }
@@ -274,6 +279,23 @@ mod tests {
         assert!(policy.sender_allowed("x@leaf1.test"));
         assert!(policy.sender_allowed("bob@other.test"));
         assert_eq!((policy.max_size, policy.max_recipients), (5, 3));
+    }
+
+    /// Routing forms are refused unless the peer's own section opts in;
+    /// another peer of the same file stays refused.
+    #[test]
+    fn routing_forms_opt_in_is_per_peer() {
+        let file: ConfigFile =
+            toml::from_str("[peer.leaf1]\nallow_routing_forms = true\n[peer.leaf2]\n").unwrap();
+        let allowed = |peer: &str| {
+            file.policy(peer, &PolicyArgs::default())
+                .unwrap()
+                .check_recipient("victim%external.test@hub.test")
+                .is_ok()
+        };
+        assert!(allowed("leaf1"));
+        assert!(!allowed("leaf2"));
+        assert!(!allowed("leaf3"));
     }
 
     #[test]
