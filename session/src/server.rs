@@ -205,6 +205,11 @@ pub struct Settings {
     /// for the sendmail verb, whose content tags only catch a quick resend
     /// after a lost exit status). Needs `tags`.
     pub content_tags: Option<String>,
+    /// Longest time a command line or a content line may take to arrive
+    /// whole (Postfix's `smtpd_per_record_deadline`): a peer that sends a
+    /// byte now and then, each before the idle timeout, cannot hold the
+    /// session and an open postdrop for ever. `None`: no deadline.
+    pub record_deadline: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -220,6 +225,7 @@ impl Settings {
             xforward: Vec::new(),
             tags: None,
             content_tags: None,
+            record_deadline: None,
         }
     }
 
@@ -246,6 +252,13 @@ impl Settings {
 /// Warnings logged per session; the rest are counted and summed up at the
 /// end, so a peer sending garbage cannot flood the hub's log.
 const MAX_WARNINGS: usize = 10;
+
+/// Commands that move no mail (NOOP, RSET, EHLO, HELO, LHLO, XFORWARD)
+/// a peer may send between two MAIL commands before each one more counts
+/// as an error, so the error limit ends a session that only keeps the
+/// hub busy (Postfix's `smtpd_junk_command_limit`, whose default this
+/// is). A batching client sends two or three between transactions.
+const JUNK_LIMIT: usize = 100;
 
 enum Body<M> {
     /// Not in DATA.
@@ -451,6 +464,8 @@ pub struct Receiver<I: Injector> {
     fresh_rcpt: bool,
     /// MAIL commands so far: a transaction's place in a batch.
     transactions: usize,
+    /// Commands that moved no mail since the last MAIL ([`JUNK_LIMIT`]).
+    junk: usize,
 }
 
 fn reply(code: u16, dsn: (u8, u16, u16), text: impl Into<String>) -> Reply {
@@ -477,6 +492,7 @@ impl<I: Injector> Receiver<I> {
             fates: Vec::new(),
             fresh_rcpt: false,
             transactions: 0,
+            junk: 0,
         }
     }
 
@@ -522,9 +538,13 @@ impl<I: Injector> Receiver<I> {
             .encode(&mut out);
         }
         let mut chunk = vec![0u8; READ_SIZE];
+        let mut last_record = std::time::Instant::now();
         loop {
             while let Some((used, event)) = decoder.decode(&buf[start..]) {
                 start += used;
+                if ends_record(&event) {
+                    last_record = std::time::Instant::now();
+                }
                 self.handle(event, &mut out);
                 if self.summary.quit {
                     self.release(&mut out);
@@ -541,6 +561,11 @@ impl<I: Injector> Receiver<I> {
             // one unfinished line or body piece.
             buf.drain(..start);
             start = 0;
+            if let Some(deadline) = self.settings.record_deadline {
+                if last_record.elapsed() > deadline {
+                    return self.record_deadline_passed(deadline, output);
+                }
+            }
             match input.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -566,6 +591,36 @@ impl<I: Injector> Receiver<I> {
         }
         self.release(&mut out);
         write_replies(output, &out)
+    }
+
+    /// Ends a session whose peer took longer than `deadline` to send one
+    /// line: 421, as Postfix's smtpd, and whatever is open is dropped.
+    fn record_deadline_passed(
+        &mut self,
+        deadline: std::time::Duration,
+        output: &mut impl Write,
+    ) -> io::Result<()> {
+        self.warn(&format!(
+            "no whole line in {}s (per-record deadline): ending the session",
+            deadline.as_secs()
+        ));
+        let mut out = Vec::new();
+        self.release(&mut out);
+        reply(
+            421,
+            (4, 4, 2),
+            format!("{} Error: timeout exceeded", self.settings.hostname),
+        )
+        .encode(&mut out);
+        self.summary.quit = true;
+        let _ = write_replies(output, &out);
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the peer sent no whole line for {}s (per-record deadline)",
+                deadline.as_secs()
+            ),
+        ))
     }
 
     /// Asks the next hop about the recipients whose replies are held, puts
@@ -691,6 +746,7 @@ impl<I: Injector> Receiver<I> {
 
     fn handle(&mut self, event: Event<'_>, out: &mut Vec<u8>) {
         let is_rcpt = matches!(event, Event::Command(Command::Rcpt { .. }));
+        self.count_junk(&event);
         if matches!(event, Event::Command(Command::Data)) {
             // The next hop judges the recipients before DATA is answered.
             self.screen_held(out, true);
@@ -739,6 +795,33 @@ impl<I: Injector> Receiver<I> {
             .encode(out);
             self.summary.error_limit = true;
             self.summary.quit = true;
+        }
+    }
+
+    /// Counts a command that moves no mail; past [`JUNK_LIMIT`] since the
+    /// last MAIL, each counts as an error too.
+    fn count_junk(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Command(Command::Mail { .. }) => self.junk = 0,
+            Event::Command(
+                Command::Noop
+                | Command::Rset
+                | Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::Lhlo(_)
+                | Command::Xforward(_),
+            ) => {
+                self.junk += 1;
+                if self.junk == JUNK_LIMIT + 1 {
+                    self.warn(&format!(
+                        "more than {JUNK_LIMIT} commands without a transaction: counting each as an error"
+                    ));
+                }
+                if self.junk > JUNK_LIMIT {
+                    self.errors += 1;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1333,6 +1416,16 @@ fn record_tag<'a>(
             "{}: queued, but its transaction tag could not be recorded ({err}): a retry of it would be queued again",
             ids.first().copied().unwrap_or(NOQUEUE)
         );
+    }
+}
+
+/// Whether `event` completes a record (a command line, a content line or
+/// 2048 bytes of one, as Postfix cuts long lines into records; the dot)
+/// for the per-record deadline.
+fn ends_record(event: &Event<'_>) -> bool {
+    match event {
+        Event::BodyPiece { bytes, end_of_line } => *end_of_line || bytes.len() >= 2048,
+        _ => true,
     }
 }
 
@@ -2048,5 +2141,68 @@ mod tests {
         assert_eq!(hop.borrow().committed.len(), 3);
         tagged(dir.path(), &twice, &hop, Some("batch-b"));
         assert_eq!(hop.borrow().committed.len(), 5);
+    }
+
+    /// Audit L8: a peer that only sends NOOPs (a deflated stream of them
+    /// cost the hub 20 CPU seconds) is hung up on after the junk limit
+    /// and the error limit, as Postfix's smtpd does; a batching client's
+    /// RSET and EHLO between transactions never get near it.
+    #[test]
+    fn junk_commands_end_the_session() {
+        let input = b"NOOP\n".repeat(100_000);
+        let (out, _, summary) = session(&input, false);
+        assert!(summary.error_limit, "{summary:?}");
+        assert!(out.ends_with("421 4.7.0 hub.test Error: too many errors\r\n"));
+        assert_eq!(codes(&out).len(), JUNK_LIMIT + 20 + 1);
+        let mut busy = Vec::new();
+        for _ in 0..300 {
+            busy.extend_from_slice(
+                b"RSET\nEHLO leaf\nNOOP\nMAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nx\n.\n",
+            );
+        }
+        let (_, hop, summary) = session(&busy, false);
+        assert!(!summary.error_limit);
+        assert_eq!(hop.borrow().committed.len(), 300);
+    }
+
+    /// A peer that drips bytes, each before the idle timeout, yet never
+    /// finishes a line is hung up on at the per-record deadline, and its
+    /// open message is dropped.
+    #[test]
+    fn a_line_that_never_ends_meets_the_record_deadline() {
+        struct Drip(usize);
+        impl Read for Drip {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let head: &[u8] = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\n";
+                if self.0 < head.len() {
+                    let n = (head.len() - self.0).min(buf.len());
+                    buf[..n].copy_from_slice(&head[self.0..self.0 + n]);
+                    self.0 += n;
+                    return Ok(n);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let hop = Rc::new(RefCell::new(Hop::default()));
+        let mut settings = Settings::new(
+            "hub.test".into(),
+            policy(&["@leaf.test"], 1000, 10, false),
+            20,
+        );
+        settings.record_deadline = Some(std::time::Duration::from_millis(200));
+        let mut out = Vec::new();
+        let err = Receiver::new(settings, Memory(hop.clone()))
+            .run(&mut Drip(0), &mut out)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.ends_with("421 4.4.2 hub.test Error: timeout exceeded\r\n"),
+            "{out}"
+        );
+        assert!(hop.borrow().committed.is_empty());
+        assert_eq!(hop.borrow().aborted, 1);
     }
 }

@@ -155,7 +155,10 @@ fn refused(first: &[u8], relay: &str) -> Result<(), Failure> {
 
 /// The server session's settings: the hub is trusted with any sender and
 /// recipient domain (it routed the mail here), within the local Postfix's
-/// size limit; committed tags are kept so that a resend is recognised.
+/// size and recipient limits (`smtpd_recipient_limit`: a hostile hub
+/// cannot grow the leaf without bound; the recipients past it are
+/// deferred and come in a later transaction); committed tags are kept so
+/// that a resend is recognised.
 /// Routing forms are refused unless the peer's section allows them: the
 /// hub routed `user%elsewhere@leaf` here by its domain, and our Postfix,
 /// for which that domain is local, would relay it to `elsewhere`.
@@ -166,7 +169,9 @@ fn receiver_settings(file: &ConfigFile, name: &str, main_cf: &MainCf) -> Setting
         allow_sender: vec![SenderPattern::Any],
         allow_recipient: Vec::new(),
         max_size: if limit == 0 { u64::MAX } else { limit },
-        max_recipients: usize::MAX,
+        max_recipients: usize::try_from(main_cf.number("smtpd_recipient_limit", 1000))
+            .unwrap_or(1000)
+            .max(1),
         max_size_set: false,
         hard_error_limit: None,
         check_header_from: false,
@@ -222,5 +227,20 @@ mod tests {
             .policy
             .check_recipient("alice@leaf.test");
         assert_eq!(plain, Ok(()));
+    }
+
+    /// Audit L4: a hostile hub cannot send unbounded recipients in one
+    /// transaction: the local `smtpd_recipient_limit` applies.
+    #[test]
+    fn pulled_recipients_are_bounded_by_smtpd_recipient_limit() {
+        let file: ConfigFile =
+            toml::from_str("tag_directory = \"\"\n[peer.hub]\nhost = \"a\"\n").unwrap();
+        let limit = |text: &str| {
+            receiver_settings(&file, "hub", &MainCf::parse(text))
+                .policy
+                .max_recipients
+        };
+        assert_eq!(limit("smtpd_recipient_limit = 50\n"), 50);
+        assert_eq!(limit(""), 1000);
     }
 }
