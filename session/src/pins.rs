@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use bsmtp::status::{Failure, FailureKind};
 
 use crate::atomic;
-use crate::ssh::{Hub, Peer};
+use crate::ssh::{self, Hub, Peer};
 
 /// The pins' directory under a tag directory.
 const PINNED: &str = ".pinned";
@@ -109,6 +109,101 @@ impl Pins {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
         plain.then(|| self.dir.join(key))
+    }
+}
+
+/// The one way a unit of mail (a tagged message, or a whole spool) goes
+/// over a destination's hubs, for every mode (deliver, the LMTP bridge,
+/// flush): read its pin, pick the hubs it may take, connect, pin it to
+/// the hub before its final dot can reach that hub, and settle the pin
+/// once every reply was read (or drop a pin of its own when the dot never
+/// went out). Without pins (one hub) or without a key (an untagged
+/// message) every step is a no-op.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pins: Option<Pins>,
+    key: Option<String>,
+    /// The pin an earlier try left: its acknowledgement was lost.
+    pin: Option<Pin>,
+    /// This try wrote the pin.
+    wrote: bool,
+    /// What is routed, for log lines ("this message", "the spool").
+    what: &'static str,
+}
+
+impl Route {
+    /// The route of the unit `key` (a transaction tag, or a spool's name)
+    /// under `pins`, with the pin an earlier try left.
+    pub fn new(pins: Option<&Pins>, key: Option<&str>, what: &'static str) -> Self {
+        let pins = pins.filter(|_| key.is_some()).cloned();
+        let pin = pins.as_ref().zip(key).and_then(|(p, k)| p.get(k));
+        Route {
+            pins,
+            key: key.map(str::to_owned),
+            pin,
+            wrote: false,
+            what,
+        }
+    }
+
+    /// Whether an earlier try left a pin (its acknowledgement was lost).
+    pub fn was_pinned(&self) -> bool {
+        self.pin.is_some()
+    }
+
+    /// The hubs this unit may go to ([`hubs_for`]).
+    pub fn hubs<'a>(&self, peer: &'a Peer) -> Vec<&'a Hub> {
+        hubs_for(peer, self.pin.as_ref(), self.what)
+    }
+
+    /// Connects to the first of [`Route::hubs`] that answers, for the
+    /// peer's forced command.
+    pub fn connect(&self, peer: &Peer) -> Result<ssh::Connection, Failure> {
+        let hubs = self.hubs(peer);
+        ssh::connect_to(peer, &hubs, &peer.command).map_err(|f| self.held(peer, &hubs, f))
+    }
+
+    /// `failure` to reach `hubs`, said as waiting for the pinned hub when
+    /// the pin narrowed them.
+    pub fn held(&self, peer: &Peer, hubs: &[&Hub], failure: Failure) -> Failure {
+        match &self.pin {
+            Some(pin) if hubs.len() < peer.hubs.len() => held(peer, pin, &failure),
+            _ => failure,
+        }
+    }
+
+    /// Pins the unit to `hub`, durably, before its final dot can reach
+    /// it. A pin already naming this hub stays as it is: its age counts
+    /// from the try whose acknowledgement was lost.
+    pub fn pin_to(&mut self, hub: &str) -> Result<(), Failure> {
+        let (Some(pins), Some(key)) = (&self.pins, &self.key) else {
+            return Ok(());
+        };
+        if self.pin.as_ref().is_none_or(|p| p.hub != hub) {
+            pins.set(key, hub).map_err(|e| set_failed(&e))?;
+            self.wrote = true;
+        }
+        Ok(())
+    }
+
+    /// Every reply was read: the hub's answer decides ([`settled`]);
+    /// `later` is its temporary refusal, if any.
+    pub fn settle(&self, later: Option<&Failure>) {
+        if let (Some(pins), Some(key)) = (&self.pins, &self.key) {
+            if settled(self.pin.is_some(), later) {
+                pins.clear(key);
+            }
+        }
+    }
+
+    /// The unit's final dot never went out: this try queued nothing, so a
+    /// pin it wrote goes; a pin an earlier try left stays.
+    pub fn abandon(&self) {
+        if let (Some(pins), Some(key), true, false) =
+            (&self.pins, &self.key, self.wrote, self.pin.is_some())
+        {
+            pins.clear(key);
+        }
     }
 }
 

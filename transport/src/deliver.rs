@@ -124,37 +124,24 @@ pub fn deliver(
     let session_envelope = envelope.to_session();
     // Pins are kept for tagged messages only: without a tag no hub can
     // recognise a retry anyway.
-    let pinning = pins.zip(session_envelope.tag.as_ref().map(Tag::as_str));
-    let pin = pinning.and_then(|(pins, tag)| pins.get(tag));
-    let hubs = pins::hubs_for(peer, pin.as_ref(), "this message");
-    let connection = ssh::connect_to(peer, &hubs, &peer.command).map_err(|failure| match &pin {
-        Some(pin) if hubs.len() < peer.hubs.len() => pins::held(peer, pin, &failure),
-        _ => failure,
-    })?;
+    let tag = session_envelope.tag.as_ref().map(Tag::as_str);
+    let mut route = pins::Route::new(pins, tag, "this message");
     let ssh::Connection {
         session,
         channel,
         relay,
         hub: hub_name,
-    } = connection;
+    } = route.connect(peer)?;
     let result = ClientSession::start(channel, relay.clone(), &helo_name()).and_then(|mut hub| {
-        // A pin already naming this hub stays as it is: its age counts
-        // from the try whose acknowledgement was lost.
-        if let Some((pins, tag)) =
-            pinning.filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub_name))
-        {
-            pins.set(tag, &hub_name).map_err(|e| pins::set_failed(&e))?;
-        }
+        route.pin_to(&hub_name)?;
         let outcome = hub
             .send_message(&session_envelope, content)
             .map(|outcome| outcome.all_or_nothing(&relay));
-        if let (Some((pins, tag)), Ok(result)) = (pinning, &outcome) {
+        if let Ok(result) = &outcome {
             // Every reply read: the hub's answer decides, unless it says
             // "later" to a retry of a lost acknowledgement (the first try
             // may still be committing there).
-            if pins::settled(pin.is_some(), result.as_ref().err()) {
-                pins.clear(tag);
-            }
+            route.settle(result.as_ref().err());
         }
         let _ = hub.quit();
         outcome?

@@ -240,38 +240,23 @@ pub(crate) fn spool_session(
     send: impl FnOnce(&mut ClientSession<ChannelStream>) -> Result<Report, Failure>,
 ) -> Result<Report, Failure> {
     let pins = file.pins(peer);
-    let pin = pins.as_ref().and_then(|p| p.get(SPOOL_PIN));
-    let hubs = pins::hubs_for(peer, pin.as_ref(), "the spool");
-    let connection = ssh::connect_to(peer, &hubs, &peer.command).map_err(|failure| match &pin {
-        Some(pin) if hubs.len() < peer.hubs.len() => pins::held(peer, pin, &failure),
-        _ => failure,
-    })?;
+    let mut route = pins::Route::new(pins.as_ref(), Some(SPOOL_PIN), "the spool");
     let ssh::Connection {
         session: ssh_session,
         channel,
         relay,
         hub,
-    } = connection;
+    } = route.connect(peer)?;
     let result = ClientSession::start(channel, relay, &crate::deliver::helo_name()).and_then(
         |mut session| {
-            // A pin already naming this hub stays as it is: its age
-            // counts from the flush that was cut short.
-            if let Some(pins) = pins
-                .as_ref()
-                .filter(|_| pin.as_ref().is_none_or(|p| p.hub != hub))
-            {
-                pins.set(SPOOL_PIN, &hub)
-                    .map_err(|e| pins::set_failed(&e))?;
-            }
+            route.pin_to(&hub)?;
             let result = send(&mut session);
-            if let (Some(pins), Ok(report)) = (&pins, &result) {
+            if let Ok(report) = &result {
                 // Every reply read; what the hub deferred of a spool that
                 // was pinned may still be committing there.
                 let later =
                     (report.deferred > 0).then(|| Failure::new(FailureKind::Timeout, "deferred"));
-                if pins::settled(pin.is_some(), later.as_ref()) {
-                    pins.clear(SPOOL_PIN);
-                }
+                route.settle(later.as_ref());
             }
             let _ = session.quit();
             result

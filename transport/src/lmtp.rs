@@ -199,9 +199,7 @@ impl Injector for Hub {
         Ok(Message {
             link: Rc::clone(&self.link),
             route: Rc::clone(&self.route),
-            pinned: None,
-            was_pinned: false,
-            wrote_pin: false,
+            pin_route: pins::Route::new(None, None, "this message"),
             envelope: client::Envelope {
                 sender: envelope.sender.clone(),
                 recipients: envelope.recipients.clone(),
@@ -234,12 +232,8 @@ const MAX_HELD: usize = 16 * 1024;
 struct Message {
     link: Link,
     route: Rc<Route>,
-    /// The tag this transaction is pinned by, once it started on a hub.
-    pinned: Option<Tag>,
-    /// An earlier try left a pin: its acknowledgement was lost.
-    was_pinned: bool,
-    /// This try wrote the pin (none was there for this hub).
-    wrote_pin: bool,
+    /// This transaction's way over the destination's hubs, by its tag.
+    pin_route: pins::Route,
     envelope: client::Envelope,
     queue_id: Option<String>,
     /// Body pieces held back while the first header field is read; `None`
@@ -261,25 +255,21 @@ impl Message {
             let e = &self.envelope;
             Tag::mint(id, &e.sender, &e.recipients, e.size)
         });
+        self.pin_route = pins::Route::new(
+            self.route.pins.as_ref(),
+            self.envelope.tag.as_ref().map(Tag::as_str),
+            "this message",
+        );
         self.follow_pin()?;
         let held = self.held.take().unwrap_or_default();
         let envelope = self.envelope.clone();
-        if let (Some(pins), Some(tag)) = (&self.route.pins, &envelope.tag) {
-            let hub = self
-                .link
-                .borrow()
-                .as_ref()
-                .map(|s| s.hub_name.clone())
-                .unwrap_or_default();
-            // A pin already naming this hub stays as it is: its age counts
-            // from the try whose acknowledgement was lost.
-            if pins.get(tag.as_str()).is_none_or(|pin| pin.hub != hub) {
-                pins.set(tag.as_str(), &hub)
-                    .map_err(|e| pins::set_failed(&e))?;
-                self.wrote_pin = true;
-            }
-            self.pinned = Some(tag.clone());
-        }
+        let hub = self
+            .link
+            .borrow()
+            .as_ref()
+            .map(|s| s.hub_name.clone())
+            .unwrap_or_default();
+        self.pin_route.pin_to(&hub)?;
         self.with_hub(|hub| {
             hub.begin(&envelope);
             held.iter()
@@ -293,16 +283,13 @@ impl Message {
     /// session was answered, so the session moves. When that hub does
     /// not answer, the message is refused with a 4xx and waits.
     fn follow_pin(&mut self) -> Result<(), Failure> {
-        let (Some(pins), Some(tag), Ok(peer)) =
-            (&self.route.pins, &self.envelope.tag, &self.route.peer)
-        else {
+        let Ok(peer) = &self.route.peer else {
             return Ok(());
         };
-        let Some(pin) = pins.get(tag.as_str()) else {
+        if !self.pin_route.was_pinned() {
             return Ok(());
-        };
-        self.was_pinned = true;
-        let hubs = pins::hubs_for(peer, Some(&pin), "this message");
+        }
+        let hubs = self.pin_route.hubs(peer);
         let current = self.link.borrow().as_ref().map(|s| s.hub_name.clone());
         if current
             .as_ref()
@@ -314,7 +301,7 @@ impl Message {
         let session = self
             .route
             .open(Some(&hubs))
-            .map_err(|failure| pins::held(peer, &pin, &failure))?;
+            .map_err(|failure| self.pin_route.held(peer, &hubs, failure))?;
         *self.link.borrow_mut() = Some(session);
         Ok(())
     }
@@ -384,17 +371,12 @@ impl Delivery for Message {
         let delay = self.started.elapsed().as_secs_f64();
         let outcome = match outcome {
             Ok(outcome) => {
-                if let (Some(pins), Some(tag)) = (&self.route.pins, &self.pinned) {
-                    // Every reply read: the hub's answer decides (see
-                    // pins::settled).
-                    let later = (0..recipients.len())
-                        .map(|i| outcome.for_recipient(i))
-                        .find(|reply| reply.is_transient())
-                        .map(|reply| Failure::new(FailureKind::Remote(reply.clone()), ""));
-                    if pins::settled(self.was_pinned, later.as_ref()) {
-                        pins.clear(tag.as_str());
-                    }
-                }
+                // Every reply read: the hub's answer decides.
+                let later = (0..recipients.len())
+                    .map(|i| outcome.for_recipient(i))
+                    .find(|reply| reply.is_transient())
+                    .map(|reply| Failure::new(FailureKind::Remote(reply.clone()), ""));
+                self.pin_route.settle(later.as_ref());
                 outcome
             }
             Err(failure) => {
@@ -434,16 +416,8 @@ impl Delivery for Message {
         if self.held.is_none() {
             *self.link.borrow_mut() = None;
         }
-        // Its final dot never went out: this try queued nothing. A pin an
-        // earlier try left stays.
-        if let (Some(pins), Some(tag), true, false) = (
-            &self.route.pins,
-            &self.pinned,
-            self.wrote_pin,
-            self.was_pinned,
-        ) {
-            pins.clear(tag.as_str());
-        }
+        // Its final dot never went out: this try queued nothing.
+        self.pin_route.abandon();
     }
 }
 

@@ -198,7 +198,7 @@ pub fn run(
             postlog: file.postlog.clone(),
         },
     );
-    let mut session = load(&args, &file)?;
+    let session = load(&args, &file)?;
     let verb = command::parse(original_command).map_err(|refused| {
         refuse_session(output, &refused);
         RunError::Refused {
@@ -212,10 +212,6 @@ pub fn run(
         .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs);
     input.set_idle_timeout(idle);
     output.set_idle_timeout(idle);
-    // A whole line within the idle timeout too, as Postfix's smtpd with
-    // smtpd_per_record_deadline: a peer dripping a byte now and then
-    // cannot hold the session for ever.
-    session.settings.record_deadline = Some(idle);
     match verb {
         Verb::Receive if !over_ssh || args.batch => offline(session, &file, input),
         Verb::Receive => receive(session, input, output),
@@ -391,6 +387,13 @@ fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
         .map_err(RunError::Config)?;
     let mut settings = Settings::new(hostname, policy, error_limit);
     settings.tags = tags;
+    // A whole line within the idle timeout too, as Postfix's smtpd with
+    // smtpd_per_record_deadline: a peer dripping a byte now and then
+    // cannot hold the session (and a postdrop) for ever.
+    settings.record_deadline = Some(
+        args.idle_timeout
+            .map_or(DEFAULT_IDLE_TIMEOUT, std::time::Duration::from_secs),
+    );
     Ok(Session {
         settings,
         postdrop,
