@@ -10,9 +10,19 @@
 //! mail; the size and the SHA-256 of the whole source let rsmtp tell a
 //! complete table from a truncated (or changed-while-read) one and install
 //! only the former. `put-table NAME` alone, for a plain `ssh hub put-table
-//! NAME < file`, is accepted too, without that protection.
+//! NAME < file`, goes without that protection; rsmtp refuses it unless the
+//! hub's rsmtp.conf says `table_require_checksum = false`.
+//!
+//! [`SourceScan`] checks the source itself, streaming, on both sides:
+//! postmap silently joins a line that starts with white space to the line
+//! before (a recipient vanishes into another's value), and only warns about
+//! a key without a value or a key given twice; `texthash` tables are never
+//! shown to postmap at all. So rsmtp installs only a source in which every
+//! line means what it appears to mean.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 
 use sha2::{Digest, Sha256};
 
@@ -193,6 +203,236 @@ impl Checksum {
     }
 }
 
+/// Longest key [`SourceScan`] takes: Postfix table keys are addresses and
+/// domains (an address is at most 254 bytes, a text line of smtpd at most
+/// 2048); the bound keeps the scan's memory constant.
+pub const MAX_KEY: usize = 4096;
+/// Most keys [`SourceScan`] takes in one source: a set of 64-bit hashes of
+/// that many keys stays under 20 MiB (2^21 buckets of 9 bytes), and
+/// `table_max_size`'s default of 64 MiB holds a million recipients of 60
+/// bytes.
+pub const MAX_KEYS: usize = 1_500_000;
+
+/// White space as postmap (C `isspace`) sees it; a newline ends a line.
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
+}
+
+/// What makes a table source one rsmtp does not install: each names the
+/// line (counted from 1) where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// A line starts with white space and is not blank or a comment:
+    /// postmap would join it to the logical line before.
+    Continuation {
+        /// The line.
+        line: u64,
+    },
+    /// A key with nothing after it: postmap warns and leaves it out.
+    NoValue {
+        /// The line.
+        line: u64,
+        /// The key, made printable.
+        key: String,
+    },
+    /// A key given before (compared as postmap does, case folded): postmap
+    /// keeps one of the two, texthash the last.
+    Duplicate {
+        /// The line of the second one.
+        line: u64,
+        /// The key, made printable.
+        key: String,
+    },
+    /// A key over [`MAX_KEY`] bytes.
+    KeyTooLong {
+        /// The line.
+        line: u64,
+    },
+    /// More than [`MAX_KEYS`] keys.
+    TooManyKeys {
+        /// The line of the first key too many.
+        line: u64,
+    },
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceError::Continuation { line } => write!(
+                f,
+                "line {line} starts with white space, which postmap would join to the line before; remove the leading white space"
+            ),
+            SourceError::NoValue { line, key } => write!(
+                f,
+                "line {line}: key \"{key}\" has no value (expected format: key whitespace value)"
+            ),
+            SourceError::Duplicate { line, key } => write!(
+                f,
+                "line {line}: key \"{key}\" is given a second time (keys are compared case-insensitively)"
+            ),
+            SourceError::KeyTooLong { line } => {
+                write!(f, "line {line}: key longer than {MAX_KEY} bytes")
+            }
+            SourceError::TooManyKeys { line } => {
+                write!(f, "line {line}: more than {MAX_KEYS} keys")
+            }
+        }
+    }
+}
+
+/// Where the scan is within the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Nothing of the line seen yet.
+    Start,
+    /// Only white space so far: blank, a comment or a continuation.
+    Indented,
+    /// A comment (first non-blank `#`): skipped.
+    Comment,
+    /// Inside the key.
+    Key,
+    /// White space after the key.
+    AfterKey,
+    /// Inside the value: the line is complete as far as the scan cares.
+    Value,
+}
+
+/// Checks a table source as it streams by, in pieces of any size, the way
+/// postmap reads it (blank lines and lines whose first non-blank character
+/// is `#` are skipped): no line may start with white space, every key has
+/// a value, no key comes twice. Memory: one key ([`MAX_KEY`]) and a 64-bit
+/// hash per key ([`MAX_KEYS`]).
+///
+/// Keys are compared by a hash of their folded form (lowercase, as
+/// postmap's default `-f` off): two different keys are taken for one only
+/// if their randomly keyed 64-bit hashes collide, about once in 10^7
+/// pushes of a million keys, and a push after that is hashed anew.
+#[derive(Debug, Clone)]
+pub struct SourceScan {
+    state: Scan,
+    line: u64,
+    key: Vec<u8>,
+    keys: HashSet<u64>,
+    hasher: RandomState,
+    error: Option<SourceError>,
+}
+
+impl Default for SourceScan {
+    fn default() -> Self {
+        SourceScan {
+            state: Scan::Start,
+            line: 1,
+            key: Vec::new(),
+            keys: HashSet::new(),
+            hasher: RandomState::new(),
+            error: None,
+        }
+    }
+}
+
+impl SourceScan {
+    /// A scan at the start of a source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scans `bytes`, the next piece of the source; after the first error
+    /// the rest is ignored.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if self.error.is_some() {
+                return;
+            }
+            if byte == b'\n' {
+                self.end_line();
+                continue;
+            }
+            self.state = match (self.state, is_space(byte)) {
+                // A comment, in column 1 or after white space.
+                (Scan::Start | Scan::Indented, false) if byte == b'#' => Scan::Comment,
+                (Scan::Start | Scan::Indented, true) => Scan::Indented,
+                (Scan::Indented, false) => {
+                    self.fail(SourceError::Continuation { line: self.line });
+                    return;
+                }
+                (Scan::Comment, _) => Scan::Comment,
+                (Scan::Start | Scan::Key, false) => {
+                    if self.key.len() == MAX_KEY {
+                        self.fail(SourceError::KeyTooLong { line: self.line });
+                        return;
+                    }
+                    self.key.push(byte);
+                    Scan::Key
+                }
+                (Scan::Key | Scan::AfterKey, true) => Scan::AfterKey,
+                (Scan::AfterKey, false) => {
+                    self.add_key();
+                    Scan::Value
+                }
+                (Scan::Value, _) => Scan::Value,
+            };
+        }
+    }
+
+    /// Ends the scan (a last line without a newline counts): the number of
+    /// keys, or the first error.
+    pub fn finish(mut self) -> Result<usize, SourceError> {
+        if self.error.is_none() && self.state != Scan::Start {
+            self.end_line();
+        }
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(self.keys.len()),
+        }
+    }
+
+    /// The first error so far, if any.
+    pub fn error(&self) -> Option<&SourceError> {
+        self.error.as_ref()
+    }
+
+    fn end_line(&mut self) {
+        if matches!(self.state, Scan::Key | Scan::AfterKey) {
+            let key = self.shown_key();
+            self.fail(SourceError::NoValue {
+                line: self.line,
+                key,
+            });
+            return;
+        }
+        self.state = Scan::Start;
+        self.key.clear();
+        self.line += 1;
+    }
+
+    fn add_key(&mut self) {
+        let folded = match std::str::from_utf8(&self.key) {
+            Ok(text) => text.to_lowercase().into_bytes(),
+            Err(_) => self.key.to_ascii_lowercase(),
+        };
+        let hash = self.hasher.hash_one(&folded);
+        if self.keys.contains(&hash) {
+            let key = self.shown_key();
+            self.fail(SourceError::Duplicate {
+                line: self.line,
+                key,
+            });
+        } else if self.keys.len() == MAX_KEYS {
+            self.fail(SourceError::TooManyKeys { line: self.line });
+        } else {
+            self.keys.insert(hash);
+        }
+    }
+
+    fn shown_key(&self) -> String {
+        crate::text::printable(&self.key)
+    }
+
+    fn fail(&mut self, error: SourceError) {
+        self.error = Some(error);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +525,109 @@ mod tests {
         ] {
             assert!(PutTable::parse(args).is_err(), "{args:?}");
         }
+    }
+
+    /// Scans `source` whole, one byte at a time, and split at every offset;
+    /// all must agree.
+    fn scan(source: &[u8]) -> Result<usize, SourceError> {
+        let mut whole = SourceScan::new();
+        whole.update(source);
+        let whole = whole.finish();
+        let mut bytes = SourceScan::new();
+        for byte in source {
+            bytes.update(std::slice::from_ref(byte));
+        }
+        assert_eq!(bytes.finish(), whole, "byte by byte: {source:?}");
+        for cut in 0..=source.len() {
+            let mut split = SourceScan::new();
+            split.update(&source[..cut]);
+            split.update(&source[cut..]);
+            assert_eq!(split.finish(), whole, "split at {cut}: {source:?}");
+        }
+        whole
+    }
+
+    #[test]
+    fn sources_postmap_reads_as_written_pass() {
+        assert_eq!(scan(b""), Ok(0));
+        assert_eq!(scan(b"bob@relay.test OK\n"), Ok(1));
+        // No final newline, CRLF, tabs, blank and comment lines, indented
+        // comments (postmap skips them, they continue nothing).
+        assert_eq!(
+            scan(b"# recipients\n\nbob@relay.test\tOK\r\n  # indented comment\n \t\n\r\ncarol@relay.test  OK  \neve@relay.test OK"),
+            Ok(3)
+        );
+        assert_eq!(scan(b"#x\n#y"), Ok(0));
+    }
+
+    /// Regression (audit L6): postmap joined "  bob@relay.test OK" to the
+    /// line before, so bob was missing from the table and the push got 250.
+    #[test]
+    fn a_continuation_line_is_refused_with_its_number() {
+        let err = scan(b"carol@relay.test OK\n  bob@relay.test OK\n").unwrap_err();
+        assert_eq!(err, SourceError::Continuation { line: 2 });
+        assert!(
+            err.to_string()
+                .starts_with("line 2 starts with white space"),
+            "{err}"
+        );
+        assert_eq!(
+            scan(b"\tbob@relay.test OK\n"),
+            Err(SourceError::Continuation { line: 1 })
+        );
+        assert_eq!(
+            scan(b"a OK\n\n# c\n\tb OK"),
+            Err(SourceError::Continuation { line: 4 })
+        );
+    }
+
+    #[test]
+    fn keys_without_values_and_repeated_keys_are_refused() {
+        let no_value = |line, key: &str| SourceError::NoValue {
+            line,
+            key: key.into(),
+        };
+        assert_eq!(
+            scan(b"a OK\nbob@relay.test\n"),
+            Err(no_value(2, "bob@relay.test"))
+        );
+        assert_eq!(
+            scan(b"bob@relay.test \t\r\n"),
+            Err(no_value(1, "bob@relay.test"))
+        );
+        assert_eq!(scan(b"a OK\nb"), Err(no_value(2, "b")));
+        let twice = scan(b"Bob@Relay.test OK\ncarol@relay.test OK\nbob@relay.test REJECT\n");
+        assert_eq!(
+            twice,
+            Err(SourceError::Duplicate {
+                line: 3,
+                key: "bob@relay.test".into()
+            })
+        );
+        // Non-ASCII keys fold too; bytes that are not UTF-8 are shown escaped.
+        assert!(matches!(
+            scan("J\u{f6}rg@x OK\nj\u{d6}rg@x OK\n".as_bytes()),
+            Err(SourceError::Duplicate { line: 2, .. })
+        ));
+        assert_eq!(
+            scan(b"\xff OK\n\xff OK\n"),
+            Err(SourceError::Duplicate {
+                line: 2,
+                key: "\\xff".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_key_over_the_limit_is_refused() {
+        let mut source = vec![b'k'; MAX_KEY];
+        source.extend_from_slice(b" OK\n");
+        let mut ok = SourceScan::new();
+        ok.update(&source);
+        assert_eq!(ok.finish(), Ok(1));
+        source.insert(0, b'k');
+        let mut long = SourceScan::new();
+        long.update(&source);
+        assert_eq!(long.finish(), Err(SourceError::KeyTooLong { line: 1 }));
     }
 }

@@ -2,7 +2,7 @@
 //! push-table` sends a `relay_recipients` source over SSH to the hub's
 //! rsmtp (`put-table`, granted with `--allow-table relay_recipients`),
 //! which builds it with the real postmap into `table_directory` (here
-//! `<hub etc>/bsmtp-tables`, as `/etc/postfix/bsmtp-tables` on a real hub).
+//! `<base>/tables`, as `/var/lib/bsmtp-ssh/tables` on a real hub).
 //! The hub's own smtpd, on a loopback port, then answers RCPT TO from that
 //! table, driven by a scripted SMTP client.
 
@@ -36,10 +36,10 @@ fn start(name: &str) -> Env {
         name,
         EnvOptions::default()
             .rsmtp_args(["--allow-sender", "@leaf.test", "--allow-table", TABLE])
-            .rsmtp_conf("table_directory = \"{hub_etc}/bsmtp-tables\"")
+            .rsmtp_conf("table_directory = \"{base}/tables\"")
             .rsmtp_conf(&format!("table_max_size = {MAX_SIZE}")),
     );
-    // As the README says: install -d -o bsmtp -m 755 /etc/postfix/bsmtp-tables
+    // As the package's postinst does for /var/lib/bsmtp-ssh/tables.
     let dir = table_directory(&env);
     mkdir(&dir, 0o755);
     chown_to(&dir, HUB_SSH_USER, None);
@@ -47,7 +47,7 @@ fn start(name: &str) -> Env {
 }
 
 fn table_directory(env: &Env) -> PathBuf {
-    env.hub_config_dir().join("bsmtp-tables")
+    env.base().join("tables")
 }
 
 /// Writes a table source on the leaf, readable by the leaf's account.
@@ -70,10 +70,20 @@ fn shown(out: &Output) -> String {
     )
 }
 
-/// Every file of the table directory with its bytes.
+/// Every file of the table directory with its bytes, but the tables'
+/// lock files.
 fn snapshot(env: &Env) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(table_directory(env))
+    snapshot_of(&table_directory(env))
+}
+
+fn snapshot_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
         .unwrap()
+        .filter(|entry| {
+            !entry
+                .as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".lock"))
+        })
         .map(|entry| {
             let entry = entry.unwrap();
             (
@@ -99,7 +109,7 @@ fn start_smtpd(env: &Env) -> u16 {
             let value = value
                 .trim()
                 .replace("example.com", "relay.test")
-                .replace("/etc/postfix/bsmtp-tables", &dir);
+                .replace("/var/lib/bsmtp-ssh/tables", &dir);
             (name.trim().to_owned(), value)
         })
         .collect();
@@ -244,7 +254,7 @@ fn pushed_relay_recipients_make_the_hub_reject_unknown_recipients() {
 }
 
 /// A table postmap does not take whole (here it only warns about a line
-/// that starts with white space, and would leave it out) is refused with
+/// with an unbalanced quote, and would leave it out) is refused with
 /// postmap's words; the previous table stays, byte for byte, and keeps
 /// working.
 #[test]
@@ -256,12 +266,12 @@ fn a_table_postmap_rejects_leaves_the_previous_one_working() {
     let before = snapshot(&env);
     let port = start_smtpd(&env);
 
-    let bad = source(&env, "bad", "  carol@relay.test OK\nbob@relay.test OK\n");
+    let bad = source(&env, "bad", "carol\"@relay.test OK\nbob@relay.test OK\n");
     let out = push(&env, TABLE, &bad);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(65), "{}", shown(&out));
     assert!(
-        stdout.starts_with("hub relay_recipients: 554 5.6.0 table relay_recipients refused: postmap warned: postmap: warning: relay_recipients: logical line must not start with whitespace"),
+        stdout.starts_with("hub relay_recipients: 554 5.6.0 table relay_recipients refused: postmap warned: postmap: warning: relay_recipients, line 1: unbalanced '\"'"),
         "{}",
         shown(&out)
     );
@@ -311,6 +321,17 @@ impl Before {
     }
 }
 
+/// Lets the hub take `put-table NAME` without size and SHA-256.
+fn allow_unchecked(env: &Env) {
+    let conf = read_lossy(&env.rsmtp_config());
+    let (head, rest) = conf.split_once('\n').unwrap();
+    write_file(
+        &env.rsmtp_config(),
+        format!("{head}\ntable_require_checksum = false\n{rest}"),
+        0o644,
+    );
+}
+
 /// Asserts the exit status and that stdout starts with `reply`.
 fn assert_refused(out: &Output, status: i32, reply: &str) {
     assert_eq!(out.status.code(), Some(status), "{}", shown(out));
@@ -323,9 +344,10 @@ fn assert_refused(out: &Output, status: i32, reply: &str) {
 
 /// Pushes the hub must refuse change nothing: a name that climbs out of
 /// the table directory (refused by push-table before it connects, and by
-/// rsmtp when asked directly), a table this peer is not granted, and a
-/// push cut short (fewer bytes than announced: a dropped link). The plain
-/// `put-table NAME` form, without size and checksum, still installs.
+/// rsmtp when asked directly), a table this peer is not granted, a push
+/// cut short (fewer bytes than announced: a dropped link), and the plain
+/// `put-table NAME` form, without size and checksum, which installs only
+/// once rsmtp.conf says `table_require_checksum = false`.
 #[test]
 fn refused_pushes_change_nothing() {
     let env = start("tables-refused");
@@ -368,7 +390,17 @@ fn refused_pushes_change_nothing() {
     );
     before.unchanged(&env, "truncated");
 
-    // `ssh hub put-table NAME < file`: no size, no checksum, still works.
+    // `ssh hub put-table NAME < file`: no size, no checksum: a cut-off
+    // upload would look whole, so it is refused unless the hub opts out.
+    let plain = b"bob@relay.test OK\ncarol@relay.test OK\n";
+    let out = env.ssh_exec(&format!("put-table {TABLE}"), plain);
+    assert_refused(
+        &out,
+        77,
+        "554 5.7.0 table relay_recipients: the request gives no size and SHA-256",
+    );
+    before.unchanged(&env, "no checksum");
+    allow_unchecked(&env);
     let out = env.ssh_exec(
         &format!("put-table {TABLE}"),
         b"bob@relay.test OK\ncarol@relay.test OK\n",
@@ -393,19 +425,26 @@ fn refused_pushes_change_nothing() {
 fn a_table_over_the_limit_changes_nothing() {
     let env = start("tables-limit");
     let before = Before::installed(&env);
-    let lines = usize::try_from(MAX_SIZE).unwrap() / 22 + 1;
-    let big = source(&env, "big", &"someone@relay.test OK\n".repeat(lines));
+    // Lines of 25 bytes, each key its own.
+    let lines = usize::try_from(MAX_SIZE).unwrap() / 25 + 1;
+    let mut text = String::new();
+    for n in 0..lines {
+        let _ = writeln!(text, "u{n:09}@relay.test OK");
+    }
+    assert_eq!(text.len(), lines * 25);
+    let big = source(&env, "big", &text);
     let out = push(&env, TABLE, &big);
     assert_refused(
         &out,
         65,
         &format!(
             "hub relay_recipients: 552 5.3.4 table relay_recipients: {} bytes is over the hub's limit of {MAX_SIZE}",
-            lines * 22
+            text.len()
         ),
     );
     before.unchanged(&env, "too big");
 
+    allow_unchecked(&env);
     let out = env.ssh_exec(&format!("put-table {TABLE}"), &std::fs::read(&big).unwrap());
     assert_refused(
         &out,
@@ -435,4 +474,171 @@ fn shipped_authorized_keys_lines_parse() {
         tables.extend(args.policy.allow_table);
     }
     assert_eq!(tables, [TABLE]);
+}
+
+/// Regression (audit L6): a line starting with white space was joined by
+/// postmap to the line before (bob vanished into carol's value) and the
+/// push got 250. rsmtp now refuses it, naming the line, and keeps the old
+/// table; push-table refuses it before it connects.
+#[test]
+fn a_continuation_line_is_refused_not_merged() {
+    let env = start("tables-continuation");
+    Before::installed(&env);
+    let port = start_smtpd(&env);
+    let before = Before::installed(&env);
+    let text = "carol@relay.test OK\n  bob@relay.test OK\n";
+
+    // Straight to rsmtp, in the checksummed form push-table sends.
+    let mut sum = bsmtp::table::Checksum::new();
+    sum.update(text.as_bytes());
+    let request = bsmtp::table::PutTable {
+        name: TABLE.into(),
+        expected: Some(sum.finish()),
+    };
+    let out = env.ssh_exec(&request.command(), text.as_bytes());
+    assert_refused(
+        &out,
+        65,
+        "554 5.6.0 table relay_recipients refused: line 2 starts with white space, which postmap would join to the line before",
+    );
+    before.unchanged(&env, "continuation line");
+
+    let bad = source(&env, "bad", text);
+    let out = push(&env, TABLE, &bad);
+    assert_refused(
+        &out,
+        65,
+        &format!(
+            "hub relay_recipients: {}: line 2 starts with white space",
+            bad.display()
+        ),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not pushed"),
+        "{}",
+        shown(&out)
+    );
+    before.unchanged(&env, "push-table of a continuation line");
+
+    let replies = rcpt_replies(&env, port, &["bob@relay.test", "carol@relay.test"]);
+    assert!(accepted(&replies[0]), "{replies:?}");
+    assert!(unknown(&replies[1]), "{replies:?}");
+}
+
+/// Regression (audit L7): the default table directory was
+/// /etc/postfix/bsmtp-tables, owned by the peers' account, and `postfix
+/// check` warned about it on every run. A hub whose main.cf uses a table
+/// pushed into the new default layout (a directory of its own outside the
+/// config directory, owned by that account) passes `postfix check`
+/// without a warning; the old layout, in the same instance, warns.
+#[test]
+fn the_default_table_layout_passes_postfix_check() {
+    let env = start("tables-check");
+    let good = source(&env, "good", "bob@relay.test OK\n");
+    let out = push(&env, TABLE, &good);
+    assert!(out.status.success(), "{}", shown(&out));
+    let map = format!("hash:{}", table_directory(&env).join(TABLE).display());
+    env.hub().postconf(&[
+        ("relay_domains", "relay.test"),
+        ("relay_recipient_maps", &map),
+    ]);
+    let check = || {
+        // Other tests edit the default main.cf's alternate_config_directories
+        // meanwhile (see harness.rs postfix_check_accepts_both_instances).
+        let lock = bsmtp_ssh_tests::util::global_lock();
+        let logged = env.hub().log().len();
+        let out = env.hub().check();
+        drop(lock);
+        // postfix-script warns through postlog, into the maillog_file.
+        format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            &env.hub().log()[logged..]
+        )
+    };
+    let said = check();
+    assert!(!said.contains("warning"), "postfix check: {said}");
+
+    // What the old default looked like: a table directory in the config
+    // directory, owned by the peers' account.
+    let old = env.hub_config_dir().join("bsmtp-tables");
+    mkdir(&old, 0o755);
+    chown_to(&old, HUB_SSH_USER, None);
+    let said = check();
+    assert!(
+        said.contains("not owned by root") && said.contains("bsmtp-tables"),
+        "postfix check: {said}"
+    );
+}
+
+/// Regression (audit L11): push-table to a destination with several hubs
+/// installed the table on the first hub that answered only. Each hub has
+/// its own table directory here, as each real hub has its own disk: the
+/// table reaches both, one line per hub; with the second hub down, the
+/// first is updated and the push fails naming the second.
+#[test]
+fn push_table_installs_on_every_hub_of_a_failover_destination() {
+    let env = start("tables-failover");
+    let mut second = env.start_second_hub("hub2");
+    let second_dir = env.base().join("tables-hub2");
+    mkdir(&second_dir, 0o755);
+    chown_to(&second_dir, HUB_SSH_USER, None);
+    let second_conf = env.base().join("hub/rsmtp-hub2.conf");
+    let conf = read_lossy(&second_conf);
+    let dir = table_directory(&env).display().to_string();
+    assert!(conf.contains(&dir), "{conf}");
+    write_file(
+        &second_conf,
+        conf.replace(&dir, &second_dir.display().to_string()),
+        0o644,
+    );
+    env.write_failover_config(
+        &[env.hub_spec("hub1"), second.spec("hub2")],
+        &["connect_timeout = 3"],
+    );
+
+    let first = source(&env, "first", "bob@relay.test OK\n");
+    let out = push(&env, TABLE, &first);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hub1 relay_recipients: 250 2.0.0 table relay_recipients installed (18 bytes)\n\
+         hub2 relay_recipients: 250 2.0.0 table relay_recipients installed (18 bytes)\n"
+    );
+    for dir in [table_directory(&env), second_dir.clone()] {
+        assert_eq!(
+            snapshot_of(&dir).get(TABLE).map(Vec::as_slice),
+            Some(&b"bob@relay.test OK\n"[..]),
+            "{}: {:?}",
+            dir.display(),
+            snapshot_of(&dir).keys()
+        );
+    }
+
+    // hub2 goes down: hub1 still takes the new table, the push fails.
+    second.sshd.stop();
+    let next = source(&env, "next", "bob@relay.test OK\ncarol@relay.test OK\n");
+    let out = push(&env, TABLE, &next);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(75), "{}", shown(&out));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", shown(&out));
+    assert_eq!(
+        lines[0],
+        "hub1 relay_recipients: 250 2.0.0 table relay_recipients installed (38 bytes)"
+    );
+    assert!(lines[1].starts_with("hub2 relay_recipients: "), "{stdout}");
+    assert!(
+        lines[2].starts_with("hub relay_recipients: table relay_recipients not installed on every hub of peer hub: failed on hub2 (1 of 2 installed it)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(table_directory(&env).join(TABLE)).unwrap(),
+        b"bob@relay.test OK\ncarol@relay.test OK\n"
+    );
+    assert_eq!(
+        std::fs::read(second_dir.join(TABLE)).unwrap(),
+        b"bob@relay.test OK\n"
+    );
 }

@@ -5,11 +5,18 @@
 //!
 //! Each push is one SSH session whose command is `put-table NAME BYTES
 //! SHA256` ([`bsmtp::table::PutTable`]), the table source on the channel,
-//! then EOF. The size and SHA-256 are counted in a first pass over the file
-//! and the same number of bytes is sent in a second: if the link drops, or
-//! the file changes in between, the hub's rsmtp sees the mismatch and keeps
-//! its old table. The hub answers with one SMTP-style line, which is
-//! printed; rsmtp's exit status becomes ours when the push failed.
+//! then EOF. The size and SHA-256 are counted in a first pass over the file,
+//! which also scans it as the hub will ([`bsmtp::table::SourceScan`]: a
+//! malformed source is refused here, before any connection), and the same
+//! number of bytes is sent in a second: if the link drops, or the file
+//! changes in between, the hub's rsmtp sees the mismatch and keeps its old
+//! table. The hub answers with one SMTP-style line, which is printed;
+//! rsmtp's exit status becomes ours when the push failed.
+//!
+//! A destination with several hubs (`failover`, or `hosts`) is not one
+//! table but one per hub, each hub's smtpd reading its own: the table goes
+//! to every hub in turn, each hub's answer on a line of its own, and the
+//! push fails, naming the hubs that did not install it, unless all did.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -18,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use bsmtp::reply::{Reply, ReplyParser};
 use bsmtp::status::{Failure, FailureKind};
-use bsmtp::table::{Checksum, PutTable};
-use bsmtp_session::ssh;
+use bsmtp::table::{Checksum, PutTable, SourceError, SourceScan};
+use bsmtp_session::ssh::{self, Hub, Peer};
 use clap::Args as ClapArgs;
 use log::{info, warn};
 use sysexits::ExitCode;
@@ -86,9 +93,10 @@ impl From<Failure> for PushFailure {
     }
 }
 
-/// Runs `push-table`: one line per table pushed (`PEER NAME: reply`); exit
-/// 0 when every push was installed, else the status of the first failure
-/// that is not temporary, else 75.
+/// Runs `push-table`: one line per table and hub (`HUB NAME: reply`), and
+/// for a destination with several hubs one more when some failed; exit 0
+/// when every hub installed every table, else the status of the first
+/// failure that is not temporary, else 75.
 pub fn run(args: &PushArgs, out: &mut impl Write) -> u8 {
     let file = match ConfigFile::load_for_command("push-table", &args.config, args.verbose, out) {
         Ok(file) => file,
@@ -119,27 +127,63 @@ pub fn run(args: &PushArgs, out: &mut impl Write) -> u8 {
         return ExitCode::Config as u8;
     }
     let mut status = 0;
+    let mut fail = |failure: &PushFailure| {
+        if status == 0 || status == ExitCode::TempFail as u8 {
+            status = failure.exit;
+        }
+    };
     for (peer, name, source) in &jobs {
-        match push(&file, peer, name, source) {
-            Ok(reply) => {
-                info!("push-table {peer} {name}: {reply}");
-                let _ = writeln!(out, "{peer} {name}: {reply}");
-            }
+        let results = match push(&file, peer, name, source) {
+            Ok(results) => results,
             Err(failure) => {
                 warn!("push-table {peer} {name}: {}", failure.text);
                 let _ = writeln!(out, "{peer} {name}: {}", failure.text);
-                if status == 0 || status == ExitCode::TempFail as u8 {
-                    status = failure.exit;
+                fail(&failure);
+                continue;
+            }
+        };
+        let mut failed = Vec::new();
+        for (hub, result) in &results {
+            match result {
+                Ok(reply) => {
+                    info!("push-table {hub} {name}: {reply}");
+                    let _ = writeln!(out, "{hub} {name}: {reply}");
+                }
+                Err(failure) => {
+                    warn!("push-table {hub} {name}: {}", failure.text);
+                    let _ = writeln!(out, "{hub} {name}: {}", failure.text);
+                    fail(failure);
+                    failed.push(hub.as_str());
                 }
             }
+        }
+        if results.len() > 1 && !failed.is_empty() {
+            let text = format!(
+                "table {name} not installed on every hub of peer {peer}: failed on {} ({} of {} installed it); push again when the hub is back",
+                failed.join(", "),
+                results.len() - failed.len(),
+                results.len()
+            );
+            warn!("push-table {peer} {name}: {text}");
+            let _ = writeln!(out, "{peer} {name}: {text}");
         }
     }
     status
 }
 
-/// Pushes `source` as table `name` to the peer called `peer`; the hub's
-/// reply when it installed the table.
-fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Reply, PushFailure> {
+/// One hub's name and how the push to it ended.
+type HubResult = (String, Result<Reply, PushFailure>);
+
+/// Pushes `source` as table `name` to every hub of the peer called `peer`,
+/// in order: each hub's name with its reply when it installed the table.
+/// An error when nothing could be tried (a bad name or source, an unknown
+/// peer).
+fn push(
+    file: &ConfigFile,
+    peer: &str,
+    name: &str,
+    source: &Path,
+) -> Result<Vec<HubResult>, PushFailure> {
     bsmtp::table::check_name(name).map_err(|err| PushFailure::new(ExitCode::Usage, err))?;
     let peer = file
         .peer(peer)
@@ -150,19 +194,39 @@ fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Repl
             format!("cannot read {}: {err}", source.display()),
         )
     };
-    let expected = checksum(source).map_err(unreadable)?;
+    let (expected, scanned) = checksum(source).map_err(unreadable)?;
+    scanned.map_err(|err| {
+        PushFailure::new(
+            ExitCode::DataErr,
+            format!("{}: {err}; not pushed", source.display()),
+        )
+    })?;
     let request = PutTable {
         name: name.to_owned(),
         expected: Some(expected),
     };
-    let mut connection = ssh::connect(&peer, &request.command())?;
+    Ok(peer
+        .hubs
+        .iter()
+        .map(|hub| {
+            let result = push_to(&peer, hub, source, &request, expected.size);
+            (hub.name.clone(), result)
+        })
+        .collect())
+}
+
+/// Pushes the first `size` bytes of `source` to one hub of `peer`; its
+/// reply when it installed the table.
+fn push_to(
+    peer: &Peer,
+    hub: &Hub,
+    source: &Path,
+    request: &PutTable,
+    size: u64,
+) -> Result<Reply, PushFailure> {
+    let mut connection = ssh::connect_to(peer, &[hub], &request.command())?;
     connection.session.set_blocking(false);
-    let (sent, early) = send(
-        source,
-        expected.size,
-        &mut connection.channel.0,
-        peer.idle_timeout,
-    );
+    let (sent, early) = send(source, size, &mut connection.channel.0, peer.idle_timeout);
     connection.session.set_blocking(true);
     // The hub reads to the end of its input before it answers.
     let _ = connection.channel.0.send_eof();
@@ -218,18 +282,23 @@ fn push(file: &ConfigFile, peer: &str, name: &str, source: &Path) -> Result<Repl
     }
 }
 
-/// The size and SHA-256 of the file at `path`.
-fn checksum(path: &Path) -> io::Result<bsmtp::table::Expected> {
+/// The size and SHA-256 of the file at `path`, and what the hub's scan of
+/// it will say.
+fn checksum(path: &Path) -> io::Result<(bsmtp::table::Expected, Result<usize, SourceError>)> {
     let mut file = File::open(path)?;
     if !file.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
     let mut sum = Checksum::new();
+    let mut scan = SourceScan::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok(sum.finish()),
-            Ok(n) => sum.update(&buf[..n]),
+            Ok(0) => return Ok((sum.finish(), scan.finish())),
+            Ok(n) => {
+                sum.update(&buf[..n]);
+                scan.update(&buf[..n]);
+            }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
@@ -453,8 +522,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         std::fs::write(&path, b"bob@relay.test OK\n").unwrap();
-        let expected = checksum(&path).unwrap();
+        let (expected, scanned) = checksum(&path).unwrap();
         assert_eq!(expected.size, 18);
+        assert_eq!(scanned, Ok(1));
         // The file grew after it was counted: the extra bytes stay home.
         std::fs::write(&path, b"bob@relay.test OK\neve@relay.test OK\n").unwrap();
         let mut channel = Stalling {

@@ -90,11 +90,15 @@ pub struct ConfigFile {
     /// (default: the hub's `maximal_queue_lifetime`).
     pub spool_lifetime: Option<u64>,
     /// Bytes kept free on the file system of the hub's queue; below it
-    /// MAIL FROM gets `452 4.3.1` (default 64 MiB; 0: no floor).
+    /// MAIL FROM gets `452 4.3.1` (default 64 MiB; 0: no floor). The same
+    /// floor holds for `table_directory`'s file system.
     pub min_free: Option<u64>,
     /// Where `put-table` installs pushed tables (default
-    /// /etc/postfix/bsmtp-tables).
+    /// /var/lib/bsmtp-ssh/tables).
     pub table_directory: Option<PathBuf>,
+    /// Whether `put-table` insists on the request's size and SHA-256
+    /// (default true; false also takes a plain `put-table NAME`).
+    pub table_require_checksum: Option<bool>,
     /// The Postfix table type pushed tables are built as (default hash).
     pub table_type: Option<String>,
     /// Largest table source `put-table` takes, in bytes (default 64 MiB).

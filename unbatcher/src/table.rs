@@ -10,13 +10,22 @@
 //!   the name is checked before anything else: it names one file in
 //!   `table_directory` and nothing outside it.
 //! - The installed table is the old one or the whole new one, never a mix
-//!   and never a cut-off one: the source goes to a temp file in the same
-//!   directory, is checked against the size and SHA-256 the client
-//!   announced (a dropped SSH link looks like a clean end of input),
-//!   fsynced, built with `postmap`, and only when postmap succeeded without
-//!   a warning are the database and then the source renamed into place and
+//!   and never a cut-off one: the request must carry the source's size and
+//!   SHA-256 (unless `table_require_checksum = false`); the table's own
+//!   lock is taken and the free space checked before a byte is written;
+//!   the source goes to a temp file in the same directory, is checked
+//!   against the size and SHA-256 the client announced (a dropped SSH link
+//!   looks like a clean end of input) and scanned
+//!   ([`bsmtp::table::SourceScan`]: no continuation lines, no key without a
+//!   value or given twice, for every table type, `texthash` too), fsynced,
+//!   built with `postmap`, and only when postmap succeeded without a
+//!   warning are the database and then the source renamed into place and
 //!   the directory fsynced. On any failure the temp files go and the old
 //!   table keeps working.
+//! - A push cannot fill the file system: below `min_free` (the floor rsmtp
+//!   keeps on the queue's file system) plus one and a half times the
+//!   announced size it is refused with 452 before it is read, and reading
+//!   stops when the floor is reached.
 //! - The client gets one SMTP-style reply line on stdout and rsmtp exits
 //!   with a status that agrees with it (see [`Refusal`]).
 //!
@@ -39,9 +48,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bsmtp::reply::{EnhancedCode, Reply};
-use bsmtp::table::{Checksum, PutTable};
+use bsmtp::table::{Checksum, PutTable, SourceScan};
 use bsmtp_session::idle::{Input, Output};
 use bsmtp_session::main_cf::MainCf;
+use bsmtp_session::postdrop::MinFree;
 use log::{info, warn};
 use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
@@ -51,9 +61,11 @@ use sysexits::ExitCode;
 use crate::policy::{ConfigFile, PolicyArgs};
 use crate::run::RunError;
 
-/// Where pushed tables go unless `table_directory` says otherwise: next to
-/// the hub's main.cf, where a Postfix admin looks for tables.
-pub const DEFAULT_DIRECTORY: &str = "/etc/postfix/bsmtp-tables";
+/// Where pushed tables go unless `table_directory` says otherwise: in the
+/// package's state directory, owned by the account the peers log in as.
+/// Not under /etc/postfix: `postfix check` warns about every file there
+/// that root does not own, on every run.
+pub const DEFAULT_DIRECTORY: &str = "/var/lib/bsmtp-ssh/tables";
 /// The table type unless `table_type` says otherwise: Postfix's
 /// `default_database_type` on most systems.
 pub const DEFAULT_TYPE: &str = "hash";
@@ -63,8 +75,10 @@ pub const DEFAULT_MAX_SIZE: u64 = 64 * 1024 * 1024;
 /// Longest postmap may run before the push fails (postmap builds a
 /// million-line hash table in seconds).
 pub const POSTMAP_TIMEOUT: Duration = Duration::from_mins(5);
-/// Longest a push waits for another push into the same directory.
+/// Longest a push waits for another push of the same table.
 pub const LOCK_WAIT: Duration = Duration::from_mins(1);
+/// How often, in bytes received, the free-space floor is checked again.
+const FLOOR_CHECK_EVERY: u64 = 4 * 1024 * 1024;
 /// The mode of installed files: Postfix daemons (user `postfix`) and the
 /// admin read them.
 pub const TABLE_MODE: u32 = 0o644;
@@ -150,6 +164,10 @@ pub struct Settings {
     pub kind: TableType,
     /// Largest source accepted.
     pub max_size: u64,
+    /// Refuse a request without size and SHA-256.
+    pub require_checksum: bool,
+    /// Bytes kept free on the directory's file system (0: no floor).
+    pub min_free: u64,
     /// The hub's Postfix config directory, for `postmap -c`.
     pub postfix_config: PathBuf,
     /// The postmap program: in the hub's `command_directory`.
@@ -178,6 +196,10 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_DIRECTORY.into()),
             kind: TableType::parse(file.table_type.as_deref().unwrap_or(DEFAULT_TYPE))?,
             max_size: file.table_max_size.unwrap_or(DEFAULT_MAX_SIZE),
+            require_checksum: file.table_require_checksum.unwrap_or(true),
+            min_free: file
+                .min_free
+                .unwrap_or(bsmtp_session::spool::DEFAULT_MIN_FREE),
             postmap: Path::new(&command_directory).join("postmap"),
             postfix_config,
         })
@@ -212,12 +234,19 @@ impl Refusal {
         Self::new(550, (5, 7, 1), ExitCode::NoPerm, text)
     }
 
+    /// A request without size and SHA-256 where they are required: 554
+    /// 5.7.0, `EX_NOPERM`.
+    fn unchecked(text: String) -> Self {
+        Self::new(554, (5, 7, 0), ExitCode::NoPerm, text)
+    }
+
     /// Over `table_max_size`: 552 5.3.4, `EX_DATAERR`.
     fn too_big(text: String) -> Self {
         Self::new(552, (5, 3, 4), ExitCode::DataErr, text)
     }
 
-    /// postmap refused the source: 554 5.6.0, `EX_DATAERR`.
+    /// The source is malformed (our scan or postmap): 554 5.6.0,
+    /// `EX_DATAERR`.
     fn rejected(text: String) -> Self {
         Self::new(554, (5, 6, 0), ExitCode::DataErr, text)
     }
@@ -347,6 +376,11 @@ fn install(
             settings.peer
         )));
     }
+    if request.expected.is_none() && settings.require_checksum {
+        return Err(Refusal::unchecked(format!(
+            "table {name}: the request gives no size and SHA-256, so a cut-off upload could not be told from a whole one; send it with bsmtp-ssh push-table (put-table {name} BYTES SHA256), or set table_require_checksum = false in the hub's rsmtp.conf"
+        )));
+    }
     if let Some(expected) = request.expected.filter(|e| e.size > settings.max_size) {
         return Err(too_big(name, Some(expected.size), settings.max_size));
     }
@@ -357,8 +391,20 @@ fn install(
             dir_path.display()
         ))
     })?;
-    // Hidden (a table name cannot start with a dot) and unique per process.
-    let temp = PathBuf::from(format!(".{name}.put-{}", std::process::id()));
+    // This table's lock before anything is written: one push at a time
+    // writes, builds and renames it, so a database and its source always
+    // come from the same push, and a waiting push holds no disk space.
+    let _lock = lock(&dir, dir_path, name)?;
+    let floor = (settings.min_free > 0).then(|| MinFree {
+        queue_directory: dir_path.clone(),
+        bytes: settings.min_free,
+    });
+    if let Some(floor) = &floor {
+        room(floor, name, request.expected.map(|e| e.size))?;
+    }
+    // Hidden (a table name cannot start with a dot); under the lock, so a
+    // leftover of a push that was killed is ours to remove.
+    let temp = PathBuf::from(format!(".{name}.put"));
     let suffix = settings.kind.database_suffix();
     let temp_database = suffix.map(|s| PathBuf::from(format!("{}{s}", temp.display())));
     let mut temps = TempFiles {
@@ -366,12 +412,20 @@ fn install(
         names: vec![temp.clone()],
     };
     temps.names.extend(temp_database.clone());
+    for leftover in &temps.names {
+        let _ = nix::unistd::unlinkat(&dir, leftover, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
     let in_dir = |file: &Path| dir_path.join(file).display().to_string();
     let os = os_refusal;
-    let received = write_temp(&dir, &in_dir(&temp), &temp, settings, request, input)?;
-    // One push at a time builds and renames in this directory, so a
-    // database and its source always come from the same push.
-    let _lock = lock(&dir, dir_path)?;
+    let received = write_temp(
+        &dir,
+        &in_dir(&temp),
+        &temp,
+        settings,
+        request,
+        floor.as_ref(),
+        input,
+    )?;
     if let Some(database) = &temp_database {
         postmap(settings, name, &dir_path.join(&temp))?;
         let db = fcntl::openat(
@@ -414,6 +468,20 @@ fn install(
     })
 }
 
+/// Refuses when the table directory's file system would keep less than
+/// the floor, reckoning 1.5 times `size` (the source and its database).
+fn room(floor: &MinFree, name: &str, size: Option<u64>) -> Result<(), Refusal> {
+    floor.check(size).map_err(|refusal| {
+        Refusal::local(
+            format!(
+                "table {name}: {} (min_free in rsmtp.conf); the installed table is unchanged",
+                refusal.detail
+            ),
+            refusal.reply.code == 452,
+        )
+    })
+}
+
 /// A failed file operation on the hub: 452 4.3.1 when the disk is full.
 fn os_refusal(what: &str, err: &std::io::Error) -> Refusal {
     let no_space = err.raw_os_error() == Some(Errno::ENOSPC as i32);
@@ -429,6 +497,7 @@ fn write_temp(
     temp: &Path,
     settings: &Settings,
     request: &PutTable,
+    floor: Option<&MinFree>,
     input: &mut impl Input,
 ) -> Result<bsmtp::table::Expected, Refusal> {
     let name = &request.name;
@@ -453,7 +522,16 @@ fn write_temp(
     source
         .set_permissions(std::fs::Permissions::from_mode(TABLE_MODE))
         .map_err(|e| os_refusal(shown, &e))?;
-    let received = receive(input, &mut source, name, settings.max_size, shown)?;
+    let mut scan = SourceScan::new();
+    let received = receive(
+        input,
+        &mut source,
+        &mut scan,
+        floor,
+        name,
+        settings.max_size,
+        shown,
+    )?;
     if let Some(expected) = request.expected {
         if received != expected {
             return Err(Refusal::incomplete(format!(
@@ -462,6 +540,13 @@ fn write_temp(
             )));
         }
     }
+    // Judged only on the whole source: a cut-off last line is the link's
+    // fault (answered above), not the table's.
+    scan.finish().map_err(|err| {
+        Refusal::rejected(format!(
+            "table {name} refused: {err}; the installed table is unchanged"
+        ))
+    })?;
     source.sync_all().map_err(|e| os_refusal(shown, &e))?;
     Ok(received)
 }
@@ -476,15 +561,19 @@ fn too_big(name: &str, size: Option<u64>, max: u64) -> Refusal {
 }
 
 /// Copies the source from `input` into `file` until the end of input,
-/// counting and hashing it, stopping past `max` bytes.
+/// counting, hashing and scanning it, stopping past `max` bytes or at the
+/// free-space floor.
 fn receive(
     input: &mut impl Input,
     file: &mut File,
+    scan: &mut SourceScan,
+    floor: Option<&MinFree>,
     name: &str,
     max: u64,
     shown: &str,
 ) -> Result<bsmtp::table::Expected, Refusal> {
     let mut sum = Checksum::new();
+    let mut checked = 0;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match input.read(&mut buf) {
@@ -499,8 +588,13 @@ fn receive(
             }
         };
         sum.update(&buf[..n]);
+        scan.update(&buf[..n]);
         if sum.size() > max {
             return Err(too_big(name, None, max));
+        }
+        if let Some(floor) = floor.filter(|_| sum.size() - checked >= FLOOR_CHECK_EVERY) {
+            checked = sum.size();
+            room(floor, name, None)?;
         }
         file.write_all(&buf[..n]).map_err(|err| {
             Refusal::local(
@@ -512,21 +606,31 @@ fn receive(
     Ok(sum.finish())
 }
 
-/// Takes the directory's lock, waiting at most [`LOCK_WAIT`].
-fn lock(dir: &OwnedFd, shown: &Path) -> Result<nix::fcntl::Flock<OwnedFd>, Refusal> {
+/// Takes table `name`'s lock, the file `.NAME.lock` in `dir` (made once,
+/// never removed: removing a lock file races with its next user), waiting
+/// at most [`LOCK_WAIT`].
+fn lock(dir: &OwnedFd, shown: &Path, name: &str) -> Result<nix::fcntl::Flock<OwnedFd>, Refusal> {
+    let file = format!(".{name}.lock");
     let fail = |e: Errno| {
-        Refusal::local(
-            format!("lock {}: {}", shown.display(), std::io::Error::from(e)),
-            false,
-        )
+        let err = std::io::Error::from(e);
+        let what = format!("lock {}: {err}", shown.join(&file).display());
+        if e == Errno::EACCES || e == Errno::EROFS {
+            Refusal::config(format!(
+                "{what}; table_directory must be writable by the account the peers log in as"
+            ))
+        } else {
+            Refusal::local(what, false)
+        }
     };
     let start = Instant::now();
     loop {
-        let fd = dir.try_clone().map_err(|e| {
-            fail(Errno::from_raw(
-                e.raw_os_error().unwrap_or(Errno::EIO as i32),
-            ))
-        })?;
+        let fd = fcntl::openat(
+            dir,
+            file.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(fail)?;
         match nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(lock),
             Err((_, Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
@@ -535,7 +639,7 @@ fn lock(dir: &OwnedFd, shown: &Path) -> Result<nix::fcntl::Flock<OwnedFd>, Refus
             Err((_, Errno::EWOULDBLOCK)) => {
                 return Err(Refusal::local(
                     format!(
-                        "another table push into {} has held it for {}s; try again later",
+                        "another push of table {name} into {} has held it for {}s; try again later",
                         shown.display(),
                         LOCK_WAIT.as_secs()
                     ),
@@ -640,6 +744,8 @@ mod tests {
             directory: dir.to_owned(),
             kind: TableType::Hash,
             max_size: 1000,
+            require_checksum: true,
+            min_free: 0,
             postfix_config: MainCf::default_dir(),
             postmap: "/usr/sbin/postmap".into(),
         }
@@ -654,10 +760,12 @@ mod tests {
         }
     }
 
+    /// The directory's files but table t's lock file (kept).
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != ".t.lock")
             .collect();
         names.sort();
         names
@@ -697,7 +805,9 @@ mod tests {
         .unwrap_or_else(|r| panic!("{}", r.reply));
         let database = std::fs::read(dir.path().join("t.db")).unwrap();
         let big = vec![b'x'; 1001];
-        let cases: [(&str, PutTable, &[u8], u16, ExitCode); 5] = [
+        let mut unchecked = settings(dir.path());
+        unchecked.require_checksum = false;
+        let cases: [(&str, PutTable, &[u8], u16, ExitCode); 6] = [
             // Truncated: fewer bytes than announced (the link dropped).
             (
                 "truncated",
@@ -736,9 +846,22 @@ mod tests {
                 554,
                 ExitCode::DataErr,
             ),
+            // No size and SHA-256: nothing tells a cut-off upload.
+            (
+                "unchecked",
+                request("t", good, false),
+                good,
+                554,
+                ExitCode::NoPerm,
+            ),
         ];
         for (what, request, mut input, code, exit) in cases {
-            let refusal = install(&settings(dir.path()), &request, &mut input)
+            let settings = if what == "unchecked" {
+                settings(dir.path())
+            } else {
+                unchecked.clone()
+            };
+            let refusal = install(&settings, &request, &mut input)
                 .err()
                 .unwrap_or_else(|| panic!("{what}: installed"));
             assert_eq!(
@@ -760,7 +883,8 @@ mod tests {
     #[test]
     fn postmap_warning_is_passed_on_with_the_table_name() {
         let dir = tempfile::tempdir().unwrap();
-        let source = b"nokey\n";
+        // Past the scan: postmap's own rule about quotes.
+        let source = b"a\"b@relay.test OK\n";
         let refusal = install(
             &settings(dir.path()),
             &request("t", source, true),
@@ -769,7 +893,7 @@ mod tests {
         .err()
         .unwrap();
         let text = refusal.reply.one_line();
-        assert!(text.starts_with("554 5.6.0 table t refused: postmap warned: postmap: warning: t, line 1: expected format: key whitespace value"), "{text}");
+        assert!(text.starts_with("554 5.6.0 table t refused: postmap warned: postmap: warning: t, line 1: unbalanced '\"'"), "{text}");
         assert!(!text.contains(".put-"), "{text}");
     }
 
@@ -782,5 +906,173 @@ mod tests {
         assert!(text.len() < MAX_COMPLAINT + 20, "{}", text.len());
         assert!(text.ends_with("(50 lines)"), "{text}");
         assert_eq!(complaint("a\n\nb\n"), "a; b");
+    }
+
+    /// Regression (audit L6): postmap joins a line that starts with white
+    /// space to the line before and says nothing, so bob vanished into
+    /// carol's value and the push got 250; texthash was never checked at
+    /// all. Both are refused now, naming the line, and change nothing.
+    #[test]
+    fn continuation_lines_are_refused_for_every_table_type() {
+        let source = b"carol@relay.test OK\n  bob@relay.test OK\n";
+        for kind in [TableType::Hash, TableType::Texthash] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut settings = settings(dir.path());
+            settings.kind = kind;
+            let refusal = install(&settings, &request("t", source, true), &mut &source[..])
+                .err()
+                .unwrap_or_else(|| panic!("{}: installed", kind.name()));
+            let text = refusal.reply.one_line();
+            assert_eq!(
+                (refusal.reply.code, refusal.exit),
+                (554, ExitCode::DataErr),
+                "{text}"
+            );
+            assert!(
+                text.contains("table t refused: line 2 starts with white space"),
+                "{text}"
+            );
+            assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+        }
+        // Key without value and a repeated key, in a texthash table.
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        settings.kind = TableType::Texthash;
+        for (source, said) in [
+            (
+                &b"bob@relay.test\n"[..],
+                "line 1: key \"bob@relay.test\" has no value",
+            ),
+            (
+                &b"bob@relay.test OK\nBOB@relay.test REJECT\n"[..],
+                "line 2: key \"BOB@relay.test\" is given a second time",
+            ),
+        ] {
+            let refusal = install(&settings, &request("t", source, true), &mut &source[..])
+                .err()
+                .unwrap();
+            let text = refusal.reply.one_line();
+            assert!(text.contains(said), "{text}");
+        }
+        assert!(names(dir.path()).is_empty());
+    }
+
+    /// The plain `put-table NAME` installs only where rsmtp.conf allows it.
+    #[test]
+    fn a_request_without_checksum_installs_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        let source = b"bob@relay.test OK\n";
+        let refusal = install(&settings, &request("t", source, false), &mut &source[..])
+            .err()
+            .unwrap();
+        assert!(
+            refusal
+                .reply
+                .one_line()
+                .contains("table_require_checksum = false"),
+            "{}",
+            refusal.reply
+        );
+        settings.require_checksum = false;
+        install(&settings, &request("t", source, false), &mut &source[..])
+            .unwrap_or_else(|r| panic!("{}", r.reply));
+        assert_eq!(names(dir.path()), ["t", "t.db"]);
+    }
+
+    /// An input that notes, on each read, whether another push could take
+    /// the table's lock at that moment (flock locks belong to an open
+    /// file, so a second open of the lock file competes with install's).
+    struct Watched<'a> {
+        lock_file: PathBuf,
+        source: &'a [u8],
+        reads: usize,
+        read_unlocked: bool,
+    }
+
+    impl std::io::Read for Watched<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            let file = File::open(&self.lock_file);
+            if file.is_err()
+                || nix::fcntl::Flock::lock(
+                    file.unwrap(),
+                    nix::fcntl::FlockArg::LockExclusiveNonblock,
+                )
+                .is_ok()
+            {
+                self.read_unlocked = true;
+            }
+            std::io::Read::read(&mut self.source, buf)
+        }
+    }
+
+    impl Input for Watched<'_> {}
+
+    /// Regression (audit L7): up to `table_max_size` was written before the
+    /// lock was taken, with no free-space check. Now the table's lock is
+    /// held while the source is read, and a push that would leave less than
+    /// `min_free` is refused before anything is read.
+    #[test]
+    fn the_lock_and_the_free_space_come_before_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path());
+        let source = b"bob@relay.test OK\n";
+        let mut input = Watched {
+            lock_file: dir.path().join(".t.lock"),
+            source,
+            reads: 0,
+            read_unlocked: false,
+        };
+        install(&settings, &request("t", source, true), &mut input)
+            .unwrap_or_else(|r| panic!("{}", r.reply));
+        assert!(input.reads > 0);
+        assert!(
+            !input.read_unlocked,
+            "the source was read without the table's lock"
+        );
+
+        // More free space than any file system has.
+        settings.min_free = u64::MAX / 4;
+        let mut input = Watched {
+            lock_file: dir.path().join(".t.lock"),
+            source: b"carol@relay.test OK\n",
+            reads: 0,
+            read_unlocked: false,
+        };
+        let refusal = install(
+            &settings,
+            &request("t", b"carol@relay.test OK\n", true),
+            &mut input,
+        )
+        .err()
+        .unwrap();
+        let text = refusal.reply.one_line();
+        assert_eq!(
+            (refusal.reply.code, refusal.exit),
+            (452, ExitCode::TempFail),
+            "{text}"
+        );
+        assert!(text.contains("below min_free"), "{text}");
+        assert_eq!(input.reads, 0, "read before the free space was checked");
+        assert_eq!(names(dir.path()), ["t", "t.db"]);
+        assert_eq!(std::fs::read(dir.path().join("t")).unwrap(), source);
+    }
+
+    /// Regression (audit L7): the default table directory was under
+    /// /etc/postfix, owned by the peers' account, so `postfix check`
+    /// warned on every run.
+    #[test]
+    fn the_default_directory_is_outside_postfixs_config() {
+        assert!(Path::new(DEFAULT_DIRECTORY).starts_with("/var/lib/bsmtp-ssh"));
+        let settings = Settings::load(
+            &ConfigFile::default(),
+            &PolicyArgs::default(),
+            "leaf1",
+            None,
+        )
+        .unwrap();
+        assert_eq!(settings.directory, Path::new("/var/lib/bsmtp-ssh/tables"));
+        assert!(settings.require_checksum);
     }
 }
