@@ -493,6 +493,40 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
     })
 }
 
+/// Refuses an existing `authorized_keys` that is not this account's own
+/// file: one with a second name (a hard link: what we write there would
+/// also change the file under that other name, perhaps another account's
+/// keys), or one owned by neither root nor the account (sshd's StrictModes
+/// would ignore it, or someone else controls it).
+fn refuse_foreign(
+    target: &Target,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), AuthorizeError> {
+    if meta.nlink() > 1 {
+        return Err(AuthorizeError::Refused(format!(
+            "{}: has {} names (hard links): refused; give the account a file of its own (cp it, rm the link, mv the copy into place)",
+            path.display(),
+            meta.nlink()
+        )));
+    }
+    let expected = match target.owner {
+        Some((uid, _)) => uid.as_raw(),
+        None => File::from(target.dir.try_clone().map_err(io_err(path))?)
+            .metadata()
+            .map_err(io_err(path))?
+            .uid(),
+    };
+    if meta.uid() != 0 && meta.uid() != expected {
+        return Err(AuthorizeError::Refused(format!(
+            "{}: owned by uid {}, neither root nor the account (uid {expected}): refused; chown it to the account",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuthorizeError + '_ {
     move |err| AuthorizeError::Io(format!("{}: {err}", path.display()))
 }
@@ -524,6 +558,7 @@ fn append(target: &Target, key: &PublicKey, line: &str) -> Result<(), AuthorizeE
                     path.display()
                 )));
             }
+            refuse_foreign(target, &path, &meta)?;
             file.read_to_string(&mut existing).map_err(io_err(&path))?;
             if Uid::effective().is_root() && owner.is_none() {
                 owner = Some((Uid::from_raw(meta.uid()), Gid::from_raw(meta.gid())));

@@ -351,6 +351,42 @@ fn symlinked_authorized_keys_is_refused() {
     assert!(setup.authorized_keys().is_symlink());
 }
 
+/// Audit: a hard-linked authorized_keys (a second name, perhaps another
+/// account's file) or one owned by someone else is refused, unchanged.
+#[test]
+fn hard_linked_or_foreign_owned_authorized_keys_is_refused() {
+    let setup = Setup::new(ED25519);
+    std::fs::write(setup.authorized_keys(), "").unwrap();
+    let other = setup.dir.path().join("other_keys");
+    std::fs::hard_link(setup.authorized_keys(), &other).unwrap();
+    let (code, _) = setup.authorize(&["--peer", "leaf1"]);
+    assert_eq!(code, 65);
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "");
+    std::fs::remove_file(&other).unwrap();
+    // Owned by another account than the directory's owner.
+    nix::unistd::chown(
+        &setup.authorized_keys(),
+        Some(nix::unistd::Uid::from_raw(54321)),
+        None,
+    )
+    .expect("the tests run as root");
+    let (code, _) = setup.authorize(&["--peer", "leaf1"]);
+    assert_eq!(code, 65);
+    assert_eq!(
+        std::fs::read_to_string(setup.authorized_keys()).unwrap(),
+        ""
+    );
+    // Given back, it takes the key.
+    nix::unistd::chown(
+        &setup.authorized_keys(),
+        Some(nix::unistd::Uid::from_raw(0)),
+        None,
+    )
+    .unwrap();
+    let (code, _) = setup.authorize(&["--peer", "leaf1"]);
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn unknown_user_is_refused_with_how_to_create_it() {
     let setup = Setup::new(ED25519);
