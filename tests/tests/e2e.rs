@@ -639,6 +639,9 @@ fn peer_that_never_reads_replies_is_dropped() {
     let mut child = env
         .rsmtp_command()
         .args(["--allow-sender", "@leaf.test", "--idle-timeout", "2"])
+        // The NOOPs are junk past 100 (smtpd_junk_command_limit): each
+        // counts as an error, so the error limit must not end it first.
+        .args(["--hard-error-limit", "100000"])
         .env("SSH_CONNECTION", "127.0.0.1 40022 127.0.0.1 22")
         .stdin(stdin)
         .stdout(std::process::Stdio::piped())

@@ -101,7 +101,10 @@ fn a_recurring_tag_with_other_content_is_queued_not_dropped() {
 fn a_retry_does_not_turn_a_refused_recipient_into_delivered() {
     let port = free_port();
     let inject = vec!["--inject".to_owned(), format!("smtp:127.0.0.1:{port}")];
-    let env = Env::start_with("retry_refused_rcpt", EnvOptions::default());
+    let env = Env::start_with(
+        "retry_refused_rcpt",
+        EnvOptions::default().hub_param("local_recipient_maps", "$alias_maps"),
+    );
     env.install_hub_listener(port);
     let input = transaction(&["bob@hub.test", "nouser@hub.test"], "once");
     let first = session(&env, &inject, &input);
