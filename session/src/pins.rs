@@ -29,6 +29,18 @@ use crate::ssh::{self, Hub, Peer};
 /// The pins' directory under a tag directory.
 const PINNED: &str = ".pinned";
 
+/// How long a pin is kept at least: past a leaf's `maximal_queue_lifetime`
+/// (5 days by default) its message is gone from the queue, and a pin left
+/// behind (the message was removed with `postsuper -d`, or bounced) names
+/// nothing; the sweep removes it.
+const PIN_LIFETIME: Duration = Duration::from_hours(7 * 24);
+
+/// How often a destination's pins are swept at most.
+const SWEEP_EVERY: Duration = Duration::from_hours(1);
+
+/// The sweep's marker file (a pin's name never starts with a dot).
+const SWEPT: &str = ".swept";
+
 /// One destination's pins.
 #[derive(Debug, Clone)]
 pub struct Pins {
@@ -61,6 +73,33 @@ impl Pins {
             .create(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         Ok(Pins { dir })
+    }
+
+    /// Removes pins older than `keep` (at least [`PIN_LIFETIME`]), at most
+    /// once an hour: a pin whose message left the queue without its final
+    /// reply (deleted by the admin, expired) would stay for ever.
+    pub fn sweep_if_due(&self, keep: Duration) {
+        let keep = keep.max(PIN_LIFETIME);
+        let marker = self.dir.join(SWEPT);
+        let now = SystemTime::now();
+        let age = |m: &fs::Metadata| {
+            m.modified()
+                .map(|at| now.duration_since(at).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        if fs::metadata(&marker).is_ok_and(|m| age(&m) < SWEEP_EVERY) {
+            return;
+        }
+        let _ = fs::File::create(&marker);
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let old = entry.metadata().is_ok_and(|m| age(&m) > keep);
+            if old && !entry.file_name().to_string_lossy().starts_with(".swept") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// The pin of `key` (a transaction tag), if one is set.
@@ -268,7 +307,10 @@ pub fn for_peer(base: Option<&Path>, peer: &Peer) -> Option<Pins> {
     }
     let base = base?;
     match Pins::open(base, &peer.name) {
-        Ok(pins) => Some(pins),
+        Ok(pins) => {
+            pins.sweep_if_due(peer.failover_hold * 2);
+            Some(pins)
+        }
         Err(err) => {
             log::warn!(
                 "peer {}: cannot keep failover pins: {err}; a message whose acknowledgement is lost may be queued by two hubs",
@@ -326,5 +368,24 @@ mod tests {
         assert!(settled(true, None));
         assert!(settled(true, Some(&refused)));
         assert!(!settled(true, Some(&later)));
+    }
+
+    /// Audit: pins whose message left the queue without a final reply
+    /// (`postsuper -d`) are swept, not kept for ever; young ones stay.
+    #[test]
+    fn orphaned_pins_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Pins::open(dir.path(), "hubs").unwrap();
+        pins.set("OLD.ab", "hub1").unwrap();
+        pins.set("NEW.ab", "hub1").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(pins.dir.join("OLD.ab"))
+            .unwrap()
+            .set_modified(SystemTime::now() - PIN_LIFETIME - Duration::from_mins(1))
+            .unwrap();
+        pins.sweep_if_due(Duration::from_mins(10));
+        assert_eq!(pins.get("OLD.ab"), None);
+        assert!(pins.get("NEW.ab").is_some());
     }
 }
