@@ -94,6 +94,9 @@ pub struct EnvOptions {
     pub leaf_spool_size: Option<u64>,
     /// Put the hub's Postfix queue on a tmpfs of this many bytes.
     pub hub_queue_size: Option<u64>,
+    /// Leave `tag_directory` out of rsmtp.conf, as a hub set up from the
+    /// README has it: rsmtp picks its store itself.
+    pub hub_default_tags: bool,
 }
 
 impl Default for EnvOptions {
@@ -117,6 +120,7 @@ impl Default for EnvOptions {
             pull: false,
             leaf_spool_size: None,
             hub_queue_size: None,
+            hub_default_tags: false,
             postlog: PostlogMode::System,
         }
     }
@@ -692,12 +696,16 @@ impl Env {
             ),
             0o644,
         );
+        let tag_line = if self.options.hub_default_tags {
+            String::new()
+        } else {
+            format!("tag_directory = \"{}\"\n", tags.display())
+        };
         write_file(
             &self.rsmtp_config(),
             format!(
-                "# Written by bsmtp-ssh-tests.\n{postlog}tag_directory = \"{}\"\nspool_directory = \"{}\"\n\
+                "# Written by bsmtp-ssh-tests.\n{postlog}{tag_line}spool_directory = \"{}\"\n\
                  reject_directory = \"{}\"\n{}",
-                tags.display(),
                 self.hub_spool_directory().display(),
                 self.reject_directory().display(),
                 self.options

@@ -120,3 +120,51 @@ fn a_retry_does_not_turn_a_refused_recipient_into_delivered() {
     env.wait_hub_queue_empty(DELIVERY);
     assert_eq!(subjects(&env, "bob"), ["once"]);
 }
+
+/// (SPEC invariant 8) Exactly once with no setup: a hub whose rsmtp.conf
+/// names no tag_directory, and whose account cannot write the packaged
+/// default, keeps its records under the account's home, announces XTXID,
+/// and `bsmtp-ssh check` on the leaf says so.
+#[test]
+fn a_hub_set_up_by_hand_keeps_tags_with_no_step() {
+    let options = EnvOptions {
+        hub_default_tags: true,
+        ..EnvOptions::default()
+    };
+    let env = Env::start_with("default_tags", options);
+    let home = nix::unistd::User::from_name(bsmtp_ssh_tests::HUB_SSH_USER)
+        .unwrap()
+        .unwrap()
+        .dir;
+    let store = home.join(".bsmtp-ssh/tags");
+    // Left by an earlier run: this test is the only user of the home store.
+    let _ = std::fs::remove_dir_all(home.join(".bsmtp-ssh"));
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("exactly-once: ") && text.contains("keeps transaction tags"),
+        "{text}"
+    );
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: tagged\n\nkept\n",
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    let records: Vec<_> = std::fs::read_dir(store.join("leaf1"))
+        .unwrap_or_else(|e| panic!("no home store {}: {e}\n{}", store.display(), env.hub_log()))
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&store).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(
+        !env.hub_log().contains("transaction tags off"),
+        "{}",
+        env.hub_log()
+    );
+    let _ = std::fs::remove_dir_all(home.join(".bsmtp-ssh"));
+}
