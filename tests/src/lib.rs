@@ -1082,13 +1082,20 @@ impl Env {
         self.rsmtp_batch_file(&mut self.rsmtp_command(), args, stdin)
     }
 
-    /// `command args < file`, `file` holding `stdin` (a new file in the
-    /// environment's directory each time).
+    /// `command args < file`, `file` holding `stdin`: one file in the
+    /// environment's directory per content, written once, so feeding the
+    /// same batch again reads the same file, as a UUCP spool or an admin
+    /// does (rsmtp tells batches apart by their file).
     pub fn rsmtp_batch_file(&self, command: &mut Command, args: &[&str], stdin: &[u8]) -> Output {
-        static BATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = BATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.base.join(format!("batch-{n}.bsmtp"));
-        std::fs::write(&path, stdin).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        use std::hash::{Hash, Hasher};
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        stdin.hash(&mut hash);
+        let path = self
+            .base
+            .join(format!("batch-{:016x}.bsmtp", hash.finish()));
+        if !path.exists() {
+            std::fs::write(&path, stdin).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        }
         util::run_timeout_file(command.args(args), &path, COMMAND_TIMEOUT)
     }
 

@@ -122,7 +122,7 @@ fn a_retry_does_not_turn_a_refused_recipient_into_delivered() {
 }
 
 /// (SPEC invariant 8) Exactly once with no setup: a hub whose rsmtp.conf
-/// names no tag_directory, and whose account cannot write the packaged
+/// names no `tag_directory`, and whose account cannot write the packaged
 /// default, keeps its records under the account's home, announces XTXID,
 /// and `bsmtp-ssh check` on the leaf says so.
 #[test]

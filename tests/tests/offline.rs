@@ -392,3 +392,29 @@ fn a_batch_with_many_recipients_is_read_in_bounded_memory() {
         "no notice naming the refused recipients"
     );
 }
+
+/// (Audit M5, offline) A tool that writes batches without Date or
+/// Message-ID sends the same message in two batch files: two messages,
+/// both queued. Each file read again still doubles nothing: content tags
+/// are kept per batch file, not across batches.
+#[test]
+fn identical_messages_in_two_batch_files_are_both_queued() {
+    let env = Env::start("offline_identical");
+    let batch = "MAIL FROM:<alice@leaf.test>\nRCPT TO:<bob@hub.test>\nDATA\n\
+                 Subject: backup FAILED\n\nsame text\n.\n";
+    for name in ["monday.bsmtp", "tuesday.bsmtp"] {
+        let path = env.base().join(name);
+        std::fs::write(&path, batch).unwrap();
+        for _ in 0..2 {
+            let out = bsmtp_ssh_tests::util::run_timeout_file(
+                env.rsmtp_command().args(POLICY),
+                &path,
+                bsmtp_ssh_tests::util::COMMAND_TIMEOUT,
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        }
+    }
+    env.wait_maildir("bob", 2, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 2);
+}

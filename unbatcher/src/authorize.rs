@@ -496,7 +496,7 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
 /// Refuses an existing `authorized_keys` that is not this account's own
 /// file: one with a second name (a hard link: what we write there would
 /// also change the file under that other name, perhaps another account's
-/// keys), or one owned by neither root nor the account (sshd's StrictModes
+/// keys), or one owned by neither root nor the account (sshd's `StrictModes`
 /// would ignore it, or someone else controls it).
 fn refuse_foreign(
     target: &Target,
