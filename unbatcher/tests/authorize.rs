@@ -351,7 +351,7 @@ fn symlinked_authorized_keys_is_refused() {
     assert!(setup.authorized_keys().is_symlink());
 }
 
-/// Audit: a hard-linked authorized_keys (a second name, perhaps another
+/// Audit: a hard-linked `authorized_keys` (a second name, perhaps another
 /// account's file) or one owned by someone else is refused, unchanged.
 #[test]
 fn hard_linked_or_foreign_owned_authorized_keys_is_refused() {
