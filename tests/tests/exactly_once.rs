@@ -168,3 +168,45 @@ fn a_hub_set_up_by_hand_keeps_tags_with_no_step() {
     );
     let _ = std::fs::remove_dir_all(home.join(".bsmtp-ssh"));
 }
+
+/// (Audit M2, a deferral) Fast path: smtpd defers grey@ at RCPT the first
+/// time (`450`: an unknown local recipient with a soft reject code, as a
+/// table lookup failure or greylisting would), the message is committed
+/// for bob@, the acknowledgement is lost. Meanwhile grey@ became known.
+/// The retry used to skip smtpd and release a 250 for grey@: reported
+/// delivered, never queued. Now grey@ is asked about again and queued,
+/// once; bob@ is answered from the record.
+#[test]
+fn a_retry_queues_a_recipient_deferred_the_first_time() {
+    let port = free_port();
+    let inject = vec!["--inject".to_owned(), format!("smtp:127.0.0.1:{port}")];
+    let env = Env::start_with(
+        "retry_deferred_rcpt",
+        EnvOptions::default()
+            .hub_param("local_recipient_maps", "$alias_maps")
+            .hub_param("unknown_local_recipient_reject_code", "450"),
+    );
+    env.install_hub_listener(port);
+    let input = transaction(&["bob@hub.test", "grey@hub.test"], "greylisted");
+    let first = session(&env, &inject, &input);
+    assert!(first.contains("\r\n450 4.1.1 <grey@hub.test>"), "{first}");
+    assert!(dot_reply(&first).starts_with("250 2.0.0"), "{first}");
+    // grey@ is now a known recipient: carol's mailbox.
+    let aliases = env.hub_config_dir().join("aliases");
+    let mut text = std::fs::read_to_string(&aliases).unwrap();
+    let carol = env.hub_maildir("carol");
+    let _ = writeln!(text, "grey {}/", carol.display());
+    std::fs::write(&aliases, text).unwrap();
+    env.hub().postfix(&["reload"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let retry = session(&env, &inject, &input);
+    assert!(
+        !retry.contains("<grey@hub.test>") && dot_reply(&retry).starts_with("250 2.0.0"),
+        "grey@ must be asked about again and taken now:\n{retry}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("carol", 1, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert_eq!(subjects(&env, "bob"), ["greylisted"]);
+    assert_eq!(subjects(&env, "carol"), ["greylisted"]);
+}
