@@ -78,6 +78,8 @@ pub struct TagStore {
     lifetime: Duration,
     content_lifetime: Duration,
     limit: usize,
+    /// Bytes to keep free on the store's file system.
+    min_free: u64,
 }
 
 /// What a session may do with a tag.
@@ -118,12 +120,22 @@ impl TagStore {
             lifetime,
             content_lifetime: DEFAULT_CONTENT_LIFETIME.min(lifetime),
             limit,
+            min_free: 0,
         };
         // Opened once now, so a store we cannot lock in fails here, not
         // on the first message.
         drop(store.claims()?);
         store.sweep_if_due();
         Ok(store)
+    }
+
+    /// Claims nothing while fewer than `bytes` are free on the store's
+    /// file system (a record costs a block and an inode; a full store is
+    /// better a deferral than a hub that stops keeping its promise).
+    #[must_use]
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
     }
 
     /// Keeps content tags ([`Tag::of_content`]) this long instead.
@@ -146,6 +158,7 @@ impl TagStore {
 
     /// Claims `tag`: [`Claim::Busy`] while another session holds it.
     pub fn claim(&self, tag: &Tag) -> io::Result<Claim> {
+        self.check_room()?;
         let lock = self.claims()?;
         let range = nix::libc::flock {
             // Both constants are small (1 and 0): the casts keep them.
@@ -202,6 +215,24 @@ impl TagStore {
                 recipients: recipients.to_vec(),
             },
         }
+    }
+
+    fn check_room(&self) -> io::Result<()> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        let free = crate::spool::free_space(&self.dir)?;
+        if free >= self.min_free {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{}: {free} bytes free, under min_free ({}): free some space or move tag_directory",
+                self.dir.display(),
+                self.min_free
+            ),
+        ))
     }
 
     fn claims(&self) -> io::Result<File> {
@@ -731,5 +762,19 @@ mod tests {
         );
         // No home to fall back on: the default, and its error says why.
         assert_eq!(fallback_directory(&missing, None), missing);
+    }
+
+    /// Audit: the records' disk use counts against `min_free`: under it, a
+    /// tag is not claimed (the transaction is deferred), not recorded on a
+    /// full disk.
+    #[test]
+    fn no_claim_under_min_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let tags = store(dir.path()).with_min_free(u64::MAX);
+        let err = tags.claim(&tag("Q7.ab")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+        assert!(err.to_string().contains("min_free"), "{err}");
+        let tags = store(dir.path()).with_min_free(1);
+        assert!(matches!(tags.claim(&tag("Q7.ab")).unwrap(), Claim::Held(_)));
     }
 }

@@ -437,8 +437,15 @@ fn open_tags(file: &ConfigFile, peer: &str) -> Option<TagStore> {
         std::time::Duration::from_secs,
     );
     let limit = file.tag_limit.unwrap_or(tags::DEFAULT_LIMIT);
+    let min_free = file
+        .min_free
+        .unwrap_or(bsmtp_session::spool::DEFAULT_MIN_FREE);
     TagStore::open(&dir, peer, lifetime, limit)
-        .map(|store| store.with_content_lifetime(content_lifetime))
+        .map(|store| {
+            store
+                .with_content_lifetime(content_lifetime)
+                .with_min_free(min_free)
+        })
         .inspect_err(|err| {
             log::warn!(
                 "peer {peer}: transaction tags off ({err}): a retry after a lost acknowledgement could be queued twice; create {} writable by this account (install -d -o USER -m 700 DIR), or set tag_directory in rsmtp.conf",
