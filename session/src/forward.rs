@@ -486,4 +486,36 @@ mod tests {
         assert_eq!(report.quarantined, 1);
         assert_eq!(spool.quarantined().unwrap()[0].id, "1");
     }
+
+    /// Audit M2 (flush): delivered recipients that cannot be recorded in
+    /// the spool used to be left to the receiver's tag (whose record then
+    /// answered the deferred ones as delivered too). Now the flush stops
+    /// with a local failure and the message stays whole in the spool; its
+    /// next try is answered per recipient from the receiver's record.
+    #[test]
+    fn progress_that_cannot_be_recorded_defers_the_whole_entry() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::new(base.path(), "hub");
+        spool.create().unwrap();
+        std::fs::write(
+            spool.dir().join("1.bsmtp"),
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\nhi\r\n.\r\n",
+        )
+        .unwrap();
+        let entry = spool.load("1").unwrap();
+        // The meta file can no longer be replaced.
+        std::fs::create_dir(spool.dir().join("1.meta")).unwrap();
+        let ok = |code| bsmtp::reply::Reply::new(code, None, "x");
+        let outcome = client::Outcome {
+            mail: ok(250),
+            recipients: vec![ok(250), ok(450)],
+            data: Some(ok(354)),
+            end: Some(ok(250)),
+        };
+        let failure = settle(&spool, &entry, &[0, 1], &outcome, "hub", &mut NoNotices)
+            .expect_err("unrecorded progress must end the flush");
+        assert_eq!(failure.kind, FailureKind::Local);
+        assert!(failure.text.contains("cannot record"), "{failure}");
+        assert_eq!(spool.ids().unwrap(), ["1"]);
+    }
 }
