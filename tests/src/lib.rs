@@ -38,8 +38,12 @@ use crate::util::{
 
 pub use crate::system::{HUB_USER as HUB_SSH_USER, LEAF_USER as LEAF_PIPE_USER};
 
-/// The peer name the leaf's transport uses for the hub (`bsmtp:hub`, `[peer.hub]`).
+/// The peer name the leaf's transport uses for the hub (`bsmtp-ssh:hub`,
+/// `[peer.hub]`).
 pub const HUB_PEER: &str = "hub";
+/// The leaf's pipe(8) transport: the name `postfix-install` gives it by
+/// default, so that the tests run what admins get.
+pub const PIPE_TRANSPORT: &str = bsmtp_ssh::install::DEFAULT_TRANSPORT;
 /// The peer name the hub's forced command gives the leaf (`rsmtp --peer leaf1`).
 pub const LEAF_PEER: &str = "leaf1";
 
@@ -351,7 +355,7 @@ fn snippet_lines(snippet: &str, fill: &Fill<'_>) -> String {
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
     {
         let line = line
-            .replace("@TRANSPORT@", "bsmtp")
+            .replace("@TRANSPORT@", PIPE_TRANSPORT)
             .replace("@SERVICE@", fill.service)
             .replace("@PEER@", HUB_PEER)
             .replace("@USER@", fill.user)
@@ -474,7 +478,7 @@ impl Env {
                 format!("texthash:{}/etc/transport", leaf_dir.display()),
             ),
             (
-                "bsmtp_destination_recipient_limit".to_owned(),
+                format!("{PIPE_TRANSPORT}_destination_recipient_limit"),
                 "1".to_owned(),
             ),
         ];
@@ -490,7 +494,7 @@ impl Env {
             leaf_main_cf.extend(main);
             format!("{BATCHING_SERVICE}-lmtp:unix:private/{BATCHING_SERVICE}")
         } else {
-            format!("bsmtp:{HUB_PEER}")
+            format!("{PIPE_TRANSPORT}:{HUB_PEER}")
         };
         leaf_main_cf.extend(options.leaf_main_cf.iter().cloned());
         mkdir(&leaf_dir.join("etc"), 0o755);
@@ -1118,13 +1122,14 @@ impl Env {
         self.bsmtp_ssh(&args, message)
     }
 
-    /// Waits for the leaf's pipe(8) line for the bsmtp transport
-    /// (`relay=bsmtp, ... status=STATUS (...)`) and returns it. bsmtp-ssh's
-    /// own log lines name the hub as relay, so they never match.
+    /// Waits for the leaf's pipe(8) line for the bsmtp-ssh transport
+    /// (`relay=bsmtp-ssh, ... status=STATUS (...)`) and returns it.
+    /// bsmtp-ssh's own log lines name the hub as relay, so they never match.
     pub fn wait_pipe_status(&self, status: &str, timeout: Duration) -> String {
         let wanted = format!("status={status} ");
+        let relay = format!("relay={PIPE_TRANSPORT}, ");
         let line = poll(timeout, || {
-            self.log_lines(Log::Leaf, "relay=bsmtp, ")
+            self.log_lines(Log::Leaf, &relay)
                 .into_iter()
                 .find(|l| l.contains(&wanted))
         });
@@ -1135,10 +1140,11 @@ impl Env {
         })
     }
 
-    /// The leaf's pipe(8) lines for the bsmtp transport with `status=STATUS`.
+    /// The leaf's pipe(8) lines for the bsmtp-ssh transport with
+    /// `status=STATUS`.
     pub fn pipe_lines(&self, status: &str) -> Vec<String> {
         let wanted = format!("status={status} ");
-        self.log_lines(Log::Leaf, "relay=bsmtp, ")
+        self.log_lines(Log::Leaf, &format!("relay={PIPE_TRANSPORT}, "))
             .into_iter()
             .filter(|l| l.contains(&wanted))
             .collect()

@@ -437,7 +437,7 @@ fn logs_in_postfix_style_on_both_sides_with_set_gid_postlog() {
         EnvOptions::default().postlog(PostlogMode::SetGid),
     );
     let leaf_queue_id = send_logged_message(&env);
-    // pipe(8)'s own line says relay=bsmtp; this one is bsmtp-ssh's.
+    // pipe(8)'s own line says relay=bsmtp-ssh; this one is bsmtp-ssh's.
     let sent = env.wait_log(
         Log::Leaf,
         &format!("{leaf_queue_id}: to=<bob@hub.test>, relay=127.0.0.1[127.0.0.1]:"),

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bsmtp_ssh_tests::util::{run_timeout, COMMAND_TIMEOUT};
-use bsmtp_ssh_tests::{Env, LEAF_PIPE_USER};
+use bsmtp_ssh_tests::{Env, LEAF_PIPE_USER, PIPE_TRANSPORT};
 
 const DELIVERY: Duration = Duration::from_secs(90);
 
@@ -61,14 +61,12 @@ fn postfix_install_is_idempotent_and_delivers() {
     assert_eq!(changed(&dry_text), changed(&first_text), "{first_text}");
     // The harness already set the recipient limit; the entry differs
     // (null_sender=), the time limit was unset.
-    assert!(
-        first_text.contains("main.cf: bsmtp_destination_recipient_limit = 1 (unchanged)\n"),
-        "{first_text}"
-    );
-    assert!(
-        first_text.contains("main.cf: bsmtp_time_limit = 1000s (was: unset)\n"),
-        "{first_text}"
-    );
+    for says in [
+        format!("main.cf: {PIPE_TRANSPORT}_destination_recipient_limit = 1 (unchanged)\n"),
+        format!("main.cf: {PIPE_TRANSPORT}_time_limit = 1000s (was: unset)\n"),
+    ] {
+        assert!(first_text.contains(&says), "{says} missing: {first_text}");
+    }
     assert!(first_text.contains("postfix check: ok"), "{first_text}");
     let after_first = (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
     assert_ne!(after_first, before);
@@ -93,7 +91,7 @@ fn postfix_install_is_idempotent_and_delivers() {
         .command("postconf")
         .arg("-c")
         .arg(&etc)
-        .args(["-M", "bsmtp/unix"])
+        .args(["-M", &format!("{PIPE_TRANSPORT}/unix")])
         .output();
     let entry = String::from_utf8_lossy(&entry.expect("postconf -M").stdout).into_owned();
     let words: Vec<&str> = entry.split_whitespace().collect();
@@ -232,13 +230,14 @@ fn postfix_install_spool_is_idempotent_and_spools() {
     env.wait_maildir("bob", 1, DELIVERY);
 }
 
-/// Audit M6 on a real leaf: Debian's stock `bsmtp` pipe(8) entry where the
-/// harness put ours stops postfix-install (exit 1, the entry shown, neither
-/// master.cf nor main.cf changed, the dry run alike); `--force` replaces
-/// it, a second run without it changes nothing, and mail flows through the
-/// replaced entry.
+/// Regression (audit M6, then the README's quick start on Debian): with
+/// Debian's stock `bsmtp` pipe(8) entry in the leaf's master.cf, the
+/// default install leaves it byte for byte and mail flows through the
+/// installed `bsmtp-ssh` entry; asked for `--transport bsmtp`, the install
+/// refuses (exit 1, the entry shown, neither master.cf nor main.cf
+/// changed, the dry run alike).
 #[test]
-fn postfix_install_keeps_debians_stock_bsmtp_entry_until_forced() {
+fn postfix_install_keeps_debians_stock_bsmtp_entry() {
     let env = Env::start("install_debian_stock");
     let etc = env.leaf_config_dir();
     let stock = "bsmtp unix - n n - - pipe flags=Fq. user=bsmtp \
@@ -254,8 +253,17 @@ fn postfix_install_keeps_debians_stock_bsmtp_entry_until_forced() {
     assert!(postconf.status.success(), "{}", text(&postconf));
     let files = || (read(&etc.join("main.cf")), read(&etc.join("master.cf")));
     let before = files();
+    let stock_text = String::from_utf8(before.1.clone()).unwrap();
+    let stock_at = stock_text.find("\nbsmtp ").expect("the stock entry") + 1;
+    let stock_lines = &stock_text[stock_at..];
+    let stock_lines = &stock_lines[..stock_lines
+        .find("\nbsmtp-ssh ")
+        .unwrap_or(stock_lines.len())];
 
-    for flags in [&["--dry-run"][..], &[][..]] {
+    for flags in [
+        &["--transport", "bsmtp", "--dry-run"][..],
+        &["--transport", "bsmtp"][..],
+    ] {
         let refused = install(&env, flags);
         let said = text(&refused);
         assert_eq!(refused.status.code(), Some(1), "{flags:?}: {said}");
@@ -270,28 +278,40 @@ fn postfix_install_keeps_debians_stock_bsmtp_entry_until_forced() {
         assert_eq!(files(), before, "{flags:?}: the files changed");
     }
 
-    let forced = install(&env, &["--force"]);
-    let forced_text = text(&forced);
-    assert_eq!(forced.status.code(), Some(0), "{forced_text}");
+    let installed = install(&env, &[]);
+    let installed_text = text(&installed);
+    assert_eq!(installed.status.code(), Some(0), "{installed_text}");
     assert!(
-        forced_text.contains(&format!(
-            "(was: {stock}; not bsmtp-ssh's, replaced by --force)"
-        )),
-        "{forced_text}"
+        installed_text.contains("postfix check: ok") && !installed_text.contains("bsmtp/unix"),
+        "{installed_text}"
     );
-    let after = files();
-    let again = install(&env, &[]);
-    let again_text = text(&again);
-    assert_eq!(again.status.code(), Some(0), "{again_text}");
-    assert!(again_text.contains("\nnothing to change\n"), "{again_text}");
-    assert_eq!(files(), after, "the second run changed the files");
+    let after = String::from_utf8(read(&etc.join("master.cf"))).unwrap();
+    assert!(
+        after.contains(stock_lines),
+        "{stock_lines:?} changed:\n{after}"
+    );
+    let entry = env
+        .leaf()
+        .command("postconf")
+        .arg("-c")
+        .arg(&etc)
+        .args(["-M", "bsmtp/unix"])
+        .output()
+        .expect("postconf -M");
+    let entry = String::from_utf8_lossy(&entry.stdout);
+    assert_eq!(
+        entry.split_whitespace().collect::<Vec<_>>().join(" "),
+        stock,
+        "{entry}"
+    );
 
     env.leaf().postfix(&["reload"]);
     env.leaf_sendmail(
         "alice@leaf.test",
         &["bob@hub.test"],
-        b"Subject: forced\n\nthrough the replaced entry\n",
+        b"Subject: beside\n\nbeside the stock entry\n",
     );
     let delivered = env.wait_maildir("bob", 1, DELIVERY);
-    assert!(String::from_utf8_lossy(&delivered[0]).contains("through the replaced entry"));
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("beside the stock entry"));
+    env.wait_pipe_status("sent", DELIVERY);
 }

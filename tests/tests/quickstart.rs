@@ -8,7 +8,8 @@
 //! of each side, the private Postfix instances' `-c`, sshd's port). A line
 //! this test does not know how to run fails the test, so a changed quick
 //! start is noticed. Then a message sent with the leaf's sendmail must arrive
-//! at the hub.
+//! at the hub. The leaf's master.cf holds Debian's stock `bsmtp` pipe(8)
+//! entry, as on a stock Debian leaf, and keeps it unchanged.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,9 +17,14 @@ use std::time::Duration;
 
 use bsmtp_ssh_tests::binaries::workspace_root;
 use bsmtp_ssh_tests::util::{chown_to, explain, mkdir, run_timeout, write_file, COMMAND_TIMEOUT};
-use bsmtp_ssh_tests::{Env, HUB_SSH_USER, LEAF_PIPE_USER};
+use bsmtp_ssh_tests::{Env, HUB_SSH_USER, LEAF_PIPE_USER, PIPE_TRANSPORT};
 
 const DELIVERY: Duration = Duration::from_secs(90);
+
+/// Debian's stock master.cf entry of its own named `bsmtp`, as `postconf
+/// -M` prints it (single-spaced).
+const DEBIAN_STOCK_BSMTP: &str = "bsmtp unix - n n - - pipe flags=Fq. user=bsmtp \
+                                  argv=/usr/lib/bsmtp/bsmtp -t$nexthop -f$sender $recipient";
 
 /// Which machine a README line is run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,6 +286,36 @@ fn make_places(env: &Env, installed: Option<PathBuf>) -> Places {
     places
 }
 
+/// A fresh Debian leaf: the harness's transport and routing undone (the
+/// README's own steps must install the transport and route mail to the
+/// hub), and Debian's stock `bsmtp` entry in master.cf.
+fn fresh_debian_leaf(env: &Env) {
+    sh(
+        env,
+        "(undo the harness's transport and routing; add Debian's stock bsmtp entry)",
+        &format!(
+            "postconf -c {0} -X transport_maps {PIPE_TRANSPORT}_destination_recipient_limit && postconf -c {0} -MX {PIPE_TRANSPORT}/unix && postconf -c {0} -M 'bsmtp/unix={DEBIAN_STOCK_BSMTP}' && postfix -c {0} reload",
+            env.leaf_config_dir().display()
+        ),
+    );
+}
+
+/// Debian's stock `bsmtp` entry is as [`fresh_debian_leaf`] left it.
+fn assert_debian_stock_entry_kept(env: &Env) {
+    let stock = sh(
+        env,
+        "(Debian's stock bsmtp entry)",
+        &format!(
+            "postconf -c {} -M bsmtp/unix",
+            env.leaf_config_dir().display()
+        ),
+    );
+    assert_eq!(
+        stock.split_whitespace().collect::<Vec<_>>().join(" "),
+        DEBIAN_STOCK_BSMTP
+    );
+}
+
 /// Follows the quick start that begins at `start`, with the programs in
 /// `installed` (where the README says `/usr/sbin`), or else with copies of
 /// this build under a stand-in of `/usr/sbin`.
@@ -294,16 +330,7 @@ fn follow_quick_start(name: &str, start: &str, installed: Option<PathBuf>) {
         "{lines:#?}"
     );
     let places = make_places(&env, installed);
-    // A fresh leaf: the README's own steps must install the transport and
-    // route mail to the hub.
-    sh(
-        &env,
-        "(undo the harness's transport and routing)",
-        &format!(
-            "postconf -c {0} -X transport_maps bsmtp_destination_recipient_limit && postconf -c {0} -MX bsmtp/unix && postfix -c {0} reload",
-            env.leaf_config_dir().display()
-        ),
-    );
+    fresh_debian_leaf(&env);
 
     let mut tried = Vec::new();
     for (side, readme_line) in &lines {
@@ -386,5 +413,7 @@ fn follow_quick_start(name: &str, start: &str, installed: Option<PathBuf>) {
             && !master_cf.contains(&env.transport_config().display().to_string()),
         "{master_cf}"
     );
+    // Debian's own entry is still there, untouched.
+    assert_debian_stock_entry_kept(&env);
     env.wait_leaf_queue_empty(DELIVERY);
 }

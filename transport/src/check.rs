@@ -37,7 +37,7 @@ pub struct CheckArgs {
     pub config_directory: Option<PathBuf>,
     /// The master.cf service that runs bsmtp-ssh; its `user=` is the
     /// account whose view of the mail log is checked.
-    #[arg(long, value_name = "NAME", default_value = "bsmtp")]
+    #[arg(long, value_name = "NAME", default_value = crate::install::DEFAULT_TRANSPORT)]
     pub transport: String,
     /// Check the mail log as this user instead of the transport's `user=`.
     #[arg(long, value_name = "USER")]

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Postfix's `${nexthop}` names the section, so a transport map entry
-//! `example.com bsmtp:hub` uses `[peer.hub]`.
+//! `example.com bsmtp-ssh:hub` uses `[peer.hub]`.
 //!
 //! Several hubs, each with its own login and pinned host key, make one
 //! destination with `failover`, naming other sections, tried in order:

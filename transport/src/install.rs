@@ -13,10 +13,11 @@
 //! It never replaces someone else's service: a master.cf entry of the same
 //! name and type that is not recognisably bsmtp-ssh's ([`is_ours`]), such as
 //! a content filter's re-injection smtpd on `127.0.0.1:10025` or Debian's
-//! stock `bsmtp` pipe(8) entry, stops the install before the first write
-//! (exit [`EXIT_NOT_OURS`], the entry shown) unless `--force` says to
-//! replace it. An entry this tool wrote before, in any version and with
-//! any values, is ours to update.
+//! stock `bsmtp` pipe(8) entry (met only with `--transport bsmtp`: the
+//! default name, [`DEFAULT_TRANSPORT`], sits beside it), stops the install
+//! before the first write (exit [`EXIT_NOT_OURS`], the entry shown) unless
+//! `--force` says to replace it. An entry this tool wrote before, in any
+//! version and with any values, is ours to update.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -51,6 +52,14 @@ pub const DEFAULT_LISTEN: &str = "unix";
 /// `public/bsmtp-inject` in the queue directory.
 pub const INJECT_SOCKET_SERVICE: &str = "bsmtp-inject";
 
+/// The pipe(8) transport's default service name: not `bsmtp`, which
+/// Debian's stock master.cf uses for a program of its own
+/// (`/usr/lib/bsmtp/bsmtp`) that the installer must leave alone.
+pub const DEFAULT_TRANSPORT: &str = "bsmtp-ssh";
+/// The default prefix of the batching (`bsmtp-PEER`) and spool
+/// (`bsmtp-spool`) services' names.
+pub const DEFAULT_SERVICE_PREFIX: &str = "bsmtp";
+
 /// Where the Debian package installs the binary: the fallback for `--program`
 /// when the running binary's path is unknown.
 pub const DEFAULT_PROGRAM: &str = "/usr/sbin/bsmtp-ssh";
@@ -67,9 +76,12 @@ pub struct InstallArgs {
     /// The Postfix instance's config directory (default: Postfix's own).
     #[arg(long = "config-directory", value_name = "DIR")]
     pub config_directory: Option<PathBuf>,
-    /// The master.cf service name, also the prefix of its main.cf settings.
-    #[arg(long, value_name = "NAME", default_value = "bsmtp")]
-    pub transport: String,
+    /// The pipe(8) transport's master.cf service name, also the prefix of
+    /// its main.cf settings [default: bsmtp-ssh]. With --batching or
+    /// --spool, the prefix of their services' names [default: bsmtp, for
+    /// bsmtp-PEER and bsmtp-spool].
+    #[arg(long, value_name = "NAME")]
+    pub transport: Option<String>,
     /// The account pipe(8) (or spawn(8), with --batching) runs bsmtp-ssh
     /// as (never root or the `mail_owner`).
     #[arg(long, value_name = "USER", default_value = "bsmtp")]
@@ -739,7 +751,13 @@ fn values_from(args: &InstallArgs) -> Result<(Values, PathBuf), Fatal> {
     let values = Values {
         program: text("--program", &program)?,
         user: args.user.clone(),
-        transport: args.transport.clone(),
+        transport: args.transport.clone().unwrap_or_else(|| {
+            if args.batching || args.spool {
+                DEFAULT_SERVICE_PREFIX.to_owned()
+            } else {
+                DEFAULT_TRANSPORT.to_owned()
+            }
+        }),
         config: text("--config", &args.config)?,
         peer: args.peer.clone().unwrap_or_default(),
         envid: false,

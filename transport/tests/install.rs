@@ -255,12 +255,12 @@ impl Scratch {
     }
 }
 
-/// `postconf -M bsmtp/unix`: the entry on one line, as Postfix reads it.
+/// `postconf -M bsmtp-ssh/unix`: the entry on one line, as Postfix reads it.
 fn postconf_entry(scratch: &Scratch) -> String {
     let out = Command::new("/usr/sbin/postconf")
         .arg("-c")
         .arg(scratch.path())
-        .args(["-M", "bsmtp/unix"])
+        .args(["-M", "bsmtp-ssh/unix"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -327,14 +327,14 @@ fn install_replaces_a_different_entry_and_value() {
     let status = Command::new("/usr/sbin/postconf")
         .arg("-c")
         .arg(scratch.path())
-        .args(["-e", "bsmtp_time_limit = 60s"])
+        .args(["-e", "bsmtp-ssh_time_limit = 60s"])
         .status()
         .unwrap();
     assert!(status.success());
     let (code, output) = scratch.install(&["--user", "daemon"]);
     assert_eq!(code, 0, "{output}");
     assert!(
-        output.contains("main.cf: bsmtp_time_limit = 1000s (was: 60s)\n"),
+        output.contains("main.cf: bsmtp-ssh_time_limit = 1000s (was: 60s)\n"),
         "{output}"
     );
     assert!(output.contains("user=daemon"), "{output}");
@@ -773,11 +773,95 @@ fn hub_install_never_replaces_a_content_filter_reinjection_listener() {
     assert_eq!(scratch.files(), after);
 }
 
-/// Debian's stock master.cf has a `bsmtp` pipe(8) entry of its own
-/// (/usr/lib/bsmtp/bsmtp): the leaf's install refuses to replace it (exit
-/// 1, the entry shown, neither master.cf nor main.cf changed, in a dry run
-/// too), installs beside it under another --transport, replaces it with
-/// --force, and is idempotent after that.
+/// Debian's stock master.cf, as the postfix package ships it (its postinst
+/// copies it to /etc/postfix/master.cf on a fresh install).
+const DEBIAN_MASTER_CF_DIST: &str = "/usr/share/postfix/master.cf.dist";
+
+/// Regression: on a stock Debian leaf the README's `bsmtp-ssh
+/// postfix-install` exited 1, its default service name `bsmtp` being
+/// Debian's own entry. With the defaults, against Debian's stock master.cf
+/// in a scratch config directory, the install succeeds, `postfix check`
+/// passes, everything the package wrote (its `bsmtp` entry included) stays
+/// byte for byte, and the new entry is `bsmtp-ssh`, with its main.cf limits
+/// under that name.
+#[test]
+fn default_install_succeeds_beside_debians_stock_master_cf() {
+    let stock_master = std::fs::read_to_string(DEBIAN_MASTER_CF_DIST).unwrap_or_else(|err| {
+        panic!("read {DEBIAN_MASTER_CF_DIST}: {err}; install Postfix: apt-get install postfix")
+    });
+    let scratch = Scratch::new();
+    std::fs::write(scratch.path().join("master.cf"), &stock_master).unwrap();
+    let stock = scratch.entry("bsmtp/unix");
+    assert!(
+        stock.starts_with("bsmtp unix - n n - - pipe ")
+            && stock.contains("argv=/usr/lib/bsmtp/bsmtp"),
+        "{DEBIAN_MASTER_CF_DIST} no longer has Debian's bsmtp entry: {stock:?}"
+    );
+
+    let (code, dry) = scratch.install(&["--dry-run"]);
+    assert_eq!(code, 0, "{dry}");
+    assert_eq!(scratch.read("master.cf"), stock_master);
+    let (code, output) = scratch.install(&[]);
+    assert_eq!(code, 0, "{output}");
+    for says in [
+        "master.cf: bsmtp-ssh/unix = bsmtp-ssh unix - n n - - pipe ",
+        "main.cf: bsmtp-ssh_destination_recipient_limit = 1 (was: unset)\n",
+        "main.cf: bsmtp-ssh_time_limit = 1000s (was: unset)\n",
+        "postfix check: ok",
+        "hint:   default_transport = bsmtp-ssh:hub\n",
+    ] {
+        assert!(output.contains(says), "{says} missing: {output}");
+    }
+    assert!(!output.contains("bsmtp/unix"), "{output}");
+    // The stock file is still there byte for byte; ours follows it.
+    let master = scratch.read("master.cf");
+    assert!(master.starts_with(&stock_master), "{master}");
+    assert_eq!(scratch.entry("bsmtp/unix"), stock);
+    assert!(scratch.entry("bsmtp-ssh/unix").contains(" deliver "));
+
+    // Postfix itself is happy, knows the limits as the transport's own
+    // (no "unused parameter" warning), and a second run changes nothing.
+    let check = Command::new("/usr/sbin/postfix")
+        .arg("-c")
+        .arg(scratch.path())
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success() && check.stderr.is_empty(),
+        "postfix check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let limits = Command::new("/usr/sbin/postconf")
+        .arg("-c")
+        .arg(scratch.path())
+        .args([
+            "bsmtp-ssh_destination_recipient_limit",
+            "bsmtp-ssh_time_limit",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&limits.stdout),
+        "bsmtp-ssh_destination_recipient_limit = 1\nbsmtp-ssh_time_limit = 1000s\n"
+    );
+    assert!(
+        limits.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&limits.stderr)
+    );
+    let after = scratch.files();
+    let (code, again) = scratch.install(&[]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("\nnothing to change\n"), "{again}");
+    assert_eq!(scratch.files(), after);
+}
+
+/// Debian's stock `bsmtp` pipe(8) entry (/usr/lib/bsmtp/bsmtp) where an
+/// admin asks for `--transport bsmtp`: the install refuses to replace it
+/// (exit 1, the entry shown, neither master.cf nor main.cf changed, in a
+/// dry run too), the default name installs beside it, --force replaces
+/// it, and the install is idempotent after that.
 #[test]
 fn leaf_install_never_replaces_debians_stock_bsmtp_entry() {
     let scratch = Scratch::new();
@@ -785,7 +869,10 @@ fn leaf_install_never_replaces_debians_stock_bsmtp_entry() {
     let stock = scratch.entry("bsmtp/unix");
     assert!(stock.contains("argv=/usr/lib/bsmtp/bsmtp"), "{stock}");
     let before = scratch.files();
-    for flags in [&[][..], &["--dry-run"][..]] {
+    for flags in [
+        &["--transport", "bsmtp"][..],
+        &["--transport", "bsmtp", "--dry-run"][..],
+    ] {
         let (code, output) = scratch.install(flags);
         assert_eq!(code, 1, "{flags:?}: {output}");
         for says in [
@@ -802,12 +889,12 @@ fn leaf_install_never_replaces_debians_stock_bsmtp_entry() {
         assert_eq!(scratch.files(), before, "{flags:?}");
     }
 
-    let (code, beside) = scratch.install(&["--transport", "bsmtpssh"]);
+    let (code, beside) = scratch.install(&[]);
     assert_eq!(code, 0, "{beside}");
     assert_eq!(scratch.entry("bsmtp/unix"), stock);
-    assert!(scratch.entry("bsmtpssh/unix").contains(" deliver "));
+    assert!(scratch.entry("bsmtp-ssh/unix").contains(" deliver "));
 
-    let (code, forced) = scratch.install(&["--force"]);
+    let (code, forced) = scratch.install(&["--transport", "bsmtp", "--force"]);
     assert_eq!(code, 0, "{forced}");
     assert!(
         forced.contains(&format!(
@@ -817,7 +904,7 @@ fn leaf_install_never_replaces_debians_stock_bsmtp_entry() {
     );
     assert!(scratch.entry("bsmtp/unix").contains(" deliver "));
     let after = scratch.files();
-    let (code, again) = scratch.install(&[]);
+    let (code, again) = scratch.install(&["--transport", "bsmtp"]);
     assert_eq!(code, 0, "{again}");
     assert!(again.contains("\nnothing to change\n"), "{again}");
     assert_eq!(scratch.files(), after);
@@ -854,9 +941,10 @@ fn leaf_entries_are_all_checked_before_the_first_write() {
 }
 
 /// An entry this tool wrote earlier, with another program path and older
-/// fields, is ours to update without --force; so is an earlier hub
-/// listener. Switching the hub to the socket names the TCP listener left
-/// behind.
+/// fields, is ours to update without --force (an admin who installed the
+/// pipe transport as `bsmtp`, the old default, keeps it with `--transport
+/// bsmtp`); so is an earlier hub listener. Switching the hub to the socket
+/// names the TCP listener left behind.
 #[test]
 fn our_own_earlier_entries_are_updated_without_force() {
     let scratch = Scratch::new();
@@ -866,7 +954,7 @@ fn our_own_earlier_entries_are_updated_without_force() {
          127.0.0.1:10040 inet n - n - - smtpd\n  -o syslog_name=postfix/bsmtp-inject\n  \
          -o mynetworks=127.0.0.0/8\n",
     );
-    let (code, leaf) = scratch.install(&[]);
+    let (code, leaf) = scratch.install(&["--transport", "bsmtp"]);
     assert_eq!(code, 0, "{leaf}");
     assert!(
         leaf.contains(
@@ -891,7 +979,8 @@ fn our_own_earlier_entries_are_updated_without_force() {
     );
 }
 
-/// `--help` says what a TCP listener allows, and that unix is the default.
+/// `--help` says what a TCP listener allows, that unix is the default, and
+/// the pipe transport's default name.
 #[test]
 fn help_warns_about_a_tcp_listener() {
     let out = Command::new(BIN)
@@ -905,7 +994,8 @@ fn help_warns_about_a_tcp_listener() {
     assert!(
         help.contains("forge XFORWARD")
             && help.contains("[default: unix]")
-            && help.contains("--force"),
+            && help.contains("--force")
+            && help.contains("[default: bsmtp-ssh]"),
         "{help}"
     );
 }

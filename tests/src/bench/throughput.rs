@@ -10,7 +10,7 @@
 //! 3. rsendmail: pipe(8) running `sshsendmail` (`PyPI` package `rsendmail`
 //!    1.1.4, in a venv made here), which runs `ssh HOST rsendmail ...`; the
 //!    hub's key is forced to `rsendmail`, which runs the hub's `sendmail`;
-//! 4. pipe: bsmtp-ssh pipe mode (`bsmtp:hub`, one SSH session a message);
+//! 4. pipe: bsmtp-ssh pipe mode (`bsmtp-ssh:hub`, one SSH session a message);
 //! 5. batching: bsmtp-ssh batching mode (lmtp(8) -> spawn(8) -> `bsmtp-ssh
 //!    lmtp`, many messages a session, rsmtp -> postdrop on the hub);
 //! 6. postdrop: no leaf: the hub's own `postdrop -r` fed pre-built record
@@ -53,7 +53,9 @@ use bsmtp_ssh_tests::util::{
     chown_to, lookup_user, mkdir, poll, run_ok, run_timeout, set_mode, shell_quote, tail,
     write_file,
 };
-use bsmtp_ssh_tests::{Env, BATCHING_SERVICE, HUB_PEER, HUB_SSH_USER, LEAF_PIPE_USER};
+use bsmtp_ssh_tests::{
+    Env, BATCHING_SERVICE, HUB_PEER, HUB_SSH_USER, LEAF_PIPE_USER, PIPE_TRANSPORT,
+};
 
 /// Messages per figure by default.
 pub const DEFAULT_N: usize = 200;
@@ -315,7 +317,7 @@ impl<'a> Setup<'a> {
             ("header_checks".into(), format!("regexp:{}", hold.display())),
             ("rsendmail_destination_recipient_limit".into(), "1".into()),
         ];
-        for transport in ["smtp", "bsmtp", "rsendmail", lmtp.as_str()] {
+        for transport in ["smtp", PIPE_TRANSPORT, "rsendmail", lmtp.as_str()] {
             for param in [
                 "destination_concurrency_limit",
                 "initial_destination_concurrency",
@@ -407,7 +409,7 @@ impl<'a> Setup<'a> {
                 ok?;
                 format!("rsendmail:{HUB_PEER}")
             }
-            Route::Pipe => format!("bsmtp:{HUB_PEER}"),
+            Route::Pipe => format!("{PIPE_TRANSPORT}:{HUB_PEER}"),
             Route::Batching | Route::Fast => {
                 format!("{BATCHING_SERVICE}-lmtp:unix:private/{BATCHING_SERVICE}")
             }
@@ -436,7 +438,7 @@ impl<'a> Setup<'a> {
                     .map_or(0, |t| t.local_port)
             ),
             Route::Rsendmail => "relay=rsendmail,".into(),
-            Route::Pipe => "relay=bsmtp,".into(),
+            Route::Pipe => format!("relay={PIPE_TRANSPORT},"),
             Route::Batching | Route::Fast => format!("[private/{BATCHING_SERVICE}],"),
             Route::Postdrop => String::new(),
         }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bsmtp_ssh_tests::{Env, Log};
+use bsmtp_ssh_tests::{Env, Log, PIPE_TRANSPORT};
 
 const MESSAGE: &str = "From: Alice <alice@leaf.test>
 To: Bob <bob@hub.test>
@@ -31,7 +31,7 @@ fn main() {
     println!("{}", String::from_utf8_lossy(&mail[0]).trim_end());
 
     println!("== leaf log (pipe transport to the hub)");
-    for line in env.log_lines(Log::Leaf, "relay=bsmtp") {
+    for line in env.log_lines(Log::Leaf, &format!("relay={PIPE_TRANSPORT},")) {
         println!("   {line}");
     }
     println!("== sshd log (the leaf's key)");
