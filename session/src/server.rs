@@ -1102,7 +1102,14 @@ impl<I: Injector> Receiver<I> {
         }
         let once = once.or_else(|| {
             let scope = self.settings.content_tags.as_ref()?;
-            let scope = format!("{scope}#{}", self.transactions);
+            // A batch's scope names the transaction's place in it; an
+            // empty one (the sendmail verb, a batch on a pipe) stays
+            // empty, so its tags live only the content lifetime.
+            let scope = if scope.is_empty() {
+                String::new()
+            } else {
+                format!("{scope}#{}", self.transactions)
+            };
             let tags = self.settings.tags.as_ref()?;
             Some(tags.by_content(&scope, &envelope.sender, &envelope.recipients))
         });
@@ -2204,5 +2211,37 @@ mod tests {
         );
         assert!(hop.borrow().committed.is_empty());
         assert_eq!(hop.borrow().aborted, 1);
+    }
+
+    /// Audit M5 through the receiver: a sendmail-verb message (no scope)
+    /// is remembered for the content lifetime only; the same alert after
+    /// it is queued again.
+    #[test]
+    fn unscoped_content_tags_expire_with_the_content_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let hop = Rc::new(RefCell::new(Hop::default()));
+        let run = |lifetime: std::time::Duration| {
+            let policy = policy(&["@leaf.test"], 100_000, 10, false);
+            let mut settings = Settings::new("hub.test".into(), policy, 20);
+            settings.tags = Some(
+                TagStore::open(dir.path(), "leaf1", crate::tags::DEFAULT_LIFETIME, 1000)
+                    .unwrap()
+                    .with_content_lifetime(lifetime),
+            );
+            settings.content_tags = Some(String::new());
+            let input = b"MAIL FROM:<a@leaf.test>\nRCPT TO:<b@hub.test>\nDATA\nbackup FAILED\n.\n";
+            let mut out = Vec::new();
+            Receiver::new(settings, Memory(hop.clone()))
+                .run(&mut &input[..], &mut out)
+                .unwrap();
+        };
+        // Kept no time at all: each is a new message.
+        run(std::time::Duration::ZERO);
+        run(std::time::Duration::ZERO);
+        assert_eq!(hop.borrow().committed.len(), 2);
+        // Kept ten minutes: the resend is caught.
+        run(std::time::Duration::from_mins(10));
+        run(std::time::Duration::from_mins(10));
+        assert_eq!(hop.borrow().committed.len(), 3);
     }
 }

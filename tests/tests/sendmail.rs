@@ -224,3 +224,48 @@ fn a_key_not_granted_the_verb_is_deferred() {
         env.hub_log()
     );
 }
+
+/// (Audit M5) A script's alert with no Date or Message-ID, sent twice
+/// quickly (its first exit status lost), is queued once and the drop is
+/// logged; the same alert after `content_tag_lifetime` is a new message,
+/// queued again. It used to be dropped for the 7 days of tag_lifetime.
+#[test]
+fn an_identical_alert_is_dropped_only_within_content_tag_lifetime() {
+    let env = Env::start_with(
+        "sendmail_alert",
+        EnvOptions::default()
+            .rsmtp_args([
+                "--allow-sender",
+                "@leaf.test",
+                "--allow-recipient",
+                "@hub.test",
+                "--allow-verb",
+                "sendmail",
+            ])
+            .rsmtp_conf("content_tag_lifetime = 2"),
+    );
+    let send = || {
+        env.ssh_exec(
+            "sendmail -f alice@leaf.test bob@hub.test",
+            b"backup FAILED\n",
+        )
+    };
+    let first = send();
+    assert_eq!(first.status.code(), Some(0), "{}", explain(&first));
+    let resend = send();
+    assert_eq!(resend.status.code(), Some(0), "{}", explain(&resend));
+    // rsmtp's log line (on the client's stderr, with the stock 0755
+    // postlog) says what happened.
+    let said = String::from_utf8_lossy(&resend.stderr);
+    assert!(
+        said.contains("a duplicate of") && said.contains("not queued"),
+        "{}",
+        explain(&resend)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let later = send();
+    assert_eq!(later.status.code(), Some(0), "{}", explain(&later));
+    env.wait_maildir("bob", 2, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 2);
+}
