@@ -228,7 +228,7 @@ fn a_key_not_granted_the_verb_is_deferred() {
 /// (Audit M5) A script's alert with no Date or Message-ID, sent twice
 /// quickly (its first exit status lost), is queued once and the drop is
 /// logged; the same alert after `content_tag_lifetime` is a new message,
-/// queued again. It used to be dropped for the 7 days of tag_lifetime.
+/// queued again. It used to be dropped for the 7 days of `tag_lifetime`.
 #[test]
 fn an_identical_alert_is_dropped_only_within_content_tag_lifetime() {
     let env = Env::start_with(
