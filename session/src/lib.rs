@@ -32,6 +32,7 @@ pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod postdrop;
+pub mod proxy;
 pub mod server;
 pub mod smtp_inject;
 pub mod spool;

@@ -1,0 +1,281 @@
+//! Hubs behind a bastion (`proxy_jump`) and behind a program
+//! (`proxy_command`), end to end: a bastion sshd whose only key line
+//! permits forwarding to the hub's port and nothing else carries delivery
+//! in pipe and batching mode (its log shows the forward); a bastion that
+//! is down, refuses the login, offers a changed host key or refuses the
+//! forward defers with the hop named; `check` reports the hop; a
+//! `proxy_command` (netcat) carries a delivery, and one that exits at once
+//! defers naming the command and its stderr.
+
+use std::time::Duration;
+
+use bsmtp_ssh_tests::bastion::{Bastion, BASTION};
+use bsmtp_ssh_tests::sshd::free_port;
+use bsmtp_ssh_tests::util::poll;
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_PEER};
+
+/// Long enough for a slow CI machine, short enough to fail a hung test.
+const DELIVERY: Duration = Duration::from_secs(90);
+
+const JUMP: &str = "proxy_jump = \"jump\"";
+
+fn message(id: &str) -> Vec<u8> {
+    format!(
+        "From: alice@leaf.test\nTo: bob@hub.test\nMessage-ID: <{id}@leaf.test>\nSubject: {id}\n\n{id} body\n"
+    )
+    .into_bytes()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Waits until the bastion's sshd logged a forward to the hub's port.
+fn wait_forward_logged(bastion: &Bastion, hub_port: u16) -> String {
+    let wanted = format!("target 127.0.0.1 port {hub_port}");
+    poll(Duration::from_secs(10), || {
+        let log = bastion.sshd.log();
+        log.lines()
+            .any(|l| l.contains("direct_tcpip") && l.contains(&wanted))
+            .then_some(log)
+    })
+    .unwrap_or_else(|| panic!("no forward in the bastion's log:\n{}", bastion.sshd.log()))
+}
+
+/// Pipe mode through a bastion that may only forward to the hub: the
+/// message arrives once, the status names the path, and the bastion's log
+/// shows the forward.
+#[test]
+fn pipe_mode_delivers_through_a_forward_only_bastion() {
+    let env = Env::start("bastion_pipe");
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4JUMP1"],
+        &["bob@hub.test"],
+        &message("jump.1"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "2.0.0 delivered via 127.0.0.1:{} via 127.0.0.1[127.0.0.1]:{}: 250 ",
+            env.sshd_port(),
+            bastion.sshd.port()
+        )),
+        "{said}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    wait_forward_logged(&bastion, env.sshd_port());
+    // And through the leaf's Postfix (pipe(8)).
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &message("jump.2"));
+    env.wait_maildir("bob", 2, DELIVERY);
+    env.wait_pipe_status("sent", DELIVERY);
+}
+
+/// Batching mode (spawn(8), lmtp(8), `bsmtp-ssh lmtp`) through the bastion.
+#[test]
+fn batching_mode_delivers_through_a_forward_only_bastion() {
+    let env = Env::start_with("bastion_lmtp", EnvOptions::default().batching());
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    for i in 1..=3 {
+        env.leaf_sendmail(
+            "alice@leaf.test",
+            &["bob@hub.test"],
+            &message(&format!("jump.lmtp.{i}")),
+        );
+    }
+    env.wait_maildir("bob", 3, DELIVERY);
+    let sent = env.wait_log(Log::Leaf, "status=sent", DELIVERY);
+    assert!(sent.contains("to=<bob@hub.test>"), "{sent}");
+    env.wait_leaf_queue_empty(DELIVERY);
+    wait_forward_logged(&bastion, env.sshd_port());
+}
+
+/// Asserts a deferral (exit 75, a 4.x.x status) whose reason names the
+/// bastion hop and says `wanted`.
+fn assert_defers_naming_the_hop(env: &Env, id: &str, wanted: &str) -> String {
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", id],
+        &["bob@hub.test"],
+        &message(id),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(said.starts_with("4."), "{said}");
+    assert!(said.contains(&format!("bastion {BASTION}: ")), "{said}");
+    assert!(said.contains(wanted), "{wanted}: {said}");
+    said
+}
+
+/// Each way a bastion can fail defers, naming the hop: down, login
+/// refused, a changed host key, a refused forward (`permitopen`). Nothing
+/// is delivered.
+#[test]
+fn each_bastion_failure_defers_naming_the_hop() {
+    let env = Env::start("bastion_failures");
+    let mut bastion = env.start_bastion();
+    let good_keys = Bastion::key_line(&env, env.sshd_port());
+
+    // Down: nothing listens on its port.
+    let mut down = bastion.spec();
+    down.port = free_port();
+    env.write_bastion_config(&down, &[JUMP]);
+    assert_defers_naming_the_hop(&env, "4DOWN", "connect to 127.0.0.1[127.0.0.1]:");
+
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    // Login refused: the bastion knows no key of ours.
+    bastion.set_authorized_keys("");
+    assert_defers_naming_the_hop(&env, "4LOGIN", "refused");
+
+    // The forward refused: the key may only forward elsewhere.
+    bastion.set_authorized_keys(&Bastion::key_line(&env, free_port()));
+    let said = assert_defers_naming_the_hop(
+        &env,
+        "4PERMIT",
+        &format!("forward to 127.0.0.1:{} refused", env.sshd_port()),
+    );
+    assert!(said.contains("permitopen"), "{said}");
+
+    // A changed host key: the bastion now offers another one.
+    bastion.set_authorized_keys(&good_keys);
+    bastion.sshd.stop();
+    bastion.sshd.new_host_key();
+    bastion.sshd.start(false);
+    assert_defers_naming_the_hop(&env, "4HOSTKEY", "host key mismatch");
+
+    assert!(
+        Env::read_maildir(&env.hub_maildir("bob")).is_empty(),
+        "a failed bastion delivered"
+    );
+}
+
+/// The hub's host key is still checked end to end: a bastion that
+/// forwards to some other sshd (here: a hub whose pin does not match)
+/// cannot pass it off as the hub.
+#[test]
+fn the_hubs_own_pin_is_checked_through_the_bastion() {
+    let env = Env::start("bastion_hub_pin");
+    let bastion = env.start_bastion();
+    let other = env.start_second_hub("other");
+    // The leaf pins the environment's hub key for the other hub's port.
+    let spec = env.relayed_hub_spec(HUB_PEER, other.sshd.port());
+    bastion.set_authorized_keys(&Bastion::key_line(&env, other.sshd.port()));
+    let mut hub = spec.clone();
+    hub.lines = vec![JUMP.to_owned()];
+    env.write_peer_sections(&[hub, bastion.spec()], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4MITM"],
+        &["bob@hub.test"],
+        &message("mitm"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(said.contains("host key mismatch"), "{said}");
+    assert!(!said.contains(&format!("bastion {BASTION}: ")), "{said}");
+}
+
+/// `check` reports the hop and the hub reached through it.
+#[test]
+fn check_reports_the_bastion_hop() {
+    let env = Env::start("bastion_check");
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config], b"");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for wanted in [
+        format!("ok:   peer hub: config: hub hub (host 127.0.0.1, port {}, user bsmtp-hub, via bastion jump (host 127.0.0.1, port {}", env.sshd_port(), bastion.sshd.port()),
+        "ok:   peer hub via jump: hop bastion jump: ".to_owned(),
+        format!("ok:   peer hub via jump: hop bastion jump: 127.0.0.1:{}: host key matches the pin", bastion.sshd.port()),
+        format!("forward to 127.0.0.1:{} allowed", env.sshd_port()),
+        "ok:   peer hub via jump: session: ".to_owned(),
+        "ok:   bastion jump: ".to_owned(),
+    ] {
+        assert!(said.contains(&wanted), "{wanted}\n{said}");
+    }
+    assert!(!said.contains("peer jump:"), "{said}");
+
+    // A refused forward is a FAIL naming the hop.
+    bastion.set_authorized_keys(&Bastion::key_line(&env, free_port()));
+    let out = env.bsmtp_ssh(&["check", "--config", &config, HUB_PEER], b"");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL: peer hub via jump: "), "{said}");
+    assert!(said.contains("bastion jump: "), "{said}");
+}
+
+/// `proxy_command`: netcat carries the session to the hub; the hub's key
+/// is checked as ever.
+#[test]
+fn proxy_command_carries_a_delivery() {
+    let env = Env::start("proxy_command");
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.lines = vec!["proxy_command = \"nc %h %p\"".to_owned()];
+    env.write_peer_sections(&[hub], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4NC1"],
+        &["bob@hub.test"],
+        &message("nc.1"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "2.0.0 delivered via 127.0.0.1:{} via proxy_command \"nc 127.0.0.1 {}\": 250 ",
+            env.sshd_port(),
+            env.sshd_port()
+        )),
+        "{said}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+}
+
+/// A proxy command that exits at once, and one that cannot start, defer
+/// naming the command and what it said.
+#[test]
+fn a_failing_proxy_command_defers_naming_it_and_its_stderr() {
+    let env = Env::start("proxy_command_fails");
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.lines = vec!["proxy_command = \"/bin/sh -c 'echo no route to %h >&2; exit 3'\"".to_owned()];
+    env.write_peer_sections(&[hub.clone()], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4NC2"],
+        &["bob@hub.test"],
+        &message("nc.2"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(said.starts_with("4."), "{said}");
+    assert!(said.contains("proxy_command \"/bin/sh -c "), "{said}");
+    assert!(said.contains("exit status: 3"), "{said}");
+    assert!(said.contains("stderr: no route to 127.0.0.1"), "{said}");
+
+    hub.lines = vec!["proxy_command = \"/nonexistent/proxy %h %p\"".to_owned()];
+    env.write_peer_sections(&[hub], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4NC3"],
+        &["bob@hub.test"],
+        &message("nc.3"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(
+        said.contains("proxy_command \"/nonexistent/proxy 127.0.0.1 ")
+            && said.contains("cannot start /nonexistent/proxy"),
+        "{said}"
+    );
+    assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
