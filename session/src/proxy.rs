@@ -255,7 +255,9 @@ impl ProxyCommand {
     fn start(hub: &Hub, template: &str) -> Result<Link, Failure> {
         let argv = command_argv(template, &hub.host, hub.port, &hub.user)
             .map_err(|e| Failure::new(FailureKind::Config, format!("proxy_command: {e}")))?;
-        let line = argv.join(" ");
+        // The command as the admin wrote it, substituted, for messages.
+        let line =
+            expand(template, &hub.host, hub.port, &hub.user).unwrap_or_else(|_| argv.join(" "));
         let local = |what: &str, e: io::Error| {
             Failure::new(
                 FailureKind::Local,
@@ -389,30 +391,7 @@ pub fn command_argv(
             bsmtp::text::one_line(user)
         ));
     }
-    let substitute = |word: &str| -> Result<String, String> {
-        let mut out = String::new();
-        let mut chars = word.chars();
-        while let Some(c) = chars.next() {
-            if c != '%' {
-                out.push(c);
-                continue;
-            }
-            match chars.next() {
-                Some('h') => out.push_str(host),
-                Some('p') => out.push_str(&port.to_string()),
-                Some('r') => out.push_str(user),
-                Some('%') => out.push('%'),
-                other => {
-                    return Err(format!(
-                        "unknown escape %{} in \"{}\" (known: %h, %p, %r, %%)",
-                        other.map(String::from).unwrap_or_default(),
-                        bsmtp::text::one_line(template)
-                    ))
-                }
-            }
-        }
-        Ok(out)
-    };
+    let substitute = |word: &str| expand(word, host, port, user);
     if shell {
         return Ok(vec![
             "/bin/sh".into(),
@@ -428,6 +407,32 @@ pub fn command_argv(
         return Err("empty command".into());
     }
     Ok(argv)
+}
+
+/// `word` with `%h`, `%p`, `%r` and `%%` substituted, as OpenSSH does.
+fn expand(word: &str, host: &str, port: u16, user: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(host),
+            Some('p') => out.push_str(&port.to_string()),
+            Some('r') => out.push_str(user),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(format!(
+                    "unknown escape %{} in \"{}\" (known: %h, %p, %r, %%)",
+                    other.map(String::from).unwrap_or_default(),
+                    bsmtp::text::one_line(word)
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -333,21 +333,7 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
     }
     match ssh::connect_hub(peer, hub, &known_hosts, &peer.command) {
         Ok(connection) => {
-            for bastion in chain.iter().rev() {
-                report.ok(
-                    name,
-                    &format!("hop bastion {}", bastion.name),
-                    &format!(
-                        "{}:{}: host key matches the pin in {}, key accepted for {}, forward to {}:{} allowed",
-                        bastion.host,
-                        bastion.port,
-                        bastion.known_hosts.display(),
-                        bastion.user,
-                        forward_target(hub, bastion).0,
-                        forward_target(hub, bastion).1,
-                    ),
-                );
-            }
+            report_hops(hub, &chain, name, report);
             report.ok(
                 name,
                 "login",
@@ -374,7 +360,37 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
             }
             probe(connection, name, report);
         }
-        Err(failure) => report.fail(name, stage(&failure), &failure.text),
+        Err(failure) => {
+            // A failure on the way names its hop: report it as that hop's.
+            let hop = chain
+                .iter()
+                .find(|b| failure.text.starts_with(&format!("bastion {}: ", b.name)))
+                .map(|b| format!("hop bastion {}", b.name));
+            report.fail(
+                name,
+                hop.as_deref().unwrap_or(stage(&failure)),
+                &failure.text,
+            );
+        }
+    }
+}
+
+/// An `ok` line for each bastion on the way to `hub`, from ours outward,
+/// once a session through them all came up.
+fn report_hops(hub: &Hub, chain: &[&Hub], name: &str, report: &mut Report<'_, impl Write>) {
+    for bastion in chain.iter().rev() {
+        let (host, port) = forward_target(hub, bastion);
+        report.ok(
+            name,
+            &format!("hop bastion {}", bastion.name),
+            &format!(
+                "{}:{}: host key matches the pin in {}, key accepted for {}, forward to {host}:{port} allowed",
+                bastion.host,
+                bastion.port,
+                bastion.known_hosts.display(),
+                bastion.user,
+            ),
+        );
     }
 }
 

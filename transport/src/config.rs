@@ -544,4 +544,74 @@ mod tests {
             assert!(err.contains(wanted), "{text}: {err}");
         }
     }
+
+    #[test]
+    fn proxy_jump_chains_and_keeps_each_hops_own_login() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.hub]\nhost = \"hub.internal\"\nproxy_jump = \"inner\"\n\
+             [peer.inner]\nhost = \"inner.test\"\nuser = \"jumper\"\nknown_hosts = \"/k-inner\"\nproxy_jump = \"outer\"\n\
+             [peer.outer]\nhost = \"outer.test\"\nport = 2200\nproxy_command = \"nc %h %p\"\n",
+        )
+        .unwrap();
+        let peer = file.peer("hub").unwrap();
+        let Some(Proxy::Jump(inner)) = &peer.hubs[0].proxy else {
+            panic!("{peer:?}")
+        };
+        assert_eq!(
+            (
+                inner.name.as_str(),
+                inner.host.as_str(),
+                inner.user.as_str()
+            ),
+            ("inner", "inner.test", "jumper")
+        );
+        assert_eq!(inner.known_hosts, PathBuf::from("/k-inner"));
+        let Some(Proxy::Jump(outer)) = &inner.proxy else {
+            panic!("{inner:?}")
+        };
+        assert_eq!((outer.host.as_str(), outer.port), ("outer.test", 2200));
+        assert_eq!(outer.proxy, Some(Proxy::Command("nc %h %p".into())));
+        assert_eq!(file.bastions(), ["inner", "outer"]);
+    }
+
+    #[test]
+    fn a_failover_hub_may_have_its_own_bastion() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.d]\nfailover = [\"h1\", \"h2\"]\n[peer.h1]\nhost = \"a\"\nproxy_jump = \"b\"\n\
+             [peer.h2]\nhost = \"c\"\n[peer.b]\nhost = \"bastion.test\"\n",
+        )
+        .unwrap();
+        let peer = file.peer("d").unwrap();
+        assert!(matches!(&peer.hubs[0].proxy, Some(Proxy::Jump(b)) if b.host == "bastion.test"));
+        assert_eq!(peer.hubs[1].proxy, None);
+    }
+
+    #[test]
+    fn proxy_mistakes_are_named() {
+        for (text, wanted) in [
+            ("[peer.d]\nhost = \"a\"\nproxy_jump = \"nope\"\n", "proxy_jump names nope"),
+            ("[peer.d]\nhost = \"a\"\nproxy_jump = \"d\"\n", "loop"),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\n[peer.b]\nhost = \"b\"\nproxy_jump = \"d\"\n",
+                "loop: d -> b -> d",
+            ),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\nproxy_command = \"nc %h %p\"\n[peer.b]\nhost = \"b\"\n",
+                "do not go together",
+            ),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\n[peer.b]\nhosts = [\"x\", \"y\"]\n",
+                "must give one host",
+            ),
+            ("[peer.d]\nhost = \"a\"\nproxy_command = \"nc %x\"\n", "%x"),
+            (
+                "[peer.d]\nfailover = [\"h\"]\nproxy_jump = \"b\"\n[peer.h]\nhost = \"a\"\n",
+                "proxy_jump does not go with failover",
+            ),
+        ] {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            let err = file.peer("d").unwrap_err();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
+    }
 }
