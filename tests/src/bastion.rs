@@ -17,6 +17,8 @@ pub const BASTION: &str = "jump";
 
 /// A bastion sshd; stopped on drop.
 pub struct Bastion {
+    /// Its `[peer.NAME]` section.
+    pub name: String,
     /// The sshd (its own host key, config and log).
     pub sshd: Sshd,
     /// The leaf's pin of the bastion's host key.
@@ -44,7 +46,7 @@ impl Bastion {
     /// Its section, for [`Env::write_bastion_config`].
     pub fn spec(&self) -> HubSpec {
         HubSpec {
-            name: BASTION.to_owned(),
+            name: self.name.clone(),
             port: self.sshd.port(),
             known_hosts: self.known_hosts.clone(),
             lines: Vec::new(),
@@ -56,23 +58,34 @@ impl Env {
     /// Starts a bastion whose key line permits forwarding to the hub's
     /// sshd only, and pins its host key for the leaf.
     pub fn start_bastion(&self) -> Bastion {
-        let mut sshd = Sshd::create(self.base().join("ssh-bastion"));
+        self.start_bastion_to(BASTION, self.sshd_port())
+    }
+
+    /// Starts a bastion called `name` whose key line permits forwarding
+    /// to `127.0.0.1:port` only (the hub, another bastion, a silent
+    /// port), and pins its host key for the leaf.
+    pub fn start_bastion_to(&self, name: &str, port: u16) -> Bastion {
+        let mut sshd = Sshd::create(self.base().join(format!("ssh-{name}")));
         // DEBUG1 logs each forward ("server_request_direct_tcpip").
         sshd.set_log_level("DEBUG1");
         write_file(
             &sshd.authorized_keys(HUB_USER),
-            Bastion::key_line(self, self.sshd_port()),
+            Bastion::key_line(self, port),
             0o644,
         );
         sshd.start(true);
-        let known_hosts = self.base().join("leaf/known_hosts-bastion");
+        let known_hosts = self.base().join(format!("leaf/known_hosts-{name}"));
         write_file(
             &known_hosts,
             format!("[127.0.0.1]:{} {}\n", sshd.port(), sshd.host_public_key()),
             0o644,
         );
         chown_to(&known_hosts, LEAF_USER, None);
-        Bastion { sshd, known_hosts }
+        Bastion {
+            name: name.to_owned(),
+            sshd,
+            known_hosts,
+        }
     }
 
     /// Rewrites the leaf's bsmtp-ssh.conf so that the peer `hub` is the

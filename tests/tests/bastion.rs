@@ -3,13 +3,16 @@
 //! permits forwarding to the hub's port and nothing else carries delivery
 //! in pipe and batching mode (its log shows the forward); a bastion that
 //! is down, refuses the login, offers a changed host key or refuses the
-//! forward defers with the hop named; `check` reports the hop; a
+//! forward defers with the hop named; the hub's own pin is checked
+//! through the bastion; `check` reports the hop; `flush` and `pull` and a
+//! chain of two bastions work; idle timeouts hold through the hop; a
 //! `proxy_command` (netcat) carries a delivery, and one that exits at once
 //! defers naming the command and its stderr.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bsmtp_ssh_tests::bastion::{Bastion, BASTION};
+use bsmtp_ssh_tests::hubs::SilentHub;
 use bsmtp_ssh_tests::sshd::free_port;
 use bsmtp_ssh_tests::util::poll;
 use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_PEER};
@@ -284,4 +287,109 @@ fn a_failing_proxy_command_defers_naming_it_and_its_stderr() {
         "{said}"
     );
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+}
+
+/// `flush` and `pull` (store and forward) go through the bastion too.
+#[test]
+fn flush_and_pull_go_through_the_bastion() {
+    let env = Env::start_with("bastion_spool", EnvOptions::default().spool().pull());
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    env.leaf_sendmail("alice@leaf.test", &["bob@hub.test"], &message("jump.flush"));
+    let spooled = poll(DELIVERY, || {
+        (Env::spooled(&env.leaf_spool_directory(), HUB_PEER).len() == 1).then_some(())
+    });
+    assert!(spooled.is_some(), "{}", env.diagnostics());
+    let out = env.flush();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 delivered"), "{}", text(&out));
+    env.wait_maildir("bob", 1, DELIVERY);
+
+    env.hub_sendmail(
+        "bob@hub.test",
+        &["alice@leaf.test"],
+        b"From: bob@hub.test\nTo: alice@leaf.test\nMessage-ID: <jump.pull@hub.test>\nSubject: p\n\nfor the leaf\n",
+    );
+    let spooled = poll(DELIVERY, || {
+        (Env::spooled(&env.hub_spool_directory(), bsmtp_ssh_tests::LEAF_PEER).len() == 1)
+            .then_some(())
+    });
+    assert!(spooled.is_some(), "{}", env.diagnostics());
+    let out = env.pull();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    env.wait_leaf_maildir("alice", 1, DELIVERY);
+}
+
+/// A chain: the hub behind `jump`, which is itself behind `outer`; each
+/// bastion's key line permits only the next hop.
+#[test]
+fn a_chain_of_two_bastions_delivers() {
+    let env = Env::start("bastion_chain");
+    let inner = env.start_bastion();
+    let outer = env.start_bastion_to("outer", inner.sshd.port());
+    let mut inner_spec = inner.spec();
+    inner_spec.lines = vec!["proxy_jump = \"outer\"".to_owned()];
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.lines = vec![JUMP.to_owned()];
+    env.write_peer_sections(&[hub, inner_spec, outer.spec()], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4CHAIN"],
+        &["bob@hub.test"],
+        &message("chain"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.starts_with(&format!(
+            "2.0.0 delivered via 127.0.0.1:{} via 127.0.0.1:{} via 127.0.0.1[127.0.0.1]:{}: 250 ",
+            env.sshd_port(),
+            inner.sshd.port(),
+            outer.sshd.port()
+        )),
+        "{said}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+    wait_forward_logged(&outer, inner.sshd.port());
+    wait_forward_logged(&inner, env.sshd_port());
+}
+
+/// Timeouts hold through the hop: a bastion that never answers costs one
+/// idle timeout, and so does a hub behind a working bastion that never
+/// answers; both defer.
+#[test]
+fn timeouts_hold_through_the_bastion() {
+    let env = Env::start("bastion_timeouts");
+    let silent = SilentHub::start();
+    let mut hung = env.hub_spec(BASTION);
+    hung.port = silent.port;
+    env.write_bastion_config(&hung, &[JUMP, "idle_timeout = 2"]);
+    let started = Instant::now();
+    let said = assert_defers_naming_the_hop(&env, "4HUNG", "SSH handshake");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}: {said}"
+    );
+
+    let bastion = env.start_bastion_to(BASTION, silent.port);
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.port = silent.port;
+    hub.lines = vec![JUMP.to_owned(), "idle_timeout = 2".to_owned()];
+    env.write_peer_sections(&[hub, bastion.spec()], "");
+    let started = Instant::now();
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4HUNGHUB"],
+        &["bob@hub.test"],
+        &message("hung"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{said}");
+    assert!(said.contains("SSH handshake"), "{said}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}: {said}"
+    );
 }
