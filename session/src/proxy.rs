@@ -106,15 +106,7 @@ fn jump(hub: &Hub, bastion: &Hub, idle: Duration) -> Result<Link, Failure> {
     );
     let channel = session
         .channel_direct_tcpip(&hub.host, hub.port, None)
-        .map_err(|e| {
-            Failure::new(
-                ssh::ssh_kind(&e, FailureKind::Auth),
-                format!(
-                    "bastion {}: {bastion_relay}: forward to {}:{} refused ({e}); the bastion's authorized_keys line for {} must allow it (permitopen=\"{}:{}\") and its sshd must allow TCP forwarding",
-                    bastion.name, hub.host, hub.port, bastion.user, hub.host, hub.port
-                ),
-            )
-        })?;
+        .map_err(|e| forward_failed(hub, bastion, &bastion_relay, &e))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| {
         Failure::new(
             FailureKind::Local,
@@ -135,6 +127,30 @@ fn jump(hub: &Hub, bastion: &Hub, idle: Duration) -> Result<Link, Failure> {
         relay: format!("{}:{} via {bastion_relay}", hub.host, hub.port),
         command: None,
     })
+}
+
+/// Why the bastion did not open the forward: refused by its key's
+/// `permitopen` or its sshd's `AllowTcpForwarding` ("administratively
+/// prohibited": an admin must fix it), or the hub could not be reached
+/// from the bastion (down, or a name it cannot resolve: passes by itself).
+fn forward_failed(hub: &Hub, bastion: &Hub, bastion_relay: &str, e: &ssh2::Error) -> Failure {
+    let target = format!("{}:{}", hub.host, hub.port);
+    if e.message().contains("prohibited") {
+        return Failure::new(
+            FailureKind::Auth,
+            format!(
+                "bastion {}: {bastion_relay}: forward to {target} refused ({e}); the bastion's authorized_keys line for {} must allow it (permitopen=\"{target}\") and its sshd must allow TCP forwarding",
+                bastion.name, bastion.user
+            ),
+        );
+    }
+    Failure::new(
+        ssh::ssh_kind(e, FailureKind::Connect),
+        format!(
+            "bastion {}: {bastion_relay}: forward to {target} failed ({e}): the bastion cannot reach the hub (is it down, or its name unknown to the bastion?)",
+            bastion.name
+        ),
+    )
 }
 
 /// Moves bytes between the hub session's socket (`local`) and the
@@ -216,7 +232,13 @@ fn bridge(
         if !down.is_empty() {
             local_events |= PollFlags::POLLOUT;
         }
-        let mut bastion_events = PollFlags::POLLIN;
+        // Incoming data waits in libssh2 while `down` is full; reading
+        // the socket then only matters for a write that waits (window).
+        let mut bastion_events = if down.is_empty() || !up.is_empty() {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
         if matches!(
             session.block_directions(),
             BlockDirections::Outbound | BlockDirections::Both

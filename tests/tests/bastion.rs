@@ -119,8 +119,8 @@ fn assert_defers_naming_the_hop(env: &Env, id: &str, wanted: &str) -> String {
 }
 
 /// Each way a bastion can fail defers, naming the hop: down, login
-/// refused, a changed host key, a refused forward (`permitopen`). Nothing
-/// is delivered.
+/// refused, a refused forward (`permitopen`), a hub down behind it, a
+/// changed host key. Nothing is delivered.
 #[test]
 fn each_bastion_failure_defers_naming_the_hop() {
     let env = Env::start("bastion_failures");
@@ -146,6 +146,24 @@ fn each_bastion_failure_defers_naming_the_hop() {
         &format!("forward to 127.0.0.1:{} refused", env.sshd_port()),
     );
     assert!(said.contains("permitopen"), "{said}");
+
+    // The hub is down behind the bastion: not a refusal, no permitopen hint.
+    let gone = free_port();
+    bastion.set_authorized_keys(&Bastion::key_line(&env, gone));
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.port = gone;
+    hub.lines = vec![JUMP.to_owned()];
+    env.write_peer_sections(&[hub, bastion.spec()], "");
+    let said = assert_defers_naming_the_hop(
+        &env,
+        "4HUBDOWN",
+        &format!("forward to 127.0.0.1:{gone} failed"),
+    );
+    assert!(
+        said.contains("cannot reach the hub") && !said.contains("permitopen"),
+        "{said}"
+    );
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
 
     // A changed host key: the bastion now offers another one.
     bastion.set_authorized_keys(&good_keys);
@@ -391,5 +409,40 @@ fn timeouts_hold_through_the_bastion() {
     assert!(
         took >= Duration::from_secs(2) && took < Duration::from_secs(15),
         "{took:?}: {said}"
+    );
+}
+
+/// A message far larger than the SSH windows crosses the bridge whole
+/// (flow control both ways through the bastion's channel).
+#[test]
+fn a_large_message_crosses_the_bastion_whole() {
+    let env = Env::start("bastion_large");
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    let mut body = message("jump.large");
+    for i in 0..60_000 {
+        body.extend_from_slice(
+            format!("line {i:06} of a large message through a bastion\n").as_bytes(),
+        );
+    }
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4LARGE"],
+        &["bob@hub.test"],
+        &body,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got = env.wait_maildir("bob", 1, DELIVERY);
+    let got = String::from_utf8_lossy(&got[0]);
+    assert!(
+        got.contains("line 000000 of")
+            && got.ends_with("line 059999 of a large message through a bastion\n"),
+        "{} bytes",
+        got.len()
+    );
+    assert_eq!(
+        got.matches(" of a large message through a bastion\n")
+            .count(),
+        60_000
     );
 }
