@@ -446,3 +446,51 @@ fn a_large_message_crosses_the_bastion_whole() {
         60_000
     );
 }
+
+/// A satellite (`sendmail`, no MTA) and `push-table` reach the hub through
+/// the bastion; the satellite's only peer is the hub, not the bastion.
+#[test]
+fn sendmail_and_push_table_go_through_the_bastion() {
+    let env = Env::start_with(
+        "bastion_satellite",
+        EnvOptions::default()
+            .leaf_conf("sender_domain = \"leaf.test\"")
+            .rsmtp_args([
+                "--allow-sender",
+                "@leaf.test",
+                "--allow-table",
+                "relay_recipients",
+            ])
+            .rsmtp_conf("table_directory = \"{base}/tables\""),
+    );
+    let bastion = env.start_bastion();
+    env.write_bastion_config(&bastion.spec(), &[JUMP]);
+    let out = env.satellite_sendmail(
+        &["-oi", "-f", "alice@leaf.test", "--", "bob@hub.test"],
+        b"From: alice@leaf.test\nSubject: satellite\n\nthrough the bastion\n",
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty(),
+        "the satellite spooled instead of sending"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+
+    let tables = env.base().join("tables");
+    bsmtp_ssh_tests::util::mkdir(&tables, 0o755);
+    bsmtp_ssh_tests::util::chown_to(&tables, bsmtp_ssh_tests::HUB_SSH_USER, None);
+    let source = env.base().join("relay_recipients");
+    bsmtp_ssh_tests::util::write_file(&source, "bob@hub.test OK\n", 0o644);
+    let out = env.bsmtp_ssh_as_leaf(&[
+        "push-table",
+        HUB_PEER,
+        "relay_recipients",
+        &source.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(tables.join("relay_recipients").exists(), "{}", text(&out));
+}

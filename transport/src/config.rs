@@ -130,7 +130,7 @@ pub struct ConfigFile {
     /// /usr/sbin/postdrop).
     pub postdrop: Option<PathBuf>,
     /// `bsmtp-ssh sendmail` (a satellite): the [peer.NAME] that takes this
-    /// host's mail (default: the only peer).
+    /// host's mail (default: the only peer, bastions aside).
     pub sendmail_peer: Option<String>,
     /// `bsmtp-ssh sendmail`: the domain of a sender not given with -f, after
     /// the login name, and of a bare `-f` name (default: the host name).
