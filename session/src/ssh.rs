@@ -1,4 +1,5 @@
-//! Opening an SSH exec channel to a peer: TCP with a deadline, a handshake
+//! Opening an SSH exec channel to a peer: TCP with a deadline (or a hop
+//! through a bastion or a proxy command, see [`crate::proxy`]), a handshake
 //! that only completes against the pinned host key, key authentication, and
 //! the peer's forced command.
 //!
