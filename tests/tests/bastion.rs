@@ -494,3 +494,123 @@ fn sendmail_and_push_table_go_through_the_bastion() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(tables.join("relay_recipients").exists(), "{}", text(&out));
 }
+
+/// README.md's "Hubs behind a bastion", followed literally: its config
+/// block and the bastion's key line are read from the README, with only
+/// what must differ here substituted (the example host names become
+/// loopback ports, /etc/bsmtp-ssh paths the environment's files, the
+/// accounts the harness's), then a delivery goes through, and `check`
+/// prints the lines the README shows.
+#[test]
+fn readme_bastion_section_delivers() {
+    let readme =
+        std::fs::read_to_string(bsmtp_ssh_tests::binaries::workspace_root().join("README.md"))
+            .expect("read README.md");
+    let start = readme
+        .find("## Hubs behind a bastion")
+        .expect("README.md has no \"Hubs behind a bastion\"");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    // Code blocks: runs of lines indented four spaces (blank lines inside).
+    let mut blocks: Vec<String> = Vec::new();
+    let mut in_block = false;
+    for line in section.lines() {
+        if let Some(code) = line.strip_prefix("    ") {
+            if !in_block {
+                blocks.push(String::new());
+                in_block = true;
+            }
+            let block = blocks.last_mut().expect("a block");
+            block.push_str(code);
+            block.push('\n');
+        } else if !line.trim().is_empty() {
+            in_block = false;
+        }
+    }
+    let config = blocks
+        .iter()
+        .find(|b| b.contains("proxy_jump"))
+        .expect("README: no config block with proxy_jump");
+    let key_line = blocks
+        .iter()
+        .find(|b| b.contains("permitopen"))
+        .expect("README: no bastion key line");
+    let check_lines: Vec<&str> = blocks
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter(|l| l.starts_with("ok:"))
+        .collect();
+    assert!(!check_lines.is_empty(), "README: no check output");
+
+    let env = Env::start("bastion_readme");
+    let bastion = env.start_bastion_to("bastion", env.sshd_port());
+    let key = env.leaf_key().display().to_string();
+    let user = bsmtp_ssh_tests::HUB_SSH_USER;
+    let mut converted = String::new();
+    for line in config.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim_end();
+        let line = if line == "host = \"hub.internal\"" {
+            format!(
+                "host = \"127.0.0.1\"\nport = {}\nuser = \"{user}\"\nidentity = \"{key}\"",
+                env.sshd_port()
+            )
+        } else if line == "host = \"bastion.example.com\"" {
+            format!(
+                "host = \"127.0.0.1\"\nport = {}\nidentity = \"{key}\"",
+                bastion.sshd.port()
+            )
+        } else if line.starts_with("user = ") {
+            format!("user = \"{user}\"")
+        } else {
+            line.replace(
+                "/etc/bsmtp-ssh/known_hosts.bastion",
+                &bastion.known_hosts.display().to_string(),
+            )
+            .replace(
+                "/etc/bsmtp-ssh/known_hosts",
+                &env.known_hosts().display().to_string(),
+            )
+        };
+        converted.push_str(&line);
+        converted.push('\n');
+    }
+    for leftover in ["example.com", "hub.internal", "/etc/"] {
+        assert!(
+            !converted.contains(leftover),
+            "{leftover} left in:\n{converted}"
+        );
+    }
+    let conf = env.peer_sections(&[], &converted);
+    bsmtp_ssh_tests::util::write_file(&env.transport_config(), conf, 0o644);
+    let public = bsmtp_ssh_tests::util::read_lossy(&env.leaf_key().with_extension("pub"));
+    let public: Vec<&str> = public.split_whitespace().take(2).collect();
+    let keys = key_line
+        .replace("hub.internal:22", &format!("127.0.0.1:{}", env.sshd_port()))
+        .replace("ssh-ed25519 AAAA... leaf", &public.join(" "));
+    assert!(!keys.contains("AAAA..."), "{keys}");
+    bastion.set_authorized_keys(&keys);
+
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4README"],
+        &["bob@hub.test"],
+        &message("readme"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    env.wait_maildir("bob", 1, DELIVERY);
+    wait_forward_logged(&bastion, env.sshd_port());
+
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config, HUB_PEER], b"");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for line in check_lines {
+        // The README's line up to its first host-specific part.
+        let shown: Vec<&str> = line.splitn(4, ": ").take(3).collect();
+        let shown = shown.join(": ");
+        assert!(
+            said.contains(&shown),
+            "README shows {line:?}, check said:\n{said}"
+        );
+    }
+}
