@@ -495,14 +495,9 @@ fn sendmail_and_push_table_go_through_the_bastion() {
     assert!(tables.join("relay_recipients").exists(), "{}", text(&out));
 }
 
-/// README.md's "Hubs behind a bastion", followed literally: its config
-/// block and the bastion's key line are read from the README, with only
-/// what must differ here substituted (the example host names become
-/// loopback ports, /etc/bsmtp-ssh paths the environment's files, the
-/// accounts the harness's), then a delivery goes through, and `check`
-/// prints the lines the README shows.
-#[test]
-fn readme_bastion_section_delivers() {
+/// The code blocks of README.md's "Hubs behind a bastion": runs of lines
+/// indented four spaces (blank lines inside a block kept).
+fn readme_bastion_blocks() -> Vec<String> {
     let readme =
         std::fs::read_to_string(bsmtp_ssh_tests::binaries::workspace_root().join("README.md"))
             .expect("read README.md");
@@ -511,7 +506,6 @@ fn readme_bastion_section_delivers() {
         .expect("README.md has no \"Hubs behind a bastion\"");
     let section = &readme[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
-    // Code blocks: runs of lines indented four spaces (blank lines inside).
     let mut blocks: Vec<String> = Vec::new();
     let mut in_block = false;
     for line in section.lines() {
@@ -527,6 +521,18 @@ fn readme_bastion_section_delivers() {
             in_block = false;
         }
     }
+    blocks
+}
+
+/// README.md's "Hubs behind a bastion", followed literally: its config
+/// block and the bastion's key line are read from the README, with only
+/// what must differ here substituted (the example host names become
+/// loopback ports, /etc/bsmtp-ssh paths the environment's files, the
+/// accounts the harness's), then a delivery goes through, and `check`
+/// prints the lines the README shows.
+#[test]
+fn readme_bastion_section_delivers() {
+    let blocks = readme_bastion_blocks();
     let config = blocks
         .iter()
         .find(|b| b.contains("proxy_jump"))
