@@ -266,6 +266,17 @@ fn proxy_command_carries_a_delivery() {
         "{said}"
     );
     env.wait_maildir("bob", 1, DELIVERY);
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config], b"");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "ok:   peer hub: hop proxy_command: \"nc %h %p\" carried the session to 127.0.0.1:{}",
+            env.sshd_port()
+        )),
+        "{said}"
+    );
 }
 
 /// A proxy command that exits at once, and one that cannot start, defer

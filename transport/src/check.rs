@@ -375,9 +375,21 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
     }
 }
 
-/// An `ok` line for each bastion on the way to `hub`, from ours outward,
-/// once a session through them all came up.
+/// An `ok` line for each hop on the way to `hub` (a proxy command, then
+/// each bastion from ours outward), once a session through them all came
+/// up.
 fn report_hops(hub: &Hub, chain: &[&Hub], name: &str, report: &mut Report<'_, impl Write>) {
+    let outermost = chain.last().copied().unwrap_or(hub);
+    if let Some(Proxy::Command(command)) = &outermost.proxy {
+        report.ok(
+            name,
+            "hop proxy_command",
+            &format!(
+                "\"{command}\" carried the session to {}:{}",
+                outermost.host, outermost.port
+            ),
+        );
+    }
     for bastion in chain.iter().rev() {
         let (host, port) = forward_target(hub, bastion);
         report.ok(
