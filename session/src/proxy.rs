@@ -115,7 +115,7 @@ fn jump(hub: &Hub, bastion: &Hub, idle: Duration) -> Result<Link, Failure> {
     })?;
     std::thread::Builder::new()
         .name(format!("bastion {}", bastion.name))
-        .spawn(move || bridge(&session, channel, theirs, &poll_fd, command))
+        .spawn(move || bridge(&session, channel, theirs, &poll_fd, idle, command))
         .map_err(|e| {
             Failure::new(
                 FailureKind::Local,
@@ -157,12 +157,15 @@ fn forward_failed(hub: &Hub, bastion: &Hub, bastion_relay: &str, e: &ssh2::Error
 /// bastion's forwarded `channel` until either side ends. The bastion's
 /// session is non-blocking here; when neither side can move, it waits in
 /// poll(2) for the local socket or the bastion's socket (`bastion_fd`, a
-/// duplicate of the session's).
+/// duplicate of the session's). Once one side has ended, what is left to
+/// pass on gets `idle` to move, so a stalled bastion cannot keep the
+/// thread (and the bastion's session) forever.
 fn bridge(
     session: &Session,
     mut channel: Channel,
     mut local: UnixStream,
     bastion_fd: &OwnedFd,
+    idle: Duration,
     _command: Option<ProxyCommand>,
 ) {
     session.set_blocking(false);
@@ -173,6 +176,7 @@ fn bridge(
     let mut down: Vec<u8> = Vec::new(); // channel -> local
     let mut buf = vec![0u8; BRIDGE_BUFFER];
     let (mut local_eof, mut remote_eof) = (false, false);
+    let mut last_moved = Instant::now();
     loop {
         let mut moved = false;
         if down.is_empty() && !remote_eof {
@@ -223,7 +227,11 @@ fn bridge(
             break;
         }
         if moved {
+            last_moved = Instant::now();
             continue;
+        }
+        if (local_eof || remote_eof) && last_moved.elapsed() > idle {
+            break;
         }
         let mut local_events = PollFlags::empty();
         if up.is_empty() && !local_eof {
@@ -250,8 +258,9 @@ fn bridge(
             PollFd::new(bastion_fd.as_fd(), bastion_events),
         ];
         // The timeout only bounds how long a missed wakeup could cost.
-        if poll(&mut fds, 1000u16).is_err() {
-            break;
+        match poll(&mut fds, 1000u16) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
         }
     }
     let _ = local.shutdown(Shutdown::Both);
