@@ -21,7 +21,7 @@ pub const LEAF_USER: &str = "bsmtp-leaf";
 
 const INSTALL_HINT: &str = "install them with: \
     echo 'postfix postfix/main_mailer_type select Local only' | debconf-set-selections && \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y postfix openssh-server openssh-client netcat-openbsd";
+    DEBIAN_FRONTEND=noninteractive apt-get install -y postfix openssh-server openssh-client";
 
 /// Panics, saying how to fix it, when something the tests need is missing.
 /// A missing prerequisite is a failure, never a silent skip.
@@ -38,7 +38,6 @@ pub fn check_prerequisites() {
         ("/usr/bin/ssh", "the OpenSSH client"),
         ("/usr/bin/ssh-keygen", "the OpenSSH client"),
         ("/usr/sbin/useradd", "passwd (useradd)"),
-        ("/usr/bin/nc", "netcat (the proxy_command test)"),
     ] {
         assert!(
             Path::new(path).exists(),

@@ -245,6 +245,10 @@ fn check_reports_the_bastion_hop() {
 /// is checked as ever.
 #[test]
 fn proxy_command_carries_a_delivery() {
+    assert!(
+        std::path::Path::new("/usr/bin/nc").exists(),
+        "netcat is missing (/usr/bin/nc); scripts/test installs it: apt-get install -y netcat-openbsd"
+    );
     let env = Env::start("proxy_command");
     let mut hub = env.hub_spec(HUB_PEER);
     hub.lines = vec!["proxy_command = \"nc %h %p\"".to_owned()];
