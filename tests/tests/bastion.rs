@@ -635,3 +635,33 @@ fn readme_bastion_section_delivers() {
         );
     }
 }
+
+/// The bastion itself reached through a `proxy_command` (netcat): the
+/// proxies compose.
+#[test]
+fn a_bastion_reached_through_a_proxy_command() {
+    let env = Env::start("bastion_via_nc");
+    let bastion = env.start_bastion();
+    let mut spec = bastion.spec();
+    spec.lines = vec!["proxy_command = \"nc %h %p\"".to_owned()];
+    let mut hub = env.hub_spec(HUB_PEER);
+    hub.lines = vec![JUMP.to_owned()];
+    env.write_peer_sections(&[hub, spec], "");
+    let out = env.deliver_as_leaf(
+        "alice@leaf.test",
+        &["--queue-id", "4JUMPNC"],
+        &["bob@hub.test"],
+        &message("jump.nc"),
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "via 127.0.0.1:{} via proxy_command \"nc 127.0.0.1 {}\": 250 ",
+            bastion.sshd.port(),
+            bastion.sshd.port()
+        )),
+        "{said}"
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+}
