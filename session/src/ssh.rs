@@ -266,11 +266,15 @@ pub fn connect_hub(
             format!("open channel: {e}"),
         )
     })?;
-    // rsmtp answers on stdout; its stderr is for humans and its syslog.
-    // Ignoring it keeps a chatty stderr from filling the window.
+    // rsmtp answers on stdout; its stderr is for humans: why it stopped
+    // (a typo in rsmtp.conf, a forced command that does not parse), which
+    // a failure's text then shows (see [`ChannelStream`]). It is kept
+    // apart from stdout, never merged into the replies.
     channel
-        .handle_extended_data(ExtendedData::Ignore)
+        .handle_extended_data(ExtendedData::Normal)
         .map_err(|e| fail(FailureKind::Internal, format!("channel setup: {e}")))?;
+    // Nothing left from an earlier session may be blamed on this one.
+    let _ = take_remote_stderr();
     let (request, deflate) = request(verb, hub.compression);
     channel.exec(&request).map_err(|e| {
         fail(
@@ -279,8 +283,8 @@ pub fn connect_hub(
         )
     })?;
     Ok(Connection {
+        channel: ChannelStream(channel, deflate.then(Box::default), session.clone()),
         session,
-        channel: ChannelStream(channel, deflate.then(Box::default)),
         relay,
         hub: hub.name.clone(),
     })
@@ -309,9 +313,84 @@ fn request(verb: &str, compression: bool) -> (String, bool) {
 /// discard replies already on their way (a 354 lost that way made the next
 /// reply look like DATA's). Writes go out as they are made, so there is
 /// nothing to flush.
-pub struct ChannelStream(pub ssh2::Channel, Option<Box<crate::deflate::Duplex>>);
+///
+/// When reading or writing fails, or the stream ends, what the remote
+/// command wrote on its stderr is read then (never before: a session that
+/// works is not slowed), without waiting and bounded, and kept for the
+/// failure's text ([`take_remote_stderr`]). Until then libssh2 holds it:
+/// rsmtp writes there only why it stopped, and its log lines when no mail
+/// log answers, so a long session on a hub without syslog holds a few
+/// hundred bytes per message.
+pub struct ChannelStream(
+    pub ssh2::Channel,
+    Option<Box<crate::deflate::Duplex>>,
+    Session,
+);
+
+/// Most bytes of the remote's stderr kept for a failure's text (its end:
+/// the last line is why it stopped).
+pub const MAX_REMOTE_STDERR: usize = 1024;
+/// Most bytes of the remote's stderr read when a session failed; the rest
+/// stays unread (the session is over).
+const MAX_STDERR_READ: usize = 64 * 1024;
+/// What precedes the remote's stderr in a failure's text.
+pub const REMOTE_SAID: &str = "the hub's forced command said on stderr: ";
+
+thread_local! {
+    /// The remote's stderr, read when this thread's session failed.
+    static REMOTE_STDERR: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// What the remote command of this thread's last failed session wrote on
+/// its stderr (one line, its last [`MAX_REMOTE_STDERR`] bytes), once.
+pub fn take_remote_stderr() -> Option<String> {
+    REMOTE_STDERR.with(|cell| cell.borrow_mut().take())
+}
 
 impl ChannelStream {
+    /// Reads the remote's stderr without waiting (the session is made
+    /// non-blocking for it), up to [`MAX_STDERR_READ`] bytes, and keeps its
+    /// end for [`take_remote_stderr`].
+    fn capture_stderr(&mut self) {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut stderr = self.0.stderr();
+        let mut chunk = [0u8; 4096];
+        let mut total = 0;
+        self.2.set_blocking(false);
+        while total < MAX_STDERR_READ {
+            match stderr.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    kept.extend_from_slice(&chunk[..n]);
+                    if kept.len() > MAX_REMOTE_STDERR {
+                        kept.drain(..kept.len() - MAX_REMOTE_STDERR);
+                    }
+                }
+            }
+        }
+        self.2.set_blocking(true);
+        let text = bsmtp::text::one_line(&String::from_utf8_lossy(&kept))
+            .trim()
+            .to_owned();
+        if !text.is_empty() {
+            REMOTE_STDERR.with(|cell| *cell.borrow_mut() = Some(text));
+        }
+    }
+
+    /// Keeps the remote's stderr when `result` ends or failed the session.
+    fn after<T>(
+        &mut self,
+        result: std::io::Result<T>,
+        ended: impl Fn(&T) -> bool,
+    ) -> std::io::Result<T> {
+        if result.as_ref().map_or(true, ended) {
+            self.capture_stderr();
+        }
+        result
+    }
+
     /// A second handle that reads the same channel, for a reader and a
     /// writer held apart (a server session on the channel: `pull`, which
     /// is never deflated; it reads the channel as it is).
@@ -331,19 +410,22 @@ impl std::io::Read for ChannelReader {
 
 impl std::io::Read for ChannelStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.1 {
+        let result = match &mut self.1 {
             Some(deflate) => deflate.read(&mut self.0, buf),
             None => self.0.read(buf),
-        }
+        };
+        let asked = !buf.is_empty();
+        self.after(result, |&n| n == 0 && asked)
     }
 }
 
 impl std::io::Write for ChannelStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.1 {
+        let result = match &mut self.1 {
             Some(deflate) => deflate.write(&mut self.0, buf),
             None => self.0.write(buf),
-        }
+        };
+        self.after(result, |_| false)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

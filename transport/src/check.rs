@@ -394,6 +394,10 @@ fn probe(connection: ssh::Connection, peer: &str, report: &mut Report<'_, impl W
                 );
             }
         }
+        // rsmtp's own words say more than a guess.
+        Err(failure) if failure.text.contains(ssh::REMOTE_SAID) => {
+            report.fail(peer, "session", &failure.text);
+        }
         Err(failure) => report.fail(
             peer,
             "session",

@@ -32,6 +32,10 @@ use bsmtp_session::policy::{self, SenderPattern};
 /// The account whose `~/.ssh/authorized_keys` gets the line by default: the
 /// one the peers log in as.
 pub const DEFAULT_USER: &str = "bsmtp";
+/// The root-owned key directory a hub's sshd may read instead of the
+/// account's own file (`AuthorizedKeysFile /etc/ssh/authorized_keys/%u`),
+/// so the peers' account cannot rewrite its keys.
+pub const DEFAULT_KEYS_DIR: &str = "/etc/ssh/authorized_keys";
 /// Largest `.pub` file we read (an RSA-16384 key is under 3 KiB).
 pub const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 /// Key types OpenSSH accepts in `authorized_keys` that we allow. DSA is gone

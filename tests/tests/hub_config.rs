@@ -1,0 +1,116 @@
+//! A mistake in the hub's own setup, seen from both sides: rsmtp says why
+//! it stopped in the hub's mail log and on its stderr, which the leaf's
+//! deferral and `check` show; `rsmtp check` names it before any peer
+//! finds out.
+
+use std::time::Duration;
+
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode, LEAF_PEER};
+
+const DELIVERY: Duration = Duration::from_secs(90);
+
+/// Regression (issue 19, 5.2): `max_recipents = 1000` in rsmtp.conf stopped
+/// every leaf; the leaf deferred "lost connection ... (see the receiver's
+/// log)", `check` guessed at the forced command, and the hub logged nothing.
+#[test]
+fn typo_in_rsmtp_conf_is_named_on_both_sides() {
+    let env = Env::start_with(
+        "hub_config_typo",
+        // The hub's rsmtp reaches the mail log (upstream's set-gid postlog),
+        // as on a hub whose admin ran the fix `bsmtp-ssh check` names.
+        EnvOptions::default()
+            .postlog(PostlogMode::SetGid)
+            .rsmtp_conf("max_recipents = 1000"),
+    );
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: typo\r\n\r\nbody\r\n",
+    );
+    let deferred = env.wait_pipe_status("deferred", DELIVERY);
+    assert!(
+        deferred.contains("max_recipents") && deferred.contains("said on stderr"),
+        "the deferral must carry rsmtp's own words: {deferred}"
+    );
+    let logged = env.wait_log(Log::Hub, "max_recipents", DELIVERY);
+    assert!(
+        logged.contains("rsmtp") && logged.contains("fatal: "),
+        "{logged}"
+    );
+
+    let config = env.transport_config().display().to_string();
+    let out = env.bsmtp_ssh(&["check", "--config", &config], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let session = stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL: peer hub: session: "))
+        .unwrap_or_else(|| panic!("no FAIL line for the session:\n{stdout}"));
+    assert!(
+        session.contains("max_recipents") && !session.contains("is the key's forced command"),
+        "{session}"
+    );
+
+    let rsmtp = env.bin_dir().join("rsmtp");
+    let out = std::process::Command::new(&rsmtp)
+        .arg("check")
+        .arg("--config")
+        .arg(env.rsmtp_config())
+        .arg("--authorized-keys")
+        .arg(env.authorized_keys())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAIL: config {}", env.rsmtp_config().display()))
+            && stdout.contains("max_recipents"),
+        "{stdout}"
+    );
+    // The peer's key line, by file, line and comment: its forced command
+    // reads the broken file.
+    let key_line = format!(
+        "FAIL: {} line 1 ({LEAF_PEER}): ",
+        env.authorized_keys().display()
+    );
+    assert!(stdout.contains(&key_line), "{stdout}");
+}
+
+/// `rsmtp check` names a key whose forced command does not parse with
+/// rsmtp's command line, and passes a good setup.
+#[test]
+fn rsmtp_check_names_a_key_whose_forced_command_does_not_parse() {
+    let env = Env::start("hub_config_key_typo");
+    let rsmtp = env.bin_dir().join("rsmtp");
+    let run = || {
+        std::process::Command::new(&rsmtp)
+            .arg("check")
+            .arg("--config")
+            .arg(env.rsmtp_config())
+            .arg("--authorized-keys")
+            .arg(env.authorized_keys())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("peer {LEAF_PEER}")), "{stdout}");
+
+    let good = std::fs::read_to_string(env.authorized_keys()).unwrap();
+    std::fs::write(
+        env.authorized_keys(),
+        good.replacen("--peer", "--max-recipents 5 --peer", 1),
+    )
+    .unwrap();
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(78), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "FAIL: {} line 1 ({LEAF_PEER}): forced command does not parse",
+            env.authorized_keys().display()
+        )) && stdout.contains("--max-recipents"),
+        "{stdout}"
+    );
+}
