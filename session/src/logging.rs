@@ -161,6 +161,24 @@ impl Credentials {
         }
     }
 
+    /// Why these credentials cannot read `path` (a directory on the way
+    /// that they may not search, or the file itself), or `Ok` when they
+    /// can, as the kernel decides by owner, group and mode (ACLs aside).
+    /// For `bsmtp-ssh check` run as root on the transport user's files.
+    pub fn can_read(&self, path: &Path) -> Result<(), String> {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        for dir in absolute.ancestors().skip(1) {
+            if !self.may(dir, 0o1) {
+                return Err(format!("directory {} is not searchable", dir.display()));
+            }
+        }
+        if self.may(&absolute, 0o4) {
+            Ok(())
+        } else {
+            Err(format!("{} is not readable", absolute.display()))
+        }
+    }
+
     /// Whether these credentials grant `want` (an `rwx` bit triple, e.g.
     /// 0o1 for search) on `path`, as the kernel decides for a non-root user.
     fn may(&self, path: &Path, want: u32) -> bool {
