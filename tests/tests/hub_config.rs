@@ -114,3 +114,117 @@ fn rsmtp_check_names_a_key_whose_forced_command_does_not_parse() {
         "{stdout}"
     );
 }
+
+/// Issue 19, part 4: on a hub whose sshd reads `AuthorizedKeysFile
+/// DIR/%u` (the harness's sshd does), `rsmtp authorize
+/// --authorized-keys-dir DIR` writes the peers' keys root-owned 0644 in a
+/// root-owned directory; delivery works, and the peers' account can
+/// neither rewrite its keys file nor add another beside it.
+#[test]
+fn root_owned_keys_file_works_and_the_peers_account_cannot_write_it() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::start("hub_root_owned_keys");
+    let file = env.authorized_keys();
+    let dir = file.parent().unwrap().to_path_buf();
+    let user = bsmtp_ssh_tests::HUB_SSH_USER;
+    assert_eq!(
+        file.file_name().unwrap(),
+        user,
+        "the harness's sshd reads DIR/%u"
+    );
+    std::fs::remove_file(&file).unwrap();
+    let rsmtp = env.bin_dir().join("rsmtp");
+    let out = std::process::Command::new(&rsmtp)
+        .arg("authorize")
+        .arg("--authorized-keys-dir")
+        .arg(&dir)
+        .args([
+            "--user",
+            user,
+            "--peer",
+            LEAF_PEER,
+            "--allow-sender",
+            "@leaf.test",
+        ])
+        .arg("--key")
+        .arg(env.leaf_key().with_extension("pub"))
+        .arg("--rsmtp")
+        .arg(&rsmtp)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("added to {}", file.display())),
+        "{said}"
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.mode() & 0o022, 0);
+
+    // The hub here is a private Postfix instance: point the line at it
+    // (root rewrites the file in place; owner and mode stay).
+    let keys = std::fs::read_to_string(&file).unwrap();
+    let instance = format!(
+        "--peer {LEAF_PEER} --postfix-config {} --config {}",
+        env.hub_config_dir().display(),
+        env.rsmtp_config().display()
+    );
+    std::fs::write(
+        &file,
+        keys.replacen(&format!("--peer {LEAF_PEER}"), &instance, 1),
+    )
+    .unwrap();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        b"Subject: root-owned keys\r\n\r\nbody\r\n",
+    );
+    env.wait_maildir("bob", 1, DELIVERY);
+
+    // `rsmtp check` finds DIR/USER by itself and passes.
+    let out = std::process::Command::new(&rsmtp)
+        .arg("check")
+        .arg("--config")
+        .arg(env.rsmtp_config())
+        .arg("--authorized-keys-dir")
+        .arg(&dir)
+        .args(["--user", user])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&format!("ok:   {} line 1", file.display())),
+        "{said}"
+    );
+
+    // As the peers' account: no rewrite, no new file beside it.
+    let account = bsmtp_ssh_tests::util::lookup_user(user);
+    let as_peer = |script: &str, path: &std::path::Path| {
+        std::process::Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={}", account.uid))
+            .arg(format!("--regid={}", account.gid))
+            .args(["--clear-groups", "--", "/bin/sh", "-c", script, "sh"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let append = as_peer("echo 'ssh-ed25519 AAAA evil' >> \"$1\"", &file);
+    assert!(!append.status.success(), "the account appended to its keys");
+    let beside = as_peer(": > \"$1\"", &dir.join("evil"));
+    assert!(
+        !beside.status.success(),
+        "the account created a file in {}",
+        dir.display()
+    );
+    let replace = as_peer("mv \"$1\" \"$1.old\"", &file);
+    assert!(!replace.status.success(), "the account moved its keys file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1);
+}

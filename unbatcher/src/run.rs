@@ -68,6 +68,8 @@ pub struct Args {
 }
 
 /// The admin subcommands of rsmtp.
+// Parsed once per process: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// Add a peer's key, with its forced command, to the authorized keys file.
