@@ -283,7 +283,12 @@ pub fn connect_hub(
         )
     })?;
     Ok(Connection {
-        channel: ChannelStream(channel, deflate.then(Box::default), session.clone()),
+        channel: ChannelStream(
+            channel,
+            deflate.then(Box::default),
+            session.clone(),
+            StderrTail::default(),
+        ),
         session,
         relay,
         hub: hub.name.clone(),
@@ -314,18 +319,31 @@ fn request(verb: &str, compression: bool) -> (String, bool) {
 /// reply look like DATA's). Writes go out as they are made, so there is
 /// nothing to flush.
 ///
-/// When reading or writing fails, or the stream ends, what the remote
-/// command wrote on its stderr is read then (never before: a session that
-/// works is not slowed), without waiting and bounded, and kept for the
-/// failure's text ([`take_remote_stderr`]). Until then libssh2 holds it:
-/// rsmtp writes there only why it stopped, and its log lines when no mail
-/// log answers, so a long session on a hub without syslog holds a few
-/// hundred bytes per message.
+/// What the remote command writes on its stderr is kept apart (never in
+/// the replies) and its end kept for a failure's text
+/// ([`take_remote_stderr`]): read when reading or writing fails or the
+/// stream ends, and, so that it neither grows in memory nor fills the
+/// channel's window, before each read of the replies whenever libssh2
+/// holds unread data (a read that does not wait, bounded). Unread stderr
+/// counts against the window libssh2 grants the hub: were it full, the
+/// hub's sshd would stop, its command would block writing stderr, and
+/// the reply we wait for would never come. The window left: more than the
+/// window (2 MiB) written to stderr while we wait for one reply still
+/// stalls the session until its idle timeout (it then defers, nothing is
+/// lost); rsmtp writes a few lines per command at most (tested with
+/// 1 MiB in one go).
 pub struct ChannelStream(
     pub ssh2::Channel,
     Option<Box<crate::deflate::Duplex>>,
     Session,
+    StderrTail,
 );
+
+/// The end of what the remote wrote on stderr so far.
+#[derive(Default)]
+pub struct StderrTail {
+    tail: Vec<u8>,
+}
 
 /// Most bytes of the remote's stderr kept for a failure's text (its end:
 /// the last line is why it stopped).
@@ -353,7 +371,17 @@ impl ChannelStream {
     /// non-blocking for it), up to [`MAX_STDERR_READ`] bytes, and keeps its
     /// end for [`take_remote_stderr`].
     fn capture_stderr(&mut self) {
-        let mut kept: Vec<u8> = Vec::new();
+        self.drain_stderr();
+        let text = bsmtp::text::one_line(&String::from_utf8_lossy(&self.3.tail))
+            .trim()
+            .to_owned();
+        if !text.is_empty() {
+            REMOTE_STDERR.with(|cell| *cell.borrow_mut() = Some(text));
+        }
+    }
+
+    /// Moves what stderr holds now into the kept tail, without waiting.
+    fn drain_stderr(&mut self) {
         let mut stderr = self.0.stderr();
         let mut chunk = [0u8; 4096];
         let mut total = 0;
@@ -363,6 +391,7 @@ impl ChannelStream {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     total += n;
+                    let kept = &mut self.3.tail;
                     kept.extend_from_slice(&chunk[..n]);
                     if kept.len() > MAX_REMOTE_STDERR {
                         kept.drain(..kept.len() - MAX_REMOTE_STDERR);
@@ -371,12 +400,6 @@ impl ChannelStream {
             }
         }
         self.2.set_blocking(true);
-        let text = bsmtp::text::one_line(&String::from_utf8_lossy(&kept))
-            .trim()
-            .to_owned();
-        if !text.is_empty() {
-            REMOTE_STDERR.with(|cell| *cell.borrow_mut() = Some(text));
-        }
     }
 
     /// Keeps the remote's stderr when `result` ends or failed the session.
@@ -410,6 +433,10 @@ impl std::io::Read for ChannelReader {
 
 impl std::io::Read for ChannelStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // Nothing queued, nothing to free: no extra call on an idle wait.
+        if self.0.read_window().available > 0 {
+            self.drain_stderr();
+        }
         let result = match &mut self.1 {
             Some(deflate) => deflate.read(&mut self.0, buf),
             None => self.0.read(buf),

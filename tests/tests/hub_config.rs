@@ -228,3 +228,26 @@ fn root_owned_keys_file_works_and_the_peers_account_cannot_write_it() {
     assert!(!replace.status.success(), "the account moved its keys file");
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1);
 }
+
+/// The channel's stderr is kept apart and drained as replies are read: a
+/// forced command that writes a megabyte there (rsmtp's log lines when no
+/// mail log answers, over a long session) neither stalls the session nor
+/// gets into the replies.
+#[test]
+fn a_chatty_stderr_does_not_stall_the_session() {
+    let env = Env::start_with(
+        "hub_config_chatty_stderr",
+        EnvOptions::default().forced_command(
+            "head -c 1048576 /dev/zero | tr '\\000' x >&2; exec {bin}/rsmtp --peer leaf1 \
+             --postfix-config {hub_etc} --config {base}/hub/rsmtp.conf --allow-sender @leaf.test",
+        ),
+    );
+    for i in 0..3 {
+        env.leaf_sendmail(
+            "alice@leaf.test",
+            &["bob@hub.test"],
+            format!("Subject: chatty {i}\r\n\r\nbody\r\n").as_bytes(),
+        );
+    }
+    env.wait_maildir("bob", 3, DELIVERY);
+}
