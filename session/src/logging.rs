@@ -366,6 +366,46 @@ fn prefix(level: Level) -> &'static str {
 mod tests {
     use super::*;
 
+    /// `check` run as root judges the transport user's access by owner,
+    /// group and mode of the file and of every directory above it.
+    #[test]
+    fn can_read_needs_search_on_every_directory_and_read_on_the_file() {
+        let dir = std::env::temp_dir().join(format!("bsmtp-can-read-{}", std::process::id()));
+        let inner = dir.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        let file = inner.join("key");
+        std::fs::write(&file, b"k").unwrap();
+        let owner = std::fs::metadata(&file).unwrap().uid();
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let stranger = Credentials {
+            uid: owner + 4242,
+            gids: vec![4242],
+        };
+        let me = Credentials {
+            uid: owner,
+            gids: vec![4242],
+        };
+        set(&dir, 0o755);
+        set(&inner, 0o755);
+        set(&file, 0o644);
+        assert!(stranger.can_read(&file).is_ok());
+        set(&file, 0o600);
+        let why = stranger.can_read(&file).unwrap_err();
+        assert!(why.contains("is not readable"), "{why}");
+        assert!(me.can_read(&file).is_ok());
+        set(&file, 0o644);
+        set(&inner, 0o700);
+        let why = stranger.can_read(&file).unwrap_err();
+        assert!(
+            why.contains(&format!("directory {} is not searchable", inner.display())),
+            "{why}"
+        );
+        set(&inner, 0o755);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn root_reaches_postlogd_and_others_need_the_group() {
         let dir = std::env::temp_dir().join(format!("bsmtp-logging-{}", std::process::id()));
