@@ -278,6 +278,17 @@ fn syslog_sink(ident: &str) -> Option<Sink> {
         .map(|logger| Sink::Syslog(Mutex::new(logger)))
 }
 
+/// True when an error logged now also reaches stderr (a terminal, or the
+/// [`Fallback::Stderr`] of a log that does not reach the mail log): the
+/// caller then does not print it a second time.
+pub fn errors_reach_stderr() -> bool {
+    LOGGER.get().is_some_and(|logger| {
+        std::io::stderr().is_terminal()
+            || (logger.fallback == Fallback::Stderr
+                && (logger.impaired || matches!(logger.sink, Sink::None)))
+    })
+}
+
 /// Writes lines held back by [`Fallback::Buffer`] to stderr.
 pub fn flush_buffered() {
     if let Some(logger) = LOGGER.get() {
