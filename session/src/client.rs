@@ -716,12 +716,14 @@ fn read_one_reply(
         }
         match stream.read(&mut chunk) {
             Ok(0) => {
+                let why = match crate::ssh::take_remote_stderr() {
+                    Some(said) => format!("; {}{said}", crate::ssh::REMOTE_SAID),
+                    None => " (see the receiver's log for its reason)".to_owned(),
+                };
                 return Err(Failure::new(
                     FailureKind::PeerProtocol,
-                    format!(
-                        "{relay}: lost connection while waiting for a reply (see the receiver's log for its reason)"
-                    ),
-                ))
+                    format!("{relay}: lost connection while waiting for a reply{why}"),
+                ));
             }
             Ok(n) => input.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -735,7 +737,10 @@ fn io_failure(relay: &str, what: &str, err: &io::Error) -> Failure {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => FailureKind::Timeout,
         _ => FailureKind::PeerProtocol,
     };
-    Failure::new(kind, format!("{relay}: {what}: {err}"))
+    let said = crate::ssh::take_remote_stderr()
+        .map(|said| format!("; {}{said}", crate::ssh::REMOTE_SAID))
+        .unwrap_or_default();
+    Failure::new(kind, format!("{relay}: {what}: {err}{said}"))
 }
 
 /// `NOTIFY=` and `ORCPT=` for a recipient.

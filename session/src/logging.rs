@@ -161,6 +161,24 @@ impl Credentials {
         }
     }
 
+    /// Why these credentials cannot read `path` (a directory on the way
+    /// that they may not search, or the file itself), or `Ok` when they
+    /// can, as the kernel decides by owner, group and mode (ACLs aside).
+    /// For `bsmtp-ssh check` run as root on the transport user's files.
+    pub fn can_read(&self, path: &Path) -> Result<(), String> {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        for dir in absolute.ancestors().skip(1) {
+            if !self.may(dir, 0o1) {
+                return Err(format!("directory {} is not searchable", dir.display()));
+            }
+        }
+        if self.may(&absolute, 0o4) {
+            Ok(())
+        } else {
+            Err(format!("{} is not readable", absolute.display()))
+        }
+    }
+
     /// Whether these credentials grant `want` (an `rwx` bit triple, e.g.
     /// 0o1 for search) on `path`, as the kernel decides for a non-root user.
     fn may(&self, path: &Path, want: u32) -> bool {
@@ -260,6 +278,17 @@ fn syslog_sink(ident: &str) -> Option<Sink> {
         .map(|logger| Sink::Syslog(Mutex::new(logger)))
 }
 
+/// True when an error logged now also reaches stderr (a terminal, or the
+/// [`Fallback::Stderr`] of a log that does not reach the mail log): the
+/// caller then does not print it a second time.
+pub fn errors_reach_stderr() -> bool {
+    LOGGER.get().is_some_and(|logger| {
+        std::io::stderr().is_terminal()
+            || (logger.fallback == Fallback::Stderr
+                && (logger.impaired || matches!(logger.sink, Sink::None)))
+    })
+}
+
 /// Writes lines held back by [`Fallback::Buffer`] to stderr.
 pub fn flush_buffered() {
     if let Some(logger) = LOGGER.get() {
@@ -347,6 +376,46 @@ fn prefix(level: Level) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `check` run as root judges the transport user's access by owner,
+    /// group and mode of the file and of every directory above it.
+    #[test]
+    fn can_read_needs_search_on_every_directory_and_read_on_the_file() {
+        let dir = std::env::temp_dir().join(format!("bsmtp-can-read-{}", std::process::id()));
+        let inner = dir.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        let file = inner.join("key");
+        std::fs::write(&file, b"k").unwrap();
+        let owner = std::fs::metadata(&file).unwrap().uid();
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let stranger = Credentials {
+            uid: owner + 4242,
+            gids: vec![4242],
+        };
+        let me = Credentials {
+            uid: owner,
+            gids: vec![4242],
+        };
+        set(&dir, 0o755);
+        set(&inner, 0o755);
+        set(&file, 0o644);
+        assert!(stranger.can_read(&file).is_ok());
+        set(&file, 0o600);
+        let why = stranger.can_read(&file).unwrap_err();
+        assert!(why.contains("is not readable"), "{why}");
+        assert!(me.can_read(&file).is_ok());
+        set(&file, 0o644);
+        set(&inner, 0o700);
+        let why = stranger.can_read(&file).unwrap_err();
+        assert!(
+            why.contains(&format!("directory {} is not searchable", inner.display())),
+            "{why}"
+        );
+        set(&inner, 0o755);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn root_reaches_postlogd_and_others_need_the_group() {

@@ -228,11 +228,15 @@ pub fn connect_hub(
             format!("open channel: {e}"),
         )
     })?;
-    // rsmtp answers on stdout; its stderr is for humans and its syslog.
-    // Ignoring it keeps a chatty stderr from filling the window.
+    // rsmtp answers on stdout; its stderr is for humans: why it stopped
+    // (a typo in rsmtp.conf, a forced command that does not parse), which
+    // a failure's text then shows (see [`ChannelStream`]). It is kept
+    // apart from stdout, never merged into the replies.
     channel
-        .handle_extended_data(ExtendedData::Ignore)
+        .handle_extended_data(ExtendedData::Normal)
         .map_err(|e| fail(FailureKind::Internal, format!("channel setup: {e}")))?;
+    // Nothing left from an earlier session may be blamed on this one.
+    let _ = take_remote_stderr();
     let (request, deflate) = request(verb, hub.compression);
     channel.exec(&request).map_err(|e| {
         fail(
@@ -241,8 +245,14 @@ pub fn connect_hub(
         )
     })?;
     Ok(Connection {
+        channel: ChannelStream(
+            channel,
+            deflate.then(Box::default),
+            session.clone(),
+            StderrTail::default(),
+            command,
+        ),
         session,
-        channel: ChannelStream(channel, deflate.then(Box::default), command),
         relay,
         hub: hub.name.clone(),
     })
@@ -378,16 +388,106 @@ fn request(verb: &str, compression: bool) -> (String, bool) {
 /// reply look like DATA's). Writes go out as they are made, so there is
 /// nothing to flush.
 ///
-/// The third field keeps a `proxy_command` carrying the session running
+/// What the remote command writes on its stderr is kept apart (never in
+/// the replies) and its end kept for a failure's text
+/// ([`take_remote_stderr`]): read when reading or writing fails or the
+/// stream ends, and, so that it neither grows in memory nor fills the
+/// channel's window, before each read of the replies whenever libssh2
+/// holds unread data (a read that does not wait, bounded). Unread stderr
+/// counts against the window libssh2 grants the hub: were it full, the
+/// hub's sshd would stop, its command would block writing stderr, and
+/// the reply we wait for would never come. The window left: more than the
+/// window (2 MiB) written to stderr while we wait for one reply still
+/// stalls the session until its idle timeout (it then defers, nothing is
+/// lost); rsmtp writes a few lines per command at most (tested with
+/// 1 MiB in one go).
+///
+/// The fifth field keeps a `proxy_command` carrying the session running
 /// as long as the channel is used.
 pub struct ChannelStream(
     pub ssh2::Channel,
     Option<Box<crate::deflate::Duplex>>,
+    Session,
+    StderrTail,
     #[allow(dead_code, reason = "held, never read: it keeps the command running")]
     Option<crate::proxy::ProxyCommand>,
 );
 
+/// The end of what the remote wrote on stderr so far.
+#[derive(Default)]
+pub struct StderrTail {
+    tail: Vec<u8>,
+}
+
+/// Most bytes of the remote's stderr kept for a failure's text (its end:
+/// the last line is why it stopped).
+pub const MAX_REMOTE_STDERR: usize = 1024;
+/// Most bytes of the remote's stderr read when a session failed; the rest
+/// stays unread (the session is over).
+const MAX_STDERR_READ: usize = 64 * 1024;
+/// What precedes the remote's stderr in a failure's text.
+pub const REMOTE_SAID: &str = "the hub's forced command said on stderr: ";
+
+thread_local! {
+    /// The remote's stderr, read when this thread's session failed.
+    static REMOTE_STDERR: std::cell::RefCell<Option<String>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// What the remote command of this thread's last failed session wrote on
+/// its stderr (one line, its last [`MAX_REMOTE_STDERR`] bytes), once.
+pub fn take_remote_stderr() -> Option<String> {
+    REMOTE_STDERR.with(|cell| cell.borrow_mut().take())
+}
+
 impl ChannelStream {
+    /// Reads the remote's stderr without waiting (the session is made
+    /// non-blocking for it), up to [`MAX_STDERR_READ`] bytes, and keeps its
+    /// end for [`take_remote_stderr`].
+    fn capture_stderr(&mut self) {
+        self.drain_stderr();
+        let text = bsmtp::text::one_line(&String::from_utf8_lossy(&self.3.tail))
+            .trim()
+            .to_owned();
+        if !text.is_empty() {
+            REMOTE_STDERR.with(|cell| *cell.borrow_mut() = Some(text));
+        }
+    }
+
+    /// Moves what stderr holds now into the kept tail, without waiting.
+    fn drain_stderr(&mut self) {
+        let mut stderr = self.0.stderr();
+        let mut chunk = [0u8; 4096];
+        let mut total = 0;
+        self.2.set_blocking(false);
+        while total < MAX_STDERR_READ {
+            match stderr.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    let kept = &mut self.3.tail;
+                    kept.extend_from_slice(&chunk[..n]);
+                    if kept.len() > MAX_REMOTE_STDERR {
+                        kept.drain(..kept.len() - MAX_REMOTE_STDERR);
+                    }
+                }
+            }
+        }
+        self.2.set_blocking(true);
+    }
+
+    /// Keeps the remote's stderr when `result` ends or failed the session.
+    fn after<T>(
+        &mut self,
+        result: std::io::Result<T>,
+        ended: impl Fn(&T) -> bool,
+    ) -> std::io::Result<T> {
+        if result.as_ref().map_or(true, ended) {
+            self.capture_stderr();
+        }
+        result
+    }
+
     /// A second handle that reads the same channel, for a reader and a
     /// writer held apart (a server session on the channel: `pull`, which
     /// is never deflated; it reads the channel as it is).
@@ -407,19 +507,26 @@ impl std::io::Read for ChannelReader {
 
 impl std::io::Read for ChannelStream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.1 {
+        // Nothing queued, nothing to free: no extra call on an idle wait.
+        if self.0.read_window().available > 0 {
+            self.drain_stderr();
+        }
+        let result = match &mut self.1 {
             Some(deflate) => deflate.read(&mut self.0, buf),
             None => self.0.read(buf),
-        }
+        };
+        let asked = !buf.is_empty();
+        self.after(result, |&n| n == 0 && asked)
     }
 }
 
 impl std::io::Write for ChannelStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.1 {
+        let result = match &mut self.1 {
             Some(deflate) => deflate.write(&mut self.0, buf),
             None => self.0.write(buf),
-        }
+        };
+        self.after(result, |_| false)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -173,3 +173,51 @@ fn check_names_a_revoked_key_and_a_cert_authority_line() {
         "{out}"
     );
 }
+
+/// Regression (issue 19, 5.4): `check` run as root passed while the
+/// transport's user could not read the key, so every real delivery
+/// deferred. It now checks the key and the pins as that user (from
+/// master.cf's `user=`) and, for a file that exists, says chown/chmod,
+/// not "create it".
+#[test]
+fn check_as_root_names_a_key_the_transport_user_cannot_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start("check_key_access");
+    let (code, out) = check_leaf(&env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok:   peer hub: key: "), "{out}");
+
+    let key = env.leaf_key();
+    std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out) = check_leaf(&env);
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL: peer hub: key: "))
+        .unwrap_or_else(|| panic!("no FAIL line for the key:\n{out}"));
+    assert!(
+        line.contains("user bsmtp-leaf")
+            && line.contains(&format!("chown bsmtp-leaf {}", key.display()))
+            && line.contains("chmod 600")
+            && !line.contains("create it"),
+        "{line}"
+    );
+    // No login is tried with a key the transport could not use.
+    assert!(!out.contains("peer hub: login: "), "{out}");
+
+    // The pins too.
+    let user = bsmtp_ssh_tests::util::lookup_user("bsmtp-leaf");
+    std::os::unix::fs::chown(&key, Some(user.uid.as_raw()), Some(user.gid.as_raw())).unwrap();
+    let pins = env.known_hosts();
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&pins, Some(0), Some(0)).unwrap();
+    let (code, out) = check_leaf(&env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL: peer hub: known_hosts: ")
+                && l.contains("chown bsmtp-leaf")),
+        "{out}"
+    );
+}

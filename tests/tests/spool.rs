@@ -541,3 +541,100 @@ fn spool_files_are_batch_smtp_that_exim_reads() {
         );
     }
 }
+
+/// Every file under `dir` owned by root, as paths.
+fn root_owned(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() == 0 {
+            found.push(path.display().to_string());
+        }
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    found
+}
+
+/// Regression (issue 19, 5.1): `bsmtp-ssh flush` run as root with the hub
+/// down rewrote the `.meta` files root-owned and left a root `.lock`; the
+/// timer's flush (as the spool's owner) then delivered nothing, and its
+/// exit 75 counted as success. Now root's flush, queue and enqueue refuse,
+/// naming `runuser -u OWNER --`, and write nothing; a file the owner cannot
+/// use is a local error (74), not "the hub is away" (75).
+#[test]
+fn flush_as_root_refuses_and_leaves_no_root_owned_file() {
+    let mut env = Env::start_with("spool_root_flush", EnvOptions::default().spool());
+    env.stop_sshd();
+    env.leaf_sendmail(
+        "alice@leaf.test",
+        &["bob@hub.test"],
+        &message("root1", "bob@hub.test"),
+    );
+    wait_spooled(&env, 1);
+    let spool = env.leaf_spool_directory();
+    assert!(root_owned(&spool).is_empty(), "{:?}", root_owned(&spool));
+    let config = env.transport_config().display().to_string();
+    let owner = bsmtp_ssh_tests::LEAF_PIPE_USER;
+    for command in ["flush", "queue"] {
+        let out = env.bsmtp_ssh(&[command, "--config", &config], b"");
+        assert_eq!(out.status.code(), Some(77), "{}", output(&out));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains(&format!(
+                "runuser -u {owner} -- bsmtp-ssh {command} --config {config}"
+            )),
+            "{}",
+            output(&out)
+        );
+    }
+    let out = env.bsmtp_ssh(
+        &[
+            "enqueue",
+            "--config",
+            &config,
+            "--peer",
+            HUB_PEER,
+            "-f",
+            "a@leaf.test",
+            "--",
+            "b@hub.test",
+        ],
+        b"Subject: x\n\nbody\n",
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("4.3.0 ")
+            && String::from_utf8_lossy(&out.stdout).contains("runuser -u "),
+        "{}",
+        output(&out)
+    );
+    assert!(root_owned(&spool).is_empty(), "{:?}", root_owned(&spool));
+    assert_eq!(Env::spooled(&spool, HUB_PEER).len(), 1);
+
+    // A spool already jammed by an older root flush: the owner's flush
+    // names the fix and fails (74), so the timer shows it.
+    let lock = spool.join(HUB_PEER).join(".lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let jammed = env.flush();
+    assert_eq!(jammed.status.code(), Some(74), "{}", output(&jammed));
+    assert!(
+        String::from_utf8_lossy(&jammed.stdout).contains(&format!("chown -R {owner}: ")),
+        "{}",
+        output(&jammed)
+    );
+    std::fs::remove_file(&lock).unwrap();
+
+    env.start_sshd();
+    let up = env.flush();
+    assert!(up.status.success(), "{}", output(&up));
+    env.wait_maildir("bob", 1, DELIVERY);
+    assert!(root_owned(&spool).is_empty(), "{:?}", root_owned(&spool));
+}

@@ -6,7 +6,9 @@
 //! line per check says `ok` or `FAIL` and, for a failure, what to fix.
 //! Before the peers it checks where bsmtp-ssh's log lines will go when
 //! pipe(8) runs it as the transport's user (`warn` when they cannot reach
-//! the mail log, with the fix).
+//! the mail log, with the fix). Run as root (as admins do), it also checks
+//! the key and the pins as that user: root reads anything, pipe(8) does
+//! not.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -39,7 +41,8 @@ pub struct CheckArgs {
     /// account whose view of the mail log is checked.
     #[arg(long, value_name = "NAME", default_value = crate::install::DEFAULT_TRANSPORT)]
     pub transport: String,
-    /// Check the mail log as this user instead of the transport's `user=`.
+    /// Check the mail log and file access as this user instead of the
+    /// transport's `user=`.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 }
@@ -86,7 +89,35 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
         },
     );
     let mut report = Report { out, failed: 0 };
-    check_logging(args, postlog.as_deref(), &mut report);
+    let dir = args
+        .config_directory
+        .clone()
+        .unwrap_or_else(MainCf::default_dir);
+    let account = args
+        .user
+        .clone()
+        .or_else(|| transport_user(&dir, &args.transport))
+        .and_then(|name| User::from_name(&name).ok().flatten());
+    check_logging(args, account.as_ref(), postlog.as_deref(), &mut report);
+    // pipe(8) gives the command its user's uid and primary group only.
+    let who = account.as_ref().map(|account| Access {
+        name: account.name.clone(),
+        credentials: Credentials {
+            uid: account.uid.as_raw(),
+            gids: vec![account.gid.as_raw()],
+        },
+    });
+    if who.is_none() && nix::unistd::geteuid().is_root() {
+        report.host(
+            "warn:",
+            "access",
+            &format!(
+                "cannot tell which user pipe(8) runs bsmtp-ssh as (no user= in the {} service of {}/master.cf, or no such user), so files are checked as root only; give --user",
+                args.transport,
+                dir.display()
+            ),
+        );
+    }
     let file = match loaded {
         Ok(file) => file,
         Err(err) => {
@@ -152,7 +183,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
                     ),
                 );
                 for hub in &peer.hubs {
-                    check_hub(&peer, hub, &mut report);
+                    check_hub(&peer, hub, who.as_ref(), &mut report);
                 }
             }
             Err(err) => report.fail(name, "config", &err),
@@ -166,7 +197,12 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
 /// that only postlog(1) reaches, and a postlog that cannot reach it for
 /// the transport's user (Debian's 0755 postlog), is worth a warning, not a
 /// failure: Postfix still logs every delivery's status line.
-fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'_, impl Write>) {
+fn check_logging(
+    args: &CheckArgs,
+    account: Option<&User>,
+    postlog: Option<&Path>,
+    report: &mut Report<'_, impl Write>,
+) {
     let dir = args
         .config_directory
         .clone()
@@ -183,14 +219,7 @@ fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'
         );
         return;
     };
-    let user = args
-        .user
-        .clone()
-        .or_else(|| transport_user(&dir, &args.transport));
-    let Some(account) = user
-        .as_deref()
-        .and_then(|name| User::from_name(name).ok().flatten())
-    else {
+    let Some(account) = account else {
         report.host(
             "warn:",
             "log",
@@ -276,7 +305,7 @@ fn bastions(hub: &Hub) -> Vec<&Hub> {
 /// Checks one hub of `peer`: key, pins, login, a no-op session. Lines name
 /// the hub when the destination has several, and the bastions it is
 /// reached through (`peer hub via bastion`), each checked as a hop.
-fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
+fn check_hub(peer: &Peer, hub: &Hub, who: Option<&Access>, report: &mut Report<'_, impl Write>) {
     let mut named = if peer.has_failover() {
         format!("{} via {}", peer.name, hub.name)
     } else {
@@ -289,12 +318,16 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
     let name = named.as_str();
     // The hops first, from ours outward: each needs its own key and pin.
     for bastion in chain.iter().rev() {
-        if !check_hop_files(bastion, name, report) {
+        if !check_hop_files(bastion, name, who, report) {
             return;
         }
     }
-    let key_ok = check_key_file(&hub.identity, name, report);
+    let key_ok = check_key_file(&hub.identity, name, who, report);
     let path = hub.known_hosts.display();
+    if let Some(denied) = who.and_then(|who| who.denied(&hub.known_hosts, "600 or 644")) {
+        report.fail(name, "known_hosts", &denied);
+        return;
+    }
     let known_hosts = match ssh::load_known_hosts(&hub.known_hosts) {
         Ok(known_hosts) => known_hosts,
         Err(failure) => {
@@ -420,9 +453,14 @@ fn forward_target<'a>(hub: &'a Hub, bastion: &Hub) -> (&'a str, u16) {
 }
 
 /// A bastion's key file and pinned host keys, as a hop of `name`.
-fn check_hop_files(bastion: &Hub, name: &str, report: &mut Report<'_, impl Write>) -> bool {
+fn check_hop_files(
+    bastion: &Hub,
+    name: &str,
+    who: Option<&Access>,
+    report: &mut Report<'_, impl Write>,
+) -> bool {
     let hop = format!("hop bastion {}", bastion.name);
-    if !check_key_file(&bastion.identity, name, report) {
+    if !check_key_file(&bastion.identity, name, who, report) {
         return false;
     }
     let known_hosts = match ssh::load_known_hosts(&bastion.known_hosts) {
@@ -465,19 +503,69 @@ fn stage(failure: &Failure) -> &'static str {
     }
 }
 
-/// Checks that our private key is readable and private.
-fn check_key_file(path: &Path, peer: &str, report: &mut Report<'_, impl Write>) -> bool {
+/// The transport's user, whose access to the key and pins counts: `check`
+/// runs as root, pipe(8) as this user.
+struct Access {
+    name: String,
+    credentials: Credentials,
+}
+
+impl Access {
+    /// Why this user cannot read `path`, an existing file, with the fix
+    /// (`mode`: the modes to suggest); `None` when it can, or when the
+    /// file does not exist (the caller says to create it).
+    fn denied(&self, path: &Path, mode: &str) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let why = self.credentials.can_read(path).err()?;
+        let shown = path.display();
+        let owner = User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+            .ok()
+            .flatten()
+            .map_or_else(|| meta.uid().to_string(), |user| user.name);
+        Some(format!(
+            "{shown} exists, but user {} (the transport's, as pipe(8) runs it) cannot read it: {why} (owner {owner}, mode {:o}); chown {} {shown} and chmod {mode} {shown}, and let {} search every directory above it",
+            self.name,
+            meta.mode() & 0o7777,
+            self.name,
+            self.name
+        ))
+    }
+}
+
+/// Checks that our private key is readable (by the transport's user
+/// `who`, too) and private.
+fn check_key_file(
+    path: &Path,
+    peer: &str,
+    who: Option<&Access>,
+    report: &mut Report<'_, impl Write>,
+) -> bool {
     let shown = path.display();
+    if let Some(denied) = who.and_then(|who| who.denied(path, "600")) {
+        report.fail(peer, "key", &denied);
+        return false;
+    }
     let mut head = [0u8; 64];
     let read = std::fs::File::open(path).and_then(|mut f| f.read(&mut head));
     let n = match read {
         Ok(n) => n,
-        Err(err) => {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             report.fail(
                 peer,
                 "key",
                 &format!(
                     "cannot read {shown}: {err}; create it (ssh-keygen -t ed25519 -N '' -f {shown}) and make it readable by the transport's user"
+                ),
+            );
+            return false;
+        }
+        Err(err) => {
+            report.fail(
+                peer,
+                "key",
+                &format!(
+                    "cannot read {shown}: {err}; it exists: chown it to the transport's user and chmod 600 {shown} (and let that user search every directory above it)"
                 ),
             );
             return false;
@@ -540,6 +628,10 @@ fn probe(connection: ssh::Connection, peer: &str, report: &mut Report<'_, impl W
                     &format!("{relay} keeps no transaction tags: a retry after a lost acknowledgement can be queued twice; its mail log says why (\"transaction tags off\"): give rsmtp a tag_directory it can write"),
                 );
             }
+        }
+        // rsmtp's own words say more than a guess.
+        Err(failure) if failure.text.contains(ssh::REMOTE_SAID) => {
+            report.fail(peer, "session", &failure.text);
         }
         Err(failure) => report.fail(
             peer,

@@ -151,6 +151,46 @@ impl ConfigFile {
             .unwrap_or_else(|| PathBuf::from(bsmtp_session::spool::DEFAULT_DIRECTORY))
     }
 
+    /// Refuses `command` (`flush`, `queue`, `enqueue`) run by anyone but
+    /// the owner of the spool directory: root's flush would leave
+    /// root-owned message and lock files that the owner's own runs (the
+    /// flush timer, pipe(8)'s enqueue) can no longer read or lock, and
+    /// the spool would jam with nothing said. `Err` names the fix.
+    ///
+    /// Refusing rather than switching to the owner when root: the admin
+    /// sees which account the spool works as, the config and key are read
+    /// by the account that will read them every time, and no privilege is
+    /// juggled in a program root runs. A spool directory that does not
+    /// exist yet is not checked (the commands say so themselves).
+    pub fn require_spool_owner(&self, command: &str) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let base = self.spool_directory();
+        let Ok(meta) = std::fs::metadata(&base) else {
+            return Ok(());
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() == me {
+            return Ok(());
+        }
+        let name = |uid: u32| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map_or_else(|| uid.to_string(), |user| user.name)
+        };
+        let owner = name(meta.uid());
+        let words: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|w| shell_word(&w.to_string_lossy()))
+            .collect();
+        Err(format!(
+            "bsmtp-ssh {command}: the spool {} belongs to {owner}, and this runs as {}: files written now would not be usable by {owner} (the flush timer and pipe(8) work as {owner}); run it as the owner: runuser -u {owner} -- bsmtp-ssh {}",
+            base.display(),
+            name(me),
+            words.join(" ")
+        ))
+    }
+
     /// `sender_domain`, or the host name.
     pub fn sender_domain(&self) -> String {
         self.sender_domain
@@ -459,6 +499,16 @@ fn plain_host(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:_".contains(&b))
+}
+
+/// `word` as one shell word, for a command line shown to copy.
+fn shell_word(word: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b);
+    if !word.is_empty() && word.bytes().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 #[cfg(test)]

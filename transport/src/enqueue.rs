@@ -69,6 +69,9 @@ fn enqueue(
     content: &mut impl Read,
 ) -> Result<(Spool, String), Failure> {
     check_peer_name(&args.peer).map_err(|text| Failure::new(FailureKind::Config, text))?;
+    // Deferred, not bounced: pipe(8)'s user= is fixed, and the mail waits.
+    file.require_spool_owner("enqueue")
+        .map_err(|text| Failure::new(FailureKind::Local, text))?;
     let envelope = args.envelope.envelope().check()?;
     let spool = Spool::new(&file.spool_directory(), &args.peer);
     let message = NewMessage {

@@ -48,13 +48,21 @@ pub struct QueueArgs {
 /// Runs `flush`; returns the exit status: 0 when every peer was reached
 /// (what a peer deferred waits for the next flush), 75 when one was not,
 /// 65 while a spool holds quarantined messages (unreadable: see
-/// [`report_quarantine`]), 78 for a config error; the worst wins, in
-/// the order 78, 65, 75 (what needs an admin before what passes).
+/// [`report_quarantine`]), 74 when this account could not use its own
+/// spool (a file or lock it cannot read or write), 77 when run by
+/// another user than the spool's owner (nothing done), 78 for a config
+/// error; the worst wins, in the order 78, 74, 65, 75 (what needs an
+/// admin before what passes).
 pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
     let file = match ConfigFile::load_for_command("flush", &args.config, args.verbose, out) {
         Ok(file) => file,
         Err(status) => return status,
     };
+    if let Err(text) = file.require_spool_owner("flush") {
+        log::warn!("{text}");
+        let _ = writeln!(out, "{text}");
+        return ExitCode::NoPerm as u8;
+    }
     let bastions = file.bastions();
     let peers: Vec<String> = if args.peers.is_empty() {
         // A bastion (named by a proxy_jump) has no spool of its own.
@@ -82,6 +90,9 @@ pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
                 let _ = writeln!(out, "{name}: {failure}");
                 status.add(match failure.kind {
                     FailureKind::Config => ExitCode::Config,
+                    // A spool file or lock this account cannot use is
+                    // not "the peer is away": the timer must say failed.
+                    FailureKind::Local | FailureKind::Internal => ExitCode::IoErr,
                     _ => ExitCode::TempFail,
                 });
             }
@@ -103,7 +114,8 @@ struct Status(Option<ExitCode>);
 impl Status {
     fn add(&mut self, code: ExitCode) {
         let rank = |code: ExitCode| match code {
-            ExitCode::Config => 3,
+            ExitCode::Config => 4,
+            ExitCode::IoErr => 3,
             ExitCode::DataErr => 2,
             _ => 1,
         };
@@ -166,6 +178,22 @@ fn report_quarantine(spool: &Spool, out: &mut impl Write, log: bool) -> usize {
     found.len()
 }
 
+/// A spool error, and when this account may not use a file of its own
+/// spool (left by another user, e.g. a flush run as root), the fix.
+fn with_owner_hint(err: &std::io::Error, spool_directory: &std::path::Path) -> String {
+    if err.kind() != std::io::ErrorKind::PermissionDenied {
+        return err.to_string();
+    }
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::geteuid().to_string(), |user| user.name);
+    format!(
+        "{err}: another user left files in the spool; give them back: chown -R {me}: {}",
+        spool_directory.display()
+    )
+}
+
 /// Flushes one peer's spool.
 fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
     let local = |text: String| Failure::new(FailureKind::Local, text);
@@ -173,7 +201,10 @@ fn flush_peer(file: &ConfigFile, name: &str) -> Result<Report, Failure> {
     if spool.ids().map_err(|e| local(e.to_string()))?.is_empty() {
         return Ok(Report::default());
     }
-    let Some(_lock) = spool.lock().map_err(|e| local(e.to_string()))? else {
+    let Some(_lock) = spool
+        .lock()
+        .map_err(|e| local(with_owner_hint(&e, &file.spool_directory())))?
+    else {
         log::info!("flush {name}: another flush of this spool is running; leaving it to that one");
         return Ok(Report::default());
     };
@@ -295,8 +326,8 @@ fn report_add(total: &mut Report, more: &Report) {
 /// sender, the recipients still to go and the last error, then a count
 /// line, then the quarantined messages. Text from the spool is shown
 /// with control characters escaped. Exit 0; 65 while a spool holds a
-/// message that cannot be read (quarantined, or not yet); 78 for a
-/// config error.
+/// message that cannot be read (quarantined, or not yet); 77 when run by
+/// another user than the spool's owner; 78 for a config error.
 pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
     let file = match ConfigFile::load(&args.config) {
         Ok(file) => file,
@@ -305,6 +336,10 @@ pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
             return ExitCode::Config as u8;
         }
     };
+    if let Err(text) = file.require_spool_owner("queue") {
+        let _ = writeln!(out, "{text}");
+        return ExitCode::NoPerm as u8;
+    }
     let base = file.spool_directory();
     let peers: Vec<String> = match &args.peer {
         Some(peer) => vec![peer.clone()],

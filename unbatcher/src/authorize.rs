@@ -32,6 +32,10 @@ use bsmtp_session::policy::{self, SenderPattern};
 /// The account whose `~/.ssh/authorized_keys` gets the line by default: the
 /// one the peers log in as.
 pub const DEFAULT_USER: &str = "bsmtp";
+/// The root-owned key directory a hub's sshd may read instead of the
+/// account's own file (`AuthorizedKeysFile /etc/ssh/authorized_keys/%u`),
+/// so the peers' account cannot rewrite its keys.
+pub const DEFAULT_KEYS_DIR: &str = "/etc/ssh/authorized_keys";
 /// Largest `.pub` file we read (an RSA-16384 key is under 3 KiB).
 pub const MAX_PUBLIC_KEY_FILE: u64 = 64 * 1024;
 /// Key types OpenSSH accepts in `authorized_keys` that we allow. DSA is gone
@@ -60,12 +64,23 @@ pub struct AuthorizeArgs {
     /// The policy written into the forced command, for this key.
     #[command(flatten)]
     pub policy: crate::policy::PolicyArgs,
-    /// Add to the authorized keys file in this user's home (default: bsmtp).
+    /// Add to the authorized keys file of this user (default: bsmtp): in
+    /// its home, or DIR/USER with --authorized-keys-dir.
     #[arg(long, value_name = "USER", conflicts_with = "authorized_keys")]
     pub user: Option<String>,
     /// Add to this file instead.
     #[arg(long = "authorized-keys", value_name = "FILE")]
     pub authorized_keys: Option<PathBuf>,
+    /// Add to DIR/USER, a root-owned file (0644) in a root-owned directory,
+    /// for sshd's `AuthorizedKeysFile DIR/%u`: the peers' account cannot
+    /// rewrite its own keys. Without it, DIR is `/etc/ssh/authorized_keys`
+    /// when that holds a file for the user already. Needs root.
+    #[arg(
+        long = "authorized-keys-dir",
+        value_name = "DIR",
+        conflicts_with = "authorized_keys"
+    )]
+    pub authorized_keys_dir: Option<PathBuf>,
     /// The rsmtp program the forced command runs (default: this one).
     #[arg(long = "rsmtp", value_name = "PATH")]
     pub rsmtp: Option<PathBuf>,
@@ -346,6 +361,9 @@ struct Target {
     name: PathBuf,
     /// Owner for the new file, when we are root and know it.
     owner: Option<(Uid, Gid)>,
+    /// The file's mode: 0600 for the account's own, 0644 for a root-owned
+    /// one that sshd reads as root and the account may read too.
+    mode: u32,
 }
 
 /// Runs `rsmtp authorize`: prints the line, adds it unless `--dry-run`.
@@ -431,9 +449,13 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
             dir_path: parent.to_owned(),
             name: name.into(),
             owner: None,
+            mode: 0o600,
         });
     }
     let name = args.user.as_deref().unwrap_or(DEFAULT_USER);
+    if let Some(dir) = keys_dir(args, name) {
+        return open_keys_dir(&dir, name);
+    }
     let user = User::from_name(name)
         .map_err(|e| errno(&format!("looking up user {name}"), e))?
         .ok_or_else(|| {
@@ -490,6 +512,81 @@ fn open_target(args: &AuthorizeArgs) -> Result<Target, AuthorizeError> {
         dir_path: ssh,
         name: "authorized_keys".into(),
         owner: root.then_some((user.uid, user.gid)),
+        mode: 0o600,
+    })
+}
+
+/// The root-owned key directory to write in: `--authorized-keys-dir`, or
+/// [`DEFAULT_KEYS_DIR`] when it already holds `user`'s file (the hub was
+/// set up that way, and a key added to `~/.ssh` would go unread).
+fn keys_dir(args: &AuthorizeArgs, user: &str) -> Option<PathBuf> {
+    if let Some(dir) = &args.authorized_keys_dir {
+        return Some(dir.clone());
+    }
+    let default = Path::new(DEFAULT_KEYS_DIR);
+    default
+        .join(user)
+        .symlink_metadata()
+        .is_ok()
+        .then(|| default.to_path_buf())
+}
+
+/// `DIR/USER`, root's file in root's directory: the directory is made
+/// (0755) when missing, and refused when not root's or writable by
+/// others, since then the account could still replace its keys.
+fn open_keys_dir(dir: &Path, name: &str) -> Result<Target, AuthorizeError> {
+    if !Uid::effective().is_root() {
+        return Err(AuthorizeError::Refused(format!(
+            "{}/{name} is a root-owned file: run rsmtp authorize as root",
+            dir.display()
+        )));
+    }
+    let user = User::from_name(name).map_err(|e| errno(&format!("looking up user {name}"), e))?;
+    if user.is_none() {
+        return Err(AuthorizeError::NoUser(format!(
+            "no user \"{}\" in the passwd database; create it (useradd -r -m -s /bin/sh {DEFAULT_USER}) or give --user",
+            bsmtp::text::printable(name.as_bytes())
+        )));
+    }
+    // The user's name becomes a file name: no path in it.
+    if name.contains('/') || name.starts_with('.') {
+        return Err(AuthorizeError::Refused(format!(
+            "user name \"{}\" cannot name a file in {}",
+            bsmtp::text::printable(name.as_bytes()),
+            dir.display()
+        )));
+    }
+    match nix::unistd::mkdir(dir, Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(errno(&format!("creating {}", dir.display()), e)),
+    }
+    let fd = open_dir_nofollow(None, dir).map_err(|e| {
+        if e == Errno::ELOOP || e == Errno::ENOTDIR {
+            AuthorizeError::Refused(format!(
+                "{}: a symlink or not a directory: refused",
+                dir.display()
+            ))
+        } else {
+            errno(&dir.display().to_string(), e)
+        }
+    })?;
+    let meta = File::from(fd.try_clone().map_err(io_err(dir))?)
+        .metadata()
+        .map_err(io_err(dir))?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(AuthorizeError::Refused(format!(
+            "{}: owned by uid {}, mode {:o}: the directory of root-owned keys must be root's and writable by root only (chown root: {0}; chmod 755 {0})",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(Target {
+        dir: fd,
+        dir_path: dir.to_owned(),
+        name: name.into(),
+        owner: Some((Uid::from_raw(0), Gid::from_raw(0))),
+        mode: 0o644,
     })
 }
 
@@ -517,6 +614,13 @@ fn refuse_foreign(
             .map_err(io_err(path))?
             .uid(),
     };
+    if expected == 0 && meta.uid() != 0 {
+        return Err(AuthorizeError::Refused(format!(
+            "{}: owned by uid {}, not root: in the directory of root-owned keys the account could rewrite it; refused (chown root: {0})",
+            path.display(),
+            meta.uid()
+        )));
+    }
     if meta.uid() != 0 && meta.uid() != expected {
         return Err(AuthorizeError::Refused(format!(
             "{}: owned by uid {}, neither root nor the account (uid {expected}): refused; chown it to the account",
@@ -586,7 +690,10 @@ fn append(target: &Target, key: &PublicKey, line: &str) -> Result<(), AuthorizeE
     existing.push_str(line);
     existing.push('\n');
 
-    let options = bsmtp_session::atomic::Options { mode: 0o600, owner };
+    let options = bsmtp_session::atomic::Options {
+        mode: target.mode,
+        owner,
+    };
     bsmtp_session::atomic::replace_at(
         &target.dir,
         &target.dir_path,

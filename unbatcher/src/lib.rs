@@ -6,6 +6,7 @@
 //! injector commits it.
 
 pub mod authorize;
+pub mod check;
 pub mod command;
 mod compressed;
 pub mod mode;

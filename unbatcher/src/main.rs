@@ -33,7 +33,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err}");
-            eprintln!("rsmtp: {err}");
+            // Over SSH, stderr is what the leaf shows in its deferral:
+            // once is enough.
+            if !bsmtp_session::logging::errors_reach_stderr() {
+                eprintln!("rsmtp: {err}");
+            }
             ExitCode::from(err.exit_code() as u8)
         }
     }

@@ -164,6 +164,28 @@ impl ConfigFile {
         }
     }
 
+    /// The logging settings (`postfix_config`, `postlog`) of a file that
+    /// does not load (an unknown or misplaced key, a wrong type
+    /// elsewhere), read leniently, so the error that stops rsmtp reaches
+    /// the mail log it names; defaults when even that fails.
+    pub fn logging_only(path: &Path) -> Self {
+        let table: Option<toml::Table> = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse().ok());
+        let path_of = |key: &str| {
+            table
+                .as_ref()
+                .and_then(|t| t.get(key))
+                .and_then(toml::Value::as_str)
+                .map(PathBuf::from)
+        };
+        ConfigFile {
+            postfix_config: path_of("postfix_config"),
+            postlog: path_of("postlog"),
+            ..ConfigFile::default()
+        }
+    }
+
     /// The policy for `peer`: the file's section with the command line's
     /// settings on top.
     pub fn policy(&self, peer: &str, args: &PolicyArgs) -> Result<Policy, String> {

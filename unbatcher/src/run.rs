@@ -68,10 +68,15 @@ pub struct Args {
 }
 
 /// The admin subcommands of rsmtp.
+// Parsed once per process: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// Add a peer's key, with its forced command, to the authorized keys file.
     Authorize(crate::authorize::AuthorizeArgs),
+    /// Check rsmtp.conf and the peers' `authorized_keys` lines; exit
+    /// non-zero naming what is wrong.
+    Check(crate::check::CheckArgs),
 }
 
 /// Why rsmtp stopped; each maps to one exit code.
@@ -172,32 +177,30 @@ pub fn run(
     input: &mut impl Input,
     output: &mut impl Output,
 ) -> Result<(), RunError> {
-    let args = match Args::try_parse_from(command_line) {
+    let words: Vec<OsString> = command_line.into_iter().collect();
+    let args = match Args::try_parse_from(&words) {
         Ok(args) => args,
         // --help and --version: asked for, so not an error.
         Err(err) if !err.use_stderr() => {
             write!(output, "{err}")?;
             return Ok(());
         }
-        Err(err) => return Err(RunError::Config(err.to_string())),
+        Err(err) => return Err(refuse_command_line(&words, &err)),
     };
-    if let Some(AdminCommand::Authorize(authorize)) = &args.command {
-        return Ok(crate::authorize::run(authorize, output)?);
+    match &args.command {
+        Some(AdminCommand::Authorize(authorize)) => {
+            return Ok(crate::authorize::run(authorize, output)?);
+        }
+        Some(AdminCommand::Check(check)) => return crate::check::run(check, output),
+        None => {}
     }
-    let file = read_config(&args)?;
-    // Log where the Postfix instance we inject into logs.
-    bsmtp_session::logging::init(
-        "rsmtp",
-        args.verbose,
-        bsmtp_session::logging::Fallback::Stderr,
-        &bsmtp_session::logging::Target {
-            postfix_config: args
-                .postfix_config
-                .clone()
-                .or_else(|| file.postfix_config.clone()),
-            postlog: file.postlog.clone(),
-        },
-    );
+    let file = read_config(&args).inspect_err(|_| {
+        // A typo in rsmtp.conf stops every peer; logged (by main) where
+        // Postfix logs, so the hub's admin sees why, and on stderr, which
+        // the leaf shows in its deferral.
+        start_logging(&args, false, &ConfigFile::logging_only(&config_path(&args)));
+    })?;
+    start_logging(&args, args.verbose, &file);
     let session = load(&args, &file)?;
     let verb = command::parse(original_command).map_err(|refused| {
         refuse_session(output, &refused);
@@ -279,6 +282,56 @@ pub fn run(
     }
 }
 
+/// A command line clap refused: a typo in the key's forced command stops
+/// every session of that peer, so it is logged where the hub's Postfix
+/// logs (by main, as every error), for the admin to find.
+fn refuse_command_line(words: &[OsString], err: &clap::Error) -> RunError {
+    bsmtp_session::logging::init(
+        "rsmtp",
+        false,
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
+            postfix_config: postfix_config_in(words),
+            postlog: None,
+        },
+    );
+    RunError::Config(bsmtp::text::one_line(&err.to_string()))
+}
+
+/// `--postfix-config DIR` (or `=DIR`) in a command line clap refused.
+fn postfix_config_in(words: &[OsString]) -> Option<PathBuf> {
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        if word == "--postfix-config" {
+            return words.next().map(PathBuf::from);
+        }
+        if let Some(dir) = word
+            .to_str()
+            .and_then(|w| w.strip_prefix("--postfix-config="))
+        {
+            return Some(PathBuf::from(dir));
+        }
+    }
+    None
+}
+
+/// Logs where the Postfix instance we inject into logs (the command line's
+/// `--postfix-config`, else rsmtp.conf's).
+fn start_logging(args: &Args, verbose: bool, file: &ConfigFile) {
+    bsmtp_session::logging::init(
+        "rsmtp",
+        verbose,
+        bsmtp_session::logging::Fallback::Stderr,
+        &bsmtp_session::logging::Target {
+            postfix_config: args
+                .postfix_config
+                .clone()
+                .or_else(|| file.postfix_config.clone()),
+            postlog: file.postlog.clone(),
+        },
+    );
+}
+
 /// A batch is BSMTP: with `--batch`, no other verb may be asked for.
 fn batch_verb(args: &Args, verb: &Verb) -> Result<(), RunError> {
     if !args.batch || *verb == Verb::Receive {
@@ -332,11 +385,14 @@ struct Session {
 
 /// rsmtp.conf: the file `--config` names, else the default one if it exists.
 fn read_config(args: &Args) -> Result<ConfigFile, RunError> {
-    let (path, named) = match &args.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(policy::DEFAULT_CONFIG), false),
-    };
-    ConfigFile::load(&path, named).map_err(RunError::Config)
+    ConfigFile::load(&config_path(args), args.config.is_some()).map_err(RunError::Config)
+}
+
+/// rsmtp.conf's path: `--config`, else the default.
+fn config_path(args: &Args) -> PathBuf {
+    args.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(policy::DEFAULT_CONFIG))
 }
 
 fn load(args: &Args, file: &ConfigFile) -> Result<Session, RunError> {
