@@ -26,9 +26,10 @@ use bsmtp_session::ssh::{Hub, Peer};
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Configuration file naming the peers.
-    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file (default: the first of $BSMTP_SSH_CONFIG,
+    /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Check only this peer (default: every peer in the file).
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
@@ -73,7 +74,7 @@ impl<W: Write> Report<'_, W> {
 
 /// Runs the checks; exit 0 only when every check passed.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
-    let path = &args.config;
+    let path = &crate::config::lookup(args.config.as_deref());
     let loaded = ConfigFile::load(path);
     let postlog = loaded.as_ref().ok().and_then(|file| file.postlog.clone());
     bsmtp_session::logging::init(
@@ -155,6 +156,15 @@ fn check_logging(args: &CheckArgs, postlog: Option<&Path>, report: &mut Report<'
         .config_directory
         .clone()
         .unwrap_or_else(MainCf::default_dir);
+    if args.config_directory.is_none() && !dir.join("main.cf").exists() {
+        // A satellite: no Postfix, and nothing of Postfix's to report on.
+        report.host(
+            "ok:  ",
+            "log",
+            "no Postfix on this host (a satellite): bsmtp-ssh sendmail and flush log to syslog (facility mail)",
+        );
+        return;
+    }
     let main_cf = MainCf::load(&dir);
     let Some(maillog_file) = main_cf.maillog_file() else {
         report.host(
