@@ -26,7 +26,7 @@ use bsmtp_session::ssh::{Hub, Peer};
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Configuration file (default: the first of $BSMTP_SSH_CONFIG,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
     /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

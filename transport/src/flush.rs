@@ -23,7 +23,7 @@ use crate::config::ConfigFile;
 /// `bsmtp-ssh flush`.
 #[derive(Debug, ClapArgs)]
 pub struct FlushArgs {
-    /// Configuration file (default: the first of $BSMTP_SSH_CONFIG,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
     /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -38,7 +38,7 @@ pub struct FlushArgs {
 /// `bsmtp-ssh queue`.
 #[derive(Debug, ClapArgs)]
 pub struct QueueArgs {
-    /// Configuration file (default: the first of $BSMTP_SSH_CONFIG,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
     /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

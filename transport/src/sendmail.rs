@@ -132,11 +132,12 @@ fn default_sender(file: &ConfigFile) -> String {
 }
 
 /// Who runs us: `$LOGNAME`, `$USER`, else the password file's name for
-/// our user ID.
+/// our user ID. An empty one does not count: atd runs its mailer with
+/// `LOGNAME` unset or empty, and an empty name would make the null sender.
 fn login_name() -> String {
-    std::env::var("LOGNAME")
-        .or_else(|_| std::env::var("USER"))
-        .ok()
+    ["LOGNAME", "USER"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()
