@@ -8,7 +8,7 @@
 //! - `/etc` has `bsmtp-ssh/bsmtp-ssh.conf`, the environment's transport
 //!   config (a read-only overlay whose top layer holds it), an empty
 //!   `/etc/crontab` and `/etc/cron.d`, so a cron daemon runs the test's job
-//!   alone;
+//!   alone, and an empty `/etc/postfix` (no MTA here);
 //! - the spools of at(1) and cron are the satellite's own directories,
 //!   `/run` is a tmpfs (their pid files), and the leaf user's home is the
 //!   satellite's own.
@@ -45,6 +45,7 @@ root=$1 program=$2 home=$3
 shift 3
 mount -t overlay satellite-etc -o "lowerdir=$root/etc:/etc" /etc
 mount --bind "$root/empty" /etc/cron.d
+mount --bind "$root/empty" /etc/postfix
 mount --bind "$program" /usr/sbin/sendmail
 mount --bind "$root/home" "$home"
 mount --bind "$root/atjobs" /var/spool/cron/atjobs
@@ -111,6 +112,15 @@ impl Satellite {
             program: env.bin_dir().join("bsmtp-ssh"),
             user_home: user.dir,
         }
+    }
+
+    /// Replaces the satellite's `/etc/bsmtp-ssh/bsmtp-ssh.conf` (the
+    /// environment's transport config) with `text`.
+    pub fn set_system_config(&self, text: &str) {
+        let path = self.dir.join("etc/bsmtp-ssh/bsmtp-ssh.conf");
+        std::fs::remove_file(&path)
+            .unwrap_or_else(|err| panic!("remove {}: {err}", path.display()));
+        write_file(&path, text, 0o644);
     }
 
     /// The leaf user's home inside the satellite (its files as seen from

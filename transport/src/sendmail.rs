@@ -428,4 +428,40 @@ mod tests {
             assert!(text.contains("nothing was sent"), "{text}");
         }
     }
+
+    /// Regression (issue 19, 5.6): only a hub that is away (or in passing
+    /// trouble) is silent; a changed host key, a refused login, a 4.7.x
+    /// reply or a broken session is said.
+    #[test]
+    fn only_a_hub_that_is_away_is_silent() {
+        use bsmtp::reply::Reply;
+        let failure = |kind| Failure::new(kind, "x");
+        let reply = |code, class, subject, detail| {
+            FailureKind::Remote(Reply::new(
+                code,
+                Some(EnhancedCode::new(class, subject, detail)),
+                "x",
+            ))
+        };
+        for away in [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            reply(452, 4, 3, 1),
+        ] {
+            assert!(hub_away(&failure(away.clone())), "{away:?}");
+        }
+        for said in [
+            FailureKind::HostKey,
+            FailureKind::Auth,
+            FailureKind::PeerProtocol,
+            FailureKind::Config,
+            FailureKind::Local,
+            reply(450, 4, 7, 1),
+            reply(554, 5, 7, 1),
+        ] {
+            assert!(!hub_away(&failure(said.clone())), "{said:?}");
+        }
+        assert!(is_policy_deferral("127.0.0.1 said: 451 4.7.1 not now"));
+        assert!(!is_policy_deferral("127.0.0.1 said: 452 4.3.1 disk full"));
+    }
 }
