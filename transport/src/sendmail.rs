@@ -132,8 +132,8 @@ fn default_sender(file: &ConfigFile) -> String {
 }
 
 /// Who runs us: `$LOGNAME`, `$USER`, else the password file's name for
-/// our user ID. An empty one does not count: atd runs its mailer with
-/// `LOGNAME` unset or empty, and an empty name would make the null sender.
+/// our user ID. An empty one does not count (it would make the null
+/// sender); atd runs its mailer with neither set, so the user ID decides.
 fn login_name() -> String {
     ["LOGNAME", "USER"]
         .iter()
