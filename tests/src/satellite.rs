@@ -1,8 +1,8 @@
 //! A satellite with no MTA, for the tests that drive the real programs
 //! that call sendmail: cron, at(1), bsd-mailx's `mail`, mutt, `git
 //! send-email` and scripts. Each runs in a private mount namespace
-//! (`unshare --mount --propagation private`) that looks like a satellite
-//! with bsmtp-ssh installed:
+//! (`unshare --mount`, every mount made private: see `ENTER`) that
+//! looks like a satellite with bsmtp-ssh installed:
 //! - `/usr/sbin/sendmail` is this environment's `bsmtp-ssh` (a bind
 //!   mount), as where the package's binary is linked there;
 //! - `/etc` has `bsmtp-ssh/bsmtp-ssh.conf`, the environment's transport
@@ -40,9 +40,29 @@ const PROGRAMS: [(&str, &str); 7] = [
 /// Sets up the namespace, then runs the command: `$1` the satellite's
 /// directory, `$2` bsmtp-ssh, `$3` the leaf user's home, then the command.
 /// Paths come as arguments, never spliced into the text.
+///
+/// First every mount is made private, so nothing mounted here reaches the
+/// machine's namespace. On a machine, and in scripts/ci's root (bound
+/// onto itself), `/` is a mount point and `--make-rprivate /` does it. In
+/// a chroot whose root is not a mount point (`unshare --propagation
+/// private` fails there: "cannot change root filesystem propagation"),
+/// each mount it can name is made private, and the file system the root
+/// sits on must not be shared in the machine's namespace (PID 1's view),
+/// else it stops: what is mounted on it would show there too.
 const ENTER: &str = r#"set -e
 root=$1 program=$2 home=$3
 shift 3
+if ! mount --make-rprivate / 2>/dev/null; then
+    cut -d ' ' -f 5 /proc/self/mountinfo | while read -r point; do
+        mount --make-private "$point" 2>/dev/null || true
+    done
+    device=$(stat -c %Hd:%Ld /)
+    if ! [ -r /proc/1/mountinfo ] ||
+        grep -Eq "^[0-9]+ [0-9]+ $device .* shared:[0-9]+ .* - " /proc/1/mountinfo; then
+        echo "satellite: / is not a mount point and its file system ($device) is shared with the machine's mount namespace (or /proc/1/mountinfo is unreadable): bind the root onto itself first (mount --bind ROOT ROOT; mount --make-private ROOT), as scripts/ci does" >&2
+        exit 1
+    fi
+fi
 mount -t overlay satellite-etc -o "lowerdir=$root/etc:/etc" /etc
 mount --bind "$root/empty" /etc/cron.d
 mount --bind "$root/empty" /etc/postfix
@@ -154,7 +174,14 @@ impl Satellite {
     fn command(&self, argv: &[&str]) -> Command {
         let mut command = Command::new("/usr/bin/unshare");
         command
-            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .args([
+                "--mount",
+                "--propagation",
+                "unchanged",
+                "--",
+                "/bin/sh",
+                "-c",
+            ])
             .arg(ENTER)
             .arg("satellite")
             .arg(&self.dir)
