@@ -62,7 +62,7 @@ impl fmt::Display for ArgError {
         let taken = match self.flags {
             Flags::Verb => "-f SENDER, -r SENDER, -F NAME, -t, -i, -oi, --",
             Flags::Satellite => {
-                "-f SENDER, -r SENDER, -F NAME, -t, -i, -oi, -N NOTIFY, -R RET, -V ENVID, -B 7BIT|8BITMIME, the no-op -oem -oee -oep -oeq -oew -odb -odi -odq -om -m -v -bm -U, --"
+                "-f SENDER, -r SENDER, -F NAME, -t, -i, -oi, -N NOTIFY, -R RET, -V ENVID, -B 7BIT|8BITMIME, the ignored -oem -oee -oep -oeq -oew -odb -odi -odq -om -m -v -bm -U -o7 -o8 -h HOPS -L LABEL, -- (--help prints the usage)"
             }
         };
         write!(
@@ -84,9 +84,48 @@ impl std::error::Error for ArgError {}
 /// (`-v`, mail(1) with `verbose`), the default mode (`-bm`), and `-U`
 /// (initial submission). Flags that name files (`-C`, `-oQ`, `-X`) or do
 /// more than send (`-bp`, `-bs`, `-q`) are not among them.
-pub const SATELLITE_NO_OPS: [&str; 13] = [
+/// `-o7` and `-o8` are ignored by Postfix's sendmail too (the spool looks
+/// at the bytes).
+pub const SATELLITE_NO_OPS: [&str; 15] = [
     "-oem", "-oee", "-oep", "-oeq", "-oew", "-odb", "-odi", "-odq", "-om", "-m", "-v", "-bm", "-U",
+    "-o7", "-o8",
 ];
+
+/// What a satellite's `sendmail --help` (or a bare `-h`) prints.
+pub const USAGE: &str = "\
+usage: sendmail [-f SENDER] [-F NAME] [-t] [-i] [-N NOTIFY] [-R hdrs|full]
+                [-V ENVID] [-B 7BIT|8BITMIME] [--] [RECIPIENT...]
+Sends the message on standard input to the hub over SSH (bsmtp-ssh), or
+spools it for `bsmtp-ssh flush` when the hub is away.
+  -f, -r SENDER  envelope sender (default: login name at sender_domain)
+  -F NAME        full name for a From: header the message lacks
+  -t             recipients also from To:, Cc:, Bcc: (Bcc: is removed)
+  -i, -oi        a line holding only \".\" does not end the message
+  -N, -R, -V     DSN: NOTIFY (never, or success,delay,failure), RET, ENVID
+  -B TYPE        body type: 7BIT or 8BITMIME
+Ignored, as by Postfix's sendmail: -oem -oee -oep -oeq -oew -odb -odi -odq
+-om -m -v -bm -U -o7 -o8, -h HOPS, -L LABEL. Refused: -bp, -bs, -q, -C and
+other flags that manage a queue or name files. See bsmtp-ssh(8).
+";
+
+/// True when `args` ask for [`USAGE`]: `--help`, or `-h` without the hop
+/// count (a number) that Postfix's sendmail takes and ignores. Only flags
+/// before `--` count.
+pub fn asks_for_help(args: &[String]) -> bool {
+    let mut words = args.iter().take_while(|a| *a != "--").peekable();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--help" => return true,
+            "-h" if !words.peek().is_some_and(|n| is_number(n)) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn is_number(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// The body types `-B` takes (sendmail's, and Postfix's sendmail's).
 const BODY_TYPES: [&str; 2] = ["7BIT", "8BITMIME"];
@@ -153,6 +192,18 @@ pub fn parse(args: &[String], flags: Flags) -> Result<Invocation, ArgError> {
                 invocation.body = Some(body.to_ascii_uppercase());
             }
             _ if flags == Flags::Satellite && SATELLITE_NO_OPS.contains(&arg) => {}
+            // Postfix's sendmail ignores a hop count and a logging label.
+            _ if flags == Flags::Satellite && arg.starts_with("-h") => {
+                if !is_number(&value("-h")?) {
+                    return Err(refuse(
+                        arg,
+                        "-h takes a hop count (--help prints the usage)",
+                    ));
+                }
+            }
+            _ if flags == Flags::Satellite && arg.starts_with("-L") => {
+                value("-L")?;
+            }
             _ => return Err(refuse(arg, "not allowed")),
         }
     }
@@ -373,6 +424,33 @@ mod tests {
         }
         let err = parse(&args(&["-B8BITMIME", "x@y"]), Flags::Verb).unwrap_err();
         assert!(!err.to_string().contains("-B 7BIT"), "{err}");
+    }
+
+    /// `sendmail --help` (and a bare `-h`) print the usage instead of a
+    /// refusal; `-h HOPS` and `-L LABEL` are ignored, as Postfix's
+    /// sendmail ignores them; queue management stays refused.
+    #[test]
+    fn help_and_what_postfix_sendmail_ignores() {
+        for asks in [
+            &["--help"][..],
+            &["-h"],
+            &["-i", "-h", "x@y"],
+            &["-oi", "--help", "x@y"],
+        ] {
+            assert!(asks_for_help(&args(asks)), "{asks:?}");
+        }
+        for not in [&["-h", "20", "x@y"][..], &["-i", "--", "--help"], &["x@y"]] {
+            assert!(!asks_for_help(&args(not)), "{not:?}");
+        }
+        let ignored = parse(
+            &args(&["-h", "20", "-h30", "-L", "cron", "-o7", "-o8", "-i", "x@y"]),
+            Flags::Satellite,
+        )
+        .unwrap();
+        assert_eq!(ignored.recipients, ["x@y"]);
+        assert!(parse(&args(&["-hx", "x@y"]), Flags::Satellite).is_err());
+        assert!(parse(&args(&["-h", "20", "x@y"]), Flags::Verb).is_err());
+        assert!(USAGE.contains("-t") && USAGE.contains("bsmtp-ssh(8)"));
     }
 
     #[test]

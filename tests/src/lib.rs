@@ -18,6 +18,7 @@ pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;
 pub mod relay;
+pub mod satellite;
 pub mod sshd;
 pub mod system;
 pub mod util;

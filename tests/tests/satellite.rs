@@ -111,6 +111,20 @@ fn a_refusal_is_told_to_the_user() {
     assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
     let usage = env.satellite_sendmail(&["-bp"], b"");
     assert_eq!(usage.status.code(), Some(64), "{}", explain(&usage));
+    // `--help` prints the usage (exit 0), a bare `-h` too (exit 64):
+    // neither sends anything.
+    let help = env.satellite_sendmail(&["--help"], b"");
+    assert_eq!(help.status.code(), Some(0), "{}", explain(&help));
+    assert!(
+        String::from_utf8_lossy(&help.stdout).starts_with("usage: sendmail")
+            && help.stderr.is_empty(),
+        "{}",
+        explain(&help)
+    );
+    let bare = env.satellite_sendmail(&["-h"], b"");
+    assert_eq!(bare.status.code(), Some(64), "{}", explain(&bare));
+    assert!(String::from_utf8_lossy(&bare.stderr).starts_with("usage: sendmail"));
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
 }
 
 /// A satellite has no Postfix to bounce into: what the hub refuses at a
@@ -275,4 +289,120 @@ fn an_unreadable_spool_file_is_quarantined_and_reported() {
     assert!(listing.contains("<a\\u{9b}2Jb@leaf.test>"), "{listing}");
     assert!(!listing.contains('\u{9b}'), "raw C1 in {listing:?}");
     assert!(listing.contains("-- 1 message"), "{listing}");
+}
+
+/// Regression (issue 19, 5.6): sendmail exited 0 and silent when the hub
+/// offered a changed host key (a possible man in the middle) or refused
+/// the key. Now only a hub that is away is silent; these are said on
+/// standard error with exit 75, and the message stays spooled (never
+/// lost) until a flush after the fix delivers it once.
+#[test]
+fn a_changed_host_key_or_a_refused_key_is_said_and_the_message_kept() {
+    let mut env = Env::start("satellite_mitm");
+    env.replace_host_key();
+    let mitm = env.satellite_sendmail(
+        &["-i", "-f", "alice@leaf.test", "bob@hub.test"],
+        b"Message-ID: <mitm@leaf.test>\nSubject: one\n\nx\n",
+    );
+    assert_eq!(mitm.status.code(), Some(75), "{}", explain(&mitm));
+    let said = String::from_utf8_lossy(&mitm.stderr);
+    assert!(
+        said.starts_with("sendmail: ")
+            && said.contains("host key")
+            && said.contains("kept in")
+            && said.contains("bsmtp-ssh flush"),
+        "{}",
+        explain(&mitm)
+    );
+    assert!(mitm.stdout.is_empty(), "{}", explain(&mitm));
+    env.pin_host_key();
+    let keys = std::fs::read(env.authorized_keys()).unwrap();
+    std::fs::write(env.authorized_keys(), "").unwrap();
+    let refused = env.satellite_sendmail(
+        &["-i", "-f", "alice@leaf.test", "carol@hub.test"],
+        b"Message-ID: <refused@leaf.test>\nSubject: two\n\nx\n",
+    );
+    assert_eq!(refused.status.code(), Some(75), "{}", explain(&refused));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("4.7.") && said.contains("kept in"),
+        "{}",
+        explain(&refused)
+    );
+    assert_eq!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).len(), 2);
+    std::fs::write(env.authorized_keys(), keys).unwrap();
+    let flushed = env.flush();
+    assert!(flushed.status.success(), "{}", explain(&flushed));
+    env.wait_maildir("bob", 1, DELIVERY);
+    env.wait_maildir("carol", 1, DELIVERY);
+    env.wait_hub_queue_empty(DELIVERY);
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
+    assert_eq!(Env::read_maildir(&env.hub_maildir("bob")).len(), 1);
+    assert_eq!(Env::read_maildir(&env.hub_maildir("carol")).len(), 1);
+}
+
+/// Regression (issue 19, 5.6): `queue`, `flush` and `check` read only
+/// `/etc/bsmtp-ssh/bsmtp-ssh.conf`, though sendmail (and the README) look
+/// in `~/.config/bsmtp-ssh/` first; and `check` on a satellite with no
+/// Postfix reported on `/etc/postfix/main.cf`. In a satellite root (no
+/// Postfix config, a system config that would not load), the user's own
+/// config serves all four.
+#[test]
+fn queue_flush_and_check_read_the_users_own_config_like_sendmail() {
+    use bsmtp_ssh_tests::satellite::Satellite;
+    let mut env = Env::start_with(
+        "satellite_own_config",
+        EnvOptions::default().leaf_conf("sender_domain = \"leaf.test\""),
+    );
+    let satellite = Satellite::new(&env);
+    satellite.set_system_config("this is not the config [\n");
+    let own = std::fs::read(env.transport_config()).unwrap();
+    bsmtp_ssh_tests::util::mkdir(&satellite.home().join(".config/bsmtp-ssh"), 0o755);
+    bsmtp_ssh_tests::util::chown_to(
+        &satellite.home().join(".config"),
+        bsmtp_ssh_tests::LEAF_PIPE_USER,
+        None,
+    );
+    satellite.write_home_file(".config/bsmtp-ssh/bsmtp-ssh.conf", own, 0o600);
+    let program = env.bin_dir().join("bsmtp-ssh");
+    let program = program.to_string_lossy();
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut argv = vec![program.as_ref()];
+        argv.extend_from_slice(args);
+        satellite.run_as_user(&argv, &[], stdin, Duration::from_mins(1))
+    };
+    env.stop_sshd();
+    let sent = satellite.run_as_user(
+        &["/usr/sbin/sendmail", "-i", "bob@hub.test"],
+        &[],
+        b"Message-ID: <own@leaf.test>\nSubject: own config\n\nx\n",
+        Duration::from_mins(1),
+    );
+    assert_silent_success(&sent);
+    let queue = run(&["queue"], b"");
+    assert!(queue.status.success(), "{}", explain(&queue));
+    let listing = String::from_utf8_lossy(&queue.stdout);
+    assert!(
+        listing.contains("<bob@hub.test>") && listing.contains("-- 1 message"),
+        "{listing}"
+    );
+    env.start_sshd();
+    let check = run(&["check"], b"");
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{}", explain(&check));
+    assert!(
+        report.contains("ok:   peer hub: session") && report.contains("no Postfix on this host"),
+        "{report}"
+    );
+    assert!(!report.contains("/etc/postfix"), "{report}");
+    let flushed = run(&["flush"], b"");
+    assert!(flushed.status.success(), "{}", explain(&flushed));
+    let bob = env.wait_maildir("bob", 1, DELIVERY);
+    let text = String::from_utf8_lossy(&bob[0]);
+    let sender = format!(
+        "Return-Path: <{}@leaf.test>",
+        bsmtp_ssh_tests::LEAF_PIPE_USER
+    );
+    assert!(text.contains(&sender), "{text}");
+    assert!(Env::spooled(&env.leaf_spool_directory(), HUB_PEER).is_empty());
 }

@@ -28,9 +28,10 @@ use bsmtp_session::ssh::{Hub, Peer, Proxy};
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Configuration file naming the peers.
-    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
+    /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Check only this peer (default: every peer in the file).
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
@@ -76,7 +77,7 @@ impl<W: Write> Report<'_, W> {
 
 /// Runs the checks; exit 0 only when every check passed.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
-    let path = &args.config;
+    let path = &crate::config::lookup(args.config.as_deref());
     let loaded = ConfigFile::load(path);
     let postlog = loaded.as_ref().ok().and_then(|file| file.postlog.clone());
     bsmtp_session::logging::init(
@@ -99,25 +100,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
         .or_else(|| transport_user(&dir, &args.transport))
         .and_then(|name| User::from_name(&name).ok().flatten());
     check_logging(args, account.as_ref(), postlog.as_deref(), &mut report);
-    // pipe(8) gives the command its user's uid and primary group only.
-    let who = account.as_ref().map(|account| Access {
-        name: account.name.clone(),
-        credentials: Credentials {
-            uid: account.uid.as_raw(),
-            gids: vec![account.gid.as_raw()],
-        },
-    });
-    if who.is_none() && nix::unistd::geteuid().is_root() {
-        report.host(
-            "warn:",
-            "access",
-            &format!(
-                "cannot tell which user pipe(8) runs bsmtp-ssh as (no user= in the {} service of {}/master.cf, or no such user), so files are checked as root only; give --user",
-                args.transport,
-                dir.display()
-            ),
-        );
-    }
+    let who = access(args, &dir, account.as_ref(), &mut report);
     let file = match loaded {
         Ok(file) => file,
         Err(err) => {
@@ -153,44 +136,77 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
     }
     for name in &names {
         match file.peer(name) {
-            Ok(peer) => {
-                let hubs: Vec<String> = peer
-                    .hubs
-                    .iter()
-                    .map(|hub| {
-                        format!(
-                            "{} (host {}, port {}, user {}{}{})",
-                            hub.name,
-                            hub.host,
-                            hub.port,
-                            hub.user,
-                            if hub.compression { ", compression" } else { "" },
-                            route(hub)
-                        )
-                    })
-                    .collect();
-                report.ok(
-                    name,
-                    "config",
-                    &format!(
-                        "{} {}",
-                        if hubs.len() == 1 {
-                            "hub"
-                        } else {
-                            "hubs in failover order:"
-                        },
-                        hubs.join(", ")
-                    ),
-                );
-                for hub in &peer.hubs {
-                    check_hub(&peer, hub, who.as_ref(), &mut report);
-                }
-            }
+            Ok(peer) => check_peer(name, &peer, who.as_ref(), &mut report),
             Err(err) => report.fail(name, "config", &err),
         }
     }
     let _ = report.out.flush();
     u8::from(report.failed > 0)
+}
+
+/// Who the files are checked as: the user pipe(8) runs bsmtp-ssh as, with
+/// its uid and primary group only (what pipe(8) gives the command); a
+/// warning when root cannot tell.
+fn access(
+    args: &CheckArgs,
+    dir: &std::path::Path,
+    account: Option<&User>,
+    report: &mut Report<'_, impl Write>,
+) -> Option<Access> {
+    let who = account.map(|account| Access {
+        name: account.name.clone(),
+        credentials: Credentials {
+            uid: account.uid.as_raw(),
+            gids: vec![account.gid.as_raw()],
+        },
+    });
+    if who.is_none() && nix::unistd::geteuid().is_root() {
+        report.host(
+            "warn:",
+            "access",
+            &format!(
+                "cannot tell which user pipe(8) runs bsmtp-ssh as (no user= in the {} service of {}/master.cf, or no such user), so files are checked as root only; give --user",
+                args.transport,
+                dir.display()
+            ),
+        );
+    }
+    who
+}
+
+/// One peer's config line, then each of its hubs.
+fn check_peer(name: &str, peer: &Peer, who: Option<&Access>, report: &mut Report<'_, impl Write>) {
+    let hubs: Vec<String> = peer
+        .hubs
+        .iter()
+        .map(|hub| {
+            format!(
+                "{} (host {}, port {}, user {}{}{})",
+                hub.name,
+                hub.host,
+                hub.port,
+                hub.user,
+                if hub.compression { ", compression" } else { "" },
+                route(hub)
+            )
+        })
+        .collect();
+    report.ok(
+        name,
+        "config",
+        &format!(
+            "{} {}",
+            if hubs.len() == 1 {
+                "hub"
+            } else {
+                "hubs in failover order:"
+            },
+            hubs.join(", ")
+        ),
+    );
+    for hub in &peer.hubs {
+        check_hub(peer, hub, who, report);
+    }
 }
 
 /// Where bsmtp-ssh's own log lines go when pipe(8) runs it: a mail log
@@ -207,6 +223,15 @@ fn check_logging(
         .config_directory
         .clone()
         .unwrap_or_else(MainCf::default_dir);
+    if args.config_directory.is_none() && !dir.join("main.cf").exists() {
+        // A satellite: no Postfix, and nothing of Postfix's to report on.
+        report.host(
+            "ok:  ",
+            "log",
+            "no Postfix on this host (a satellite): bsmtp-ssh sendmail and flush log to syslog (facility mail)",
+        );
+        return;
+    }
     let main_cf = MainCf::load(&dir);
     let Some(maillog_file) = main_cf.maillog_file() else {
         report.host(

@@ -37,6 +37,32 @@ use serde::Deserialize;
 
 /// Where the config lives unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/bsmtp-ssh/bsmtp-ssh.conf";
+/// Where a user's own config lives, under their home directory: looked
+/// for before [`DEFAULT_CONFIG`] by the commands a user or a timer runs
+/// (`sendmail`, `flush`, `queue`, `check`).
+pub const USER_CONFIG: &str = ".config/bsmtp-ssh/bsmtp-ssh.conf";
+
+/// The config file a command without `--config` reads: the first of
+/// `$BSMTP_SSH_CONFIG`, `~/.config/bsmtp-ssh/bsmtp-ssh.conf` (when it
+/// exists) and [`DEFAULT_CONFIG`]. Postfix's transports (`deliver`,
+/// `lmtp`, `enqueue`) are always given `--config` by their master.cf
+/// entry, and do not look.
+pub fn lookup(given: Option<&Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_owned();
+    }
+    if let Some(path) = std::env::var_os("BSMTP_SSH_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        let own = PathBuf::from(home).join(USER_CONFIG);
+        if own.is_file() {
+            return own;
+        }
+    }
+    PathBuf::from(DEFAULT_CONFIG)
+}
+
 /// Default key file.
 pub const DEFAULT_IDENTITY: &str = "/etc/bsmtp-ssh/id_ed25519";
 /// Default pinned host keys.

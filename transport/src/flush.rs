@@ -23,9 +23,10 @@ use crate::config::ConfigFile;
 /// `bsmtp-ssh flush`.
 #[derive(Debug, ClapArgs)]
 pub struct FlushArgs {
-    /// Configuration file naming the peers and the spool.
-    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
+    /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Log debug lines too.
     #[arg(short, long)]
     pub verbose: bool,
@@ -37,9 +38,10 @@ pub struct FlushArgs {
 /// `bsmtp-ssh queue`.
 #[derive(Debug, ClapArgs)]
 pub struct QueueArgs {
-    /// Configuration file naming the spool.
-    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// Configuration file (default: the first of `$BSMTP_SSH_CONFIG`,
+    /// ~/.config/bsmtp-ssh/bsmtp-ssh.conf and /etc/bsmtp-ssh/bsmtp-ssh.conf).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Only this peer's spool; default: every peer's.
     #[arg(value_name = "PEER")]
     pub peer: Option<String>,
@@ -54,7 +56,12 @@ pub struct QueueArgs {
 /// error; the worst wins, in the order 78, 74, 65, 75 (what needs an
 /// admin before what passes).
 pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
-    let file = match ConfigFile::load_for_command("flush", &args.config, args.verbose, out) {
+    let file = match ConfigFile::load_for_command(
+        "flush",
+        &crate::config::lookup(args.config.as_deref()),
+        args.verbose,
+        out,
+    ) {
         Ok(file) => file,
         Err(status) => return status,
     };
@@ -329,7 +336,7 @@ fn report_add(total: &mut Report, more: &Report) {
 /// message that cannot be read (quarantined, or not yet); 77 when run by
 /// another user than the spool's owner; 78 for a config error.
 pub fn run_queue(args: &QueueArgs, out: &mut impl Write) -> u8 {
-    let file = match ConfigFile::load(&args.config) {
+    let file = match ConfigFile::load(&crate::config::lookup(args.config.as_deref())) {
         Ok(file) => file,
         Err(text) => {
             let _ = writeln!(out, "bsmtp-ssh queue: {text}");

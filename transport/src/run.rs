@@ -222,7 +222,7 @@ pub fn run(
         Action::Queue(args) => crate::flush::run_queue(&args, out),
         Action::Pull(args) => crate::pull::run(&args, out),
         Action::PushTable(args) => crate::push::run(&args, out),
-        Action::Sendmail(args) => crate::sendmail::run(&args, content, &mut std::io::stderr()),
+        Action::Sendmail(args) => crate::sendmail::run(&args, content, out, &mut std::io::stderr()),
     }
 }
 

@@ -18,22 +18,28 @@
 //! - The hub refused it for good: the reply on standard error and an exit
 //!   status mail user agents understand (`EX_NOUSER`, `EX_NOPERM`,
 //!   `EX_UNAVAILABLE`), nothing kept.
-//! - The hub is not reachable, or deferred it: it stays spooled, exit 0,
-//!   nothing printed; `bsmtp-ssh flush` (a timer) sends it later, and what
-//!   the hub then refuses comes back to the sender as a notice through the
-//!   hub.
+//! - The hub is away (the connection is refused, times out or cannot be
+//!   made), or deferred it for a passing reason (4.x.x, not 4.7.x): it
+//!   stays spooled, exit 0, nothing printed; `bsmtp-ssh flush` (a timer)
+//!   sends it later, and what the hub then refuses comes back to the
+//!   sender as a notice through the hub.
+//! - Something someone must fix: a host key that is not the pinned one (a
+//!   possible man in the middle), a refused login, a 4.7.x deferral, a hub
+//!   that breaks the protocol: it stays spooled too (never lost), but the
+//!   reason is said on standard error with `EX_TEMPFAIL` (75).
 //!
 //! The configuration is the first of `$BSMTP_SSH_CONFIG`,
-//! `~/.config/bsmtp-ssh/bsmtp-ssh.conf` and `/etc/bsmtp-ssh/bsmtp-ssh.conf`.
+//! `~/.config/bsmtp-ssh/bsmtp-ssh.conf` and `/etc/bsmtp-ssh/bsmtp-ssh.conf`
+//! ([`crate::config::lookup`], which `flush`, `queue` and `check` use too).
 //! Each user with a key of their own (readable by them alone) is the safe
 //! setup: see bsmtp-ssh(8), "Satellites".
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use bsmtp::dsn::{parse_notify, MailDsn, RcptDsn, Ret};
 use bsmtp::reply::EnhancedCode;
 use bsmtp::sendmail::{self, Flags};
+use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::forward::{self, Bouncer, Settings, Undeliverable};
 use bsmtp_session::message::Submission;
 use bsmtp_session::spool::{Entry, NewMessage, Spool, SpoolError};
@@ -57,29 +63,28 @@ pub struct SendmailArgs {
     pub args: Vec<String>,
 }
 
-/// Where the config is: `$BSMTP_SSH_CONFIG`, else the user's own, else
-/// the system's.
-pub fn config_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("BSMTP_SSH_CONFIG") {
-        return PathBuf::from(path);
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let own = PathBuf::from(home).join(".config/bsmtp-ssh/bsmtp-ssh.conf");
-        if own.is_file() {
-            return own;
+/// Runs sendmail; `--help` goes to `out`, messages for the user to `err`;
+/// returns the exit status.
+pub fn run(
+    args: &SendmailArgs,
+    input: &mut impl Read,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    if sendmail::asks_for_help(&args.args) {
+        // `--help` asked for it; a bare `-h` is a mistake that sends nothing.
+        if args.args.iter().any(|a| a == "--help") {
+            let _ = out.write_all(sendmail::USAGE.as_bytes());
+            return 0;
         }
+        let _ = err.write_all(sendmail::USAGE.as_bytes());
+        return ExitCode::Usage as u8;
     }
-    PathBuf::from(crate::config::DEFAULT_CONFIG)
-}
-
-/// Runs sendmail; messages for the user go to `err`; returns the exit
-/// status.
-pub fn run(args: &SendmailArgs, input: &mut impl Read, err: &mut impl Write) -> u8 {
     let invocation = match sendmail::parse(&args.args, Flags::Satellite) {
         Ok(invocation) => invocation,
         Err(e) => return say(err, ExitCode::Usage, &e.to_string()),
     };
-    let path = config_path();
+    let path = crate::config::lookup(None);
     let file = match ConfigFile::load(&path) {
         Ok(file) => file,
         Err(text) => return say(err, ExitCode::Config, &text),
@@ -132,11 +137,12 @@ fn default_sender(file: &ConfigFile) -> String {
 }
 
 /// Who runs us: `$LOGNAME`, `$USER`, else the password file's name for
-/// our user ID.
+/// our user ID. An empty one does not count (it would make the null
+/// sender); atd runs its mailer with neither set, so the user ID decides.
 fn login_name() -> String {
-    std::env::var("LOGNAME")
-        .or_else(|_| std::env::var("USER"))
-        .ok()
+    ["LOGNAME", "USER"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
         .or_else(|| {
             nix::unistd::User::from_uid(nix::unistd::getuid())
                 .ok()
@@ -290,16 +296,60 @@ fn deliver_now(
         )
         .map_err(|(_, failure)| failure)
     });
-    if let Err(failure) = sent {
-        // Queued: the next flush sends it.
-        log::info!("{id}: hub not reached, spooled for flush: {failure}");
-        forward::note_failure(spool, &[id.to_owned()], &failure);
-        return Ok(());
+    let spooled_text = |why: &str| {
+        format!(
+            "{why}; the message is kept in {} as {id} and `bsmtp-ssh flush` sends it once that is fixed (do not send it again)",
+            spool.dir().display()
+        )
+    };
+    match sent {
+        Err(failure) => {
+            log::info!("{id}: hub not reached, spooled for flush: {failure}");
+            forward::note_failure(spool, &[id.to_owned()], &failure);
+            if hub_away(&failure) {
+                // Queued: the next flush sends it.
+                return Ok(());
+            }
+            return Err((ExitCode::TempFail, spooled_text(&failure.to_string())));
+        }
+        Ok(report) if report.deferred > 0 => {
+            // The hub answered and deferred: said when it is about policy
+            // (4.7.x: the key's rights, a sender not allowed), quiet when
+            // it is the hub's passing trouble (a full disk).
+            let error = spool.load(id).ok().and_then(|e| e.meta.last_error);
+            if let Some(error) = error.filter(|e| is_policy_deferral(e)) {
+                return Err((ExitCode::TempFail, spooled_text(&error)));
+            }
+        }
+        Ok(_) => {}
     }
     match refusals.first {
         None => Ok(()),
         Some((to, status, text)) => Err((exit_status(status), format!("<{to}>: {text}"))),
     }
+}
+
+/// True when a failure to send means the hub is away (the connection was
+/// refused, timed out or could not be made) or passing trouble there (a
+/// 4.x.x reply that is not about policy): the message waits in the spool
+/// without a word, as mail waits in Postfix's queue. A changed host key (a
+/// possible man in the middle), a refused login, a 4.7.x reply, a hub that
+/// breaks the protocol and our own trouble need someone to act, so they
+/// are said.
+fn hub_away(failure: &Failure) -> bool {
+    match &failure.kind {
+        FailureKind::Connect | FailureKind::Timeout => true,
+        FailureKind::Remote(reply) => reply.is_transient() && reply.status().subject != 7,
+        _ => false,
+    }
+}
+
+/// True when a recipient's deferral as the spool recorded it (`"RELAY
+/// said: 451 4.7.1 ..."`) is about policy (an enhanced status 4.7.x).
+fn is_policy_deferral(error: &str) -> bool {
+    error
+        .split_whitespace()
+        .any(|word| word.starts_with("4.7.") && word.split('.').count() == 3)
 }
 
 /// The exit status a mail user agent understands for a refusal for good:
@@ -382,5 +432,41 @@ mod tests {
             assert_eq!(got as u8, status as u8, "{address}: {text}");
             assert!(text.contains("nothing was sent"), "{text}");
         }
+    }
+
+    /// Regression (issue 19, 5.6): only a hub that is away (or in passing
+    /// trouble) is silent; a changed host key, a refused login, a 4.7.x
+    /// reply or a broken session is said.
+    #[test]
+    fn only_a_hub_that_is_away_is_silent() {
+        use bsmtp::reply::Reply;
+        let failure = |kind| Failure::new(kind, "x");
+        let reply = |code, class, subject, detail| {
+            FailureKind::Remote(Reply::new(
+                code,
+                Some(EnhancedCode::new(class, subject, detail)),
+                "x",
+            ))
+        };
+        for away in [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            reply(452, 4, 3, 1),
+        ] {
+            assert!(hub_away(&failure(away.clone())), "{away:?}");
+        }
+        for said in [
+            FailureKind::HostKey,
+            FailureKind::Auth,
+            FailureKind::PeerProtocol,
+            FailureKind::Config,
+            FailureKind::Local,
+            reply(450, 4, 7, 1),
+            reply(554, 5, 7, 1),
+        ] {
+            assert!(!hub_away(&failure(said.clone())), "{said:?}");
+        }
+        assert!(is_policy_deferral("127.0.0.1 said: 451 4.7.1 not now"));
+        assert!(!is_policy_deferral("127.0.0.1 said: 452 4.3.1 disk full"));
     }
 }
