@@ -255,6 +255,14 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
         );
     }
     let host = &hub.host;
+    if known_hosts.pinned_count() == 0 {
+        report.fail(
+            name,
+            "known_hosts",
+            &no_pins_at_all(&hub.known_hosts, host, hub.port),
+        );
+        return;
+    }
     let pins = known_hosts.pinned_count_for(host, hub.port);
     if pins == 0 {
         report.fail(
@@ -306,6 +314,23 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
         }
         Err(failure) => report.fail(name, stage(&failure), &failure.text),
     }
+}
+
+/// The FAIL text for a `known_hosts` file that pins no key for any host: most
+/// often the output of `ssh-keyscan` run against a hub with no sshd (not
+/// installed, or not running), which writes an empty file without a word.
+fn no_pins_at_all(path: &Path, host: &str, port: u16) -> String {
+    let shown = path.display();
+    let what = if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        "is empty"
+    } else {
+        "holds no host key (only comments, blank or unusable lines)"
+    };
+    format!(
+        "{shown} {what}: ssh-keyscan writes an empty file, and says nothing, when the hub \
+         runs no sshd; install and start the hub's SSH server (apt install openssh-server), \
+         then pin its key with ssh-keyscan -p {port} {host} > {shown} and verify it out of band"
+    )
 }
 
 /// The check a connection failure belongs to.
