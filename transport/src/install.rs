@@ -1003,6 +1003,9 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
             ));
         }
     }
+    if args.batching {
+        check_batching_peer(&args.config, &values.peer)?;
+    }
     if !args.hub {
         warn_prerequisites(&values, &program, args, out);
     }
@@ -1403,6 +1406,35 @@ fn postfix_check(postfix: &Postfix, out: &mut impl Write) -> Result<(), Fatal> {
         }
     }
     Ok(())
+}
+
+/// Refuses a batching transport for a peer that `config` does not
+/// describe: unlike pipe mode's `${nexthop}`, the peer is fixed in the
+/// spawn(8) entry, and every message routed there would defer.
+fn check_batching_peer(config: &Path, peer: &str) -> Result<(), Fatal> {
+    let refuse = |why: String| {
+        Fatal::new(
+            ExitCode::Config,
+            format!("--batching --peer {peer}: {why}; nothing was changed"),
+        )
+    };
+    let file = crate::config::ConfigFile::load(config)
+        .map_err(|err| refuse(format!("{err}; write its [peer.{peer}] section first")))?;
+    if !file.peer.contains_key(peer) {
+        let known: Vec<&str> = file.peer.keys().map(String::as_str).collect();
+        return Err(refuse(format!(
+            "{} has no [peer.{peer}] section (its peers: {}); add one, or name one of its peers",
+            config.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    file.peer(peer)
+        .map(|_| ())
+        .map_err(|err| refuse(format!("{}: {err}", config.display())))
 }
 
 /// Says what would make deliveries fail later, without stopping the install:

@@ -211,7 +211,12 @@ impl Scratch {
             "smtp      unix  -       -       n       -       -       smtp\n",
         )
         .unwrap();
-        std::fs::write(path.join("bsmtp-ssh.conf"), "").unwrap();
+        // The peer of the batching installs (postfix-install checks it).
+        std::fs::write(
+            path.join("bsmtp-ssh.conf"),
+            "[peer.hub]\nhost = \"hub.example\"\n",
+        )
+        .unwrap();
         Scratch { dir }
     }
 
@@ -1013,11 +1018,6 @@ fn remove_takes_out_only_our_entries_and_not_while_mail_is_routed_to_them() {
     let scratch = Scratch::new();
     scratch.add_master(DEBIAN_STOCK_BSMTP);
     scratch.add_master(CONTENT_FILTER_REINJECTION);
-    std::fs::write(
-        scratch.path().join("bsmtp-ssh.conf"),
-        "[peer.hub]\nhost = \"hub.example\"\n",
-    )
-    .unwrap();
     let before = scratch.files();
     for flags in [
         &[][..],
@@ -1168,4 +1168,40 @@ fn remove_recognises_our_entries_and_routes_by_their_marks() {
         ),
         [(2, "mine mine:".to_owned()), (3, "/x/ mine".to_owned())]
     );
+}
+
+/// Regression (issue 19, 5.8): `--batching --peer NAME` installed a
+/// transport for a peer the config does not have, so every message routed
+/// there deferred. It is refused (exit 78, nothing changed, a dry run
+/// alike), naming the config file and the peers it has; so is a config
+/// that cannot be read.
+#[test]
+fn batching_install_refuses_a_peer_missing_from_the_config() {
+    let scratch = Scratch::new();
+    let before = scratch.files();
+    for flags in [
+        &["--batching", "--peer", "hbu"][..],
+        &["--batching", "--peer", "hbu", "--dry-run"][..],
+    ] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 78, "{flags:?}: {output}");
+        assert!(
+            output.contains(
+                "postfix-install: error: --batching --peer hbu: [DIR]/bsmtp-ssh.conf has no \
+                 [peer.hbu] section (its peers: hub)"
+            ) && output.contains("nothing was changed"),
+            "{flags:?}: {output}"
+        );
+        assert_eq!(scratch.files(), before, "{flags:?}");
+    }
+    let missing = scratch.path().join("missing.conf");
+    let missing = missing.to_str().unwrap();
+    let (code, output) = scratch.install(&["--batching", "--peer", "hub", "--config", missing]);
+    assert_eq!(code, 78, "{output}");
+    assert!(
+        output.contains("cannot read config [DIR]/missing.conf")
+            && output.contains("write its [peer.hub] section first"),
+        "{output}"
+    );
+    assert_eq!(scratch.files(), before);
 }
