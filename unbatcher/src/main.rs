@@ -32,7 +32,11 @@ fn main() -> ExitCode {
     ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            log::error!("{err}");
+            if err.is_fatal() {
+                log::error!("{err}");
+            } else {
+                log::warn!("{err}");
+            }
             eprintln!("rsmtp: {err}");
             ExitCode::from(err.exit_code() as u8)
         }
