@@ -8,7 +8,9 @@
 //!   smtpd on rsmtp's fast path ([`smtp_inject`]), or a hub).
 //! - [`ssh`]: an SSH channel to a peer's forced command, host key pinned,
 //!   over the first of its hubs that answers; [`pins`] keeps a message
-//!   whose acknowledgement was lost with the hub that may hold it.
+//!   whose acknowledgement was lost with the hub that may hold it;
+//!   [`proxy`] reaches a hub through a bastion (`proxy_jump`) or a program
+//!   (`proxy_command`).
 //! - [`deflate`]: a whole session as one zlib stream each way
 //!   (`receive deflate`, for `compression = true`).
 //! - [`idle`]: reads and writes that give up when the peer goes quiet.
@@ -34,6 +36,7 @@ pub mod notice;
 pub mod pins;
 pub mod policy;
 pub mod postdrop;
+pub mod proxy;
 pub mod server;
 pub mod smtp_inject;
 pub mod spool;

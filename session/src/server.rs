@@ -2244,4 +2244,25 @@ mod tests {
         run(std::time::Duration::from_mins(10));
         assert_eq!(hop.borrow().committed.len(), 3);
     }
+
+    /// Audit L5: From: fields are collected only when the peer's policy
+    /// checks them, and at most [`MAX_FROM_FIELDS`] of them (10 MB of From:
+    /// lines cost 68 MB before); one over the cap is refused as unreadable.
+    #[test]
+    fn from_fields_are_collected_only_when_checked_and_bounded() {
+        let envelope = Envelope::default();
+        let feed = |trace: &mut Trace| {
+            for _ in 0..10_000 {
+                trace.observe(b"From: someone@leaf.test", true);
+            }
+        };
+        let mut off = Trace::new(&envelope, false);
+        feed(&mut off);
+        assert!(off.from.is_empty());
+        let mut on = Trace::new(&envelope, true);
+        feed(&mut on);
+        assert_eq!(on.from.len(), MAX_FROM_FIELDS);
+        let policy = policy(&["@leaf.test"], 1000, 10, true);
+        assert!(on.refused_from(&policy).is_some());
+    }
 }

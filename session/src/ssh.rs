@@ -1,4 +1,5 @@
-//! Opening an SSH exec channel to a peer: TCP with a deadline, a handshake
+//! Opening an SSH exec channel to a peer: TCP with a deadline (or a hop
+//! through a bastion or a proxy command, see [`crate::proxy`]), a handshake
 //! that only completes against the pinned host key, key authentication, and
 //! the peer's forced command.
 //!
@@ -11,6 +12,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ use bsmtp::known_hosts::{KnownHosts, Verdict};
 use bsmtp::status::{Failure, FailureKind};
 use log::{debug, info, warn};
 use ssh2::{ExtendedData, MethodType, Session};
+
+use crate::proxy::Link;
 
 /// Key exchange methods, fastest first: curve25519 costs a fraction of the
 /// post-quantum hybrid OpenSSH picks by default (measured: 150 ms vs 300 ms
@@ -77,6 +81,21 @@ pub struct Hub {
     pub connect_timeout: Duration,
     /// libssh2's zlib compression of the SSH transport.
     pub compression: bool,
+    /// How the hub is reached when not by TCP to `host`:`port` (see
+    /// [`crate::proxy`]).
+    pub proxy: Option<Proxy>,
+}
+
+/// How a hub is reached when not by a direct TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proxy {
+    /// `proxy_jump`: a bastion (its own host, login, key and pinned host
+    /// key, and maybe a proxy of its own) forwards a channel to the hub's
+    /// host and port.
+    Jump(Box<Hub>),
+    /// `proxy_command`: a program whose standard input and output carry
+    /// the session (`%h`, `%p`, `%r` not yet substituted).
+    Command(String),
 }
 
 impl Peer {
@@ -196,70 +215,13 @@ pub fn connect_hub(
     known_hosts: &KnownHosts,
     verb: &str,
 ) -> Result<Connection, Failure> {
-    let host = hub.host.as_str();
-    let (tcp, addr) = tcp_connect(host, hub.port, hub.connect_timeout)?;
-    let relay = format!("{host}[{}]:{}", addr.ip(), addr.port());
-    debug!("peer {}: hub {}: connected to {relay}", peer.name, hub.name);
+    let Login {
+        session,
+        relay,
+        command,
+        ..
+    } = login(hub, known_hosts, peer.idle_timeout, false)?;
     let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
-    // Without this, a frame written in two pieces meets a delayed ACK and
-    // stalls 40 ms per message (measured).
-    tcp.set_nodelay(true)
-        .map_err(|e| fail(FailureKind::Connect, format!("TCP_NODELAY: {e}")))?;
-    let mut session =
-        Session::new().map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
-    session.set_tcp_stream(tcp);
-    session.set_timeout(millis(peer.idle_timeout));
-    // Before the handshake: libssh2 offers zlib (and OpenSSH's delayed
-    // zlib@openssh.com) only when asked to.
-    session.set_compress(hub.compression);
-    // Preferences are best effort: a libssh2 without one of these methods
-    // still negotiates the others.
-    let _ = session.method_pref(MethodType::Kex, KEX);
-    let _ = session.method_pref(MethodType::CryptCs, CIPHERS);
-    let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
-    let _ = session.method_pref(MethodType::MacCs, MACS);
-    let _ = session.method_pref(MethodType::MacSc, MACS);
-    if hub.compression {
-        let _ = session.method_pref(MethodType::CompCs, COMPRESSION);
-        let _ = session.method_pref(MethodType::CompSc, COMPRESSION);
-    }
-    // A hub with several host keys must offer the one we pinned.
-    let algorithms = known_hosts.host_key_algorithms(host, hub.port);
-    if !algorithms.is_empty() {
-        let _ = session.method_pref(MethodType::HostKey, &algorithms.join(","));
-    }
-    session.handshake().map_err(|e| {
-        fail(
-            ssh_kind(&e, FailureKind::Connect),
-            format!("SSH handshake: {e}"),
-        )
-    })?;
-    debug!(
-        "{relay}: SSH handshake done: kex {}, cipher {}, host key {}, compression {}",
-        session.methods(MethodType::Kex).unwrap_or("?"),
-        session.methods(MethodType::CryptCs).unwrap_or("?"),
-        session.methods(MethodType::HostKey).unwrap_or("?"),
-        session.methods(MethodType::CompCs).unwrap_or("?")
-    );
-    verify_host_key(&session, hub, known_hosts)?;
-    debug!("{relay}: host key matches {}", hub.known_hosts.display());
-    session
-        .userauth_pubkey_file(&hub.user, None, &hub.identity, None)
-        .map_err(|e| {
-            fail(
-                ssh_kind(&e, FailureKind::Auth),
-                format!(
-                    "login as {} with key {} refused ({e}); add its .pub to the hub's authorized_keys (rsmtp authorize)",
-                    hub.user,
-                    hub.identity.display()
-                ),
-            )
-        })?;
-    debug!(
-        "{relay}: logged in as {} with {}",
-        hub.user,
-        hub.identity.display()
-    );
     let mut channel = session.channel_session().map_err(|e| {
         fail(
             ssh_kind(&e, FailureKind::PeerProtocol),
@@ -280,9 +242,115 @@ pub fn connect_hub(
     })?;
     Ok(Connection {
         session,
-        channel: ChannelStream(channel, deflate.then(Box::default)),
+        channel: ChannelStream(channel, deflate.then(Box::default), command),
         relay,
         hub: hub.name.clone(),
+    })
+}
+
+/// A logged-in SSH session to a hub or a bastion.
+pub(crate) struct Login {
+    /// The session, authenticated.
+    pub session: Session,
+    /// What logs call the far end.
+    pub relay: String,
+    /// The proxy command carrying it, if any: it must live as long as
+    /// the session.
+    pub command: Option<crate::proxy::ProxyCommand>,
+    /// A duplicate of the session's socket, to poll(2) on.
+    pub socket: OwnedFd,
+}
+
+/// Opens the stream to `hub` (TCP or through its proxy), makes the
+/// handshake, proves the hub's host key against `known_hosts` and logs in
+/// with its key; `idle` limits each step. `bastion` says which fix a
+/// refused key calls for.
+pub(crate) fn login(
+    hub: &Hub,
+    known_hosts: &KnownHosts,
+    idle: Duration,
+    bastion: bool,
+) -> Result<Login, Failure> {
+    let host = hub.host.as_str();
+    let Link {
+        socket,
+        relay,
+        mut command,
+    } = crate::proxy::open(hub, idle)?;
+    debug!("hub {}: connected to {relay}", hub.name);
+    let fail = |kind, what: String| Failure::new(kind, format!("{relay}: {what}"));
+    let poll_socket = socket
+        .try_clone()
+        .map_err(|e| fail(FailureKind::Local, format!("dup socket: {e}")))?;
+    let mut session =
+        Session::new().map_err(|e| fail(FailureKind::Internal, format!("libssh2 session: {e}")))?;
+    session.set_tcp_stream(socket);
+    session.set_timeout(millis(idle));
+    // Before the handshake: libssh2 offers zlib (and OpenSSH's delayed
+    // zlib@openssh.com) only when asked to.
+    session.set_compress(hub.compression);
+    // Preferences are best effort: a libssh2 without one of these methods
+    // still negotiates the others.
+    let _ = session.method_pref(MethodType::Kex, KEX);
+    let _ = session.method_pref(MethodType::CryptCs, CIPHERS);
+    let _ = session.method_pref(MethodType::CryptSc, CIPHERS);
+    let _ = session.method_pref(MethodType::MacCs, MACS);
+    let _ = session.method_pref(MethodType::MacSc, MACS);
+    if hub.compression {
+        let _ = session.method_pref(MethodType::CompCs, COMPRESSION);
+        let _ = session.method_pref(MethodType::CompSc, COMPRESSION);
+    }
+    // A hub with several host keys must offer the one we pinned.
+    let algorithms = known_hosts.host_key_algorithms(host, hub.port);
+    if !algorithms.is_empty() {
+        let _ = session.method_pref(MethodType::HostKey, &algorithms.join(","));
+    }
+    if let Err(e) = session.handshake() {
+        let text = format!("SSH handshake: {e}");
+        let text = match &mut command {
+            // A proxy command that failed is the likely reason: say how
+            // it ended and what it wrote.
+            Some(command) => command.explain(&text),
+            None => text,
+        };
+        return Err(fail(ssh_kind(&e, FailureKind::Connect), text));
+    }
+    debug!(
+        "{relay}: SSH handshake done: kex {}, cipher {}, host key {}, compression {}",
+        session.methods(MethodType::Kex).unwrap_or("?"),
+        session.methods(MethodType::CryptCs).unwrap_or("?"),
+        session.methods(MethodType::HostKey).unwrap_or("?"),
+        session.methods(MethodType::CompCs).unwrap_or("?")
+    );
+    verify_host_key(&session, hub, known_hosts)?;
+    debug!("{relay}: host key matches {}", hub.known_hosts.display());
+    session
+        .userauth_pubkey_file(&hub.user, None, &hub.identity, None)
+        .map_err(|e| {
+            fail(
+                ssh_kind(&e, FailureKind::Auth),
+                format!(
+                    "login as {} with key {} refused ({e}); {}",
+                    hub.user,
+                    hub.identity.display(),
+                    if bastion {
+                        "add its .pub to the bastion's authorized_keys (restrict,port-forwarding,permitopen=\"HUB:PORT\",command=\"/bin/false\")"
+                    } else {
+                        "add its .pub to the hub's authorized_keys (rsmtp authorize)"
+                    }
+                ),
+            )
+        })?;
+    debug!(
+        "{relay}: logged in as {} with {}",
+        hub.user,
+        hub.identity.display()
+    );
+    Ok(Login {
+        session,
+        relay,
+        command,
+        socket: poll_socket,
     })
 }
 
@@ -309,7 +377,15 @@ fn request(verb: &str, compression: bool) -> (String, bool) {
 /// discard replies already on their way (a 354 lost that way made the next
 /// reply look like DATA's). Writes go out as they are made, so there is
 /// nothing to flush.
-pub struct ChannelStream(pub ssh2::Channel, Option<Box<crate::deflate::Duplex>>);
+///
+/// The third field keeps a `proxy_command` carrying the session running
+/// as long as the channel is used.
+pub struct ChannelStream(
+    pub ssh2::Channel,
+    Option<Box<crate::deflate::Duplex>>,
+    #[allow(dead_code, reason = "held, never read: it keeps the command running")]
+    Option<crate::proxy::ProxyCommand>,
+);
 
 impl ChannelStream {
     /// A second handle that reads the same channel, for a reader and a
@@ -362,7 +438,7 @@ impl Drop for ChannelStream {
     }
 }
 
-fn tcp_connect(
+pub(crate) fn tcp_connect(
     host: &str,
     port: u16,
     timeout: Duration,
@@ -464,7 +540,7 @@ fn verify_host_key(session: &Session, hub: &Hub, known_hosts: &KnownHosts) -> Re
 }
 
 /// Classes an ssh2 error: its timeouts are timeouts, the rest `otherwise`.
-fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
+pub(crate) fn ssh_kind(err: &ssh2::Error, otherwise: FailureKind) -> FailureKind {
     // LIBSSH2_ERROR_TIMEOUT
     if err.code() == ssh2::ErrorCode::Session(-9) {
         FailureKind::Timeout

@@ -8,6 +8,7 @@
 //! Needs root, Postfix (with a default /etc/postfix/main.cf) and OpenSSH; a
 //! missing prerequisite panics with the command that installs it.
 
+pub mod bastion;
 pub mod binaries;
 pub mod exim;
 pub mod hubs;

@@ -20,6 +20,7 @@ pub struct Sshd {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    log_level: String,
 }
 
 impl Sshd {
@@ -33,6 +34,7 @@ impl Sshd {
             dir,
             port: free_port(),
             child: None,
+            log_level: "VERBOSE".into(),
         };
         sshd.new_host_key();
         sshd.write_config();
@@ -124,14 +126,22 @@ X11Forwarding no
 PrintMotd no
 PrintLastLog no
 UseDNS no
-LogLevel VERBOSE
+LogLevel {log_level}
 LoginGraceTime 30
 MaxStartups 100
 MaxSessions 100",
-            port = self.port
+            port = self.port,
+            log_level = self.log_level
         )
         .expect("write to String");
         write_file(&self.dir.join("sshd_config"), conf, 0o644);
+    }
+
+    /// Sets its `LogLevel` (VERBOSE unless told; DEBUG1 logs forwards);
+    /// takes effect at the next start.
+    pub fn set_log_level(&mut self, level: &str) {
+        level.clone_into(&mut self.log_level);
+        self.write_config();
     }
 
     /// Starts sshd and waits until its port accepts. On the first start a port

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use bsmtp::known_hosts::KnownHosts;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::logging::{Credentials, POSTLOG_FIX};
 use bsmtp_session::main_cf::MainCf;
@@ -21,7 +22,7 @@ use nix::unistd::User;
 use crate::config::ConfigFile;
 use bsmtp_session::client::ClientSession;
 use bsmtp_session::ssh;
-use bsmtp_session::ssh::{Hub, Peer};
+use bsmtp_session::ssh::{Hub, Peer, Proxy};
 
 /// `bsmtp-ssh check`.
 #[derive(Debug, Args)]
@@ -94,10 +95,25 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
             return 1;
         }
     };
+    let bastions = file.bastions();
     let names: Vec<String> = match &args.peer {
         Some(name) => vec![name.clone()],
-        None => file.peer.keys().cloned().collect(),
+        None => file
+            .peer
+            .keys()
+            .filter(|name| !bastions.contains(&name.as_str()))
+            .cloned()
+            .collect(),
     };
+    if args.peer.is_none() {
+        for bastion in &bastions {
+            report.host(
+                "ok:  ",
+                &format!("bastion {bastion}"),
+                "a proxy_jump, checked with each peer that uses it",
+            );
+        }
+    }
     if names.is_empty() {
         report.fail(
             "-",
@@ -113,12 +129,13 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> u8 {
                     .iter()
                     .map(|hub| {
                         format!(
-                            "{} (host {}, port {}, user {}{})",
+                            "{} (host {}, port {}, user {}{}{})",
                             hub.name,
                             hub.host,
                             hub.port,
                             hub.user,
-                            if hub.compression { ", compression" } else { "" }
+                            if hub.compression { ", compression" } else { "" },
+                            route(hub)
                         )
                     })
                     .collect();
@@ -229,15 +246,54 @@ fn transport_user(config_dir: &Path, transport: &str) -> Option<String> {
         .map(|user| user.split(':').next().unwrap_or(user).to_owned())
 }
 
+/// How a hub is reached, for the config line: `, via bastion NAME (host
+/// H, port P, user U, via ...)` or `, via proxy_command "CMD"`.
+fn route(hub: &Hub) -> String {
+    match &hub.proxy {
+        None => String::new(),
+        Some(Proxy::Command(command)) => format!(", via proxy_command \"{command}\""),
+        Some(Proxy::Jump(bastion)) => format!(
+            ", via bastion {} (host {}, port {}, user {}{})",
+            bastion.name,
+            bastion.host,
+            bastion.port,
+            bastion.user,
+            route(bastion)
+        ),
+    }
+}
+
+/// The bastions between us and `hub`, nearest to the hub first.
+fn bastions(hub: &Hub) -> Vec<&Hub> {
+    let mut chain = Vec::new();
+    let mut next = hub;
+    while let Some(Proxy::Jump(bastion)) = &next.proxy {
+        chain.push(bastion.as_ref());
+        next = bastion;
+    }
+    chain
+}
+
 /// Checks one hub of `peer`: key, pins, login, a no-op session. Lines name
-/// the hub when the destination has several.
+/// the hub when the destination has several, and the bastions it is
+/// reached through (`peer hub via bastion`), each checked as a hop.
 fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
-    let named = if peer.has_failover() {
+    let mut named = if peer.has_failover() {
         format!("{} via {}", peer.name, hub.name)
     } else {
         peer.name.clone()
     };
+    let chain = bastions(hub);
+    for bastion in &chain {
+        named = format!("{named} via {}", bastion.name);
+    }
     let name = named.as_str();
+    // The hops first, from ours outward: each needs its own key and pin.
+    for bastion in chain.iter().rev() {
+        if !check_hop_files(bastion, name, report) {
+            return;
+        }
+    }
     let key_ok = check_key_file(&hub.identity, name, report);
     let path = hub.known_hosts.display();
     let known_hosts = match ssh::load_known_hosts(&hub.known_hosts) {
@@ -255,27 +311,11 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
         );
     }
     let host = &hub.host;
-    if known_hosts.pinned_count() == 0 {
-        report.fail(
-            name,
-            "known_hosts",
-            &no_pins_at_all(&hub.known_hosts, host, hub.port),
-        );
+    if let Some(missing) = missing_pin(&known_hosts, &hub.known_hosts, "hub", host, hub.port) {
+        report.fail(name, "known_hosts", &missing);
         return;
     }
     let pins = known_hosts.pinned_count_for(host, hub.port);
-    if pins == 0 {
-        report.fail(
-            name,
-            "known_hosts",
-            &format!(
-                "{path} pins no host key for {}; add the hub's (ssh-keyscan -p {} {host}, verified out of band)",
-                if hub.port == 22 { host.clone() } else { format!("[{host}]:{}", hub.port) },
-                hub.port
-            ),
-        );
-        return;
-    }
     report.ok(
         name,
         "known_hosts",
@@ -286,6 +326,7 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
     }
     match ssh::connect_hub(peer, hub, &known_hosts, &peer.command) {
         Ok(connection) => {
+            report_hops(hub, &chain, name, report);
             report.ok(
                 name,
                 "login",
@@ -312,14 +353,54 @@ fn check_hub(peer: &Peer, hub: &Hub, report: &mut Report<'_, impl Write>) {
             }
             probe(connection, name, report);
         }
-        Err(failure) => report.fail(name, stage(&failure), &failure.text),
+        Err(failure) => {
+            // A failure on the way names its hop: report it as that hop's.
+            let hop = chain
+                .iter()
+                .find(|b| failure.text.starts_with(&format!("bastion {}: ", b.name)))
+                .map(|b| format!("hop bastion {}", b.name));
+            report.fail(
+                name,
+                hop.as_deref().unwrap_or(stage(&failure)),
+                &failure.text,
+            );
+        }
     }
 }
 
+/// Why `known_hosts` (read from `path`) cannot prove the host key of the
+/// `role` (hub, bastion) at `host`:`port`, if it cannot: it pins no key at
+/// all, or none for that host.
+fn missing_pin(
+    known_hosts: &KnownHosts,
+    path: &Path,
+    role: &str,
+    host: &str,
+    port: u16,
+) -> Option<String> {
+    if known_hosts.pinned_count() == 0 {
+        return Some(no_pins_at_all(path, role, host, port));
+    }
+    if known_hosts.pinned_count_for(host, port) > 0 {
+        return None;
+    }
+    let shown = if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    Some(format!(
+        "{} pins no host key for the {role} {shown}; add its key (ssh-keyscan -p {port} {host}, \
+         verified out of band)",
+        path.display()
+    ))
+}
+
 /// The FAIL text for a `known_hosts` file that pins no key for any host: most
-/// often the output of `ssh-keyscan` run against a hub with no sshd (not
-/// installed, or not running), which writes an empty file without a word.
-fn no_pins_at_all(path: &Path, host: &str, port: u16) -> String {
+/// often the output of `ssh-keyscan` run against a `role` (hub, bastion)
+/// with no sshd (not installed, or not running), which writes an empty
+/// file without a word.
+fn no_pins_at_all(path: &Path, role: &str, host: &str, port: u16) -> String {
     let shown = path.display();
     let what = if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         "is empty"
@@ -327,10 +408,83 @@ fn no_pins_at_all(path: &Path, host: &str, port: u16) -> String {
         "holds no host key (only comments, blank or unusable lines)"
     };
     format!(
-        "{shown} {what}: ssh-keyscan writes an empty file, and says nothing, when the hub \
-         runs no sshd; install and start the hub's SSH server (apt install openssh-server), \
+        "{shown} {what}: ssh-keyscan writes an empty file, and says nothing, when the {role} \
+         runs no sshd; install and start the {role}'s SSH server (apt install openssh-server), \
          then pin its key with ssh-keyscan -p {port} {host} > {shown} and verify it out of band"
     )
+}
+
+/// An `ok` line for each hop on the way to `hub` (a proxy command, then
+/// each bastion from ours outward), once a session through them all came
+/// up.
+fn report_hops(hub: &Hub, chain: &[&Hub], name: &str, report: &mut Report<'_, impl Write>) {
+    let outermost = chain.last().copied().unwrap_or(hub);
+    if let Some(Proxy::Command(command)) = &outermost.proxy {
+        report.ok(
+            name,
+            "hop proxy_command",
+            &format!(
+                "\"{command}\" carried the session to {}:{}",
+                outermost.host, outermost.port
+            ),
+        );
+    }
+    for bastion in chain.iter().rev() {
+        let (host, port) = forward_target(hub, bastion);
+        report.ok(
+            name,
+            &format!("hop bastion {}", bastion.name),
+            &format!(
+                "{}:{}: host key matches the pin in {}, key accepted for {}, forward to {host}:{port} allowed",
+                bastion.host,
+                bastion.port,
+                bastion.known_hosts.display(),
+                bastion.user,
+            ),
+        );
+    }
+}
+
+/// Where `bastion` forwards to on the way to `hub`: the next hop's host
+/// and port.
+fn forward_target<'a>(hub: &'a Hub, bastion: &Hub) -> (&'a str, u16) {
+    let mut next = hub;
+    while let Some(Proxy::Jump(inner)) = &next.proxy {
+        if inner.as_ref() == bastion {
+            break;
+        }
+        next = inner;
+    }
+    (&next.host, next.port)
+}
+
+/// A bastion's key file and pinned host keys, as a hop of `name`.
+fn check_hop_files(bastion: &Hub, name: &str, report: &mut Report<'_, impl Write>) -> bool {
+    let hop = format!("hop bastion {}", bastion.name);
+    if !check_key_file(&bastion.identity, name, report) {
+        return false;
+    }
+    let known_hosts = match ssh::load_known_hosts(&bastion.known_hosts) {
+        Ok(known_hosts) => known_hosts,
+        Err(failure) => {
+            report.fail(name, &hop, &failure.text);
+            return false;
+        }
+    };
+    let path = bastion.known_hosts.display();
+    let host = &bastion.host;
+    let pinned = &bastion.known_hosts;
+    if let Some(missing) = missing_pin(&known_hosts, pinned, "bastion", host, bastion.port) {
+        report.fail(name, &hop, &missing);
+        return false;
+    }
+    let pins = known_hosts.pinned_count_for(host, bastion.port);
+    report.ok(
+        name,
+        &hop,
+        &format!("{path}: {pins} pinned keys for the bastion {host}"),
+    );
+    true
 }
 
 /// The check a connection failure belongs to.

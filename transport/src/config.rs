@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bsmtp_session::config_keys::{self, Section};
-use bsmtp_session::ssh::{Hub, Peer};
+use bsmtp_session::ssh::{Hub, Peer, Proxy};
 use serde::Deserialize;
 
 /// Where the config lives unless `--config` says otherwise.
@@ -96,6 +96,13 @@ pub struct PeerSection {
     /// `pull`: accept recipients whose local part routes elsewhere (`%`,
     /// `!`, a quoted `@`); default false, refused.
     pub allow_routing_forms: Option<bool>,
+    /// Another `[peer.NAME]` section: the bastion (jump host) that
+    /// forwards our connection to this section's host (OpenSSH's
+    /// `ProxyJump`).
+    pub proxy_jump: Option<String>,
+    /// A program whose standard input and output carry the connection to
+    /// this section's host (OpenSSH's `ProxyCommand`; `%h`, `%p`, `%r`).
+    pub proxy_command: Option<String>,
 }
 
 /// The whole file.
@@ -124,7 +131,7 @@ pub struct ConfigFile {
     /// /usr/sbin/postdrop).
     pub postdrop: Option<PathBuf>,
     /// `bsmtp-ssh sendmail` (a satellite): the [peer.NAME] that takes this
-    /// host's mail (default: the only peer).
+    /// host's mail (default: the only peer, bastions aside).
     pub sendmail_peer: Option<String>,
     /// `bsmtp-ssh sendmail`: the domain of a sender not given with -f, after
     /// the login name, and of a bare `-f` name (default: the host name).
@@ -263,7 +270,9 @@ impl ConfigFile {
     pub fn peer(&self, name: &str) -> Result<Peer, String> {
         let section = self.section(name)?;
         if section.failover.is_empty() {
-            return section.resolve(name);
+            let proxy = self.proxy(name, section, &mut Vec::new())?;
+            let hubs = section.hubs(name, None, proxy.as_ref())?;
+            return Ok(section.destination(name, hubs));
         }
         section.resolve_failover(name, |hub| {
             let hub_section = self
@@ -274,8 +283,68 @@ impl ConfigFile {
                     "peer {name}: failover names {hub}, which itself fails over; name the hubs themselves"
                 ));
             }
-            Ok(hub_section)
+            let proxy = self.proxy(hub, hub_section, &mut Vec::new())?;
+            Ok((hub_section, proxy))
         })
+    }
+
+    /// The sections some `proxy_jump` names: bastions, not destinations
+    /// of their own (`check` reaches them through the peers that use
+    /// them).
+    pub fn bastions(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .peer
+            .values()
+            .filter_map(|section| section.proxy_jump.as_deref())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// How the hosts of section `name` are reached: its `proxy_jump` (the
+    /// bastion's section resolved, with its own proxy, so chains work) or
+    /// its `proxy_command`. `seen` holds the sections already on the
+    /// chain, to refuse a loop.
+    fn proxy(
+        &self,
+        name: &str,
+        section: &PeerSection,
+        seen: &mut Vec<String>,
+    ) -> Result<Option<Proxy>, String> {
+        match (&section.proxy_jump, &section.proxy_command) {
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(format!(
+                "peer {name}: proxy_jump and proxy_command do not go together; set one"
+            )),
+            (None, Some(command)) => {
+                bsmtp_session::proxy::command_argv(command, "host", 22, "user")
+                    .map_err(|err| format!("peer {name}: proxy_command: {err}"))?;
+                Ok(Some(Proxy::Command(command.clone())))
+            }
+            (Some(bastion), None) => {
+                seen.push(name.to_owned());
+                if seen.contains(bastion) {
+                    return Err(format!(
+                        "peer {name}: proxy_jump makes a loop: {} -> {bastion}",
+                        seen.join(" -> ")
+                    ));
+                }
+                let jump = self
+                    .section(bastion)
+                    .map_err(|err| format!("peer {name}: proxy_jump names {bastion}: {err}"))?;
+                if !jump.failover.is_empty()
+                    || jump.hosts.len() + usize::from(jump.host.is_some()) != 1
+                {
+                    return Err(format!(
+                        "peer {name}: proxy_jump names {bastion}, which must give one host (host = \"...\"), not failover or hosts"
+                    ));
+                }
+                let inner = self.proxy(bastion, jump, seen)?;
+                let mut hubs = jump.hubs(bastion, None, inner.as_ref())?;
+                Ok(hubs.pop().map(|hub| Proxy::Jump(Box::new(hub))))
+            }
+        }
     }
 
     fn section(&self, name: &str) -> Result<&PeerSection, String> {
@@ -292,8 +361,15 @@ impl ConfigFile {
 impl PeerSection {
     /// Fills in defaults and checks what can be checked offline (a section
     /// with `host`/`hosts`: each host is a hub, with the same login).
+    /// `proxy_jump` needs the whole file: use [`ConfigFile::peer`].
     pub fn resolve(&self, name: &str) -> Result<Peer, String> {
-        let hubs = self.hubs(name, None)?;
+        if self.proxy_jump.is_some() {
+            return Err(format!(
+                "peer {name}: proxy_jump needs the config file that names the bastion"
+            ));
+        }
+        let proxy = self.proxy_command.clone().map(Proxy::Command);
+        let hubs = self.hubs(name, None, proxy.as_ref())?;
         Ok(self.destination(name, hubs))
     }
 
@@ -303,7 +379,7 @@ impl PeerSection {
     fn resolve_failover<'a>(
         &self,
         name: &str,
-        section: impl Fn(&str) -> Result<&'a PeerSection, String>,
+        section: impl Fn(&str) -> Result<(&'a PeerSection, Option<Proxy>), String>,
     ) -> Result<Peer, String> {
         let reach = [
             ("host", self.host.is_some() || !self.hosts.is_empty()),
@@ -312,6 +388,8 @@ impl PeerSection {
             ("identity", self.identity.is_some()),
             ("known_hosts", self.known_hosts.is_some()),
             ("compression", self.compression.is_some()),
+            ("proxy_jump", self.proxy_jump.is_some()),
+            ("proxy_command", self.proxy_command.is_some()),
         ];
         if let Some((key, _)) = reach.iter().find(|(_, set)| *set) {
             return Err(format!(
@@ -323,14 +401,20 @@ impl PeerSection {
             if self.failover[..i].contains(hub) {
                 return Err(format!("peer {name}: failover names {hub} twice"));
             }
-            hubs.extend(section(hub)?.hubs(hub, self.connect_timeout)?);
+            let (hub_section, proxy) = section(hub)?;
+            hubs.extend(hub_section.hubs(hub, self.connect_timeout, proxy.as_ref())?);
         }
         Ok(self.destination(name, hubs))
     }
 
     /// This section's hosts as hubs: named after the section, or after
     /// section and host when it lists several.
-    fn hubs(&self, name: &str, connect_timeout: Option<u64>) -> Result<Vec<Hub>, String> {
+    fn hubs(
+        &self,
+        name: &str,
+        connect_timeout: Option<u64>,
+        proxy: Option<&Proxy>,
+    ) -> Result<Vec<Hub>, String> {
         let mut hosts: Vec<String> = self.host.iter().cloned().collect();
         hosts.extend(self.hosts.iter().cloned());
         if hosts.is_empty() {
@@ -369,6 +453,7 @@ impl PeerSection {
                     .unwrap_or_else(|| DEFAULT_KNOWN_HOSTS.into()),
                 connect_timeout: Duration::from_secs(connect_timeout),
                 compression: self.compression.unwrap_or(false),
+                proxy: proxy.cloned(),
                 host,
             })
             .collect())
@@ -501,6 +586,76 @@ mod tests {
             (
                 "[peer.d]\nfailover = [\"h\", \"h\"]\n[peer.h]\nhost = \"a\"\n",
                 "twice",
+            ),
+        ] {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            let err = file.peer("d").unwrap_err();
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_jump_chains_and_keeps_each_hops_own_login() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.hub]\nhost = \"hub.internal\"\nproxy_jump = \"inner\"\n\
+             [peer.inner]\nhost = \"inner.test\"\nuser = \"jumper\"\nknown_hosts = \"/k-inner\"\nproxy_jump = \"outer\"\n\
+             [peer.outer]\nhost = \"outer.test\"\nport = 2200\nproxy_command = \"nc %h %p\"\n",
+        )
+        .unwrap();
+        let peer = file.peer("hub").unwrap();
+        let Some(Proxy::Jump(inner)) = &peer.hubs[0].proxy else {
+            panic!("{peer:?}")
+        };
+        assert_eq!(
+            (
+                inner.name.as_str(),
+                inner.host.as_str(),
+                inner.user.as_str()
+            ),
+            ("inner", "inner.test", "jumper")
+        );
+        assert_eq!(inner.known_hosts, PathBuf::from("/k-inner"));
+        let Some(Proxy::Jump(outer)) = &inner.proxy else {
+            panic!("{inner:?}")
+        };
+        assert_eq!((outer.host.as_str(), outer.port), ("outer.test", 2200));
+        assert_eq!(outer.proxy, Some(Proxy::Command("nc %h %p".into())));
+        assert_eq!(file.bastions(), ["inner", "outer"]);
+    }
+
+    #[test]
+    fn a_failover_hub_may_have_its_own_bastion() {
+        let file: ConfigFile = toml::from_str(
+            "[peer.d]\nfailover = [\"h1\", \"h2\"]\n[peer.h1]\nhost = \"a\"\nproxy_jump = \"b\"\n\
+             [peer.h2]\nhost = \"c\"\n[peer.b]\nhost = \"bastion.test\"\n",
+        )
+        .unwrap();
+        let peer = file.peer("d").unwrap();
+        assert!(matches!(&peer.hubs[0].proxy, Some(Proxy::Jump(b)) if b.host == "bastion.test"));
+        assert_eq!(peer.hubs[1].proxy, None);
+    }
+
+    #[test]
+    fn proxy_mistakes_are_named() {
+        for (text, wanted) in [
+            ("[peer.d]\nhost = \"a\"\nproxy_jump = \"nope\"\n", "proxy_jump names nope"),
+            ("[peer.d]\nhost = \"a\"\nproxy_jump = \"d\"\n", "loop"),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\n[peer.b]\nhost = \"b\"\nproxy_jump = \"d\"\n",
+                "loop: d -> b -> d",
+            ),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\nproxy_command = \"nc %h %p\"\n[peer.b]\nhost = \"b\"\n",
+                "do not go together",
+            ),
+            (
+                "[peer.d]\nhost = \"a\"\nproxy_jump = \"b\"\n[peer.b]\nhosts = [\"x\", \"y\"]\n",
+                "must give one host",
+            ),
+            ("[peer.d]\nhost = \"a\"\nproxy_command = \"nc %x\"\n", "%x"),
+            (
+                "[peer.d]\nfailover = [\"h\"]\nproxy_jump = \"b\"\n[peer.h]\nhost = \"a\"\n",
+                "proxy_jump does not go with failover",
             ),
         ] {
             let file: ConfigFile = toml::from_str(text).unwrap();

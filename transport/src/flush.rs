@@ -55,8 +55,14 @@ pub fn run(args: &FlushArgs, out: &mut impl Write) -> u8 {
         Ok(file) => file,
         Err(status) => return status,
     };
+    let bastions = file.bastions();
     let peers: Vec<String> = if args.peers.is_empty() {
-        file.peer.keys().cloned().collect()
+        // A bastion (named by a proxy_jump) has no spool of its own.
+        file.peer
+            .keys()
+            .filter(|name| !bastions.contains(&name.as_str()))
+            .cloned()
+            .collect()
     } else {
         args.peers.clone()
     };

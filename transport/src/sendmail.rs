@@ -105,12 +105,17 @@ fn say(err: &mut impl Write, status: ExitCode, text: &str) -> u8 {
     status as u8
 }
 
-/// The peer satellites send to: `sendmail_peer`, else the only one.
+/// The peer satellites send to: `sendmail_peer`, else the only one (a
+/// bastion, named by a `proxy_jump`, is not a peer to send to).
 fn peer_name(file: &ConfigFile) -> Result<String, String> {
     if let Some(name) = &file.sendmail_peer {
         return Ok(name.clone());
     }
-    let mut names = file.peer.keys();
+    let bastions = file.bastions();
+    let mut names = file
+        .peer
+        .keys()
+        .filter(|name| !bastions.contains(&name.as_str()));
     match (names.next(), names.next()) {
         (Some(only), None) => Ok(only.clone()),
         _ => {
