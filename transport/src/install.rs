@@ -610,12 +610,14 @@ pub fn routes_in_table(text: &str, transports: &[&str]) -> Vec<(usize, String)> 
 
 /// The table files a `*transport_maps` setting names, for the table
 /// types whose source is a text file at that path.
-fn table_sources(value: &str) -> Vec<PathBuf> {
+pub fn table_sources(value: &str) -> Vec<PathBuf> {
     const FILE_TYPES: [&str; 8] = [
         "hash", "btree", "lmdb", "cdb", "dbm", "texthash", "pcre", "regexp",
     ];
     value
         .split(|c: char| c.is_whitespace() || c == ',')
+        // proxymap(8) in front changes nothing about the source file.
+        .map(|word| word.strip_prefix("proxy:").unwrap_or(word))
         .filter_map(|word| word.split_once(':'))
         .filter(|(kind, path)| FILE_TYPES.contains(kind) && path.starts_with('/'))
         .map(|(_, path)| PathBuf::from(path))

@@ -9,9 +9,9 @@ use std::process::Command;
 use bsmtp_ssh::install::{
     batching_items, has_envid_macro, hub_items, is_ours, leaf_items, leftover_placeholder,
     ours_to_remove, parse_main_cf, parse_master_cf, routes_in_main_cf, routes_in_table,
-    routing_hint, spool_items, substitute, Item, Values, BATCHING_MAIN_CF, BATCHING_MASTER_CF,
-    BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF, LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS,
-    SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
+    routing_hint, spool_items, substitute, table_sources, Item, Values, BATCHING_MAIN_CF,
+    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF, LEAF_MAIN_CF, LEAF_MASTER_CF,
+    PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -1167,6 +1167,13 @@ fn remove_recognises_our_entries_and_routes_by_their_marks() {
             &["mine"]
         ),
         [(2, "mine mine:".to_owned()), (3, "/x/ mine".to_owned())]
+    );
+    assert_eq!(
+        table_sources("hash:/etc/postfix/transport, proxy:lmdb:/t2 ldap:/etc/x.cf inline:{a=b}"),
+        [
+            PathBuf::from("/etc/postfix/transport"),
+            PathBuf::from("/t2")
+        ]
     );
 }
 
