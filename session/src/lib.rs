@@ -16,7 +16,8 @@
 //! - [`idle`]: reads and writes that give up when the peer goes quiet.
 //! - [`logging`], [`main_cf`], [`child`], [`atomic`]: where Postfix logs,
 //!   what its main.cf says, children with a cut-down environment, files
-//!   replaced atomically.
+//!   replaced atomically; [`config_keys`]: where a misplaced config key
+//!   belongs.
 //!
 //! A mode (pipe, LMTP bridge, flush, pull) is then a few lines that join a
 //! source of transactions to a session.
@@ -24,6 +25,7 @@
 pub mod atomic;
 pub mod child;
 pub mod client;
+pub mod config_keys;
 pub mod deflate;
 pub mod forward;
 pub mod idle;

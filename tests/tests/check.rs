@@ -221,3 +221,35 @@ fn check_as_root_names_a_key_the_transport_user_cannot_read() {
         "{out}"
     );
 }
+
+/// Regression (issue 19, 5.3): `ssh-keyscan` against a hub without sshd
+/// writes an empty `known_hosts`, and `check` said only "pins no host key for
+/// HOST"; it now names the empty or key-less file and the hub's missing sshd.
+#[test]
+fn check_names_an_empty_or_keyless_known_hosts() {
+    let env = Env::start("check_empty_known_hosts");
+    let path = env.known_hosts();
+    std::fs::write(&path, "").unwrap();
+    let (code, out) = check(&env, &env.transport_config());
+    assert_eq!(code, Some(1), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL: peer hub: known_hosts: "))
+        .unwrap_or_else(|| panic!("no FAIL line for known_hosts:\n{out}"));
+    assert!(
+        line.contains(&format!("{} is empty", path.display()))
+            && line.contains("openssh-server")
+            && line.contains("ssh-keyscan -p "),
+        "{line}"
+    );
+    std::fs::write(&path, "# ssh-keyscan found nothing\n\n").unwrap();
+    let (code, out) = check(&env, &env.transport_config());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL: peer hub: known_hosts: {} holds no host key",
+            path.display()
+        )) && out.contains("openssh-server"),
+        "{out}"
+    );
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bsmtp_ssh_tests::util::poll;
-use bsmtp_ssh_tests::{Env, EnvOptions, Log, HUB_PEER, LEAF_PEER};
+use bsmtp_ssh_tests::{Env, EnvOptions, Log, PostlogMode, HUB_PEER, LEAF_PEER};
 
 /// Long enough for a slow CI machine, short enough to fail a hung test.
 const DELIVERY: Duration = Duration::from_mins(2);
@@ -455,7 +455,9 @@ fn a_full_hub_queue_answers_452_and_loses_nothing() {
         "queue_full",
         EnvOptions::default()
             .hub_queue_size(32 * MIB)
-            .rsmtp_conf(&format!("min_free = {}", 8 * MIB)),
+            .rsmtp_conf(&format!("min_free = {}", 8 * MIB))
+            // rsmtp's own lines in the hub's maillog_file.
+            .postlog(PostlogMode::SetGid),
     );
     let filler = fill(&env.base().join("hub/spool/filler"), 4 * MIB);
     env.leaf_sendmail(
@@ -469,6 +471,18 @@ fn a_full_hub_queue_answers_452_and_loses_nothing() {
         "{deferred}"
     );
     assert!(Env::read_maildir(&env.hub_maildir("bob")).is_empty());
+    // Regression (issue 19, 5.8): the hub logged this ordinary deferral
+    // as "fatal: ... keep the batch" (there is no batch in a live session).
+    let ended = env.wait_log(Log::Hub, " command(s) refused", DELIVERY);
+    assert!(
+        ended.contains(" rsmtp[") && ended.contains("]: warning: peer leaf1: "),
+        "{ended}"
+    );
+    let rsmtp_lines = env.log_lines(Log::Hub, " rsmtp[").join("\n");
+    assert!(
+        !rsmtp_lines.contains("fatal:") && !rsmtp_lines.contains("keep the batch"),
+        "{rsmtp_lines}"
+    );
     std::fs::remove_file(filler).unwrap();
     env.leaf_flush();
     env.wait_maildir("bob", 1, DELIVERY);

@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use bsmtp::known_hosts::KnownHosts;
 use bsmtp::status::{Failure, FailureKind};
 use bsmtp_session::logging::{Credentials, POSTLOG_FIX};
 use bsmtp_session::main_cf::MainCf;
@@ -368,19 +369,11 @@ fn check_hub(peer: &Peer, hub: &Hub, who: Option<&Access>, report: &mut Report<'
         );
     }
     let host = &hub.host;
-    let pins = known_hosts.pinned_count_for(host, hub.port);
-    if pins == 0 {
-        report.fail(
-            name,
-            "known_hosts",
-            &format!(
-                "{path} pins no host key for {}; add the hub's (ssh-keyscan -p {} {host}, verified out of band)",
-                if hub.port == 22 { host.clone() } else { format!("[{host}]:{}", hub.port) },
-                hub.port
-            ),
-        );
+    if let Some(missing) = missing_pin(&known_hosts, &hub.known_hosts, "hub", host, hub.port) {
+        report.fail(name, "known_hosts", &missing);
         return;
     }
+    let pins = known_hosts.pinned_count_for(host, hub.port);
     report.ok(
         name,
         "known_hosts",
@@ -431,6 +424,52 @@ fn check_hub(peer: &Peer, hub: &Hub, who: Option<&Access>, report: &mut Report<'
             );
         }
     }
+}
+
+/// Why `known_hosts` (read from `path`) cannot prove the host key of the
+/// `role` (hub, bastion) at `host`:`port`, if it cannot: it pins no key at
+/// all, or none for that host.
+fn missing_pin(
+    known_hosts: &KnownHosts,
+    path: &Path,
+    role: &str,
+    host: &str,
+    port: u16,
+) -> Option<String> {
+    if known_hosts.pinned_count() == 0 {
+        return Some(no_pins_at_all(path, role, host, port));
+    }
+    if known_hosts.pinned_count_for(host, port) > 0 {
+        return None;
+    }
+    let shown = if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    Some(format!(
+        "{} pins no host key for the {role} {shown}; add its key (ssh-keyscan -p {port} {host}, \
+         verified out of band)",
+        path.display()
+    ))
+}
+
+/// The FAIL text for a `known_hosts` file that pins no key for any host: most
+/// often the output of `ssh-keyscan` run against a `role` (hub, bastion)
+/// with no sshd (not installed, or not running), which writes an empty
+/// file without a word.
+fn no_pins_at_all(path: &Path, role: &str, host: &str, port: u16) -> String {
+    let shown = path.display();
+    let what = if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        "is empty"
+    } else {
+        "holds no host key (only comments, blank or unusable lines)"
+    };
+    format!(
+        "{shown} {what}: ssh-keyscan writes an empty file, and says nothing, when the {role} \
+         runs no sshd; install and start the {role}'s SSH server (apt install openssh-server), \
+         then pin its key with ssh-keyscan -p {port} {host} > {shown} and verify it out of band"
+    )
 }
 
 /// An `ok` line for each hop on the way to `hub` (a proxy command, then
@@ -497,19 +536,12 @@ fn check_hop_files(
     };
     let path = bastion.known_hosts.display();
     let host = &bastion.host;
-    let pins = known_hosts.pinned_count_for(host, bastion.port);
-    if pins == 0 {
-        report.fail(
-            name,
-            &hop,
-            &format!(
-                "{path} pins no host key for the bastion {}; add its key (ssh-keyscan -p {} {host}, verified out of band)",
-                if bastion.port == 22 { host.clone() } else { format!("[{host}]:{}", bastion.port) },
-                bastion.port
-            ),
-        );
+    let pinned = &bastion.known_hosts;
+    if let Some(missing) = missing_pin(&known_hosts, pinned, "bastion", host, bastion.port) {
+        report.fail(name, &hop, &missing);
         return false;
     }
+    let pins = known_hosts.pinned_count_for(host, bastion.port);
     report.ok(
         name,
         &hop,

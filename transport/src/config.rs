@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bsmtp_session::config_keys::{self, Section};
 use bsmtp_session::ssh::{Hub, Peer, Proxy};
 use serde::Deserialize;
 
@@ -303,11 +304,30 @@ impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| format!("cannot read config {}: {err}", path.display()))?;
-        toml::from_str(&text).map_err(|err| {
-            format!(
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`, read from `path`; a valid key in the wrong section
+    /// is said to be one, with the section it belongs in.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| {
+            let error = format!(
                 "config {}: {}",
                 path.display(),
                 bsmtp::text::one_line(&err.to_string())
+            );
+            config_keys::explain(
+                error,
+                &[
+                    Section {
+                        place: "at the top of the file, above the first [peer.NAME] line",
+                        keys: config_keys::fields_of::<ConfigFile>(),
+                    },
+                    Section {
+                        place: "in a [peer.NAME] section",
+                        keys: config_keys::fields_of::<PeerSection>(),
+                    },
+                ],
             )
         })
     }
@@ -567,6 +587,35 @@ mod tests {
     #[test]
     fn typos_in_keys_are_errors() {
         assert!(toml::from_str::<ConfigFile>("[peer.hub]\nhots = \"a\"\n").is_err());
+        let err = ConfigFile::parse("[peer.hub]\nhots = \"a\"\n", Path::new("c")).unwrap_err();
+        assert!(!err.contains("belongs"), "{err}");
+    }
+
+    /// Regression (issue 19, 5.8): a valid key in the wrong section was
+    /// reported as just "unknown field"; the error now says where it goes.
+    #[test]
+    fn a_valid_key_in_the_wrong_section_says_where_it_belongs() {
+        let path = Path::new("/etc/bsmtp-ssh/bsmtp-ssh.conf");
+        let err = ConfigFile::parse(
+            "[peer.hub]\nhost = \"a\"\nspool_directory = \"/var/spool/x\"\n",
+            path,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("config /etc/bsmtp-ssh/bsmtp-ssh.conf: ")
+                && err.contains("unknown field `spool_directory`")
+                && err.contains(
+                    "`spool_directory` is a valid key, but it belongs at the top of the file, \
+                     above the first [peer.NAME] line"
+                ),
+            "{err}"
+        );
+        let err = ConfigFile::parse("known_hosts = \"/k\"\n[peer.hub]\nhost = \"a\"\n", path)
+            .unwrap_err();
+        assert!(
+            err.contains("`known_hosts` is a valid key, but it belongs in a [peer.NAME] section"),
+            "{err}"
+        );
     }
 
     #[test]

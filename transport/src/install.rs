@@ -18,6 +18,14 @@
 //! before the first write (exit [`EXIT_NOT_OURS`], the entry shown) unless
 //! `--force` says to replace it. An entry this tool wrote before, in any
 //! version and with any values, is ours to update.
+//!
+//! `--remove` undoes it: every master.cf entry that is recognisably
+//! bsmtp-ssh's, whatever its name ([`ours_to_remove`], the same marks as
+//! [`is_ours`]), goes with `postconf -MX`, and the main.cf settings the
+//! snippets made for it with `postconf -X`. Nothing else is touched; while
+//! main.cf or a transport table still routes mail to one of those
+//! transports, it refuses (exit [`EXIT_STILL_ROUTED`], each route named),
+//! since Postfix would then defer that mail for ever.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -128,10 +136,23 @@ pub struct InstallArgs {
     pub listen: String,
     /// Replace a master.cf entry of the same name and type that is not
     /// bsmtp-ssh's (without it, such an entry stops the install with exit
-    /// 1 and nothing changed).
+    /// 1 and nothing changed). With --remove: remove even while main.cf or
+    /// a transport table still routes mail to our transports.
     #[arg(long)]
     pub force: bool,
+    /// Undo postfix-install: remove every master.cf entry that is
+    /// recognisably bsmtp-ssh's (any mode, any name) and the main.cf
+    /// settings made for them; nothing else. Refused (exit 1, nothing
+    /// changed) while main.cf or a transport table routes mail to one of
+    /// them, unless --force.
+    #[arg(long, conflicts_with_all = ["batching", "spool", "hub"])]
+    pub remove: bool,
 }
+
+/// postfix-install `--remove`'s exit status when main.cf or a transport
+/// table still routes mail to a transport it would remove (and `--force`
+/// was not given): nothing was changed.
+pub const EXIT_STILL_ROUTED: u8 = 1;
 
 /// postfix-install's exit status when master.cf holds an entry of the same
 /// name and type that is not bsmtp-ssh's and `--force` was not given.
@@ -427,9 +448,7 @@ pub fn is_ours(existing: &[String], wanted: &[String]) -> bool {
     }
     if let Some((program, subcommand)) = argv_of(wanted) {
         return argv_of(existing).is_some_and(|(theirs, their_subcommand)| {
-            let named_ours =
-                theirs == program || Path::new(theirs).file_name() == Some("bsmtp-ssh".as_ref());
-            named_ours && their_subcommand == subcommand
+            names_bsmtp_ssh(theirs, program) && their_subcommand == subcommand
         });
     }
     let markers: Vec<&str> = overrides(wanted)
@@ -438,6 +457,171 @@ pub fn is_ours(existing: &[String], wanted: &[String]) -> bool {
         .collect();
     let theirs = overrides(existing);
     !markers.is_empty() && markers.iter().all(|m| theirs.contains(m))
+}
+
+/// True when an `argv=` program path is bsmtp-ssh: `program` itself, or
+/// any path whose file name is `bsmtp-ssh`.
+fn names_bsmtp_ssh(path: &str, program: &str) -> bool {
+    path == program || Path::new(path).file_name() == Some("bsmtp-ssh".as_ref())
+}
+
+/// A master.cf entry that is recognisably bsmtp-ssh's, as
+/// [`ours_to_remove`] finds it, with the main.cf settings the snippets
+/// made for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The service name (first field).
+    pub service: String,
+    /// The service type (second field).
+    pub kind: String,
+    /// The entry on one line, as `postconf -M` prints it.
+    pub entry: String,
+    /// The main.cf parameters named after it that postfix-install sets.
+    pub parameters: Vec<String>,
+    /// A delivery transport that routing can name (pipe(8), lmtp(8)); the
+    /// spawn(8) service and the hub's smtpd are reached otherwise.
+    pub transport: bool,
+}
+
+impl Installed {
+    /// `master.cf: SERVICE/TYPE`, as [`Item::key`] says it.
+    pub fn key(&self) -> String {
+        format!("master.cf: {}/{}", self.service, self.kind)
+    }
+}
+
+/// The main.cf parameter names a snippet template sets, for `service`.
+fn template_parameters(template: &str, service: &str) -> Vec<String> {
+    let text = template
+        .replace("@TRANSPORT@", service)
+        .replace("@SERVICE@", service);
+    parse_main_cf(&text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::Main { name, .. } => Some(name),
+            Item::Master { .. } => None,
+        })
+        .collect()
+}
+
+/// Every entry of `master_cf` (one entry a line, as `postconf -M` prints
+/// them) that is recognisably bsmtp-ssh's, whatever its name, by the marks
+/// [`is_ours`] uses: a pipe(8) entry whose `argv=` runs bsmtp-ssh
+/// (`program`, or any path whose file name is `bsmtp-ssh`) with `deliver`
+/// or `enqueue`; a spawn(8) entry running it with `lmtp`; the lmtp(8)
+/// transport whose `-o lmtp_connection_cache_destinations=` names such a
+/// spawn(8) service's socket; the hub's smtpd with `-o
+/// syslog_name=postfix/bsmtp-inject`. Anything else (Debian's stock
+/// `bsmtp` entry, a content filter's listener) is not listed.
+pub fn ours_to_remove(master_cf: &str, program: &str) -> Vec<Installed> {
+    let entries: Vec<Vec<String>> = master_cf
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .filter(|fields: &Vec<String>| fields.len() >= 8)
+        .collect();
+    let runs = |fields: &[String], subcommands: &[&str]| {
+        argv_of(fields).is_some_and(|(path, subcommand)| {
+            names_bsmtp_ssh(path, program) && subcommand.is_some_and(|s| subcommands.contains(&s))
+        })
+    };
+    let spawned: Vec<&str> = entries
+        .iter()
+        .filter(|f| f[7] == "spawn" && runs(f, &["lmtp"]))
+        .map(|f| f[0].as_str())
+        .collect();
+    let mut found = Vec::new();
+    for fields in &entries {
+        let service = fields[0].as_str();
+        let (parameters, transport) = match fields[7].as_str() {
+            "pipe" if runs(fields, &["deliver"]) => {
+                (template_parameters(LEAF_MAIN_CF, service), true)
+            }
+            "pipe" if runs(fields, &["enqueue"]) => {
+                (template_parameters(SPOOL_MAIN_CF, service), true)
+            }
+            "spawn" if runs(fields, &["lmtp"]) => (Vec::new(), false),
+            "smtpd" if overrides(fields).contains(&"syslog_name=postfix/bsmtp-inject") => {
+                (Vec::new(), false)
+            }
+            "lmtp" => {
+                let cached = overrides(fields)
+                    .into_iter()
+                    .find_map(|o| o.strip_prefix("lmtp_connection_cache_destinations=private/"));
+                match cached.filter(|socket| spawned.contains(socket)) {
+                    Some(socket) => (template_parameters(BATCHING_MAIN_CF, socket), true),
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        found.push(Installed {
+            service: service.to_owned(),
+            kind: fields[1].clone(),
+            entry: fields.join(" "),
+            parameters,
+            transport,
+        });
+    }
+    found
+}
+
+/// True when a routing value's word names `transport`: `transport` alone
+/// or `transport:nexthop`.
+fn names_transport(word: &str, transport: &str) -> bool {
+    word == transport
+        || word
+            .strip_prefix(transport)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
+
+/// The main.cf settings (`postconf -n` output, `name = value` a line)
+/// whose value routes mail to one of `transports` (`default_transport =
+/// bsmtp-ssh:hub`), skipping the parameters in `skip` (ours, going too).
+pub fn routes_in_main_cf(main_cf: &str, transports: &[&str], skip: &[String]) -> Vec<String> {
+    main_cf
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim(), value.trim()))
+        .filter(|(name, _)| !skip.iter().any(|s| s == name))
+        .filter(|(_, value)| {
+            value
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .any(|word| transports.iter().any(|t| names_transport(word, t)))
+        })
+        .map(|(name, value)| format!("main.cf: {name} = {value}"))
+        .collect()
+}
+
+/// The lines of a transport table's source (`hash:`, `texthash:`,
+/// `pcre:`, ...) whose result names one of `transports`: the last word of
+/// a `key result` line. Returns (line number, line).
+pub fn routes_in_table(text: &str, transports: &[&str]) -> Vec<(usize, String)> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let routes = |word: &&str| transports.iter().any(|t| names_transport(word, t));
+            words.len() >= 2 && !words[0].starts_with('#') && words.last().is_some_and(routes)
+        })
+        .map(|(index, line)| (index + 1, line.trim().to_owned()))
+        .collect()
+}
+
+/// The table files a `*transport_maps` setting names, for the table
+/// types whose source is a text file at that path.
+pub fn table_sources(value: &str) -> Vec<PathBuf> {
+    const FILE_TYPES: [&str; 8] = [
+        "hash", "btree", "lmdb", "cdb", "dbm", "texthash", "pcre", "regexp",
+    ];
+    value
+        .split(|c: char| c.is_whitespace() || c == ',')
+        // proxymap(8) in front changes nothing about the source file.
+        .map(|word| word.strip_prefix("proxy:").unwrap_or(word))
+        .filter_map(|word| word.split_once(':'))
+        .filter(|(kind, path)| FILE_TYPES.contains(kind) && path.starts_with('/'))
+        .map(|(_, path)| PathBuf::from(path))
+        .collect()
 }
 
 /// What an entry that is not ours appears to be, when that is known.
@@ -724,9 +908,15 @@ fn one_line(text: &str) -> String {
     }
 }
 
-/// Runs the installer; returns the exit status.
+/// Runs the installer (or, with `--remove`, the remover); returns the exit
+/// status.
 pub fn run(args: &InstallArgs, out: &mut impl Write) -> u8 {
-    match install(args, out) {
+    let result = if args.remove {
+        remove(args, out)
+    } else {
+        install(args, out)
+    };
+    match result {
         Ok(()) => 0,
         Err(fatal) => {
             let _ = writeln!(out, "postfix-install: error: {}", fatal.message);
@@ -815,6 +1005,9 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
             ));
         }
     }
+    if args.batching {
+        check_batching_peer(&args.config, &values.peer)?;
+    }
     if !args.hub {
         warn_prerequisites(&values, &program, args, out);
     }
@@ -828,34 +1021,11 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     let changes = announce(&postfix, &plan, out);
 
     if args.dry_run {
-        for argv in &changes {
-            let _ = writeln!(out, "would run: {}", Shown(argv));
-        }
-        let _ = writeln!(
-            out,
-            "dry run: {}; postfix check not run",
-            count(changes.len(), "change not made", "changes not made")
-        );
+        print_dry_run(&changes, out);
         print_hint(&values, out);
         return Ok(());
     }
-
-    for (done, argv) in changes.iter().enumerate() {
-        let result = run_argv(argv)?;
-        if !result.success {
-            return Err(Fatal::new(
-                ExitCode::Config,
-                format!(
-                    "{} failed ({}): {}; {} made before it; fix the cause and run \
-                     postfix-install again",
-                    Shown(argv),
-                    result.status,
-                    one_line(&result.stderr),
-                    count(done, "change was", "changes were"),
-                ),
-            ));
-        }
-    }
+    run_changes(&changes, "postfix-install")?;
     if changes.is_empty() {
         let _ = writeln!(out, "nothing to change");
     } else {
@@ -876,6 +1046,179 @@ fn install(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
     }
     print_hint(&values, out);
     Ok(())
+}
+
+/// `postfix-install --remove`: reads everything first, refuses while mail
+/// is still routed to a transport it would remove, then removes our
+/// master.cf entries and their main.cf settings, and runs `postfix check`.
+fn remove(args: &InstallArgs, out: &mut impl Write) -> Result<(), Fatal> {
+    let postfix = Postfix { args };
+    let program = args.program.clone().unwrap_or_else(|| {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from(DEFAULT_PROGRAM))
+    });
+    let master_cf = postfix.query(&["-M"])?.unwrap_or_default();
+    let found = ours_to_remove(&master_cf, &program.to_string_lossy());
+    if found.is_empty() {
+        let _ = writeln!(
+            out,
+            "master.cf has no entry of bsmtp-ssh's; nothing to change"
+        );
+        return Ok(());
+    }
+    let mut settings = Vec::new();
+    for installed in &found {
+        for name in &installed.parameters {
+            if let Some(value) = postfix.query(&["-n", "-h", name])? {
+                settings.push((name.clone(), value));
+            }
+        }
+    }
+    let ours: Vec<String> = settings.iter().map(|(name, _)| name.clone()).collect();
+    let transports: Vec<&str> = found
+        .iter()
+        .filter(|i| i.transport)
+        .map(|i| i.service.as_str())
+        .collect();
+    let routes = routes_to(&postfix, &transports, &ours)?;
+    if !routes.is_empty() {
+        let listed = routes.join("\n  ");
+        if !args.force {
+            return Err(Fatal {
+                code: EXIT_STILL_ROUTED,
+                message: format!(
+                    "mail is still routed to bsmtp-ssh's transports ({}); without them \
+                     Postfix would defer it for ever:\n  {listed}\nnothing was changed; route \
+                     that mail elsewhere first (postconf -X or -e for main.cf, edit and \
+                     postmap a table), then run again; --force removes them anyway",
+                    transports.join(", ")
+                ),
+            });
+        }
+        let _ = writeln!(
+            out,
+            "warning: mail is still routed to the transports removed by --force; \
+             Postfix will defer it until routed elsewhere:\n  {listed}"
+        );
+    }
+
+    let mut changes = Vec::new();
+    for installed in &found {
+        let _ = writeln!(out, "{} = {} (removed)", installed.key(), installed.entry);
+        changes
+            .push(postfix.postconf(&["-MX", &format!("{}/{}", installed.service, installed.kind)]));
+    }
+    for (name, value) in &settings {
+        let _ = writeln!(out, "main.cf: {name} = {value} (removed)");
+        changes.push(postfix.postconf(&["-X", name]));
+    }
+    if args.dry_run {
+        print_dry_run(&changes, out);
+        return Ok(());
+    }
+    run_changes(&changes, "postfix-install --remove")?;
+    let _ = writeln!(
+        out,
+        "{}",
+        count(changes.len(), "change made", "changes made")
+    );
+    postfix_check(&postfix, out)?;
+    let _ = writeln!(
+        out,
+        "a running Postfix uses the changes after: {}",
+        Shown(&postfix.postfix("reload"))
+    );
+    removal_notes(&found, out);
+    Ok(())
+}
+
+/// What stays behind an entry `--remove` took out and needs the admin.
+fn removal_notes(found: &[Installed], out: &mut impl Write) {
+    for installed in found {
+        let command = installed
+            .entry
+            .split_whitespace()
+            .nth(7)
+            .unwrap_or_default();
+        if installed.entry.contains(" enqueue ") {
+            let _ = writeln!(
+                out,
+                "note: mail the spool transport {} already spooled stays in the spool \
+                 (bsmtp-ssh queue lists it); send it with bsmtp-ssh flush",
+                installed.service
+            );
+        } else if command == "smtpd" {
+            let _ = writeln!(
+                out,
+                "note: an rsmtp.conf inject line that names {} must go too (rsmtp \
+                 then injects with postdrop)",
+                installed.service
+            );
+        }
+    }
+}
+
+/// `--dry-run`'s report: each command not run, and how many.
+fn print_dry_run(changes: &[Vec<OsString>], out: &mut impl Write) {
+    for argv in changes {
+        let _ = writeln!(out, "would run: {}", Shown(argv));
+    }
+    let _ = writeln!(
+        out,
+        "dry run: {}; postfix check not run",
+        count(changes.len(), "change not made", "changes not made")
+    );
+}
+
+/// Runs each postconf command in order; the first failure stops, saying
+/// how many were made and to run `again` once the cause is fixed.
+fn run_changes(changes: &[Vec<OsString>], again: &str) -> Result<(), Fatal> {
+    for (done, argv) in changes.iter().enumerate() {
+        let result = run_argv(argv)?;
+        if !result.success {
+            return Err(Fatal::new(
+                ExitCode::Config,
+                format!(
+                    "{} failed ({}): {}; {} made before it; fix the cause and run \
+                     {again} again",
+                    Shown(argv),
+                    result.status,
+                    one_line(&result.stderr),
+                    count(done, "change was", "changes were"),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every route to `transports` in main.cf (but `skip`, our own settings)
+/// and in the source files of its `*transport_maps` tables.
+fn routes_to(
+    postfix: &Postfix,
+    transports: &[&str],
+    skip: &[String],
+) -> Result<Vec<String>, Fatal> {
+    if transports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let main_cf = postfix.query(&["-n"])?.unwrap_or_default();
+    let mut routes = routes_in_main_cf(&main_cf, transports, skip);
+    for (name, value) in main_cf.lines().filter_map(|line| line.split_once('=')) {
+        if !name.trim().ends_with("transport_maps") {
+            continue;
+        }
+        for path in table_sources(value) {
+            // A table we cannot read is Postfix's problem to report, not
+            // a reason to stop here.
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for (number, line) in routes_in_table(&text, transports) {
+                routes.push(format!("{} line {number}: {line}", path.display()));
+            }
+        }
+    }
+    Ok(routes)
 }
 
 /// One item as read before anything is written.
@@ -1065,6 +1408,35 @@ fn postfix_check(postfix: &Postfix, out: &mut impl Write) -> Result<(), Fatal> {
         }
     }
     Ok(())
+}
+
+/// Refuses a batching transport for a peer that `config` does not
+/// describe: unlike pipe mode's `${nexthop}`, the peer is fixed in the
+/// spawn(8) entry, and every message routed there would defer.
+fn check_batching_peer(config: &Path, peer: &str) -> Result<(), Fatal> {
+    let refuse = |why: String| {
+        Fatal::new(
+            ExitCode::Config,
+            format!("--batching --peer {peer}: {why}; nothing was changed"),
+        )
+    };
+    let file = crate::config::ConfigFile::load(config)
+        .map_err(|err| refuse(format!("{err}; write its [peer.{peer}] section first")))?;
+    if !file.peer.contains_key(peer) {
+        let known: Vec<&str> = file.peer.keys().map(String::as_str).collect();
+        return Err(refuse(format!(
+            "{} has no [peer.{peer}] section (its peers: {}); add one, or name one of its peers",
+            config.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    file.peer(peer)
+        .map(|_| ())
+        .map_err(|err| refuse(format!("{}: {err}", config.display())))
 }
 
 /// Says what would make deliveries fail later, without stopping the install:

@@ -8,9 +8,10 @@ use std::process::Command;
 
 use bsmtp_ssh::install::{
     batching_items, has_envid_macro, hub_items, is_ours, leaf_items, leftover_placeholder,
-    parse_main_cf, parse_master_cf, routing_hint, spool_items, substitute, Item, Values,
-    BATCHING_MAIN_CF, BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF,
-    LEAF_MAIN_CF, LEAF_MASTER_CF, PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
+    ours_to_remove, parse_main_cf, parse_master_cf, routes_in_main_cf, routes_in_table,
+    routing_hint, spool_items, substitute, table_sources, Item, Values, BATCHING_MAIN_CF,
+    BATCHING_MASTER_CF, BATCHING_PLACEHOLDERS, HUB_INJECT_MASTER_CF, LEAF_MAIN_CF, LEAF_MASTER_CF,
+    PLACEHOLDERS, SPOOL_MAIN_CF, SPOOL_MASTER_CF, SPOOL_PLACEHOLDERS,
 };
 use clap::Parser;
 
@@ -210,7 +211,12 @@ impl Scratch {
             "smtp      unix  -       -       n       -       -       smtp\n",
         )
         .unwrap();
-        std::fs::write(path.join("bsmtp-ssh.conf"), "").unwrap();
+        // The peer of the batching installs (postfix-install checks it).
+        std::fs::write(
+            path.join("bsmtp-ssh.conf"),
+            "[peer.hub]\nhost = \"hub.example\"\n",
+        )
+        .unwrap();
         Scratch { dir }
     }
 
@@ -998,4 +1004,211 @@ fn help_warns_about_a_tcp_listener() {
             && help.contains("[default: bsmtp-ssh]"),
         "{help}"
     );
+}
+
+/// Issue 19 (5.5): nothing undid postfix-install. `--remove` takes out
+/// every entry of ours (pipe, spool, batching, hub listener, by their marks
+/// and not their names) and the main.cf settings made for them, and
+/// nothing else (Debian's stock `bsmtp` entry and a content filter's
+/// listener stay byte for byte); it refuses, changing nothing, while
+/// main.cf or a transport table still routes mail to them (Postfix would
+/// defer that mail for ever); a second run has nothing to do.
+#[test]
+fn remove_takes_out_only_our_entries_and_not_while_mail_is_routed_to_them() {
+    let scratch = Scratch::new();
+    scratch.add_master(DEBIAN_STOCK_BSMTP);
+    scratch.add_master(CONTENT_FILTER_REINJECTION);
+    let before = scratch.files();
+    for flags in [
+        &[][..],
+        &["--spool"][..],
+        &["--batching", "--peer", "hub"][..],
+        &["--hub"][..],
+    ] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 0, "{flags:?}: {output}");
+    }
+    let ours = [
+        "bsmtp-ssh/unix",
+        "bsmtp-spool/unix",
+        "bsmtp-hub/unix",
+        "bsmtp-hub-lmtp/unix",
+        "bsmtp-inject/unix",
+    ];
+    for key in ours {
+        assert_ne!(scratch.entry(key), "", "{key} not installed");
+    }
+    let table = scratch.path().join("transport");
+    std::fs::write(
+        &table,
+        "# the spool for one domain\nexample.com  bsmtp-spool:hub\nother.test smtp:[relay.test]\n",
+    )
+    .unwrap();
+    let postconf = |setting: &str| {
+        let done = Command::new("/usr/sbin/postconf")
+            .arg("-c")
+            .arg(scratch.path())
+            .args(["-e", setting])
+            .status()
+            .unwrap();
+        assert!(done.success(), "postconf -e {setting}");
+    };
+    postconf("default_transport = bsmtp-ssh:hub");
+    postconf(&format!("transport_maps = texthash:{}", table.display()));
+    let routed = scratch.files();
+
+    for flags in [&["--remove"][..], &["--remove", "--dry-run"][..]] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 1, "{flags:?}: {output}");
+        for says in [
+            "postfix-install: error: mail is still routed to bsmtp-ssh's transports",
+            "\n  main.cf: default_transport = bsmtp-ssh:hub\n",
+            "\n  [DIR]/transport line 2: example.com  bsmtp-spool:hub\n",
+            "nothing was changed",
+        ] {
+            assert!(output.contains(says), "{flags:?}: {says} missing: {output}");
+        }
+        assert!(!output.contains("other.test"), "{output}");
+        assert_eq!(scratch.files(), routed, "{flags:?}: the files changed");
+    }
+
+    // Routed elsewhere: a dry run lists it all and changes nothing.
+    postconf("default_transport = smtp");
+    std::fs::write(&table, "other.test smtp:[relay.test]\n").unwrap();
+    let rerouted = scratch.files();
+    let (code, dry) = scratch.install(&["--remove", "--dry-run"]);
+    assert_eq!(code, 0, "{dry}");
+    for says in [
+        "would run: /usr/sbin/postconf -c [DIR] -MX bsmtp-ssh/unix\n",
+        "would run: /usr/sbin/postconf -c [DIR] -MX bsmtp-hub-lmtp/unix\n",
+        "would run: /usr/sbin/postconf -c [DIR] -X bsmtp-ssh_time_limit\n",
+        "would run: /usr/sbin/postconf -c [DIR] -X bsmtp-hub-lmtp_destination_concurrency_limit\n",
+        "dry run: 8 changes not made",
+    ] {
+        assert!(dry.contains(says), "{says} missing: {dry}");
+    }
+    assert_eq!(scratch.files(), rerouted);
+
+    let (code, output) = scratch.install(&["--remove"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("8 changes made\npostfix check: ok"),
+        "{output}"
+    );
+    assert!(output.contains("bsmtp-ssh flush"), "{output}");
+    for key in ours {
+        assert_eq!(scratch.entry(key), "", "{key} left: {output}");
+    }
+    // Back to the files before the installs, but for the routing the
+    // admin changed: the stock entry and the filter's listener untouched.
+    let (main, master) = scratch.files();
+    assert_eq!(master, before.1);
+    assert!(!main.contains("bsmtp"), "{main}");
+    let (code, again) = scratch.install(&["--remove"]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(scratch.files(), (main, master));
+}
+
+/// What `--remove` takes for ours, by marks and not by names: a spawn(8)
+/// or lmtp(8) entry that only looks alike is not, and a route to
+/// `bsmtp-ssh2` is not a route to `bsmtp-ssh`.
+#[test]
+fn remove_recognises_our_entries_and_routes_by_their_marks() {
+    let master = "\
+        bsmtp unix - n n - - pipe flags=Fq. user=bsmtp argv=/usr/lib/bsmtp/bsmtp -t$nexthop -f$sender $recipient
+        mine unix - n n - - pipe flags=q user=b argv=/opt/x/bsmtp-ssh deliver --peer ${nexthop} -- ${recipient}
+        relay2 unix - n n - - spawn user=b argv=/usr/local/bin/other lmtp
+        relay2-lmtp unix - - n - - lmtp -o lmtp_connection_cache_destinations=private/relay2
+        b-hub unix - n n - - spawn user=b argv=/usr/sbin/bsmtp-ssh lmtp --peer hub
+        b-hub-lmtp unix - - n - - lmtp -o lmtp_connection_cache_destinations=private/b-hub
+        pipe-other unix - n n - - pipe user=b argv=/usr/sbin/bsmtp-ssh check
+    ";
+    let found = ours_to_remove(master, "/usr/sbin/bsmtp-ssh");
+    let names: Vec<(&str, bool, Vec<String>)> = found
+        .iter()
+        .map(|i| (i.service.as_str(), i.transport, i.parameters.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (
+                "mine",
+                true,
+                vec![
+                    "mine_destination_recipient_limit".to_owned(),
+                    "mine_time_limit".to_owned()
+                ]
+            ),
+            ("b-hub", false, vec![]),
+            (
+                "b-hub-lmtp",
+                true,
+                vec!["b-hub-lmtp_destination_concurrency_limit".to_owned()]
+            ),
+        ]
+    );
+    let main = "default_transport = bsmtp-ssh2:hub\nrelay_transport = mine\n\
+                mine_time_limit = 1000s\nfallback_transport = smtp, b-hub-lmtp:unix:private/b-hub\n";
+    assert_eq!(
+        routes_in_main_cf(
+            main,
+            &["mine", "b-hub-lmtp", "bsmtp-ssh"],
+            &["mine_time_limit".to_owned()]
+        ),
+        [
+            "main.cf: relay_transport = mine",
+            "main.cf: fallback_transport = smtp, b-hub-lmtp:unix:private/b-hub"
+        ]
+    );
+    assert_eq!(
+        routes_in_table(
+            "# mine:x\nmine mine:\n/x/ mine\nmine.test smtp:\n",
+            &["mine"]
+        ),
+        [(2, "mine mine:".to_owned()), (3, "/x/ mine".to_owned())]
+    );
+    assert_eq!(
+        table_sources("hash:/etc/postfix/transport, proxy:lmdb:/t2 ldap:/etc/x.cf inline:{a=b}"),
+        [
+            PathBuf::from("/etc/postfix/transport"),
+            PathBuf::from("/t2")
+        ]
+    );
+}
+
+/// Regression (issue 19, 5.8): `--batching --peer NAME` installed a
+/// transport for a peer the config does not have, so every message routed
+/// there deferred. It is refused (exit 78, nothing changed, a dry run
+/// alike), naming the config file and the peers it has; so is a config
+/// that cannot be read.
+#[test]
+fn batching_install_refuses_a_peer_missing_from_the_config() {
+    let scratch = Scratch::new();
+    let before = scratch.files();
+    for flags in [
+        &["--batching", "--peer", "hbu"][..],
+        &["--batching", "--peer", "hbu", "--dry-run"][..],
+    ] {
+        let (code, output) = scratch.install(flags);
+        assert_eq!(code, 78, "{flags:?}: {output}");
+        assert!(
+            output.contains(
+                "postfix-install: error: --batching --peer hbu: [DIR]/bsmtp-ssh.conf has no \
+                 [peer.hbu] section (its peers: hub)"
+            ) && output.contains("nothing was changed"),
+            "{flags:?}: {output}"
+        );
+        assert_eq!(scratch.files(), before, "{flags:?}");
+    }
+    let missing = scratch.path().join("missing.conf");
+    let missing = missing.to_str().unwrap();
+    let (code, output) = scratch.install(&["--batching", "--peer", "hub", "--config", missing]);
+    assert_eq!(code, 78, "{output}");
+    assert!(
+        output.contains("cannot read config [DIR]/missing.conf")
+            && output.contains("write its [peer.hub] section first"),
+        "{output}"
+    );
+    assert_eq!(scratch.files(), before);
 }

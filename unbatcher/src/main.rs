@@ -32,7 +32,11 @@ fn main() -> ExitCode {
     ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            log::error!("{err}");
+            if err.is_fatal() {
+                log::error!("{err}");
+            } else {
+                log::warn!("{err}");
+            }
             // Over SSH, stderr is what the leaf shows in its deferral:
             // once is enough.
             if !bsmtp_session::logging::errors_reach_stderr() {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use bsmtp_session::config_keys::{self, Section};
 use bsmtp_session::policy::{check_peer_name, Policy, SenderPattern};
 use bsmtp_session::smtp_inject::Inject;
 use serde::Deserialize;
@@ -145,17 +146,33 @@ pub struct PeerConfig {
     pub allow_routing_forms: Option<bool>,
 }
 
+/// Where each kind of rsmtp.conf key goes, for [`config_keys::explain`]:
+/// a valid key in the wrong section is said to be one.
+fn sections() -> [Section; 2] {
+    [
+        Section {
+            place: "at the top of the file, above the first [peer.NAME] line",
+            keys: config_keys::fields_of::<ConfigFile>(),
+        },
+        Section {
+            place: "in a [peer.NAME] section",
+            keys: config_keys::fields_of::<PeerConfig>(),
+        },
+    ]
+}
+
 impl ConfigFile {
     /// Reads `path`; a missing default file is an empty config, a missing
     /// file named by the admin is an error.
     pub fn load(path: &Path, named: bool) -> Result<Self, String> {
         match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str(&text).map_err(|err| {
-                format!(
+                let error = format!(
                     "{}: {}",
                     path.display(),
                     bsmtp::text::one_line(&err.to_string())
-                )
+                );
+                config_keys::explain(error, &sections())
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !named => {
                 Ok(ConfigFile::default())
@@ -281,6 +298,33 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 19, 5.8): a valid key in the wrong section of
+    /// rsmtp.conf was reported as just "unknown field".
+    #[test]
+    fn a_valid_key_in_the_wrong_section_says_where_it_belongs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rsmtp.conf");
+        std::fs::write(
+            &path,
+            "[peer.leaf1]\nallow_sender = [\"@leaf1.test\"]\nmin_free = 0\n",
+        )
+        .unwrap();
+        let err = ConfigFile::load(&path, true).unwrap_err();
+        assert!(
+            err.contains("unknown field `min_free`")
+                && err.contains("`min_free` is a valid key, but it belongs at the top of the file"),
+            "{err}"
+        );
+        std::fs::write(&path, "max_recipients = 5\n").unwrap();
+        let err = ConfigFile::load(&path, true).unwrap_err();
+        assert!(
+            err.contains(
+                "`max_recipients` is a valid key, but it belongs in a [peer.NAME] section"
+            ),
+            "{err}"
+        );
+    }
 
     #[test]
     fn null_sender_always_allowed_and_nothing_else_by_default() {

@@ -99,12 +99,15 @@ pub enum RunError {
     /// The stream ended inside a message (nothing of it was injected).
     #[error("input ended inside DATA: that message was not queued")]
     Truncated,
-    /// Some commands were refused: read offline (`rsmtp < batch`), some
-    /// mail in the batch was not queued, so the batch must be kept.
+    /// Some commands of a live session were refused (a 4xx such as `452
+    /// 4.3.1` below `min_free`, or a 5xx): the client has each reply, and
+    /// its Postfix keeps, retries or bounces what was not queued.
     #[error(
-        "{refused} command(s) refused, {accepted} message(s) queued: not everything in this batch was accepted (see the mail log for what and why); keep the batch, and take the queued messages out of it before feeding it again"
+        "peer {peer}: {refused} command(s) refused, {accepted} message(s) queued in the session; the peer has a reply for each, and keeps what was not queued (see the lines above for what and why)"
     )]
     NotAccepted {
+        /// The peer named by the key.
+        peer: String,
         /// Commands answered 4xx or 5xx.
         refused: usize,
         /// Messages queued.
@@ -148,6 +151,15 @@ pub enum RunError {
 }
 
 impl RunError {
+    /// Whether this ends rsmtp as a failure to log as `fatal:`. A
+    /// deferral (exit `EX_TEMPFAIL`: refusals the client has replies for,
+    /// a batch to feed again, a hub short of disk space) is an ordinary
+    /// outcome with every message safe, and is logged as a `warning:`,
+    /// as Postfix logs a deferral and never as fatal.
+    pub fn is_fatal(&self) -> bool {
+        self.exit_code() != ExitCode::TempFail
+    }
+
     /// The exit status for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
@@ -643,6 +655,7 @@ fn receive(
     }
     if summary.refused > 0 {
         return Err(RunError::NotAccepted {
+            peer,
             refused: summary.refused,
             accepted: summary.accepted,
         });
