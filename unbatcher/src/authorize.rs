@@ -386,6 +386,53 @@ pub fn run(args: &AuthorizeArgs, out: &mut impl Write) -> Result<(), AuthorizeEr
     append(&target, &key, &line)?;
     let _ = writeln!(out, "rsmtp: added to {}:", path.display());
     let _ = writeln!(out, "{line}");
+    if args.authorized_keys.is_none() {
+        give_a_shell(args.user.as_deref().unwrap_or(DEFAULT_USER), out)?;
+    }
+    Ok(())
+}
+
+/// The shell sshd runs the forced command with. The package makes the
+/// account with none (`nologin`): a leaf never logs in as it, so it gets
+/// no login it does not need. Authorizing a peer's key makes this host a
+/// hub, where sshd runs the forced command through the account's shell
+/// and fails every session with `nologin`: so the account gets
+/// `/bin/sh` here, as root, and says so.
+fn give_a_shell(name: &str, out: &mut impl Write) -> Result<(), AuthorizeError> {
+    const SHELL: &str = "/bin/sh";
+    let Ok(Some(user)) = User::from_name(name) else {
+        return Ok(());
+    };
+    let shell = user
+        .shell
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if !matches!(shell, "nologin" | "false" | "") {
+        return Ok(());
+    }
+    if !Uid::effective().is_root() {
+        return Err(AuthorizeError::Refused(format!(
+            "the key is added, but sshd cannot run its forced command: {name}'s shell is {}; as root: usermod --shell {SHELL} {name}",
+            user.shell.display()
+        )));
+    }
+    let mut usermod = bsmtp_session::child::command("/usr/sbin/usermod");
+    usermod.args(["--shell", SHELL, name]);
+    let status = usermod
+        .stdin(std::process::Stdio::null())
+        .status()
+        .map_err(|err| AuthorizeError::Io(format!("/usr/sbin/usermod: {err}")))?;
+    if !status.success() {
+        return Err(AuthorizeError::Io(format!(
+            "usermod --shell {SHELL} {name}: {status}; sshd cannot run the forced command until {name} has a shell"
+        )));
+    }
+    let _ = writeln!(
+        out,
+        "rsmtp: {name}'s shell was {}, now {SHELL}: sshd runs the forced command through it",
+        user.shell.display()
+    );
     Ok(())
 }
 

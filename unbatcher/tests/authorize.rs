@@ -479,3 +479,50 @@ fn authorize_is_not_reachable_through_ssh_original_command() {
     let err = rsmtp::Args::try_parse_from(["rsmtp", "--peer", "leaf1", "authorize"]).unwrap_err();
     assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
 }
+
+/// Issue 19 (part 4): the package makes the account with no shell (a leaf
+/// needs none); authorizing a key makes this host a hub, where sshd runs
+/// the forced command through the account's shell, so the account gets
+/// `/bin/sh`, and the output says so.
+#[test]
+fn authorizing_a_key_gives_a_nologin_account_a_shell() {
+    const NAME: &str = "bsmtp-authz-test";
+    let setup = Setup::new(ED25519);
+    let home = setup.dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let _ = std::process::Command::new("/usr/sbin/userdel")
+        .arg(NAME)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let made = std::process::Command::new("/usr/sbin/useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ])
+        .arg("--home-dir")
+        .arg(&home)
+        .arg(NAME)
+        .status()
+        .expect("the tests run as root, with useradd");
+    assert!(made.success());
+    let mut argv: Vec<OsString> = vec!["rsmtp".into(), "authorize".into()];
+    argv.extend(["--key".into(), setup.key().into()]);
+    argv.extend(["--rsmtp".into(), RSMTP.into()]);
+    argv.extend(["--peer", "leaf1", "--user", NAME].map(OsString::from));
+    let (code, out) = run(argv);
+    let shell = nix::unistd::User::from_name(NAME).unwrap().unwrap().shell;
+    let _ = std::process::Command::new("/usr/sbin/userdel")
+        .arg(NAME)
+        .status();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(shell, Path::new("/bin/sh"));
+    assert!(
+        out.contains("shell was /usr/sbin/nologin, now /bin/sh"),
+        "{out}"
+    );
+    assert!(std::fs::read_to_string(home.join(".ssh/authorized_keys"))
+        .unwrap()
+        .contains("--peer leaf1"));
+}
