@@ -831,6 +831,20 @@ impl Env {
             .collect()
     }
 
+    /// The `Subject:` of each message in a hub Maildir, sorted.
+    pub fn hub_subjects(&self, user: &str) -> Vec<String> {
+        let mut found: Vec<String> = Env::read_maildir(&self.hub_maildir(user))
+            .iter()
+            .filter_map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Waits until the hub user's Maildir holds at least `count` messages and
     /// returns them all, oldest first; panics with the logs on timeout.
     pub fn wait_maildir(&self, user: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {

@@ -37,20 +37,6 @@ fn explain(out: &std::process::Output) -> String {
     )
 }
 
-/// The subjects in a hub Maildir.
-fn subjects(env: &Env, user: &str) -> Vec<String> {
-    let mut found: Vec<String> = Env::read_maildir(&env.hub_maildir(user))
-        .iter()
-        .filter_map(|m| {
-            String::from_utf8_lossy(m)
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 /// The command lines rsendmail's client (`sshsendmail` 1.1.4) sends:
 /// `rsendmail [-f SENDER] RECIPIENT...`, space-joined (no -f for a bounce's
 /// empty sender); and the usual sendmail forms.
@@ -87,9 +73,9 @@ fn rsendmail_client_command_lines_are_accepted() {
     }
     env.wait_maildir("bob", 3, DELIVERY);
     env.wait_maildir("dave", 2, DELIVERY);
-    assert_eq!(subjects(&env, "bob"), ["bounce", "plain", "two"]);
-    assert_eq!(subjects(&env, "carol"), ["two"]);
-    assert_eq!(subjects(&env, "dave"), ["glued", "oi"]);
+    assert_eq!(env.hub_subjects("bob"), ["bounce", "plain", "two"]);
+    assert_eq!(env.hub_subjects("carol"), ["two"]);
+    assert_eq!(env.hub_subjects("dave"), ["glued", "oi"]);
     // The bounce form went out from the null sender.
     let bounce = Env::read_maildir(&env.hub_maildir("bob"))
         .into_iter()
