@@ -17,6 +17,7 @@ pub mod once;
 pub mod postfix;
 pub mod postlog;
 pub mod proc_tree;
+pub mod quickstart;
 pub mod relay;
 pub mod satellite;
 pub mod sshd;
