@@ -35,12 +35,6 @@ const PINNED: &str = ".pinned";
 /// nothing; the sweep removes it.
 const PIN_LIFETIME: Duration = Duration::from_hours(7 * 24);
 
-/// How often a destination's pins are swept at most.
-const SWEEP_EVERY: Duration = Duration::from_hours(1);
-
-/// The sweep's marker file (a pin's name never starts with a dot).
-const SWEPT: &str = ".swept";
-
 /// One destination's pins.
 #[derive(Debug, Clone)]
 pub struct Pins {
@@ -76,21 +70,20 @@ impl Pins {
     }
 
     /// Removes pins older than `keep` (at least [`PIN_LIFETIME`]), at most
-    /// once an hour: a pin whose message left the queue without its final
+    /// once an hour ([`crate::tags::sweep_due`]; a pin's name never starts
+    /// with a dot, the marker's does): a pin whose message left the queue without its final
     /// reply (deleted by the admin, expired) would stay for ever.
     pub fn sweep_if_due(&self, keep: Duration) {
         let keep = keep.max(PIN_LIFETIME);
-        let marker = self.dir.join(SWEPT);
+        if !crate::tags::sweep_due(&self.dir) {
+            return;
+        }
         let now = SystemTime::now();
         let age = |m: &fs::Metadata| {
             m.modified()
                 .map(|at| now.duration_since(at).unwrap_or_default())
                 .unwrap_or_default()
         };
-        if fs::metadata(&marker).is_ok_and(|m| age(&m) < SWEEP_EVERY) {
-            return;
-        }
-        let _ = fs::File::create(&marker);
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };

@@ -249,17 +249,10 @@ impl TagStore {
     }
 
     fn sweep_if_due(&self) {
-        let marker = self.dir.join(SWEPT);
-        let now = SystemTime::now();
-        let due = fs::metadata(&marker)
-            .and_then(|m| m.modified())
-            .map_or(true, |at| {
-                now.duration_since(at).unwrap_or_default() >= SWEEP_EVERY
-            });
-        if !due {
+        if !sweep_due(&self.dir) {
             return;
         }
-        let _ = File::create(&marker);
+        let now = SystemTime::now();
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
@@ -485,6 +478,23 @@ impl TagClaim {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether the directory's sweep is due (at most once an hour, across
+/// processes: a marker file's time says when the last began); when it is,
+/// the marker is touched, so the caller sweeps and others wait an hour.
+/// The tag store and the failover pins sweep this way.
+pub(crate) fn sweep_due(dir: &Path) -> bool {
+    let marker = dir.join(SWEPT);
+    let due = fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .map_or(true, |at| {
+            SystemTime::now().duration_since(at).unwrap_or_default() >= SWEEP_EVERY
+        });
+    if due {
+        let _ = File::create(&marker);
+    }
+    due
 }
 
 /// The store for a receiver whose tag directory is not configured:
