@@ -1340,12 +1340,7 @@ impl<I: Injector> Receiver<I> {
             Some(Settled::Proceed(commit)) => Some(commit),
             Some(Settled::Retry(record)) => {
                 message.abort();
-                let id = record
-                    .covered
-                    .first()
-                    .map(|c| c.queue_id.clone())
-                    .or(record.legacy)
-                    .unwrap_or_default();
+                let id = record.first_queue_id().unwrap_or_default().to_owned();
                 info!(
                     "peer {}: from=<{}>, nrcpt={}, message-id={}: same sender, recipients and content as {id} a short time ago: a duplicate of {id}, not queued",
                     self.settings.policy.peer,
